@@ -1,0 +1,133 @@
+"""Shared fixtures for the client tests: settings per profile, a scripted transport, a fake server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from worker.client import ApiClient, ClientEvents, Pacer
+from worker.client.testing import FakeClock
+from worker.config import ApiSettings, Profile, RetrySettings
+
+KEY = "sk-test-SECRET-0123456789"
+
+Step = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def azure(**overrides: Any) -> ApiSettings:
+    values: dict[str, Any] = {"endpoint": "https://res.openai.azure.com", "api_key": SecretStr(KEY)}
+    values.update(overrides)
+    return ApiSettings(**values)
+
+
+def settings_for(profile: Profile, **overrides: Any) -> ApiSettings:
+    endpoints = {
+        Profile.AZURE: "https://res.openai.azure.com",
+        Profile.OPENAI: "https://api.openai.com",
+        Profile.FOUNDRY: "https://hub.services.ai.azure.com",
+    }
+    values: dict[str, Any] = {"profile": profile, "endpoint": endpoints[profile]}
+    if profile is Profile.FOUNDRY:
+        values["project"] = "proj"
+    return azure(**{**values, **overrides})
+
+
+class Script:
+    """A MockTransport handler answering from a list of steps; records every request."""
+
+    def __init__(self, *steps: Step) -> None:
+        self.steps = list(steps)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        step = self.steps.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        if isinstance(step, httpx.Response):
+            return step
+        return step(request)
+
+
+def ok(body: Any, **headers: str) -> httpx.Response:
+    return httpx.Response(200, content=orjson.dumps(body), headers=headers)
+
+
+def status(code: int, body: Any = None, **headers: str) -> httpx.Response:
+    content = orjson.dumps(body) if body is not None else b""
+    return httpx.Response(code, content=content, headers=headers)
+
+
+MESSAGE = {"id": "msg_1", "object": "thread.message", "thread_id": "thread_1", "metadata": {}}
+
+
+class RecordingEvents(ClientEvents):
+    def __init__(self) -> None:
+        self.responses: list[tuple[str, str, int | None]] = []
+        self.retries: list[tuple[str, int | None, float]] = []
+        self.throttled: list[float] = []
+
+    def on_response(self, method: str, route: str, status: int | None, seconds: float) -> None:
+        self.responses.append((method, route, status))
+
+    def on_retry(self, route: str, status: int | None, wait: float) -> None:
+        self.retries.append((route, status, wait))
+
+    def on_throttled(self, wait: float) -> None:
+        self.throttled.append(wait)
+
+
+def make_client(
+    handler: Callable[[httpx.Request], httpx.Response],
+    clock: FakeClock,
+    api: ApiSettings | None = None,
+    retry: RetrySettings | None = None,
+    pacer: Pacer | None = None,
+    events: ClientEvents | None = None,
+) -> ApiClient:
+    return ApiClient(
+        api or azure(),
+        retry or RetrySettings(max_attempts=4, initial_delay=0.5, max_delay=8.0),
+        transport=httpx.MockTransport(handler),
+        pacer=pacer,
+        events=events,
+        rng=random.Random(7),
+        sleep=clock.sleep,
+        clock=clock.now,
+    )
+
+
+def list_slice(
+    ids: list[str], *, order: str, after: str | None, before: str | None, limit: int
+) -> tuple[list[str], bool]:
+    """What a cursor-paged server returns: ``ids`` are oldest first; returns (page, has_more)."""
+    seq = ids if order == "asc" else ids[::-1]
+    if after is not None:
+        rest = seq[seq.index(after) + 1 :]
+        return rest[:limit], len(rest) > limit
+    if before is not None:
+        head = seq[: seq.index(before)]
+        page = head[-limit:]
+        return page, len(head) > limit
+    return seq[:limit], len(seq) > limit
+
+
+def page_body(page: list[str], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": i, "object": "thread.message"} for i in page],
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+        "has_more": has_more,
+    }

@@ -1,0 +1,100 @@
+"""`threadsync emulator`: serve the Assistants messages API emulator on a real socket."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from worker.emulator import Behaviour, Emulator, serve
+from worker.emulator.behaviour import CURSOR_MISSING_CHOICES, METADATA_CHOICES, TIES_CHOICES
+from worker.logs import get_logger, register_secret
+
+_ENV = "THREADSYNC_EMULATOR_"
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise typer.BadParameter(f"{name} must be one of {', '.join(choices)}")
+    return value
+
+
+def emulator(
+    host: Annotated[str, typer.Option(envvar=_ENV + "HOST", help="Interface to bind.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(envvar=_ENV + "PORT", help="TCP port.")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar=_ENV + "API_KEY", help="Key to accept (generated when omitted)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(envvar=_ENV + "SEED", help="Seed for data.")] = 0,
+    threads: Annotated[
+        int, typer.Option(envvar=_ENV + "THREADS", help="Threads to seed (0: start empty).")
+    ] = 0,
+    messages: Annotated[
+        int, typer.Option(envvar=_ENV + "MESSAGES", help="Messages per seeded thread.")
+    ] = 20,
+    latency_ms: Annotated[
+        float, typer.Option(envvar=_ENV + "LATENCY_MS", help="Latency added to every call.")
+    ] = 0.0,
+    state: Annotated[
+        Path | None,
+        typer.Option(envvar=_ENV + "STATE", help="Keep the state in this file across restarts."),
+    ] = None,
+    cursor_missing: Annotated[
+        str,
+        typer.Option(
+            envvar=_ENV + "CURSOR_MISSING",
+            help=f"Answer to a cursor naming a deleted/unknown message: {CURSOR_MISSING_CHOICES}.",
+        ),
+    ] = "404",
+    metadata: Annotated[
+        str,
+        typer.Option(envvar=_ENV + "METADATA", help=f"Metadata modify: {METADATA_CHOICES}."),
+    ] = "merge",
+    ties: Annotated[
+        str,
+        typer.Option(envvar=_ENV + "TIES", help=f"Order within one second: {TIES_CHOICES}."),
+    ] = "reverse",
+) -> None:
+    """Serve the Assistants messages API emulator (Azure, OpenAI and Foundry paths)."""
+    behaviour = Behaviour().updated(
+        {
+            "cursor_missing": _choice(cursor_missing, CURSOR_MISSING_CHOICES, "--cursor-missing"),
+            "metadata": _choice(metadata, METADATA_CHOICES, "--metadata"),
+            "ties": _choice(ties, TIES_CHOICES, "--ties"),
+        }
+    )
+    key = api_key or "emu-" + secrets.token_urlsafe(18)
+    register_secret(key)
+    loaded = state is not None and state.exists()
+    emu = Emulator(api_key=key, behaviour=behaviour, state_path=state)
+    if loaded:
+        # The state file carries the behaviour it was saved with; explicit options win.
+        emu.behaviour = behaviour
+    emu.faults.latency_ms = latency_ms
+    if threads and not loaded:
+        emu.seed(seed=seed, threads=threads, messages=messages)
+    base = f"http://{host}:{port}"
+    # The key is printed on purpose: it is the emulator's own, made for the user to copy.
+    typer.echo(f"AZURE_OPENAI_ENDPOINT={base}")
+    typer.echo(f"AZURE_OPENAI_API_KEY={key}")
+    typer.echo("OPENAI_API_VERSION=2024-08-01-preview")
+    typer.echo(f"# OpenAI platform: OPENAI_BASE_URL={base}/v1 (Bearer key, OpenAI-Beta header)")
+    typer.echo(f"# Foundry classic: {base}/api/projects/<project>?api-version=2025-05-01")
+    get_logger().info(
+        "emulator.start",
+        host=host,
+        port=port,
+        threads=len(emu.threads.live_asc()),
+        state=str(state) if state else None,
+    )
+    serve(emu, host=host, port=port)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``emulator`` command to the root application."""
+    app.command("emulator")(emulator)

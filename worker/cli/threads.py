@@ -1,0 +1,91 @@
+"""`threadsync threads add|list|remove`: which threads the mirror follows."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from worker.cli.common import command, fail, globals_of, out_console
+from worker.store.repo import add_threads, remove_threads, thread_statuses
+
+threads_app = typer.Typer(help="Choose the threads to mirror (the API cannot list them).")
+THREAD_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(threads_app, name="threads")
+
+
+def _check_ids(ids: list[str]) -> None:
+    for thread_id in ids:
+        if not THREAD_ID.match(thread_id):
+            raise fail(
+                f"{thread_id!r} is not a thread id; ids look like thread_abc123"
+                " (letters, digits, _ and -)"
+            )
+
+
+@threads_app.command("add")
+@command
+def add(
+    ctx: typer.Context,
+    thread_ids: Annotated[list[str], typer.Argument(help="Thread ids, e.g. thread_abc123.")],
+) -> None:
+    """Track threads; they are synced by the next `threadsync sync` (or the running daemon)."""
+    _check_ids(thread_ids)
+    mirror = globals_of(ctx).mirror()
+    with mirror.write() as session:
+        added = add_threads(session, thread_ids)
+    for thread_id in thread_ids:
+        state = "added" if thread_id in added else "already tracked"
+        out_console.print(f"{thread_id}: {state}")
+
+
+@threads_app.command("remove")
+@command
+def remove(
+    ctx: typer.Context,
+    thread_ids: Annotated[list[str], typer.Argument(help="Thread ids to stop syncing.")],
+) -> None:
+    """Stop syncing threads; what is mirrored is kept and stays exportable."""
+    _check_ids(thread_ids)
+    mirror = globals_of(ctx).mirror()
+    with mirror.write() as session:
+        removed = remove_threads(session, thread_ids)
+    for thread_id in thread_ids:
+        out_console.print(f"{thread_id}: {'paused' if thread_id in removed else 'not tracked'}")
+
+
+@threads_app.command("list")
+@command
+def list_(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Tracked threads and their state (active, paused, gone)."""
+    mirror = globals_of(ctx).mirror()
+    with mirror.read() as session:
+        rows = thread_statuses(session)
+    if as_json:
+        for r in rows:
+            out_console.out(
+                orjson.dumps(
+                    {
+                        "thread_id": r.thread_id,
+                        "state": r.state,
+                        "gone_at": r.gone_at,
+                        "messages": r.messages,
+                    }
+                ).decode()
+            )
+        return
+    table = Table("thread", "state", "messages", "gone at")
+    for r in rows:
+        table.add_row(
+            r.thread_id, r.state, str(r.messages), r.gone_at.isoformat() if r.gone_at else ""
+        )
+    out_console.print(table)

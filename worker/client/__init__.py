@@ -1,0 +1,13 @@
+"""The Assistants API client: profiles, retries, pacing, page models and the pager.
+
+Map: ``profiles`` (URL, query and headers per service family), ``retry`` (pure retry policy),
+``pacer`` (shared rate and 429 pause), ``models`` (page and object parsing), ``api`` (the client and
+its error translation), ``pager`` (loop-proof page walks), ``testing`` (a virtual clock for tests).
+"""
+
+from worker.client.api import ApiClient, ClientEvents
+from worker.client.models import MessagePage
+from worker.client.pacer import Pacer
+from worker.client.pager import iter_pages
+
+__all__ = ["ApiClient", "ClientEvents", "MessagePage", "Pacer", "iter_pages"]

@@ -1,0 +1,391 @@
+"""The Assistants API client: one pooled httpx client, retries, pacing and error translation.
+
+This is the boundary where httpx and the server's answers become the project's own errors, exactly
+once: 401/403 -> AuthError, 404 -> NotFoundError, other 4xx -> PermanentError, transient failures
+that outlast the retries -> TransientError, a server wait above the cap -> ParkedError.
+
+Only requests that are safe to repeat are retried: GET, DELETE and the metadata modify (a POST that
+sets a map, so sending it twice leaves the same state). A create is never repeated blindly once it
+may have reached the server, because the service has no idempotency key and a second send makes a
+second message; the exceptions are answers proving nothing was done (429) and connections that
+were never established.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import anyio
+import httpx
+import orjson
+
+from worker.client import profiles
+from worker.client.models import MessagePage, parse_object, parse_page
+from worker.client.pacer import Pacer
+from worker.client.retry import backoff_delay, classify, parse_retry_after
+from worker.config import ApiSettings, Profile, RetrySettings
+from worker.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    NotFoundError,
+    ParkedError,
+    PermanentError,
+    TransientError,
+)
+from worker.logs import get_logger, register_secret, scrub
+
+log = get_logger()
+
+Order = Literal["asc", "desc"]
+T = TypeVar("T")
+
+THREADS = "/threads"
+THREAD = "/threads/{thread_id}"
+MESSAGES = "/threads/{thread_id}/messages"
+MESSAGE = "/threads/{thread_id}/messages/{message_id}"
+
+REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id", "x-ms-request-id")
+
+# Failures raised before a byte of the request left this process: repeating them is always safe.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class ClientEvents:
+    """Hooks for metrics; every method is a no-op here, override what you count."""
+
+    def on_response(self, method: str, route: str, status: int | None, seconds: float) -> None:
+        """A request finished: ``status`` None means no answer (a transport failure)."""
+
+    def on_retry(self, route: str, status: int | None, wait: float) -> None:
+        """A failed request will be sent again after ``wait`` seconds."""
+
+    def on_throttled(self, wait: float) -> None:
+        """The server answered 429; ``wait`` is what it asked for (0.0 when it did not say)."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One failed attempt, as the retry loop and the final error need it."""
+
+    kind: str  # "http" or the transport error's class name, or "invalid_body"
+    status: int | None
+    code: str | None
+    message: str
+    request_id: str | None
+    server_wait: float | None
+    sent: bool  # the request may have reached the server
+
+
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The server's request id, from whichever header this deployment uses."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def vendor_error(body: bytes) -> tuple[str | None, str | None]:
+    """``(error.code, error.message)`` from an ``{"error": {...}}`` body; tolerant of anything."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    error = value.get("error") if isinstance(value, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    code, message = error.get("code"), error.get("message")
+    return (
+        str(code) if code is not None else None,
+        scrub(str(message))[:500] if message is not None else None,
+    )
+
+
+class ApiClient:
+    """Async client for thread messages; use as ``async with ApiClient(settings.api) as client``."""
+
+    def __init__(
+        self,
+        api: ApiSettings,
+        retry: RetrySettings = RetrySettings(),  # noqa: B008 - an immutable pydantic default
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        pacer: Pacer | None = None,
+        events: ClientEvents | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        key = profiles.api_key(api)
+        register_secret(key)
+        target = profiles.build_target(api, key)
+        self.profile = api.profile
+        self._retry = retry
+        self._pacer = pacer if pacer is not None else Pacer(None, clock=clock, sleep=sleep)
+        self._events = events if events is not None else ClientEvents()
+        self._rng = rng if rng is not None else random.Random()
+        self._sleep = sleep
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            base_url=target.base_url,
+            params=target.params,
+            headers=target.headers,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=api.max_connections,
+                max_keepalive_connections=api.max_connections,
+            ),
+            timeout=httpx.Timeout(api.read_timeout, connect=api.connect_timeout),
+            http1=True,
+            http2=False,
+            # Never follow a redirect: it would replay the credential to wherever it points.
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    async def list_messages(
+        self,
+        thread_id: str,
+        *,
+        limit: int = 100,
+        order: Order = "asc",
+        after: str | None = None,
+        before: str | None = None,
+        run_id: str | None = None,
+    ) -> MessagePage:
+        params = _query(limit=limit, order=order, after=after, before=before, run_id=run_id)
+        ids = {"thread_id": thread_id}
+        return await self._call("GET", MESSAGES, ids, parse_page, params=params)
+
+    async def get_message(self, thread_id: str, message_id: str) -> dict[str, Any]:
+        ids = {"thread_id": thread_id, "message_id": message_id}
+        return await self._call("GET", MESSAGE, ids, parse_object)
+
+    async def modify_message(
+        self, thread_id: str, message_id: str, metadata: dict[str, str]
+    ) -> dict[str, Any]:
+        ids = {"thread_id": thread_id, "message_id": message_id}
+        payload = {"metadata": metadata}
+        return await self._call("POST", MESSAGE, ids, parse_object, json=payload, repeatable=True)
+
+    async def create_message(
+        self,
+        thread_id: str,
+        *,
+        role: Literal["user", "assistant"],
+        content: str | list[dict[str, Any]],
+        attachments: list[dict[str, Any]] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"role": role, "content": content}
+        if attachments is not None:
+            payload["attachments"] = attachments
+        if metadata is not None:
+            payload["metadata"] = metadata
+        ids = {"thread_id": thread_id}
+        return await self._call("POST", MESSAGES, ids, parse_object, json=payload, repeatable=False)
+
+    async def delete_message(self, thread_id: str, message_id: str) -> dict[str, Any]:
+        ids = {"thread_id": thread_id, "message_id": message_id}
+        return await self._call("DELETE", MESSAGE, ids, parse_object)
+
+    # -- threads ----------------------------------------------------------------------------------
+
+    async def get_thread(self, thread_id: str) -> dict[str, Any]:
+        return await self._call("GET", THREAD, {"thread_id": thread_id}, parse_object)
+
+    async def create_thread(
+        self,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {}
+        if messages is not None:
+            payload["messages"] = messages
+        if metadata is not None:
+            payload["metadata"] = metadata
+        return await self._call("POST", THREADS, {}, parse_object, json=payload, repeatable=False)
+
+    async def list_threads(
+        self, *, limit: int = 100, order: Order = "desc", after: str | None = None
+    ) -> MessagePage:
+        """Foundry only: the other services have no list-threads endpoint."""
+        if self.profile is not Profile.FOUNDRY:
+            raise ConfigError(
+                f"listing threads needs the foundry profile (this is {self.profile.value}); add"
+                " thread ids with `threadsync threads add`"
+            )
+        params = _query(limit=limit, order=order, after=after)
+        return await self._call("GET", THREADS, {}, parse_page, params=params)
+
+    # -- the one request loop ---------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        route: str,
+        ids: dict[str, str],
+        parse: Callable[[bytes], T],
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        repeatable: bool | None = None,
+    ) -> T:
+        """Send until an answer parses or the policy gives up; return the parsed 2xx body.
+
+        ``repeatable`` defaults to True for GET and DELETE only. A 2xx body that ``parse`` rejects
+        (truncated, not JSON, wrong shape) is retried like a 5xx.
+        """
+        safe = method in ("GET", "DELETE") if repeatable is None else repeatable
+        url = profiles.fill_route(route, **ids)
+        content = orjson.dumps(json) if json is not None else None
+        headers = {"Content-Type": "application/json"} if content is not None else {}
+        attempt = 0
+        while True:
+            await self._pacer.acquire()
+            started = self._clock()
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    params=params,
+                    content=content,
+                    headers={**headers, **profiles.request_headers()},
+                )
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                self._events.on_response(method, route, None, self._clock() - started)
+                failure = _transport_failure(exc, method, route)
+            else:
+                self._events.on_response(
+                    method, route, response.status_code, self._clock() - started
+                )
+                judged = self._judge(method, route, response)
+                if judged is not None:
+                    failure = judged
+                else:
+                    try:
+                        return parse(response.content)
+                    except TransientError as exc:
+                        failure = _Failure(
+                            kind="invalid_body",
+                            status=None,
+                            code=None,
+                            message=f"{method} {route}: {exc.message}",
+                            request_id=request_id_of(response.headers),
+                            server_wait=None,
+                            sent=True,
+                        )
+            wait = self._plan_retry(failure, attempt, safe, method, route)
+            attempt += 1
+            log.info(
+                "api.retry",
+                attempt=attempt,
+                wait=round(wait, 3),
+                status=failure.status,
+                error=failure.kind,
+                code=failure.code,
+                method=method,
+                route=route,
+                request_id=failure.request_id,
+            )
+            self._events.on_retry(route, failure.status, wait)
+            await self._sleep(wait)
+
+    def _judge(self, method: str, route: str, response: httpx.Response) -> _Failure | None:
+        """None for a 2xx answer; a retryable failure; or raise the permanent error."""
+        status = response.status_code
+        verdict = classify(status)
+        if verdict == "ok":
+            return None
+        request_id = request_id_of(response.headers)
+        code, message = vendor_error(response.content)
+        text = f"{method} {route}: HTTP {status}" + (f" {code}" if code else "")
+        text += f": {message}" if message else ""
+        if verdict == "retry":
+            wait = parse_retry_after(response.headers)
+            if status == 429:
+                self._events.on_throttled(wait or 0.0)
+            # A 429 is the one refusal that proves the server did nothing with the request.
+            return _Failure("http", status, code, text, request_id, wait, sent=status != 429)
+        error: type[ApiError] = {"auth": AuthError, "not_found": NotFoundError}.get(
+            verdict, PermanentError
+        )
+        raise error(text, status=status, code=code, request_id=request_id)
+
+    def _plan_retry(
+        self, failure: _Failure, attempt: int, safe: bool, method: str, route: str
+    ) -> float:
+        """How long to wait before the next attempt, or raise when there must be none."""
+        fields: dict[str, Any] = {
+            "status": failure.status,
+            "code": failure.code,
+            "request_id": failure.request_id,
+        }
+        if not safe and failure.sent:
+            # Checked before parking too: a parked create would be re-sent on the later pass.
+            raise TransientError(
+                f"{failure.message}; not repeated: the {method} {route} may have been applied",
+                **fields,
+            )
+        wait = failure.server_wait
+        if wait is not None and wait > self._retry.max_server_wait:
+            raise ParkedError(
+                f"{failure.message}; the server asks to wait {wait:.1f} s, more than the"
+                f" {self._retry.max_server_wait:g} s cap: try this thread on a later pass",
+                retry_after=wait,
+                **fields,
+            )
+        if failure.status == 429 and wait:
+            # Everyone waits, not just this task: otherwise N tasks keep the server throttled.
+            self._pacer.pause_for(wait)
+        if attempt + 1 >= self._retry.max_attempts:
+            raise TransientError(
+                f"{failure.message}; gave up after {attempt + 1} attempts", **fields
+            )
+        if wait:
+            return wait
+        return backoff_delay(attempt, self._retry.initial_delay, self._retry.max_delay, self._rng)
+
+
+def _transport_failure(
+    exc: httpx.TransportError | httpx.DecodingError, method: str, route: str
+) -> _Failure:
+    kind = type(exc).__name__
+    # str(exc) can hold the full URL with its query; name the failure by its kind only.
+    return _Failure(
+        kind=kind,
+        status=None,
+        code=None,
+        message=f"{method} {route}: no usable answer ({kind})",
+        request_id=None,
+        server_wait=None,
+        sent=not isinstance(exc, _NOT_SENT),
+    )
+
+
+def _query(**values: str | int | None) -> dict[str, str]:
+    """Query parameters, leaving out the ones not given (never ``after`` and ``before`` empty)."""
+    return {name: str(value) for name, value in values.items() if value is not None}

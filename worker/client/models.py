@@ -1,0 +1,78 @@
+"""Value models for API answers: a page of messages and single objects, parsed with orjson.
+
+Messages stay plain dicts exactly as parsed (key order and unknown fields preserved): the mirror
+keeps the object as received, so nothing here may drop or reshape a field. A body that is not
+valid JSON, or not the expected shape, raises :class:`TransientError`: truncated bodies happen on
+dropped connections, and the request is retried like any other transient failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from worker.errors import TransientError
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    """One list answer. ``first_id``/``last_id`` are the server's when given, else taken from
+    ``data`` (Foundry omits ``first_id``; an empty page has neither)."""
+
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def _invalid(why: str) -> TransientError:
+    return TransientError(f"invalid JSON/shape: {why}")
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a body; anything undecodable is a transient failure (the body was likely cut)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid(f"{exc.msg} at byte {exc.pos} of {len(body)}") from exc
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """A single JSON object answer (a message, a thread, a deletion status)."""
+    value = parse_json(body)
+    if not isinstance(value, dict):
+        raise _invalid(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _optional_id(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _invalid(f"{name} is {type(value).__name__}, wanted a string or null")
+
+
+def parse_page(body: bytes) -> MessagePage:
+    """A list answer: ``data`` (objects with string ids), ``has_more``, optional ids."""
+    value = parse_object(body)
+    data = value.get("data")
+    if not isinstance(data, list):
+        raise _invalid("data is missing or not a list")
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise _invalid("an item of data is not an object with a string id")
+    has_more = value.get("has_more")
+    if has_more is None:
+        # Only an empty page can leave the question open: there is nothing after nothing.
+        if data:
+            raise _invalid("has_more is missing on a non-empty page")
+        has_more = False
+    if not isinstance(has_more, bool):
+        raise _invalid(f"has_more is {type(has_more).__name__}, wanted a boolean")
+    first_id = _optional_id(value.get("first_id"), "first_id")
+    last_id = _optional_id(value.get("last_id"), "last_id")
+    if data:
+        first_id = first_id or data[0]["id"]
+        last_id = last_id or data[-1]["id"]
+    return MessagePage(data=data, first_id=first_id, last_id=last_id, has_more=has_more)

@@ -1,0 +1,118 @@
+"""Per-profile request building: base URL, fixed query parameters and headers. Pure; no I/O.
+
+The three service families serve the same thread/message paths under different roots:
+
+- ``azure``: ``{endpoint}/openai/threads/...``, ``api-version`` on every request, the key in an
+  ``api-key`` header (or ``Authorization: Bearer`` for an Entra token);
+- ``openai``: ``{endpoint}/v1/threads/...``, bearer key and ``OpenAI-Beta: assistants=v2``;
+- ``foundry``: ``{endpoint}/api/projects/{project}/threads/...``, ``api-version``, bearer only.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from worker import __version__
+from worker.config import ApiSettings, Profile
+from worker.errors import ConfigError
+
+USER_AGENT = f"threadsync/{__version__}"
+OPENAI_DEFAULT_ENDPOINT = "https://api.openai.com"
+
+# Which variable a user sets to give the key, per profile (named in ConfigError messages).
+KEY_ENV_VAR = {
+    Profile.AZURE: "AZURE_OPENAI_API_KEY",
+    Profile.OPENAI: "OPENAI_API_KEY",
+    Profile.FOUNDRY: "AZURE_OPENAI_API_KEY (an Entra token) or THREADSYNC_API__API_KEY",
+}
+
+_PROJECT_PATH = re.compile(r"/api/projects/[^/]+")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything constant about where and how requests go; ``headers`` hold the credential."""
+
+    base_url: str
+    params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def base_url(api: ApiSettings) -> str:
+    """The URL the ``/threads...`` routes are appended to, without a trailing slash."""
+    endpoint = (api.endpoint or "").rstrip("/")
+    if api.profile is Profile.OPENAI:
+        endpoint = endpoint or OPENAI_DEFAULT_ENDPOINT
+        return endpoint if endpoint.endswith("/v1") else f"{endpoint}/v1"
+    if not endpoint:
+        raise ConfigError(
+            "api.endpoint is not set; set AZURE_OPENAI_ENDPOINT (or THREADSYNC_API__ENDPOINT),"
+            " e.g. https://myres.openai.azure.com"
+        )
+    if api.profile is Profile.FOUNDRY:
+        if _PROJECT_PATH.search(endpoint):
+            return endpoint
+        if not api.project:
+            raise ConfigError(
+                "api.project is not set for the foundry profile; set THREADSYNC_API__PROJECT or use"
+                " the project endpoint https://<aiservices>.services.ai.azure.com/api/projects/<name>"
+            )
+        return f"{endpoint}/api/projects/{quote(api.project, safe='')}"
+    return f"{endpoint}/openai"
+
+
+def fixed_params(api: ApiSettings) -> dict[str, str]:
+    """Query parameters sent on every request (the dated ``api-version`` for azure and foundry)."""
+    if api.profile is Profile.OPENAI:
+        return {}
+    version = api.effective_api_version()
+    return {"api-version": version} if version else {}
+
+
+def auth_headers(api: ApiSettings, key: str) -> dict[str, str]:
+    """The credential header(s) plus the fixed headers each profile wants."""
+    auth = api.effective_auth()
+    if api.profile is Profile.FOUNDRY and auth != "bearer":
+        raise ConfigError(
+            "api.auth: the foundry profile accepts only bearer (Entra) tokens; unset"
+            " THREADSYNC_API__AUTH or set it to bearer"
+        )
+    headers = {"User-Agent": USER_AGENT}
+    if auth == "bearer":
+        headers["Authorization"] = f"Bearer {key}"
+    else:
+        headers["api-key"] = key
+    if api.profile is Profile.OPENAI:
+        headers["OpenAI-Beta"] = "assistants=v2"
+    return headers
+
+
+def api_key(api: ApiSettings) -> str:
+    """The key from the environment or key file; a ConfigError naming the variable when absent."""
+    secret = api.credential()
+    key = secret.get_secret_value() if secret is not None else ""
+    if not key:
+        raise ConfigError(
+            f"no API key for the {api.profile.value} profile; set {KEY_ENV_VAR[api.profile]}"
+            " or name a key file with THREADSYNC_API__API_KEY_FILE"
+        )
+    return key
+
+
+def build_target(api: ApiSettings, key: str) -> Target:
+    """Validate the settings for talking to the API and build the constant request parts."""
+    return Target(base_url=base_url(api), params=fixed_params(api), headers=auth_headers(api, key))
+
+
+def request_headers() -> dict[str, str]:
+    """Headers that change per request: a fresh client request id to correlate with the server."""
+    return {"x-ms-client-request-id": str(uuid.uuid4())}
+
+
+def fill_route(route: str, **ids: str) -> str:
+    """``/threads/{thread_id}`` -> ``/threads/thread_abc``; ids are percent-encoded whole, so an id
+    can never add path segments or a query string."""
+    return route.format(**{name: quote(value, safe="") for name, value in ids.items()})

@@ -1,0 +1,169 @@
+"""Faults on demand: scripted ("the next 3 list calls on thread X answer 503"), probabilistic
+(seeded), added latency, and a per-key token-bucket rate limit.
+
+This module only decides *which* fault a request meets; the ASGI layer acts it out.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+FaultKind = Literal["429", "500", "503", "500_after_apply", "drop", "truncate", "latency"]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+# Route kinds a rule can match; message routes are bare, thread routes carry a prefix.
+ROUTE_KINDS = frozenset(
+    {
+        "list",
+        "get",
+        "create",
+        "modify",
+        "delete",
+        "thread.list",
+        "thread.get",
+        "thread.create",
+        "thread.modify",
+        "thread.delete",
+    }
+)
+
+
+@dataclass(slots=True)
+class FaultRule:
+    """A fault and the requests it hits.
+
+    ``times``: answer the next N matching requests, then retire (None: unlimited).
+    ``probability``: hit a matching request with this chance (None: always).
+    ``method``/``route``/``thread_id``: None matches anything.
+    """
+
+    fault: FaultKind
+    times: int | None = 1
+    probability: float | None = None
+    method: str | None = None
+    route: str | None = None
+    thread_id: str | None = None
+    retry_after: float = 1.0
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.fault not in FAULT_KINDS:
+            raise ValueError(f"fault must be one of {FAULT_KINDS}, not {self.fault!r}")
+        if self.route is not None and self.route not in ROUTE_KINDS:
+            raise ValueError(f"route must be one of {sorted(ROUTE_KINDS)}, not {self.route!r}")
+        if self.probability is not None and not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must be within 0..1")
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be at least 1")
+        if self.method is not None:
+            self.method = self.method.upper()
+
+    def matches(self, method: str, route: str, thread_id: str | None) -> bool:
+        return (
+            (self.method is None or self.method == method)
+            and (self.route is None or self.route == route)
+            and (self.thread_id is None or self.thread_id == thread_id)
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaultRule:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class RateLimit:
+    rps: float
+    burst: float
+
+    def __post_init__(self) -> None:
+        if self.rps <= 0 or self.burst < 1:
+            raise ValueError("rate limit needs rps > 0 and burst >= 1")
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Classic token bucket; ``take`` answers 0 when allowed, else the honest wait in seconds."""
+
+    limit: RateLimit
+    tokens: float
+    stamp: float
+
+    def take(self, now: float) -> float:
+        elapsed = max(0.0, now - self.stamp)
+        self.tokens = min(self.limit.burst, self.tokens + elapsed * self.limit.rps)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.limit.rps
+
+
+@dataclass(slots=True)
+class Faults:
+    """The fault configuration in force plus its mutable counters."""
+
+    rules: list[FaultRule] = field(default_factory=list)
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_limit: RateLimit | None = None
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def pick(
+        self, method: str, route: str, thread_id: str | None, rng: random.Random
+    ) -> FaultRule | None:
+        """The first rule hitting this request; scripted rules count down and retire."""
+        for rule in self.rules:
+            if not rule.matches(method, route, thread_id):
+                continue
+            if rule.probability is not None and rng.random() >= rule.probability:
+                continue
+            if rule.times is not None:
+                rule.times -= 1
+                if rule.times == 0:
+                    self.rules.remove(rule)
+            return rule
+        return None
+
+    def throttle(self, key: str, now: float) -> float:
+        """Seconds to wait before ``key`` may call again (0: go ahead)."""
+        if self.rate_limit is None:
+            return 0.0
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = TokenBucket(self.rate_limit, self.rate_limit.burst, now)
+            self.buckets[key] = bucket
+        return bucket.take(now)
+
+    def latency(self, rng: random.Random) -> float:
+        """The added latency in seconds for one request (fixed plus uniform jitter)."""
+        ms = self.latency_ms + (rng.uniform(0.0, self.jitter_ms) if self.jitter_ms else 0.0)
+        return ms / 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rules": [r.to_dict() for r in self.rules],
+            "latency_ms": self.latency_ms,
+            "jitter_ms": self.jitter_ms,
+            "rate_limit": None if self.rate_limit is None else asdict(self.rate_limit),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Faults:
+        unknown = set(data) - {"rules", "latency_ms", "jitter_ms", "rate_limit"}
+        if unknown:
+            raise ValueError(f"unknown fault settings: {sorted(unknown)}")
+        limit = data.get("rate_limit")
+        return cls(
+            rules=[FaultRule.from_dict(r) for r in data.get("rules", [])],
+            latency_ms=float(data.get("latency_ms", 0.0)),
+            jitter_ms=float(data.get("jitter_ms", 0.0)),
+            rate_limit=None if limit is None else RateLimit(**limit),
+        )

@@ -1,0 +1,70 @@
+"""Serving the emulator with uvicorn: in the foreground (the CLI) or in a thread (tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from worker.emulator.asgi import create_app
+from worker.emulator.state import Emulator
+
+
+def _config(emulator: Emulator, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(emulator),
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        timeout_keep_alive=30,
+    )
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that says when it is listening (an event instead of polling)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+def serve(emulator: Emulator, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve in the foreground until interrupted (SIGINT/SIGTERM)."""
+    config = _config(emulator, "info")
+    config.host, config.port = host, port
+    uvicorn.Server(config).run()
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    emulator: Emulator, port: int = 0, *, host: str = "127.0.0.1", log_level: str = "warning"
+) -> Iterator[str]:
+    """Serve on a loopback port from a background thread; yields the base URL.
+
+    ``port=0`` picks a free port. Leaving the block stops the server and joins the thread.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = _Server(_config(emulator, log_level))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True
+    )
+    thread.start()
+    try:
+        if not server.ready.wait(timeout=30):
+            raise RuntimeError("the emulator did not start within 30 s")
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -1,0 +1,54 @@
+"""Error answers in the vendor's shape, and the JSON encoding every answer goes through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class WireError(Exception):
+    """An error answer: HTTP status plus the ``{"error": {code, message, param, type}}`` body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type_: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type_
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return dumps(
+            {
+                "error": {
+                    "code": self.code,
+                    "message": self.message,
+                    "param": self.param,
+                    "type": self.type,
+                }
+            }
+        )
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def bad_request(message: str, *, code: str | None = None, param: str | None = None) -> WireError:
+    return WireError(400, message, code=code, param=param)
+
+
+def not_found(message: str) -> WireError:
+    # The OpenAI platform answers unknown objects with type invalid_request_error and a null code.
+    return WireError(404, message)

@@ -1,0 +1,1 @@
+"""Exports of the mirror: streaming sources, atomic outputs, and one module per format."""

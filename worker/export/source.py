@@ -1,0 +1,83 @@
+"""Streaming the mirror in export order: threads in turn, each in server order (oldest first)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlmodel import col
+
+from worker.store.db import Mirror
+from worker.store.models import Message, TrackedThread
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored message as the exporters see it."""
+
+    thread_id: str
+    id: str
+    created_at: int
+    raw: str
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to export."""
+
+    thread_ids: Sequence[str] | None = None
+    include_deleted: bool = False
+    since: int | None = None  # created_at >= since (unix seconds)
+    until: int | None = None  # created_at < until
+    roles: Sequence[str] | None = None
+
+
+def thread_order(mirror: Mirror, selection: Selection) -> list[str]:
+    """Tracked threads in the order they were added, then any other thread that has messages."""
+    with mirror.read() as session:
+        tracked = [
+            r[0]
+            for r in session.execute(
+                select(col(TrackedThread.thread_id)).order_by(
+                    col(TrackedThread.added_at), col(TrackedThread.thread_id)
+                )
+            )
+        ]
+        others = [
+            r[0]
+            for r in session.execute(
+                select(col(Message.thread_id)).distinct().order_by(col(Message.thread_id))
+            )
+        ]
+    ordered = tracked + [t for t in others if t not in set(tracked)]
+    if selection.thread_ids is not None:
+        return list(dict.fromkeys(selection.thread_ids))
+    return ordered
+
+
+def iter_rows(mirror: Mirror, selection: Selection, *, batch: int = 2000) -> Iterator[Row]:
+    """Yield rows thread by thread; memory stays flat (the database cursor streams)."""
+    for thread_id in thread_order(mirror, selection):
+        query = select(
+            col(Message.thread_id),
+            col(Message.id),
+            col(Message.created_at),
+            col(Message.raw),
+            col(Message.deleted_at),
+        ).where(col(Message.thread_id) == thread_id)
+        if not selection.include_deleted:
+            query = query.where(col(Message.deleted_at).is_(None))
+        if selection.since is not None:
+            query = query.where(col(Message.created_at) >= selection.since)
+        if selection.until is not None:
+            query = query.where(col(Message.created_at) < selection.until)
+        if selection.roles:
+            query = query.where(col(Message.role).in_(list(selection.roles)))
+        query = query.order_by(col(Message.created_at), col(Message.tie_rank), col(Message.id))
+        with mirror.read() as session:
+            result = session.execute(query, execution_options={"yield_per": batch})
+            for r in result:
+                yield Row(r[0], r[1], r[2], r[3], r[4])

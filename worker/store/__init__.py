@@ -1,0 +1,1 @@
+"""The mirror: SQLModel tables, the engine, migrations and the queries threadsync runs."""

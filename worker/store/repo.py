@@ -1,0 +1,138 @@
+"""Queries on tracked threads, sync state and mirror facts (all but the page hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Integer, func, select
+from sqlmodel import Session, col
+
+from worker.store.models import Message, MirrorMeta, SyncState, TrackedThread, utcnow
+
+
+def add_threads(session: Session, thread_ids: Iterable[str]) -> list[str]:
+    """Track threads; returns the ids that were new or re-activated. Idempotent."""
+    changed: list[str] = []
+    for thread_id in thread_ids:
+        row = session.get(TrackedThread, thread_id)
+        if row is None:
+            session.add(TrackedThread(thread_id=thread_id))
+            session.flush()  # the state row refers to the thread row
+            session.add(SyncState(thread_id=thread_id))
+            changed.append(thread_id)
+        elif row.state != "active":
+            row.state, row.gone_at, row.next_sync_at = "active", None, None
+            changed.append(thread_id)
+    session.flush()
+    return changed
+
+
+def remove_threads(session: Session, thread_ids: Iterable[str]) -> list[str]:
+    """Stop syncing threads (state ``paused``); their mirrored messages are kept."""
+    removed = []
+    for thread_id in thread_ids:
+        row = session.get(TrackedThread, thread_id)
+        if row is not None and row.state != "paused":
+            row.state = "paused"
+            removed.append(thread_id)
+    return removed
+
+
+def active_thread_ids(session: Session) -> list[str]:
+    query = select(col(TrackedThread.thread_id)).where(col(TrackedThread.state) == "active")
+    return [row[0] for row in session.execute(query.order_by(col(TrackedThread.added_at)))]
+
+
+def tracked(session: Session, thread_ids: Sequence[str]) -> dict[str, TrackedThread]:
+    rows = session.exec(
+        select(TrackedThread).where(col(TrackedThread.thread_id).in_(thread_ids))  # type: ignore[call-overload]
+    )
+    return {row[0].thread_id: row[0] for row in rows}
+
+
+def state_of(session: Session, thread_id: str) -> SyncState:
+    state = session.get(SyncState, thread_id)
+    if state is None:
+        state = SyncState(thread_id=thread_id)
+        session.add(state)
+    return state
+
+
+def mark_gone(session: Session, thread_id: str, now: datetime) -> None:
+    row = session.get(TrackedThread, thread_id)
+    if row is not None and row.state != "gone":
+        row.state, row.gone_at = "gone", now
+
+
+def get_meta(session: Session, key: str) -> str | None:
+    row = session.get(MirrorMeta, key)
+    return None if row is None else row.value
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    row = session.get(MirrorMeta, key)
+    if row is None:
+        session.add(MirrorMeta(key=key, value=value))
+    else:
+        row.value, row.updated_at = value, utcnow()
+
+
+@dataclass(frozen=True)
+class ThreadStatus:
+    """One line of `threadsync status` / `threads list`."""
+
+    thread_id: str
+    state: str
+    gone_at: datetime | None
+    messages: int
+    deleted: int
+    in_progress: int
+    last_sync_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    initial_done: bool
+
+
+def thread_statuses(session: Session) -> list[ThreadStatus]:
+    live = func.sum(func.cast(col(Message.deleted_at).is_(None), type_=Integer))
+    counts = {
+        row[0]: (row[1] or 0, row[2] - (row[1] or 0), row[3] or 0)
+        for row in session.execute(
+            select(
+                col(Message.thread_id),
+                live,
+                func.count(),
+                func.sum(
+                    func.cast(
+                        (col(Message.status) == "in_progress") & col(Message.deleted_at).is_(None),
+                        type_=Integer,
+                    )
+                ),
+            ).group_by(col(Message.thread_id))
+        )
+    }
+    out = []
+    query = (
+        select(TrackedThread, SyncState)
+        .join(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id), isouter=True)
+        .order_by(col(TrackedThread.added_at), col(TrackedThread.thread_id))
+    )
+    for thread, state in session.execute(query):
+        live_n, deleted_n, busy_n = counts.get(thread.thread_id, (0, 0, 0))
+        out.append(
+            ThreadStatus(
+                thread_id=thread.thread_id,
+                state=thread.state,
+                gone_at=thread.gone_at,
+                messages=int(live_n),
+                deleted=int(deleted_n),
+                in_progress=int(busy_n),
+                last_sync_at=state.last_sync_at if state else None,
+                last_success_at=state.last_success_at if state else None,
+                last_error=state.last_error if state else None,
+                initial_done=bool(state.initial_done) if state else False,
+            )
+        )
+    return out

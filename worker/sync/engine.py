@@ -1,0 +1,584 @@
+"""One thread's pass: the first sync, ordinary passes, full reconciles, and recovery.
+
+The wire gives no ``updated_at`` and says nothing about a cursor that names a deleted message, so
+every walk checks what it is told:
+
+- **first sync** walks newest-first (recent conversation lands first) and records its cursor with
+  every page, so an interrupted first sync resumes where it stopped;
+- **ordinary pass** asks for the single newest message; when that is the high-water mark the thread
+  is idle (one small request). Otherwise it walks forward from the high-water mark and checks that
+  the first page really starts after it. A cursor the server rejects (404, 400), ignores (the walk
+  restarts at the head) or answers with an empty page although a newer message exists, is a cursor
+  that names a deleted message: the pass rescans the thread;
+- **full pass** (reconcile, and the rescan) walks the whole thread oldest-first, applies changed
+  content and metadata, tombstones what the server no longer lists and restores what reappears. It
+  compares the listing with the mirror one ``created_at`` window at a time, so memory stays flat.
+
+Each page's rows and the cursor advance commit in one transaction: killed at any instant, a rerun
+loses nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import anyio
+from sqlalchemy import select
+from sqlmodel import col
+
+from worker.client import ApiClient, MessagePage
+from worker.errors import (
+    ApiError,
+    AuthError,
+    NotFoundError,
+    PagingError,
+    ParkedError,
+    PermanentError,
+    ThreadsyncError,
+    TransientError,
+)
+from worker.logs import get_logger
+from worker.store.db import Mirror
+from worker.store.models import Message, SyncState, utcnow
+from worker.store.repo import get_meta, mark_gone, set_meta, state_of
+from worker.sync.apply import (
+    Counts,
+    Direction,
+    Incoming,
+    apply_page,
+    mark_deleted,
+    prepare,
+    sweep_deleted,
+)
+from worker.sync.order import Place, TieOrder, first_tie_pair
+
+log = get_logger()
+
+TIE_ORDER_KEY = "server.tie_order"
+MAX_RESTARTS = 3
+
+
+class _CursorLost(Exception):
+    """The message a cursor names is gone (or the server stopped honouring the cursor)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TieConvention:
+    """The server's order of equal-``created_at`` messages in descending listings, learned once.
+
+    Shared by every thread of a run; persisted in the mirror so later runs need no probe.
+    """
+
+    def __init__(self, mirror: Mirror) -> None:
+        self._mirror = mirror
+        self._lock = anyio.Lock()
+        self.value: TieOrder | None = None
+
+    async def load(self) -> None:
+        def read() -> str | None:
+            with self._mirror.read() as session:
+                return get_meta(session, TIE_ORDER_KEY)
+
+        stored = await self._mirror.run(read)
+        if stored in ("reverse", "stable"):
+            self.value = stored  # type: ignore[assignment]
+
+    async def learn(self, client: ApiClient, thread_id: str, pair: tuple[str, str]) -> None:
+        """``pair`` were neighbours in a descending listing, in one second: which came first?
+
+        The message listed right after ``pair[1]`` in ascending order is ``pair[0]`` exactly when
+        descending order is the reverse of ascending order.
+        """
+        async with self._lock:
+            if self.value is not None:
+                return
+            try:
+                page = await client.list_messages(thread_id, limit=1, order="asc", after=pair[1])
+            except ApiError as exc:
+                log.info("sync.tie_probe_failed", thread=thread_id, status=exc.status)
+                return
+            if not page.data:
+                return
+            learned: TieOrder = "reverse" if page.data[0].get("id") == pair[0] else "stable"
+            self.value = learned
+
+            def write() -> None:
+                with self._mirror.write() as session:
+                    set_meta(session, TIE_ORDER_KEY, learned)
+
+            await self._mirror.run(write)
+            log.info("sync.tie_order_learned", thread=thread_id, tie_order=learned)
+
+    @property
+    def effective(self) -> TieOrder:
+        return self.value or "reverse"
+
+
+@dataclass
+class ThreadOutcome:
+    """What one pass over one thread did."""
+
+    thread_id: str
+    result: str  # synced | gone | parked | failed | skipped
+    counts: Counts = field(default_factory=Counts)
+    requests: int = 0
+    error: str | None = None
+    rescans: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.result in {"synced", "gone", "skipped"}
+
+
+class ThreadPass:
+    """One pass over one thread; create a new one for every pass."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        mirror: Mirror,
+        thread_id: str,
+        *,
+        ties: TieConvention,
+        page_limit: int = 100,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.client = client
+        self.mirror = mirror
+        self.thread_id = thread_id
+        self.ties = ties
+        self.limit = page_limit
+        self.now = now
+        self.outcome = ThreadOutcome(thread_id, "synced")
+        self._parked: float | None = None
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    async def run(self, *, full: bool = False) -> ThreadOutcome:
+        started = time.monotonic()
+        state = await self._state()
+        try:
+            if state.initial_done and full:
+                await self._full_walk("reconcile")
+            elif not state.initial_done:
+                await self._first_sync(state)
+                if full:
+                    await self._full_walk("reconcile")
+            else:
+                await self._ordinary(state)
+            await self._refetch_in_progress()
+        except ParkedError as exc:
+            self._fail("parked", exc, parked=exc.retry_after)
+        except NotFoundError as exc:
+            await self._not_found(state, exc)
+        except (AuthError, PermanentError, TransientError, PagingError) as exc:
+            self._fail("failed", exc)
+        self.outcome.seconds = time.monotonic() - started
+        await self._finish()
+        return self.outcome
+
+    # -- the three walks -----------------------------------------------------------------------
+
+    async def _first_sync(self, state: SyncState) -> None:
+        """Newest-first, resumable from ``initial_after``; ends by marking the first sync done."""
+        after = state.initial_after
+        prev = await self._place(after) if after else None
+        prev_id = after
+        previous_ids: set[str] = set()
+        high_water = state.high_water_id
+        while True:
+            try:
+                page = await self._list(order="desc", after=after)
+            except (NotFoundError, PermanentError) as exc:
+                if after is None or not _is_cursor_error(exc):
+                    raise
+                await self._full_walk(f"first-sync cursor answered {exc.status}")
+                return
+            msgs = self._prepare(page)
+            if (
+                after is not None
+                and msgs
+                and not _advances_desc(prev, previous_ids, msgs, high_water)
+            ):
+                await self._full_walk("first-sync cursor ignored by the server")
+                return
+            if not msgs and after is not None and not await self._exists(after):
+                await self._full_walk("first-sync cursor names a deleted message")
+                return
+            await self._learn_ties(prev, prev_id, msgs)
+            done = not page.has_more or not msgs
+            first_of_all = high_water is None and bool(msgs)
+            if first_of_all:
+                high_water = msgs[0].id
+
+            def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
+                if msgs:
+                    st.initial_after = msgs[-1].id
+                    if st.high_water_id is None:
+                        st.high_water_id = msgs[0].id
+                if done:
+                    st.initial_done, st.initial_after = True, None
+
+            prev = await self._store(msgs, "desc", prev, advance)
+            if done:
+                return
+            previous_ids = {m.id for m in msgs}
+            after = prev_id = msgs[-1].id
+
+    async def _ordinary(self, state: SyncState) -> None:
+        """One small request when idle; otherwise forward from the high-water mark, checked."""
+        probe = await self._list(order="desc", limit=1)
+        newest = self._prepare(probe)
+        high_water = state.high_water_id
+        if not newest:
+            if high_water is not None and await self._has_live_messages():
+                await self._full_walk("the server lists no messages any more")
+            return
+        top = newest[0]
+        if top.id == high_water:
+            return
+        hw_place = await self._place(high_water) if high_water else None
+        if hw_place is None:
+            await self._full_walk("no usable high-water mark")
+            return
+        top_place = await self._place(top.id)
+        if top_place is not None and (top.created_at, top_place.rank) < (
+            hw_place.created_at,
+            hw_place.rank,
+        ):
+            # The high-water message was deleted and nothing newer exists: step the cursor back.
+            await self._store([], "asc", None, lambda st: setattr(st, "high_water_id", top.id))
+            log.info("sync.cursor_stepped_back", thread=self.thread_id, cursor=top.id)
+            return
+        try:
+            await self._forward(high_water, hw_place)  # type: ignore[arg-type]
+        except _CursorLost as lost:
+            await self._full_walk(lost.reason)
+
+    async def _forward(self, after: str, prev: Place) -> None:
+        first = True
+        previous_ids: set[str] = set()
+        while True:
+            try:
+                page = await self._list(order="asc", after=after)
+            except (NotFoundError, PermanentError) as exc:
+                if not _is_cursor_error(exc):
+                    raise
+                raise _CursorLost(f"cursor answered {exc.status}") from exc
+            msgs = self._prepare(page)
+            if first and not msgs:
+                raise _CursorLost("empty page after the cursor although newer messages exist")
+            if msgs and not await self._advances_asc(prev, previous_ids, msgs[0], first):
+                raise _CursorLost("the server ignored the cursor")
+            first = False
+
+            def advance(st: SyncState, msgs: list[Incoming] = msgs) -> None:
+                if msgs:
+                    st.high_water_id = msgs[-1].id
+
+            prev = await self._store(msgs, "asc", prev, advance) or prev
+            if not page.has_more or not msgs:
+                return
+            previous_ids = {m.id for m in msgs}
+            after = msgs[-1].id
+
+    async def _full_walk(self, reason: str) -> None:
+        """Oldest-first over the whole thread with tombstones; restart if the cursor is lost."""
+        self.outcome.rescans += 1
+        log.info("sync.rescan", thread=self.thread_id, reason=reason)
+        for _ in range(MAX_RESTARTS):
+            try:
+                await self._full_walk_once()
+            except _CursorLost as lost:
+                log.info("sync.rescan_restart", thread=self.thread_id, reason=lost.reason)
+            else:
+                return
+        raise TransientError(
+            f"thread {self.thread_id}: the server kept losing the cursor during a full walk;"
+            " will retry on a later pass"
+        )
+
+    async def _full_walk_once(self) -> None:
+        after: str | None = None
+        prev: Place | None = None
+        low: int | None = None
+        seen: set[str] = set()
+        previous_ids: set[str] = set()
+        while True:
+            try:
+                page = await self._list(order="asc", after=after)
+            except (NotFoundError, PermanentError) as exc:
+                if after is None or not _is_cursor_error(exc):
+                    raise
+                raise _CursorLost(f"cursor answered {exc.status}") from exc
+            msgs = self._prepare(page)
+            if (
+                after is not None
+                and msgs
+                and (
+                    msgs[0].id in previous_ids
+                    or msgs[0].id in seen
+                    or (prev is not None and msgs[0].created_at < prev.created_at)
+                )
+            ):
+                raise _CursorLost("the server ignored the cursor")
+            if after is not None and not msgs and not await self._exists(after):
+                raise _CursorLost("empty page after a cursor that names a deleted message")
+            done = not page.has_more or not msgs
+            high = None if done else msgs[-1].created_at
+            seen.update(m.id for m in msgs)
+            window = (low, high, frozenset(seen))
+
+            def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
+                if msgs:
+                    st.high_water_id = msgs[-1].id
+                if done:
+                    st.initial_done, st.initial_after = True, None
+                    st.last_full_at = self.now()
+
+            prev = await self._store(msgs, "asc", prev, advance, sweep=window) or prev
+            if done:
+                return
+            seen = {m.id for m in msgs if m.created_at == high}
+            low = high
+            previous_ids = {m.id for m in msgs}
+            after = msgs[-1].id
+
+    async def _refetch_in_progress(self) -> None:
+        """Messages first seen while still being written: fetch them until they are final."""
+
+        def busy() -> list[str]:
+            with self.mirror.read() as session:
+                query = select(col(Message.id)).where(
+                    col(Message.thread_id) == self.thread_id,
+                    col(Message.status) == "in_progress",
+                    col(Message.deleted_at).is_(None),
+                )
+                return [row[0] for row in session.execute(query)]
+
+        for message_id in await self.mirror.run(busy):
+            try:
+                obj = await self._get(message_id)
+            except NotFoundError:
+                now = self.now()
+
+                def tombstone(mid: str = message_id, now: datetime = now) -> int:
+                    with self.mirror.write() as session:
+                        return mark_deleted(session, mid, now)
+
+                self.outcome.counts.deleted += await self.mirror.run_write(tombstone)
+                continue
+            await self._store([prepare(obj, self.thread_id)], "asc", None, None)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _list(
+        self, *, order: Literal["asc", "desc"], after: str | None = None, limit: int | None = None
+    ) -> MessagePage:
+        self.outcome.requests += 1
+        return await self.client.list_messages(
+            self.thread_id, limit=limit or self.limit, order=order, after=after
+        )
+
+    async def _get(self, message_id: str) -> dict[str, Any]:
+        self.outcome.requests += 1
+        return await self.client.get_message(self.thread_id, message_id)
+
+    async def _exists(self, message_id: str) -> bool:
+        try:
+            await self._get(message_id)
+        except NotFoundError:
+            return False
+        return True
+
+    def _prepare(self, page: MessagePage) -> list[Incoming]:
+        return [prepare(obj, self.thread_id) for obj in page.data]
+
+    async def _learn_ties(
+        self, prev: Place | None, prev_id: str | None, msgs: list[Incoming]
+    ) -> None:
+        if self.ties.value is not None:
+            return
+        pair = first_tie_pair(
+            prev.created_at if prev else None, prev_id, [(m.id, m.created_at) for m in msgs]
+        )
+        if pair is not None:
+            self.outcome.requests += 1
+            await self.ties.learn(self.client, self.thread_id, pair)
+
+    async def _advances_asc(
+        self, prev: Place, previous_ids: set[str], first: Incoming, first_page: bool
+    ) -> bool:
+        if first.id in previous_ids or first.created_at < prev.created_at:
+            return False
+        if not first_page:
+            return True
+        stored = await self._place(first.id)
+        return stored is None or (first.created_at, stored.rank) > (prev.created_at, prev.rank)
+
+    async def _store(
+        self,
+        msgs: list[Incoming],
+        direction: Direction,
+        prev: Place | None,
+        advance: Callable[[SyncState], None] | None,
+        *,
+        sweep: tuple[int | None, int | None, frozenset[str]] | None = None,
+    ) -> Place | None:
+        """Apply a page and move the cursor in one transaction."""
+        now = self.now()
+        ties = self.ties.effective
+
+        def work() -> tuple[Counts, Place | None]:
+            with self.mirror.write() as session:
+                counts, last = apply_page(
+                    session,
+                    self.thread_id,
+                    msgs,
+                    direction=direction,
+                    ties=ties,
+                    prev=prev,
+                    now=now,
+                )
+                if sweep is not None:
+                    low, high, seen = sweep
+                    counts.deleted += sweep_deleted(
+                        session, self.thread_id, low=low, high=high, seen=set(seen), now=now
+                    )
+                if advance is not None:
+                    st = state_of(session, self.thread_id)
+                    advance(st)
+                    st.pages += 1
+                return counts, last
+
+        counts, last = await self.mirror.run_write(work)
+        self.outcome.counts += counts
+        return last
+
+    async def _place(self, message_id: str | None) -> Place | None:
+        """Where a stored, live message sits; None if unknown or tombstoned."""
+        if message_id is None:
+            return None
+
+        def read() -> Place | None:
+            with self.mirror.read() as session:
+                row = session.execute(
+                    select(col(Message.created_at), col(Message.tie_rank)).where(
+                        col(Message.id) == message_id, col(Message.deleted_at).is_(None)
+                    )
+                ).first()
+            return None if row is None else Place(row[0], row[1])
+
+        return await self.mirror.run(read)
+
+    async def _has_live_messages(self) -> bool:
+        def read() -> bool:
+            with self.mirror.read() as session:
+                return (
+                    session.execute(
+                        select(col(Message.id))
+                        .where(
+                            col(Message.thread_id) == self.thread_id,
+                            col(Message.deleted_at).is_(None),
+                        )
+                        .limit(1)
+                    ).first()
+                    is not None
+                )
+
+        return await self.mirror.run(read)
+
+    async def _state(self) -> SyncState:
+        def read() -> SyncState:
+            with self.mirror.write() as session:
+                return state_of(session, self.thread_id)
+
+        return await self.mirror.run_write(read)
+
+    async def _not_found(self, state: SyncState, exc: NotFoundError) -> None:
+        """404 on a request without a cursor: the thread is gone (or never existed)."""
+        if state.last_success_at is None and state.high_water_id is None:
+            self._fail(
+                "failed", exc, detail="thread not found; check the id (threadsync threads list)"
+            )
+            return
+        now = self.now()
+
+        def write() -> None:
+            with self.mirror.write() as session:
+                mark_gone(session, self.thread_id, now)
+
+        await self.mirror.run_write(write)
+        self.outcome.result = "gone"
+        self.outcome.error = "the server no longer has this thread; its mirror is kept"
+        log.warning("sync.thread_gone", thread=self.thread_id)
+
+    def _fail(
+        self,
+        result: str,
+        exc: ThreadsyncError,
+        *,
+        parked: float | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.outcome.result = result
+        self.outcome.error = describe(exc) if detail is None else f"{detail} ({describe(exc)})"
+        self._parked = parked
+
+    async def _finish(self) -> None:
+        now = self.now()
+        outcome = self.outcome
+        parked = self._parked
+
+        def write() -> None:
+            with self.mirror.write() as session:
+                st = state_of(session, self.thread_id)
+                st.last_sync_at = now
+                if outcome.ok:
+                    st.last_success_at = now
+                    st.consecutive_failures = 0
+                    st.last_error = st.last_error_kind = None
+                    st.parked_until = None
+                else:
+                    st.consecutive_failures += 1
+                    st.last_error = outcome.error
+                    st.last_error_kind = outcome.result
+                    st.parked_until = now + timedelta(seconds=parked) if parked else None
+                c = outcome.counts
+                st.added += c.added
+                st.changed += c.changed
+                st.deleted += c.deleted
+                st.restored += c.restored
+
+        await self.mirror.run_write(write)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for status and summaries: never a credential (the client scrubs its messages)."""
+    if isinstance(exc, ParkedError):
+        return f"server asked to wait {exc.retry_after:.0f}s; parked for a later pass"
+    if isinstance(exc, ApiError) and exc.status is not None:
+        code = f" {exc.code}" if exc.code else ""
+        return f"HTTP {exc.status}{code}: {exc.message}"
+    return str(exc) or type(exc).__name__
+
+
+def _is_cursor_error(exc: ApiError) -> bool:
+    return exc.status in (400, 404)
+
+
+def _advances_desc(
+    prev: Place | None, previous_ids: set[str], msgs: list[Incoming], high_water: str | None
+) -> bool:
+    first = msgs[0]
+    if first.id in previous_ids or first.id == high_water:
+        return False
+    return prev is None or first.created_at <= prev.created_at

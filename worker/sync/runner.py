@@ -1,0 +1,209 @@
+"""A sync run: many threads, bounded concurrency, one record per run and per thread.
+
+The one-shot `threadsync sync` and the daemon's dispatcher both call :func:`sync_threads`. One
+thread failing never stops the others: each pass catches its own API errors and reports them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+
+from worker.client import ApiClient
+from worker.logs import get_logger
+from worker.store.db import Mirror
+from worker.store.models import SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
+from worker.store.repo import active_thread_ids
+from worker.sync.apply import Counts
+from worker.sync.engine import ThreadOutcome, ThreadPass, TieConvention
+
+log = get_logger()
+
+
+@dataclass
+class RunReport:
+    """The outcome of one run, for the CLI summary, the daemon and the metrics."""
+
+    run_id: int
+    kind: str
+    outcomes: list[ThreadOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def counts(self) -> Counts:
+        total = Counts()
+        for outcome in self.outcomes:
+            total += outcome.counts
+        return total
+
+    @property
+    def requests(self) -> int:
+        return sum(o.requests for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[ThreadOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+async def sync_threads(
+    client: ApiClient,
+    mirror: Mirror,
+    *,
+    thread_ids: Sequence[str] | None = None,
+    full: bool = False,
+    concurrency: int = 8,
+    page_limit: int = 100,
+    now: Callable[[], datetime] = utcnow,
+    on_thread_done: Callable[[ThreadOutcome], None] | None = None,
+) -> RunReport:
+    """Sync ``thread_ids`` (default: every active tracked thread) and record the run."""
+    kind = "full" if full else "sync"
+    ids, skipped = await mirror.run(_plan, mirror, thread_ids, now())
+    run_id = await mirror.run_write(_open_run, mirror, kind)
+    report = RunReport(run_id, kind)
+    report.outcomes.extend(skipped)
+    ties = TieConvention(mirror)
+    await ties.load()
+    limiter = anyio.CapacityLimiter(concurrency)
+    started = time.monotonic()
+    log.info("sync.run_started", run=run_id, kind=kind, threads=len(ids))
+
+    async def one(thread_id: str) -> None:
+        async with limiter:
+            outcome = await ThreadPass(
+                client, mirror, thread_id, ties=ties, page_limit=page_limit, now=now
+            ).run(full=full)
+        report.outcomes.append(outcome)
+        _log_outcome(outcome)
+        if on_thread_done is not None:
+            on_thread_done(outcome)
+
+    async with anyio.create_task_group() as tg:
+        for thread_id in ids:
+            tg.start_soon(one, thread_id)
+    report.seconds = time.monotonic() - started
+    await mirror.run_write(_close_run, mirror, report, now())
+    c = report.counts
+    log.info(
+        "sync.run_finished",
+        run=run_id,
+        kind=kind,
+        threads_ok=len(report.outcomes) - len(report.failed),
+        threads_failed=len(report.failed),
+        added=c.added,
+        changed=c.changed,
+        deleted=c.deleted,
+        restored=c.restored,
+        requests=report.requests,
+        seconds=round(report.seconds, 3),
+    )
+    return report
+
+
+def _plan(
+    mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime
+) -> tuple[list[str], list[ThreadOutcome]]:
+    """Which threads to sync; parked threads wait until their time."""
+    with mirror.read() as session:
+        ids = list(thread_ids) if thread_ids is not None else active_thread_ids(session)
+        skipped: list[ThreadOutcome] = []
+        runnable: list[str] = []
+        for thread_id in ids:
+            thread = session.get(TrackedThread, thread_id)
+            state = session.get(SyncState, thread_id)
+            if thread is None:
+                skipped.append(
+                    ThreadOutcome(
+                        thread_id,
+                        "failed",
+                        error="not tracked; add it with `threadsync threads add`",
+                    )
+                )
+            elif thread.state == "gone":
+                skipped.append(ThreadOutcome(thread_id, "gone", error="gone from the server"))
+            elif (
+                state is not None
+                and state.parked_until is not None
+                and _aware(state.parked_until) > now
+            ):
+                skipped.append(
+                    ThreadOutcome(
+                        thread_id,
+                        "parked",
+                        error=f"parked until {_aware(state.parked_until).isoformat()}",
+                    )
+                )
+            else:
+                runnable.append(thread_id)
+        return runnable, skipped
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every datetime threadsync stores is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _open_run(mirror: Mirror, kind: str) -> int:
+    with mirror.write() as session:
+        run = SyncRun(kind=kind)
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        return run.id
+
+
+def _close_run(mirror: Mirror, report: RunReport, now: datetime) -> None:
+    with mirror.write() as session:
+        run = session.get(SyncRun, report.run_id)
+        assert run is not None
+        c = report.counts
+        run.finished_at = now
+        run.threads_ok = len(report.outcomes) - len(report.failed)
+        run.threads_failed = len(report.failed)
+        run.added, run.changed, run.deleted, run.restored = (
+            c.added,
+            c.changed,
+            c.deleted,
+            c.restored,
+        )
+        run.requests = report.requests
+        for o in report.outcomes:
+            session.add(
+                SyncRunThread(
+                    run_id=report.run_id,
+                    thread_id=o.thread_id,
+                    ok=o.ok,
+                    error=o.error,
+                    added=o.counts.added,
+                    changed=o.counts.changed,
+                    deleted=o.counts.deleted,
+                    restored=o.counts.restored,
+                    requests=o.requests,
+                )
+            )
+
+
+def _log_outcome(o: ThreadOutcome) -> None:
+    fields = {
+        "thread": o.thread_id,
+        "result": o.result,
+        "added": o.counts.added,
+        "changed": o.counts.changed,
+        "deleted": o.counts.deleted,
+        "restored": o.counts.restored,
+        "requests": o.requests,
+        "rescans": o.rescans,
+        "seconds": round(o.seconds, 3),
+    }
+    if o.ok:
+        log.info("sync.thread_done", **fields)
+    else:
+        log.warning("sync.thread_failed", error=o.error, **fields)
