@@ -1,4 +1,4 @@
-"""Shared fixtures for the client tests: settings per profile, a scripted transport, a fake server."""
+"""Client test fixtures: settings per profile, a scripted transport, a fake paged server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Page and object parsing: tolerant of missing ids, strict about shape, faithful to unknown fields."""
+"""Page and object parsing: tolerant of missing ids, strict on shape, faithful to unknown fields."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from worker.errors import TransientError
 
 def test_full_page() -> None:
     """A complete list body parses to its fields."""
-    body = b'{"object":"list","data":[{"id":"a"},{"id":"b"}],"first_id":"a","last_id":"b","has_more":true}'
+    body = (
+        b'{"object":"list","data":[{"id":"a"},{"id":"b"}],'
+        b'"first_id":"a","last_id":"b","has_more":true}'
+    )
     assert parse_page(body) == MessagePage(
         data=[{"id": "a"}, {"id": "b"}], first_id="a", last_id="b", has_more=True
     )

@@ -38,7 +38,7 @@ async def test_azure_api_key_url_and_headers() -> None:
 
 @pytest.mark.anyio
 async def test_azure_bearer_and_explicit_version() -> None:
-    """azure with auth=bearer sends Authorization and no api-key; api_version overrides the default."""
+    """azure, auth=bearer: Authorization and no api-key; api_version overrides the default."""
     request = await _one_request(azure(auth="bearer", api_version="2024-05-01-preview"))
     assert request.headers["authorization"] == f"Bearer {KEY}"
     assert "api-key" not in request.headers
@@ -82,7 +82,7 @@ def test_foundry_refuses_api_key_auth() -> None:
 
 
 def test_foundry_without_project_names_the_setting() -> None:
-    """A foundry endpoint without a project path and no project set names THREADSYNC_API__PROJECT."""
+    """Foundry with no project (path or setting): the error names THREADSYNC_API__PROJECT."""
     with pytest.raises(ConfigError, match="THREADSYNC_API__PROJECT"):
         ApiClient(settings_for(Profile.FOUNDRY, project=None))
 

@@ -33,7 +33,7 @@ from worker.client.retry import backoff_delay, classify, parse_retry_after
     ],
 )
 def test_classify(code: int, verdict: str) -> None:
-    """The openai SDK's split: 408/409/429/5xx retry, 401/403 auth, 404 not found, rest permanent."""
+    """As the openai SDK: 408/409/429/5xx retry, 401/403 auth, 404 not found, else permanent."""
     assert classify(code) == verdict
 
 

@@ -69,9 +69,18 @@ def root(
 
 def _register() -> None:
     # Imported here so that each command module can import `app` helpers without a cycle.
-    from worker.cli import db, emulator, export, sync, threads  # noqa: PLC0415 - see above
+    from worker.cli import (  # noqa: PLC0415 - see above
+        backup,
+        daemon,
+        db,
+        emulator,
+        export,
+        metadata,
+        sync,
+        threads,
+    )
 
-    for module in (threads, sync, export, db, emulator):
+    for module in (threads, sync, export, metadata, daemon, backup, db, emulator):
         module.register(app)
 
 

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from worker.emulator.asgi import create_app
+from worker.emulator.asgi import ASGIApp, create_app
 from worker.emulator.state import Emulator
 
 
-def _config(emulator: Emulator, log_level: str) -> uvicorn.Config:
+def _config(emulator: Emulator, log_level: str, app: ASGIApp | None = None) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(emulator),
+        app or create_app(emulator),
         lifespan="on",
         log_level=log_level,
         access_log=False,
@@ -46,16 +46,22 @@ def serve(emulator: Emulator, *, host: str = "127.0.0.1", port: int = 8080) -> N
 
 @contextlib.contextmanager
 def serve_in_thread(
-    emulator: Emulator, port: int = 0, *, host: str = "127.0.0.1", log_level: str = "warning"
+    emulator: Emulator,
+    port: int = 0,
+    *,
+    host: str = "127.0.0.1",
+    log_level: str = "warning",
+    app: ASGIApp | None = None,
 ) -> Iterator[str]:
     """Serve on a loopback port from a background thread; yields the base URL.
 
     ``port=0`` picks a free port. Leaving the block stops the server and joins the thread.
+    ``app`` serves a wrapper of ``create_app(emulator)`` instead (e.g. one recording bodies).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = _Server(_config(emulator, log_level))
+    server = _Server(_config(emulator, log_level, app))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True
     )

@@ -1,0 +1,280 @@
+"""The sync engine against the in-process emulator, on SQLite and PostgreSQL.
+
+The yardstick throughout: the mirror's export equals the emulator's ground truth (same ids, same
+objects, same order, nothing twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from worker.emulator import Behaviour, Emulator, FaultRule, ManualClock, WireError
+from worker.export.source import Selection, iter_rows
+from worker.store.db import Mirror
+from worker.store.models import SyncState
+from worker.store.repo import add_threads
+from worker.sync.runner import sync_threads
+from worker.testing import emulated_client
+
+pytestmark = pytest.mark.anyio
+
+
+def exported(mirror: Mirror, thread_id: str, *, include_deleted: bool = False) -> list[Any]:
+    sel = Selection(thread_ids=[thread_id], include_deleted=include_deleted)
+    return [orjson.loads(r.raw) for r in iter_rows(mirror, sel)]
+
+
+def truth(emulator: Emulator, thread_id: str) -> list[Any]:
+    return list(emulator.truth()["threads"].get(thread_id, []))
+
+
+def track(mirror: Mirror, *ids: str) -> None:
+    with mirror.write() as session:
+        add_threads(session, ids)
+
+
+async def sync(emulator: Emulator, mirror: Mirror, **kwargs: Any) -> Any:
+    async with emulated_client(emulator) as client:
+        return await sync_threads(client, mirror, **kwargs)
+
+
+def list_requests(emulator: Emulator) -> int:
+    routes = emulator.stats()["routes"]
+    return sum(n for route, by in routes.items() if "messages" in route for n in by.values())
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    return Emulator(clock=ManualClock(), seed=7)
+
+
+@pytest.mark.parametrize("ties", ["reverse", "stable"])
+async def test_first_sync_mirrors_the_truth_in_server_order(
+    emulator: Emulator, mirror: Mirror, ties: str
+) -> None:
+    """Newest-first paging still stores every thread in the server's order, ties included."""
+    emulator.set_behaviour(ties=ties)
+    ids = emulator.seed(seed=3, threads=3, messages=250)
+    track(mirror, *ids)
+    report = await sync(emulator, mirror)
+    assert report.ok, report.failed
+    for thread_id in ids:
+        assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    assert report.counts.added == 750
+
+
+async def test_idle_pass_is_one_request_per_thread_and_writes_nothing(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """Nothing new: one small request per thread (plus one GET per in-progress message)."""
+    ids = emulator.seed(seed=1, threads=4, messages=30)
+    track(mirror, *ids)
+    await sync(emulator, mirror)
+    busy = sum(
+        m["status"] == "in_progress" for t in ids for m in truth(emulator, t)
+    )
+    emulator.reset_stats()
+    report = await sync(emulator, mirror)
+    assert report.ok
+    assert report.requests == 4 + busy
+    assert list_requests(emulator) == 4 + busy
+    assert report.counts.writes == 0
+
+
+@pytest.mark.parametrize("ties", ["reverse", "stable"])
+async def test_new_messages_in_the_same_second_land_in_order(
+    emulator: Emulator, mirror: Mirror, ties: str
+) -> None:
+    """Messages appended later, some in the high-water message's own second, keep server order."""
+    emulator.set_behaviour(ties=ties)
+    (thread_id,) = emulator.seed(seed=2, threads=1, messages=40)
+    track(mirror, thread_id)
+    await sync(emulator, mirror)
+    emulator.append_messages(thread_id, n=3)
+    emulator.advance_clock(1)
+    emulator.append_messages(thread_id, n=150)
+    report = await sync(emulator, mirror)
+    assert report.ok
+    assert report.counts.added == 153
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_interrupted_first_sync_resumes_where_it_stopped(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """A first sync that fails mid-way keeps its pages and continues from its cursor."""
+    (thread_id,) = emulator.seed(seed=4, threads=1, messages=500)
+    track(mirror, thread_id)
+    # Pages 1-2 succeed, then every list call fails until the client's retries run out.
+    calls = {"n": 0}
+    real = emulator.list_messages
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("order") == "desc":
+            calls["n"] += 1
+        if 3 <= calls["n"] <= 50:
+            raise WireError(503, "busy", type_="server_error")
+        return real(*args, **kwargs)
+
+    emulator.list_messages = flaky  # type: ignore[method-assign]
+    first = await sync(emulator, mirror)
+    assert not first.ok
+    emulator.list_messages = real  # type: ignore[method-assign]
+    assert len(exported(mirror, thread_id)) == 200
+    with mirror.read() as session:
+        state = session.get(SyncState, thread_id)
+        assert state is not None and state.initial_after is not None
+    emulator.reset_stats()
+    report = await sync(emulator, mirror)
+    assert report.ok
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    # Three remaining pages of the first sync (no restart from the head).
+    assert report.requests == 3
+
+
+@pytest.mark.parametrize("cursor_missing", ["404", "400", "empty", "ignore", "keep_place"])
+async def test_ordinary_pass_recovers_when_the_cursor_message_is_deleted(
+    emulator: Emulator, mirror: Mirror, cursor_missing: str
+) -> None:
+    """Under every cursor behaviour, an ordinary pass keeps seeing new messages after the
+    high-water message is deleted: nothing stalls, nothing is duplicated."""
+    emulator.set_behaviour(cursor_missing=cursor_missing)
+    (thread_id,) = emulator.seed(seed=5, threads=1, messages=120)
+    track(mirror, thread_id)
+    await sync(emulator, mirror)
+    newest = truth(emulator, thread_id)[-1]["id"]
+    emulator.delete_message(thread_id, newest)
+    emulator.advance_clock(5)
+    emulator.append_messages(thread_id, n=7)
+    report = await sync(emulator, mirror)
+    assert report.ok, report.failed
+    live = [m["id"] for m in exported(mirror, thread_id)]
+    want = [m["id"] for m in truth(emulator, thread_id)]
+    assert len(live) == len(set(live))
+    assert [i for i in live if i != newest] == want
+    # A later ordinary pass also sees new messages (no silent stall).
+    emulator.advance_clock(5)
+    emulator.append_messages(thread_id, n=2)
+    await sync(emulator, mirror)
+    final = await sync(emulator, mirror, full=True)
+    assert final.ok
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+@pytest.mark.parametrize("cursor_missing", ["404", "400", "empty", "ignore", "keep_place"])
+async def test_deleted_newest_without_new_messages(
+    emulator: Emulator, mirror: Mirror, cursor_missing: str
+) -> None:
+    """The newest message deleted and nothing new: the pass steps back, then new ones still land."""
+    emulator.set_behaviour(cursor_missing=cursor_missing)
+    (thread_id,) = emulator.seed(seed=6, threads=1, messages=20)
+    track(mirror, thread_id)
+    await sync(emulator, mirror)
+    emulator.delete_message(thread_id, truth(emulator, thread_id)[-1]["id"])
+    assert (await sync(emulator, mirror)).ok
+    emulator.advance_clock(3)
+    emulator.append_messages(thread_id, n=4)
+    assert (await sync(emulator, mirror)).ok
+    live = [m["id"] for m in exported(mirror, thread_id)]
+    assert set(m["id"] for m in truth(emulator, thread_id)) <= set(live)
+    assert len(live) == len(set(live))
+
+
+async def test_full_pass_applies_deletions_edits_and_restores(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """A reconcile tombstones what disappeared, applies remote metadata, and counts each kind."""
+    (thread_id,) = emulator.seed(seed=8, threads=1, messages=260)
+    track(mirror, thread_id)
+    await sync(emulator, mirror)
+    msgs = truth(emulator, thread_id)
+    for m in msgs[10:15] + msgs[150:152]:
+        emulator.delete_message(thread_id, m["id"])
+    emulator.edit_metadata(thread_id, msgs[200]["id"], {"reviewed": "yes"})
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert (report.counts.deleted, report.counts.changed, report.counts.added) == (7, 1, 0)
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    with_deleted = exported(mirror, thread_id, include_deleted=True)
+    assert [m["id"] for m in with_deleted] == [m["id"] for m in msgs]
+    again = await sync(emulator, mirror, full=True)
+    assert again.counts.writes == 0
+
+
+async def test_in_progress_messages_are_refetched_until_final(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """An assistant message first seen in progress is re-read by ordinary passes until final."""
+    (thread_id,) = emulator.seed(seed=9, threads=1, messages=5)
+    emulator.advance_clock(2)
+    (busy,) = emulator.append_messages(
+        thread_id,
+        messages=[{"role": "assistant", "content": "partial", "status": "in_progress"}],
+    )
+    track(mirror, thread_id)
+    await sync(emulator, mirror)
+    busy_ids = [m["id"] for m in truth(emulator, thread_id) if m["status"] == "in_progress"]
+    assert busy["id"] in busy_ids
+    report = await sync(emulator, mirror)
+    assert report.requests == 1 + len(busy_ids)  # the probe, one GET per in-progress message
+    for message_id in busy_ids:
+        emulator.finish_message(thread_id, message_id)
+    report = await sync(emulator, mirror)
+    assert report.counts.changed == len(busy_ids)
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    assert (await sync(emulator, mirror)).requests == 1
+
+
+async def test_a_deleted_thread_is_marked_gone_and_kept(emulator: Emulator, mirror: Mirror) -> None:
+    """404 on a thread that synced before: marked gone, mirror kept, other threads unaffected."""
+    a, b = emulator.seed(seed=10, threads=2, messages=15)
+    track(mirror, a, b)
+    await sync(emulator, mirror)
+    kept = exported(mirror, a)
+    emulator.delete_thread(a)
+    emulator.append_messages(b, n=2)
+    report = await sync(emulator, mirror)
+    assert report.ok
+    results = {o.thread_id: o.result for o in report.outcomes}
+    assert results == {a: "gone", b: "synced"}
+    assert exported(mirror, a) == kept
+    assert exported(mirror, b) == truth(emulator, b)
+
+
+async def test_unknown_thread_fails_without_stopping_others(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """A thread id that never existed is a failure with its reason; the rest still sync."""
+    (good,) = emulator.seed(seed=11, threads=1, messages=10)
+    track(mirror, good, "thread_doesnotexist")
+    report = await sync(emulator, mirror)
+    assert not report.ok
+    (failed,) = report.failed
+    assert failed.thread_id == "thread_doesnotexist"
+    assert "not found" in (failed.error or "")
+    assert exported(mirror, good) == truth(emulator, good)
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "503", "truncate", "drop"])
+async def test_faults_do_not_change_the_result(
+    emulator: Emulator, mirror: Mirror, fault: str
+) -> None:
+    """Under a storm of one fault kind the export still equals the truth."""
+    ids = emulator.seed(seed=12, threads=3, messages=220)
+    track(mirror, *ids)
+    emulator.add_fault(FaultRule(fault=fault, times=None, probability=0.3))  # type: ignore[arg-type]
+    await sync(emulator, mirror)
+    emulator.clear_faults()
+    report = await sync(emulator, mirror)
+    assert report.ok
+    for thread_id in ids:
+        assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_behaviour_object_is_respected(emulator: Emulator) -> None:
+    """Sanity: the emulator reports the behaviour the tests rely on."""
+    emulator.set_behaviour(cursor_missing="empty")
+    assert emulator.behaviour == Behaviour(cursor_missing="empty")
