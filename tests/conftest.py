@@ -8,6 +8,7 @@ the reason shown, except in CI (``THREADSYNC_REQUIRE_POSTGRES=1``) where it fail
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from worker import logs
 from worker.store.db import Mirror
 
 PG_URL = os.environ.get(
@@ -25,6 +27,13 @@ PG_URL = os.environ.get(
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """CliRunner swaps stderr; point structlog back at the real one after every test."""
+    yield
+    logs.configure(level="info", json=True, stream=sys.stderr)
 
 
 def _pg_admin_url() -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from openapi_schema_validator import OAS30Validator
 
 from worker.emulator import Emulator, ManualClock, create_app
 
@@ -71,8 +72,6 @@ def _inline_refs(node: Any, schemas: dict[str, Any], seen: tuple[str, ...] = ())
 @pytest.fixture(scope="session")
 def schema_validator() -> Callable[[str, Any], None]:
     """``validate(schema_name, body)`` against the 2024-08-28 OpenAI spec (loaded once)."""
-    from openapi_schema_validator import OAS30Validator
-
     specs = _specs_dir()
     if specs is None:
         pytest.skip(f"{SPEC_NAME} not found (set THREADSYNC_SPECS_DIR to the shared/specs folder)")

@@ -65,8 +65,8 @@ def recording(app: ASGIApp, log: Recorded) -> ASGIApp:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[Emulator, str, Recorded]]:
-    emulator = Emulator(api_key=KEY, clock=ManualClock(1_700_000_000.0))
+def served(clock: ManualClock) -> Iterator[tuple[Emulator, str, Recorded]]:
+    emulator = Emulator(api_key=KEY, clock=clock)
     log: Recorded = []
     with serve_in_thread(emulator, app=recording(create_app(emulator), log)) as url:
         yield emulator, url, log
@@ -139,7 +139,9 @@ def scenario(client: openai.OpenAI, emulator: Emulator, clock: ManualClock) -> N
 
 
 def test_azure_sync_sdk_scenario(
-    served: tuple[Emulator, str, Recorded], schema_validator: Callable[[str, Any], None]
+    served: tuple[Emulator, str, Recorded],
+    clock: ManualClock,
+    schema_validator: Callable[[str, Any], None],
 ) -> None:
     """Sync AzureOpenAI: create, paginate both orders at several limits, retrieve, update,
     delete, and the 400/401/404/429 error classes; every body matches the OpenAPI schemas."""
@@ -147,8 +149,6 @@ def test_azure_sync_sdk_scenario(
     client = openai.AzureOpenAI(
         azure_endpoint=url, api_key=KEY, api_version="2024-08-01-preview", max_retries=0
     )
-    clock = emulator._clock  # the served emulator's ManualClock
-    assert isinstance(clock, ManualClock)
     scenario(client, emulator, clock)
     seen = validate_all(log, schema_validator)
     assert {"ListMessagesResponse", "MessageObject", "DeleteMessageResponse"} <= seen
@@ -156,13 +156,13 @@ def test_azure_sync_sdk_scenario(
 
 
 def test_openai_platform_sdk_scenario(
-    served: tuple[Emulator, str, Recorded], schema_validator: Callable[[str, Any], None]
+    served: tuple[Emulator, str, Recorded],
+    clock: ManualClock,
+    schema_validator: Callable[[str, Any], None],
 ) -> None:
     """OpenAI (the /v1 family with bearer + beta header) runs the same scenario unchanged."""
     emulator, url, log = served
     client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
-    clock = emulator._clock
-    assert isinstance(clock, ManualClock)
     scenario(client, emulator, clock)
     assert all(path.startswith("/v1/") for _, path, _, _ in log)
     validate_all(log, schema_validator)

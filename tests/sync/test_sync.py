@@ -73,9 +73,7 @@ async def test_idle_pass_is_one_request_per_thread_and_writes_nothing(
     ids = emulator.seed(seed=1, threads=4, messages=30)
     track(mirror, *ids)
     await sync(emulator, mirror)
-    busy = sum(
-        m["status"] == "in_progress" for t in ids for m in truth(emulator, t)
-    )
+    busy = sum(m["status"] == "in_progress" for t in ids for m in truth(emulator, t))
     emulator.reset_stats()
     report = await sync(emulator, mirror)
     assert report.ok
@@ -126,7 +124,8 @@ async def test_interrupted_first_sync_resumes_where_it_stopped(
     assert len(exported(mirror, thread_id)) == 200
     with mirror.read() as session:
         state = session.get(SyncState, thread_id)
-        assert state is not None and state.initial_after is not None
+        assert state is not None
+        assert state.initial_after is not None
     emulator.reset_stats()
     report = await sync(emulator, mirror)
     assert report.ok
@@ -179,7 +178,7 @@ async def test_deleted_newest_without_new_messages(
     emulator.append_messages(thread_id, n=4)
     assert (await sync(emulator, mirror)).ok
     live = [m["id"] for m in exported(mirror, thread_id)]
-    assert set(m["id"] for m in truth(emulator, thread_id)) <= set(live)
+    assert {m["id"] for m in truth(emulator, thread_id)} <= set(live)
     assert len(live) == len(set(live))
 
 

@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from worker import logs
 from worker.client import ApiClient
@@ -98,10 +99,10 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {logs.scrub(str(exc))}")
+        err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(exc)))}")
         raise typer.Exit(EXIT_CONFIG) from None
     except ThreadsyncError as exc:
-        err_console.print(f"[bold red]error:[/] {logs.scrub(str(exc))}")
+        err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(exc)))}")
         raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -120,7 +121,7 @@ def command(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
 
 

@@ -18,6 +18,7 @@ from worker.cli.common import (
     out_console,
     run_async,
 )
+from worker.outbox import edit_counts
 from worker.store.repo import thread_statuses
 from worker.sync.runner import RunReport, sync_threads
 
@@ -141,5 +142,11 @@ def status(
             r.last_error or "",
         )
     out_console.print(table)
+    with mirror.read() as session:
+        edits = edit_counts(session)
+    out_console.print(
+        f"metadata edits: {edits['pending']} pending, {edits['conflicted']} conflicted,"
+        f" {edits['failed']} failed"
+    )
     if not rows:
         err_console.print("no tracked threads; add some with `threadsync threads add THREAD_ID`")

@@ -184,11 +184,14 @@ class ApiClient:
         return await self._call("GET", MESSAGE, ids, parse_object)
 
     async def modify_message(
-        self, thread_id: str, message_id: str, metadata: dict[str, str]
+        self, thread_id: str, message_id: str, metadata: dict[str, str], *, repeat: bool = True
     ) -> dict[str, Any]:
+        """Set a message's metadata. Setting a map is idempotent, so by default a modify is
+        repeated after a 5xx or a dropped connection; ``repeat=False`` raises instead, for callers
+        that re-read the message and decide afresh (the outbox: no redundant write)."""
         ids = {"thread_id": thread_id, "message_id": message_id}
         payload = {"metadata": metadata}
-        return await self._call("POST", MESSAGE, ids, parse_object, json=payload, repeatable=True)
+        return await self._call("POST", MESSAGE, ids, parse_object, json=payload, repeatable=repeat)
 
     async def create_message(
         self,

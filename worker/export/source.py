@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlmodel import col
 
 from worker.store.db import Mirror
@@ -58,6 +59,30 @@ def thread_order(mirror: Mirror, selection: Selection) -> list[str]:
     return ordered
 
 
+_Q = TypeVar("_Q", bound=Select[*tuple[Any, ...]])
+
+
+def _filtered(query: _Q, selection: Selection) -> _Q:
+    if not selection.include_deleted:
+        query = query.where(col(Message.deleted_at).is_(None))
+    if selection.since is not None:
+        query = query.where(col(Message.created_at) >= selection.since)
+    if selection.until is not None:
+        query = query.where(col(Message.created_at) < selection.until)
+    if selection.roles:
+        query = query.where(col(Message.role).in_(list(selection.roles)))
+    return query
+
+
+def count_rows(mirror: Mirror, selection: Selection) -> int:
+    """How many rows :func:`iter_rows` will yield (for a progress bar's total)."""
+    query = _filtered(select(func.count()).select_from(Message), selection)
+    if selection.thread_ids is not None:
+        query = query.where(col(Message.thread_id).in_(list(selection.thread_ids)))
+    with mirror.read() as session:
+        return int(session.execute(query).scalar_one())
+
+
 def iter_rows(mirror: Mirror, selection: Selection, *, batch: int = 2000) -> Iterator[Row]:
     """Yield rows thread by thread; memory stays flat (the database cursor streams)."""
     for thread_id in thread_order(mirror, selection):
@@ -68,14 +93,7 @@ def iter_rows(mirror: Mirror, selection: Selection, *, batch: int = 2000) -> Ite
             col(Message.raw),
             col(Message.deleted_at),
         ).where(col(Message.thread_id) == thread_id)
-        if not selection.include_deleted:
-            query = query.where(col(Message.deleted_at).is_(None))
-        if selection.since is not None:
-            query = query.where(col(Message.created_at) >= selection.since)
-        if selection.until is not None:
-            query = query.where(col(Message.created_at) < selection.until)
-        if selection.roles:
-            query = query.where(col(Message.role).in_(list(selection.roles)))
+        query = _filtered(query, selection)
         query = query.order_by(col(Message.created_at), col(Message.tie_rank), col(Message.id))
         with mirror.read() as session:
             result = session.execute(query, execution_options={"yield_per": batch})

@@ -90,31 +90,39 @@ class TieConvention:
         if stored in ("reverse", "stable"):
             self.value = stored  # type: ignore[assignment]
 
-    async def learn(self, client: ApiClient, thread_id: str, pair: tuple[str, str]) -> None:
+    async def learn(self, client: ApiClient, thread_id: str, pair: tuple[str, str]) -> int:
         """``pair`` were neighbours in a descending listing, in one second: which came first?
 
         The message listed right after ``pair[1]`` in ascending order is ``pair[0]`` exactly when
-        descending order is the reverse of ascending order.
+        descending order is the reverse of ascending order. Returns how many requests it made.
         """
         async with self._lock:
             if self.value is not None:
-                return
+                return 0
             try:
                 page = await client.list_messages(thread_id, limit=1, order="asc", after=pair[1])
             except ApiError as exc:
                 log.info("sync.tie_probe_failed", thread=thread_id, status=exc.status)
-                return
-            if not page.data:
-                return
-            learned: TieOrder = "reverse" if page.data[0].get("id") == pair[0] else "stable"
+                return 1
+            if page.data:
+                learned: TieOrder = "reverse" if page.data[0].get("id") == pair[0] else "stable"
+            else:
+                # Nothing follows pair[1] ascending: it is the newest message, so ties keep
+                # creation order in descending listings too; unless pair[1] was just deleted.
+                try:
+                    await client.get_message(thread_id, pair[1])
+                except ApiError:
+                    return 2
+                learned = "stable"
             self.value = learned
 
             def write() -> None:
                 with self._mirror.write() as session:
                     set_meta(session, TIE_ORDER_KEY, learned)
 
-            await self._mirror.run(write)
+            await self._mirror.run_write(write)
             log.info("sync.tie_order_learned", thread=thread_id, tie_order=learned)
+            return 1 if page.data else 2
 
     @property
     def effective(self) -> TieOrder:
@@ -310,7 +318,9 @@ class ThreadPass:
         after: str | None = None
         prev: Place | None = None
         low: int | None = None
-        seen: set[str] = set()
+        # Ids listed in the open window [low, ...), with their second: a window only closes at a
+        # second the walk has fully passed, so a tie group spanning pages is compared whole.
+        seen: dict[str, int] = {}
         previous_ids: set[str] = set()
         while True:
             try:
@@ -334,7 +344,7 @@ class ThreadPass:
                 raise _CursorLost("empty page after a cursor that names a deleted message")
             done = not page.has_more or not msgs
             high = None if done else msgs[-1].created_at
-            seen.update(m.id for m in msgs)
+            seen.update((m.id, m.created_at) for m in msgs)
             window = (low, high, frozenset(seen))
 
             def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
@@ -347,7 +357,7 @@ class ThreadPass:
             prev = await self._store(msgs, "asc", prev, advance, sweep=window) or prev
             if done:
                 return
-            seen = {m.id for m in msgs if m.created_at == high}
+            seen = {mid: at for mid, at in seen.items() if high is not None and at >= high}
             low = high
             previous_ids = {m.id for m in msgs}
             after = msgs[-1].id
@@ -411,8 +421,7 @@ class ThreadPass:
             prev.created_at if prev else None, prev_id, [(m.id, m.created_at) for m in msgs]
         )
         if pair is not None:
-            self.outcome.requests += 1
-            await self.ties.learn(self.client, self.thread_id, pair)
+            self.outcome.requests += await self.ties.learn(self.client, self.thread_id, pair)
 
     async def _advances_asc(
         self, prev: Place, previous_ids: set[str], first: Incoming, first_page: bool

@@ -1,0 +1,134 @@
+"""Running `threadsync` as a subprocess against an emulator served on a loopback socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from worker.emulator import Emulator
+from worker.export.source import Selection, iter_rows
+from worker.store.db import Mirror
+
+THREADSYNC = [sys.executable, "-m", "worker"]
+
+
+def env_for(base_url: str, emulator: Emulator, db_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("THREADSYNC_", "AZURE_"))}
+    env.update(
+        {
+            "AZURE_OPENAI_ENDPOINT": base_url,
+            "AZURE_OPENAI_API_KEY": emulator.api_key,
+            "THREADSYNC_DATABASE_URL": db_url,
+            "THREADSYNC_LOG__FORMAT": "json",
+            "THREADSYNC_RETRY__INITIAL_DELAY": "0.02",
+            "THREADSYNC_RETRY__MAX_DELAY": "0.1",
+            "THREADSYNC_RETRY__MAX_ATTEMPTS": "10",
+            "THREADSYNC_DAEMON__DISPATCH_INTERVAL": "0.2",
+            "THREADSYNC_DAEMON__SYNC_INTERVAL": "0.5",
+            "THREADSYNC_DAEMON__HEARTBEAT_INTERVAL": "0.5",
+            "THREADSYNC_DAEMON__REQUESTS_PER_SECOND": "400",
+            "THREADSYNC_DAEMON__SHUTDOWN_TIMEOUT": "10",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*THREADSYNC, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def cli_start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*THREADSYNC, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
+    """Wait for a started command; its exit code and stderr."""
+    _, stderr = proc.communicate(timeout=timeout)
+    return proc.returncode, stderr
+
+
+class DaemonProcess:
+    """`threadsync run` in the background, its JSON log in a file we can poll."""
+
+    def __init__(self, env: dict[str, str], log_file: Path, *args: str) -> None:
+        self.log_file = log_file
+        self._log = log_file.open("wb")
+        self.proc = subprocess.Popen(
+            [*THREADSYNC, "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=self._log
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_file.read_bytes().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        return out
+
+    def wait_event(self, name: str, deadline: float = 30.0) -> dict[str, Any]:
+        found = wait_for(
+            lambda: next((e for e in self.events() if e.get("event") == name), None),
+            deadline,
+            f"log event {name}",
+            self,
+        )
+        assert isinstance(found, dict)
+        return found
+
+    def terminate(self, timeout: float) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def wait_for(
+    probe: Callable[[], Any], deadline: float, what: str, daemon: DaemonProcess | None = None
+) -> Any:
+    """Poll ``probe`` until it returns something truthy, failing after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        value = probe()
+        if value:
+            return value
+        if daemon is not None and daemon.proc.poll() is not None:
+            tail = daemon.log_file.read_text()[-2000:]
+            raise AssertionError(
+                f"daemon exited {daemon.proc.returncode} waiting for {what}:\n{tail}"
+            )
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def exported(mirror: Mirror) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for row in iter_rows(mirror, Selection()):
+        out.setdefault(row.thread_id, []).append(orjson.loads(row.raw))
+    return out
+
+
+def truth(emulator: Emulator) -> dict[str, list[Any]]:
+    return {t: list(m) for t, m in emulator.truth()["threads"].items() if m}

@@ -1,0 +1,70 @@
+"""Restoring a snapshot into a mirror (SQLite or PostgreSQL), all or nothing.
+
+The snapshot is verified first (a damaged backup is refused, naming what is wrong). The target is
+created if empty; a target holding data is refused unless ``force``, which replaces its contents.
+Rows are copied in one transaction on the target, so a failed restore leaves it as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine
+
+from worker.backup.manifest import DATABASE
+from worker.backup.tables import clear_tables, copy_tables, reflect, row_counts
+from worker.backup.verify import verify
+from worker.errors import ConfigError, StoreError
+from worker.logs import get_logger
+from worker.store.db import Mirror
+from worker.store.schema import current_revision, head_revision
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    target: str
+    rows: dict[str, int]
+    replaced: bool
+
+    @property
+    def messages(self) -> int:
+        return self.rows.get("message", 0)
+
+
+def restore(path: Path, database_url: str, force: bool = False) -> RestoreResult:
+    """Copy the snapshot at ``path`` into the mirror at ``database_url``."""
+    report = verify(Path(path))
+    if not report.ok:
+        raise StoreError(f"refusing to restore {path}: {report.problem}")
+    snapshot = create_engine(f"sqlite:///file:{Path(path) / DATABASE}?mode=ro&immutable=1&uri=true")
+    target = Mirror(database_url)
+    try:
+        revision = current_revision(snapshot)
+        if revision != head_revision():
+            raise StoreError(
+                f"the snapshot's schema revision is {revision}, this threadsync's is"
+                f" {head_revision()}; restore it with the threadsync that made it"
+            )
+        with (
+            snapshot.connect() as src,
+            target.engine.execution_options(threadsync_write=True).connect() as dst,
+            dst.begin(),
+        ):
+            present = {name: n for name, n in row_counts(dst, reflect(dst)).items() if n}
+            if present and not force:
+                held = ", ".join(f"{n} {name} rows" for name, n in sorted(present.items()))
+                raise ConfigError(
+                    f"the mirror at {target.safe_url} is not empty ({held}); restore into an"
+                    " empty database, or pass --force to replace its contents"
+                )
+            if present:
+                clear_tables(dst)
+            rows = copy_tables(src, dst)
+        log.info("backup.restored", target=target.safe_url, messages=rows.get("message", 0))
+        return RestoreResult(target.safe_url, rows, replaced=bool(present))
+    finally:
+        target.dispose()
+        snapshot.dispose()

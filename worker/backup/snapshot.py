@@ -1,0 +1,238 @@
+"""Taking one snapshot: ``threadsync-<UTC timestamp>/`` with ``mirror.db``, ``messages.jsonl`` and
+``manifest.json``, built in a hidden temporary directory and renamed into place only when complete.
+
+``mirror.db`` is always a portable SQLite mirror at the current schema revision:
+  * from a SQLite mirror, SQLite's online backup API copies a consistent snapshot while syncs keep
+    writing (one step, under one read transaction);
+  * from PostgreSQL, every threadsync table is read in one REPEATABLE READ transaction and written
+    into a fresh SQLite mirror made by the same migrations.
+``messages.jsonl`` and the manifest's counts are then produced from that copy, never from the live
+mirror, so all three files describe the same instant. The JSONL has ``--include-deleted``
+semantics: a backup keeps everything the mirror knows, deleted messages marked as
+``worker/export/jsonl.py`` documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+from worker import __version__
+from worker.backup.manifest import (
+    DATABASE,
+    MANIFEST,
+    MESSAGES,
+    Manifest,
+    ThreadCount,
+    render,
+    sha256_of,
+)
+from worker.backup.tables import copy_tables
+from worker.errors import ConfigError, StoreError
+from worker.export.jsonl import line_of
+from worker.export.source import Selection, iter_rows
+from worker.logs import get_logger
+from worker.store.db import Mirror, sqlite_path
+from worker.store.schema import current_revision
+
+log = get_logger()
+
+PREFIX = "threadsync-"
+NAME = re.compile(r"^threadsync-(\d{8}T\d{6}Z)$")
+STAMP = "%Y%m%dT%H%M%SZ"
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A finished snapshot directory."""
+
+    path: Path
+    taken_at: datetime
+    threads: int
+    messages: int
+    deleted: int
+    bytes: int
+
+
+def snapshot_name(when: datetime) -> str:
+    return PREFIX + when.astimezone(UTC).strftime(STAMP)
+
+
+def taken_at_of(name: str) -> datetime | None:
+    match = NAME.match(name)
+    if match is None:
+        return None
+    return datetime.strptime(match.group(1), STAMP).replace(tzinfo=UTC)
+
+
+def _free_name(dest: Path, when: datetime) -> Path:
+    # Names are whole seconds; two snapshots in one second take the next free second, so names
+    # stay unique, sortable and parseable (retention works on the times they carry).
+    when = when.astimezone(UTC).replace(microsecond=0)
+    while (dest / snapshot_name(when)).exists():
+        when += timedelta(seconds=1)
+    return dest / snapshot_name(when)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _single_file(db: Path) -> None:
+    """Leave the copy as one self-contained file (no -wal/-shm beside it)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        conn.close()
+
+
+def copy_database(mirror: Mirror, db: Path) -> None:
+    """A consistent copy of ``mirror`` as a SQLite mirror file at ``db``."""
+    if mirror.is_sqlite:
+        source = sqlite_path(mirror.url)
+        if source is None:
+            raise ConfigError("an in-memory mirror cannot be backed up; use a file or PostgreSQL")
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        dst = sqlite3.connect(db)
+        try:
+            src.backup(dst)  # pages=-1: one step under one read transaction, hence consistent
+        finally:
+            dst.close()
+            src.close()
+        return
+    copy = Mirror(f"sqlite:///{db}")  # a fresh mirror made by the same migrations
+    try:
+        if current_revision(copy.engine) != current_revision(mirror.engine):
+            raise StoreError("the mirror and this threadsync disagree on the schema revision")
+        with (
+            mirror.engine.connect().execution_options(isolation_level="REPEATABLE READ") as live,
+            live.begin(),
+            copy.engine.connect() as into,
+            into.begin(),
+        ):
+            copied = copy_tables(live, into)
+        log.info(
+            "backup.tables_copied",
+            tables=len(copied),
+            rows=sum(copied.values()),
+            messages=copied.get("message", 0),
+        )
+    finally:
+        copy.dispose()
+
+
+class _HashingWriter:
+    """Counts and hashes bytes on their way to the file, so the JSONL is never read back."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        self.out.write(data)
+
+
+def export_messages(db: Path, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
+    """Write every message of the copy (deleted ones marked) and count them per thread."""
+    copy = Mirror(f"sqlite:///{db}", create=False)
+    threads: dict[str, ThreadCount] = {}
+    try:
+        with target.open("wb") as fh:
+            writer = _HashingWriter(fh)
+            buffer: list[bytes] = []
+            for row in iter_rows(copy, Selection(include_deleted=True)):
+                count = threads.get(row.thread_id)
+                if count is None:
+                    count = threads[row.thread_id] = ThreadCount()
+                if row.deleted_at is None:
+                    count.messages += 1
+                    count.newest_message_id = row.id
+                else:
+                    count.deleted += 1
+                buffer.append(line_of(row))
+                if len(buffer) >= 1000:
+                    writer.write(b"".join(buffer))
+                    buffer.clear()
+            writer.write(b"".join(buffer))
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        copy.dispose()
+    return threads, writer.digest.hexdigest(), writer.size
+
+
+def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
+    """Build a complete snapshot of ``mirror`` in ``dest``; nothing named ``threadsync-*`` appears
+    unless every file is written, synced and listed in the manifest."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}", suffix=PARTIAL_SUFFIX, dir=dest))
+    try:
+        db = tmp / DATABASE
+        copy_database(mirror, db)
+        threads, jsonl_sha, jsonl_size = export_messages(db, tmp / MESSAGES)
+        _single_file(db)
+        _fsync_file(db)
+        revision = _revision_of(db)
+        manifest = Manifest(
+            tool_version=__version__,
+            schema_revision=revision,
+            created_at=now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            source_dialect=mirror.dialect,
+            threads=threads,
+            files={
+                DATABASE: {"bytes": db.stat().st_size, "sha256": sha256_of(db)},
+                MESSAGES: {"bytes": jsonl_size, "sha256": jsonl_sha},
+            },
+        )
+        (tmp / MANIFEST).write_bytes(render(manifest))
+        _fsync_file(tmp / MANIFEST)
+        _fsync_dir(tmp)
+        final = _free_name(dest, now)
+        tmp.rename(final)
+        _fsync_dir(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in final.iterdir())
+    taken = taken_at_of(final.name)
+    assert taken is not None
+    return Snapshot(
+        final,
+        taken,
+        len(threads),
+        sum(t.messages for t in threads.values()),
+        sum(t.deleted for t in threads.values()),
+        size,
+    )
+
+
+def _revision_of(db: Path) -> str:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        raise StoreError(f"{db}: the copy carries no schema revision")
+    return str(row[0])

@@ -1,0 +1,205 @@
+"""Checking a snapshot, cheapest and most telling first; the first thing wrong is named by file.
+
+1. ``manifest.json`` parses, is ours, and matches its own checksum (an edited manifest).
+2. Every listed file exists with its recorded size and SHA-256; nothing unlisted lies beside them.
+3. ``mirror.db`` passes SQLite's ``integrity_check`` and its per-thread counts and newest message
+   ids equal the manifest's.
+4. Every line of ``messages.jsonl`` parses as a message object, and its per-thread counts equal the
+   manifest's.
+The database checks run in a worker thread while the JSONL is hashed and parsed in one read (SQLite
+and hashlib release the GIL); problems are still reported in the order above.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from worker.backup.manifest import (
+    DATABASE,
+    FORMAT,
+    MANIFEST,
+    MESSAGES,
+    SELF_KEY,
+    ThreadCount,
+    parse_threads,
+    self_digest,
+    sha256_of,
+)
+from worker.export.jsonl import DELETED_KEY
+
+
+class Damaged(Exception):
+    """The first problem found; its message starts with the file's name."""
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    problem: str | None = None
+    threads: int = 0
+    messages: int = 0
+    deleted: int = 0
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify(path: Path) -> VerifyReport:
+    """Verify one snapshot directory."""
+    report = VerifyReport(Path(path))
+    try:
+        expected = _checks(report)
+    except Damaged as exc:
+        report.problem = str(exc)
+        return report
+    report.threads = len(expected)
+    report.messages = sum(t.messages for t in expected.values())
+    report.deleted = sum(t.deleted for t in expected.values())
+    return report
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise Damaged(f"{path}: not a snapshot directory")
+    file = path / MANIFEST
+    if not file.is_file():
+        raise Damaged(f"{MANIFEST}: missing")
+    try:
+        document = orjson.loads(file.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise Damaged(f"{MANIFEST}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise Damaged(f"{MANIFEST}: not a threadsync backup manifest")
+    if document.get(SELF_KEY) != self_digest(document):
+        raise Damaged(f"{MANIFEST}: does not match its own checksum (edited or damaged)")
+    return document
+
+
+def _present(path: Path, document: dict[str, Any]) -> None:
+    """Every listed file is there with its recorded size (hashes are checked while reading)."""
+    files: dict[str, Any] = document["files"]
+    for name in (DATABASE, MESSAGES):
+        if name not in files:
+            raise Damaged(f"{MANIFEST}: does not list {name}")
+    for name, facts in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            raise Damaged(f"{name}: missing")
+        size = file.stat().st_size
+        if size != facts["bytes"]:
+            raise Damaged(f"{name}: {size} bytes, the manifest says {facts['bytes']}")
+        if name not in (DATABASE, MESSAGES) and sha256_of(file) != facts["sha256"]:
+            raise Damaged(f"{name}: SHA-256 differs from the manifest (damaged)")
+    for extra in sorted(
+        p.name for p in path.iterdir() if p.name not in files and p.name != MANIFEST
+    ):
+        raise Damaged(f"{extra}: not listed in the manifest")
+
+
+def _checked_database(db: Path, facts: dict[str, Any]) -> dict[str, ThreadCount]:
+    # The checksum comes first: counting a damaged file could only mislead.
+    if sha256_of(db) != facts["sha256"]:
+        raise Damaged(f"{DATABASE}: SHA-256 differs from the manifest (damaged)")
+    return _database_counts(db)
+
+
+def _database_counts(db: Path) -> dict[str, ThreadCount]:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error as exc:
+        raise Damaged(f"{DATABASE}: cannot be opened ({exc})") from None
+    try:
+        (verdict,) = conn.execute("PRAGMA integrity_check(1)").fetchone()
+        if verdict != "ok":
+            raise Damaged(f"{DATABASE}: SQLite integrity check failed: {verdict}")
+        counts: dict[str, ThreadCount] = {}
+        for thread_id, live, deleted in conn.execute(
+            "SELECT thread_id, SUM(deleted_at IS NULL), SUM(deleted_at IS NOT NULL)"
+            " FROM message GROUP BY thread_id"
+        ):
+            counts[thread_id] = ThreadCount(int(live), int(deleted))
+        for thread_id, count in counts.items():
+            newest = conn.execute(
+                "SELECT id FROM message WHERE thread_id = ? AND deleted_at IS NULL"
+                " ORDER BY created_at DESC, tie_rank DESC, id DESC LIMIT 1",
+                (thread_id,),
+            ).fetchone()
+            count.newest_message_id = newest[0] if newest else None
+    except sqlite3.DatabaseError as exc:
+        raise Damaged(f"{DATABASE}: unreadable ({exc})") from None
+    finally:
+        conn.close()
+    return counts
+
+
+def _jsonl_counts(file: Path) -> tuple[dict[str, ThreadCount], str]:
+    """Per-thread counts and the file's SHA-256, in one read."""
+    counts: dict[str, ThreadCount] = {}
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            digest.update(line)
+            try:
+                message = orjson.loads(line)
+                thread_id, message_id = message["thread_id"], message["id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise Damaged(f"{MESSAGES}: line {number} is not a message object") from None
+            count = counts.get(thread_id)
+            if count is None:
+                count = counts[thread_id] = ThreadCount()
+            if DELETED_KEY in message:
+                count.deleted += 1
+            else:
+                count.messages += 1
+                count.newest_message_id = message_id
+    return counts, digest.hexdigest()
+
+
+def _compare(name: str, found: dict[str, ThreadCount], expected: dict[str, ThreadCount]) -> None:
+    for thread_id in sorted(set(found) | set(expected)):
+        have, want = found.get(thread_id), expected.get(thread_id)
+        if have is None or want is None:
+            where = "is missing" if have is None else "is not in the manifest"
+            raise Damaged(f"{name}: thread {thread_id} {where}")
+        if have != want:
+            raise Damaged(
+                f"{name}: thread {thread_id} has {have.messages} messages, {have.deleted} deleted,"
+                f" newest {have.newest_message_id}; the manifest says {want.messages},"
+                f" {want.deleted}, {want.newest_message_id}"
+            )
+
+
+def _checks(report: VerifyReport) -> dict[str, ThreadCount]:
+    document = _manifest(report.path)
+    report.checked.append(MANIFEST)
+    _present(report.path, document)
+    expected = parse_threads(document)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        database: Future[dict[str, ThreadCount]] = pool.submit(
+            _checked_database, report.path / DATABASE, document["files"][DATABASE]
+        )
+        try:
+            jsonl, jsonl_sha = _jsonl_counts(report.path / MESSAGES)
+            jsonl_error: Damaged | None = None
+        except Damaged as exc:
+            jsonl, jsonl_error, jsonl_sha = {}, exc, ""
+        db_counts = database.result()  # the database's problem is named first
+    if jsonl_sha and jsonl_sha != document["files"][MESSAGES]["sha256"]:
+        raise Damaged(f"{MESSAGES}: SHA-256 differs from the manifest (damaged)")
+    report.checked.append("checksums")
+    _compare(DATABASE, db_counts, expected)
+    report.checked.append(DATABASE)
+    if jsonl_error is not None:
+        raise jsonl_error
+    _compare(MESSAGES, jsonl, expected)
+    report.checked.append(MESSAGES)
+    return expected

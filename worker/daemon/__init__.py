@@ -1,0 +1,9 @@
+"""The long-running `threadsync run`: scheduling, pacing, lifecycle, health and metrics.
+
+Map: ``due`` (which threads are due, leases and the next time: pure maths plus batched queries),
+``dispatcher`` (syncs the due threads in batches and reschedules them), ``jobs`` (the job bodies:
+dispatch, reconcile, push, backup, and the runner that cancels them cleanly), ``scheduler`` (the
+only module that imports APScheduler), ``heartbeat`` (the liveness record `threadsync check`
+reads), ``lock`` (one daemon per mirror), ``metrics`` (Prometheus), ``health`` (the HTTP listener),
+``lifecycle`` (signals, start-up and graceful shutdown).
+"""

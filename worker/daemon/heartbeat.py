@@ -1,0 +1,76 @@
+"""The daemon's heartbeat: ``mirror_meta['daemon.heartbeat']`` = ``<ISO time> pid=<pid>``.
+
+The daemon rewrites it every ``daemon.heartbeat_interval``; `threadsync check` (a container
+HEALTHCHECK, a probe) reads it. Kept in the mirror rather than in a file so that the check works
+the same for SQLite and PostgreSQL, and proves the daemon can still write the database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+from worker.daemon.due import aware
+from worker.store.db import Mirror
+from worker.store.repo import get_meta, set_meta
+
+HEARTBEAT_KEY = "daemon.heartbeat"
+# A beat older than this many intervals means the daemon is gone or stuck.
+STALE_AFTER_BEATS = 3
+
+
+@dataclass(frozen=True)
+class Beat:
+    at: datetime
+    pid: int | None
+
+
+def encode(at: datetime, pid: int) -> str:
+    return f"{at.isoformat()} pid={pid}"
+
+
+def decode(value: str) -> Beat | None:
+    """The stored beat, or None when the value is not one (never written by us)."""
+    stamp, _, rest = value.strip().partition(" ")
+    try:
+        at = aware(datetime.fromisoformat(stamp))
+    except ValueError:
+        return None
+    assert at is not None
+    pid: int | None = None
+    if rest.startswith("pid="):
+        try:
+            pid = int(rest[4:])
+        except ValueError:
+            pid = None
+    return Beat(at, pid)
+
+
+def judge(value: str | None, now: datetime, interval: float) -> str | None:
+    """None when the heartbeat is fresh, else the reason it is not (one sentence for a probe)."""
+    if value is None:
+        return "no daemon heartbeat in this mirror: is `threadsync run` running?"
+    beat = decode(value)
+    if beat is None:
+        return f"the heartbeat record is unreadable: {value[:60]!r}"
+    age = (now - beat.at).total_seconds()
+    limit = STALE_AFTER_BEATS * interval
+    if age > limit:
+        who = f" (pid {beat.pid})" if beat.pid is not None else ""
+        return (
+            f"the daemon heartbeat{who} is {age:.0f} s old, more than {limit:g} s"
+            f" ({STALE_AFTER_BEATS} x heartbeat_interval): the daemon is stopped or stuck"
+        )
+    return None
+
+
+def write_beat(mirror: Mirror, now: datetime) -> None:
+    """Blocking: run it through ``mirror.run_write``."""
+    with mirror.write() as session:
+        set_meta(session, HEARTBEAT_KEY, encode(now, os.getpid()))
+
+
+def read_beat(mirror: Mirror) -> str | None:
+    with mirror.read() as session:
+        return get_meta(session, HEARTBEAT_KEY)

@@ -1,0 +1,160 @@
+"""The bodies of the scheduled jobs, and the runner that starts and cancels them cleanly.
+
+APScheduler only decides *when*; :class:`JobRunner` wraps every job body in an anyio cancel scope
+of ours. Shutdown cancels those scopes (never the asyncio task underneath), so the shields around
+page transactions hold: an in-flight page commits, then the job unwinds.
+
+The push and backup bodies import their modules lazily: the daemon starts (and syncs) even where
+those features are not installed, and says so once in the log.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import anyio
+
+from worker.client import ApiClient
+from worker.config import Settings
+from worker.daemon.metrics import DaemonMetrics
+from worker.logs import get_logger
+from worker.store.db import Mirror
+
+log = get_logger()
+
+JobBody = Callable[[], Awaitable[Any]]
+
+
+class JobRunner:
+    """Runs job bodies under cancel scopes it can cancel all at once, and knows when all ended."""
+
+    def __init__(self, metrics: DaemonMetrics | None = None) -> None:
+        self.metrics = metrics
+        self.stopping = False
+        self._scopes: set[anyio.CancelScope] = set()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._scopes)
+
+    def wrap(self, name: str, body: JobBody) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The coroutine function APScheduler calls: never raises, never starts after stop()."""
+
+        async def job() -> None:
+            if self.stopping:
+                return
+            started = time.monotonic()
+            outcome = "ok"
+            with anyio.CancelScope() as scope:
+                self._scopes.add(scope)
+                self._idle = anyio.Event() if self._idle.is_set() else self._idle
+                try:
+                    await body()
+                except Exception as exc:
+                    outcome = "error"
+                    log.exception("daemon.job_failed", job=name, error=type(exc).__name__)
+                finally:
+                    self._scopes.discard(scope)
+                    if not self._scopes:
+                        self._idle.set()
+            if scope.cancelled_caught:
+                outcome = "cancelled"
+            if self.metrics is not None:
+                self.metrics.jobs.labels(job=name, outcome=outcome).inc()
+            log.debug(
+                "daemon.job_done",
+                job=name,
+                outcome=outcome,
+                seconds=round(time.monotonic() - started, 3),
+            )
+
+        job.__name__ = f"threadsync_{name}"
+        job.__qualname__ = job.__name__
+        return job
+
+    def stop(self) -> None:
+        """Start no more jobs and cancel the running ones (their shielded commits still finish)."""
+        self.stopping = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """True when every running job has ended within ``seconds``."""
+        with anyio.move_on_after(seconds):
+            await self._idle.wait()
+            return True
+        return False
+
+
+async def _settle(result: object) -> None:
+    """Await what a feature function returned, if it is awaitable (either kind is accepted)."""
+    if inspect.isawaitable(result):
+        await result
+
+
+def _optional(module: str, name: str) -> Callable[..., object] | None:
+    """``module.name`` if that feature is installed, else None."""
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    return found if callable(found) else None
+
+
+class Jobs:
+    """Push and backup job bodies (the dispatcher and the reconcile are on the Dispatcher)."""
+
+    def __init__(
+        self, client: ApiClient, mirror: Mirror, settings: Settings, *, gate: anyio.Lock
+    ) -> None:
+        self.client = client
+        self.mirror = mirror
+        self.settings = settings
+        # The dispatcher's gate: a backup syncs first, and must not pass over threads the
+        # dispatcher is syncing at the same moment.
+        self.gate = gate
+        self._said_missing: set[str] = set()
+
+    def _missing(self, feature: str, where: str) -> None:
+        if feature not in self._said_missing:
+            self._said_missing.add(feature)
+            log.warning("daemon.feature_unavailable", job=feature, missing=where)
+
+    async def push(self) -> None:
+        push_pending = _optional("worker.outbox", "push_pending")
+        if push_pending is None:
+            self._missing("push", "worker.outbox.push_pending")
+            return
+        await _settle(
+            push_pending(
+                self.client,
+                self.mirror,
+                policy=self.settings.push.conflict_policy,
+                concurrency=self.settings.push.concurrency,
+            )
+        )
+
+    async def backup(self) -> None:
+        run_backup = _optional("worker.backup", "run_backup")
+        if run_backup is None:
+            self._missing("backup", "worker.backup.run_backup")
+            return
+        async with self.gate:
+            await _settle(run_backup(self.settings, self.mirror, self.client))
+
+
+def edit_counts(mirror: Mirror) -> dict[str, int]:
+    """Outbox edits by state, or nothing when the outbox is not installed (blocking)."""
+    try:
+        counter = importlib.import_module("worker.outbox").edit_counts
+    except (ImportError, AttributeError):
+        return {}
+    with mirror.read() as session:
+        counts = counter(session)
+    return {str(k): int(v) for k, v in dict(counts).items()}

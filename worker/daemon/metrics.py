@@ -1,0 +1,132 @@
+"""Prometheus metrics of the daemon, in a registry of its own (nothing global, tests stay apart).
+
+Every label has a small fixed set of values: HTTP method, route template, status, change kind,
+pass result, thread state, edit state, job name. Thread ids never become labels.
+
+Counters are fed by events (the client's :class:`ClientEvents` hooks, the sync engine's per-thread
+outcomes); gauges that need the database (threads by state, outbox edits) are refreshed by the
+heartbeat in a worker thread, so a scrape never touches the database or blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from worker.client import ClientEvents
+from worker.sync.engine import ThreadOutcome
+
+PASS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+EDIT_STATES = ("pending", "conflicted", "failed")
+
+
+class DaemonMetrics:
+    """The daemon's metric families; ``render()`` is the ``/metrics`` body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "threadsync_requests",
+            "API requests by method, route template and HTTP status (status 'none': no answer).",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "threadsync_retries", "Requests sent again after a failure.", ["route"], registry=r
+        )
+        self.throttled = Counter(
+            "threadsync_throttled", "429 answers (each pauses every caller).", registry=r
+        )
+        self.messages = Counter(
+            "threadsync_messages_mirrored",
+            "Message changes written to the mirror.",
+            ["change"],
+            registry=r,
+        )
+        self.passes = Counter(
+            "threadsync_thread_passes", "Thread sync passes by result.", ["result"], registry=r
+        )
+        self.pass_seconds = Histogram(
+            "threadsync_thread_sync_duration_seconds",
+            "Wall time of one thread's sync pass.",
+            buckets=PASS_BUCKETS,
+            registry=r,
+        )
+        self.dispatches = Counter(
+            "threadsync_dispatch_cycles", "Dispatcher runs that claimed work.", registry=r
+        )
+        self.jobs = Counter(
+            "threadsync_job_runs",
+            "Scheduled job runs by job and outcome.",
+            ["job", "outcome"],
+            registry=r,
+        )
+        self.threads = Gauge(
+            "threadsync_threads", "Tracked threads by state.", ["state"], registry=r
+        )
+        self.edits = Gauge(
+            "threadsync_edits", "Outbox metadata edits by state.", ["state"], registry=r
+        )
+        self.last_success = Gauge(
+            "threadsync_last_successful_pass_timestamp_seconds",
+            "Unix time of the last thread pass that succeeded.",
+            registry=r,
+        )
+        self.heartbeat = Gauge(
+            "threadsync_heartbeat_timestamp_seconds",
+            "Unix time of the last heartbeat written to the mirror.",
+            registry=r,
+        )
+        for state in EDIT_STATES:
+            self.edits.labels(state=state).set(0)
+        for change in ("added", "changed", "deleted", "restored"):
+            self.messages.labels(change=change)
+
+    def record_outcome(self, outcome: ThreadOutcome) -> None:
+        """One thread pass finished (the sync runner's ``on_thread_done``)."""
+        self.passes.labels(result=outcome.result).inc()
+        self.pass_seconds.observe(outcome.seconds)
+        c = outcome.counts
+        for change, n in (
+            ("added", c.added),
+            ("changed", c.changed),
+            ("deleted", c.deleted),
+            ("restored", c.restored),
+        ):
+            if n:
+                self.messages.labels(change=change).inc(n)
+        if outcome.ok:
+            self.last_success.set(time.time())
+
+    def set_threads(self, counts: dict[str, int]) -> None:
+        for state, n in counts.items():
+            self.threads.labels(state=state).set(n)
+
+    def set_edits(self, counts: dict[str, int]) -> None:
+        for state in EDIT_STATES:
+            self.edits.labels(state=state).set(counts.get(state, 0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def client_events(self) -> MetricsEvents:
+        return MetricsEvents(self)
+
+
+class MetricsEvents(ClientEvents):
+    """The API client's hooks, counted."""
+
+    def __init__(self, metrics: DaemonMetrics) -> None:
+        self._m = metrics
+
+    def on_response(self, method: str, route: str, status: int | None, seconds: float) -> None:
+        status_label = "none" if status is None else str(status)
+        self._m.requests.labels(method=method, route=route, status=status_label).inc()
+
+    def on_retry(self, route: str, status: int | None, wait: float) -> None:
+        self._m.retries.labels(route=route).inc()
+
+    def on_throttled(self, wait: float) -> None:
+        self._m.throttled.inc()

@@ -1,0 +1,316 @@
+"""Pushing queued metadata edits: read, merge three ways, write the complete map, record.
+
+For each open edit: GET the message, merge ``base``/``desired``/remote per key
+(:mod:`worker.outbox.merge`), apply the conflict policy, and POST the complete resulting map only
+if the server does not already hold it. That last check is what makes the effect exactly-once:
+
+- a push killed between the modify and the local commit leaves the edit pending; the next push
+  reads the remote, finds the wish already there and completes with no second modify;
+- a modify answered by a 5xx, a dropped connection or a cut body may have been applied, so it is
+  never repeated blindly: the push reads the message again and decides afresh.
+
+Only a 429 (which proves nothing was done) is retried by the client itself. Permanent errors (400,
+401/403, 404) mark the edit failed with the server's message; 401/403 also stop the push, since
+every other edit would fail the same way. An edit that keeps failing transiently stays pending.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from worker.client import ApiClient
+from worker.client.retry import backoff_delay
+from worker.config import RetrySettings
+from worker.errors import (
+    AuthError,
+    ConfigError,
+    ParkedError,
+    PermanentError,
+    TransientError,
+)
+from worker.logs import get_logger
+from worker.outbox.limits import check_limits
+from worker.outbox.merge import (
+    POLICIES,
+    Conflict,
+    Policy,
+    as_metadata,
+    changed_keys,
+    merge3,
+    wire_map,
+)
+from worker.outbox.record import Outcome, Snapshot, load_open, store_outcomes
+from worker.store.db import Mirror
+
+log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class EditOutcome:
+    """What one push did with one edit. ``result``: applied | conflicted | failed | deferred."""
+
+    thread_id: str
+    message_id: str
+    result: str
+    keys: list[str] = field(default_factory=list)
+    attempts: int = 0
+    requests: int = 0
+    written: bool = False  # a modify was sent and answered (False: the server already agreed)
+    error: str | None = None
+
+
+@dataclass
+class PushReport:
+    """The outcome of one push, for the CLI summary, the daemon and the metrics."""
+
+    outcomes: list[EditOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    aborted: str | None = None  # why the push stopped early (an auth failure)
+
+    def _with(self, result: str) -> list[EditOutcome]:
+        return [o for o in self.outcomes if o.result == result]
+
+    @property
+    def applied(self) -> list[EditOutcome]:
+        return self._with("applied")
+
+    @property
+    def conflicted(self) -> list[EditOutcome]:
+        return self._with("conflicted")
+
+    @property
+    def failed(self) -> list[EditOutcome]:
+        return self._with("failed")
+
+    @property
+    def deferred(self) -> list[EditOutcome]:
+        return self._with("deferred")
+
+    @property
+    def requests(self) -> int:
+        return sum(o.requests for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        """Every edit reached the server; nothing is held, failed or left for later."""
+        return self.aborted is None and all(o.result == "applied" for o in self.outcomes)
+
+
+async def modify_once(
+    client: ApiClient, thread_id: str, message_id: str, metadata: dict[str, str]
+) -> dict[str, Any]:
+    """POST the metadata without the client repeating it after an answer it cannot trust;
+    the caller re-reads the message instead, so a write is never sent twice."""
+    return await client.modify_message(thread_id, message_id, metadata, repeat=False)
+
+
+@dataclass
+class _Push:
+    client: ApiClient
+    policy: Policy
+    retry: RetrySettings
+    sleep: Callable[[float], Awaitable[None]]
+    rng: random.Random
+    record: MemoryObjectSendStream[Outcome]
+    aborted: str | None = None
+
+    async def one(self, snap: Snapshot) -> EditOutcome:
+        requests, error = 0, "not attempted"
+        attempts = snap.attempts
+        for attempt in range(self.retry.max_attempts):
+            if self.aborted is not None:
+                break
+            attempts += 1
+            try:
+                remote_obj = await self.client.get_message(snap.thread_id, snap.message_id)
+                requests += 1
+                remote = as_metadata(remote_obj.get("metadata"))
+                # A key the wish lacks but the base had can only be blanked (see merge.wire_map).
+                merged = merge3(snap.base, wire_map(snap.desired, snap.base), remote)
+                if not merged.clean and self.policy == "fail":
+                    return await self._conflicted(snap, merged.conflicts, attempts, requests)
+                wanted = wire_map(merged.resolved(self.policy), remote)
+                keys = changed_keys(remote, wanted)
+                if not keys:
+                    return await self._applied(snap, remote_obj, [], attempts, requests, False)
+                check_limits(wanted)
+                requests += 1
+                answer = await modify_once(self.client, snap.thread_id, snap.message_id, wanted)
+                return await self._applied(snap, answer, keys, attempts, requests, True)
+            except ConfigError as exc:  # the merged map breaks a limit: the server would say 400
+                return await self._failed(snap, str(exc), attempts, requests)
+            except AuthError as exc:
+                self.aborted = exc.message
+                return await self._failed(snap, exc.message, attempts, requests)
+            except PermanentError as exc:
+                return await self._failed(snap, exc.message, attempts, requests)
+            except ParkedError as exc:
+                error = exc.message
+                break
+            except TransientError as exc:
+                error = exc.message
+                if attempt + 1 < self.retry.max_attempts:
+                    delay = backoff_delay(
+                        attempt, self.retry.initial_delay, self.retry.max_delay, self.rng
+                    )
+                    await self.sleep(delay)
+        await self.record.send(Outcome(snap, "pending", attempts, error=error))
+        log.warning(
+            "push.deferred",
+            thread=snap.thread_id,
+            message=snap.message_id,
+            keys=changed_keys(snap.base, snap.desired),
+            attempts=attempts,
+            error=error,
+        )
+        return EditOutcome(
+            snap.thread_id,
+            snap.message_id,
+            "deferred",
+            attempts=attempts,
+            requests=requests,
+            error=error,
+        )
+
+    async def _applied(
+        self,
+        snap: Snapshot,
+        obj: dict[str, Any],
+        keys: list[str],
+        attempts: int,
+        requests: int,
+        written: bool,
+    ) -> EditOutcome:
+        await self.record.send(Outcome(snap, "applied", attempts, obj))
+        log.info(
+            "push.applied",
+            thread=snap.thread_id,
+            message=snap.message_id,
+            keys=keys,
+            attempts=attempts,
+            written=written,
+        )
+        return EditOutcome(
+            snap.thread_id, snap.message_id, "applied", keys, attempts, requests, written
+        )
+
+    async def _conflicted(
+        self, snap: Snapshot, conflicts: tuple[Conflict, ...], attempts: int, requests: int
+    ) -> EditOutcome:
+        keys = [c.key for c in conflicts]
+        error = "changed on the server too: " + ", ".join(keys)
+        await self.record.send(
+            Outcome(snap, "conflicted", attempts, error=error, conflicts=conflicts)
+        )
+        log.warning(
+            "push.conflict",
+            thread=snap.thread_id,
+            message=snap.message_id,
+            keys=keys,
+            attempts=attempts,
+            policy=self.policy,
+        )
+        return EditOutcome(
+            snap.thread_id, snap.message_id, "conflicted", keys, attempts, requests, error=error
+        )
+
+    async def _failed(
+        self, snap: Snapshot, error: str, attempts: int, requests: int
+    ) -> EditOutcome:
+        await self.record.send(Outcome(snap, "failed", attempts, error=error))
+        keys = changed_keys(snap.base, snap.desired)
+        log.warning(
+            "push.failed",
+            thread=snap.thread_id,
+            message=snap.message_id,
+            keys=keys,
+            attempts=attempts,
+            error=error,
+        )
+        return EditOutcome(
+            snap.thread_id, snap.message_id, "failed", keys, attempts, requests, error=error
+        )
+
+
+async def _recorder(mirror: Mirror, receive: MemoryObjectReceiveStream[Outcome]) -> None:
+    """Write outcomes in batches: whatever arrived while the previous batch was being written.
+
+    One transaction per edit would serialise the push on SQLite's single writer; batching is safe
+    because an outcome lost to a crash only costs the next push one read (the exactly-once check).
+    """
+    async with receive:
+        ended = False
+        while not ended:
+            try:
+                batch = [await receive.receive()]
+            except anyio.EndOfStream:
+                return
+            while True:
+                try:
+                    batch.append(receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+                except anyio.EndOfStream:
+                    ended = True
+                    break
+            await mirror.run_write(store_outcomes, mirror, batch)
+
+
+async def push_pending(
+    client: ApiClient,
+    mirror: Mirror,
+    *,
+    policy: Policy = "fail",
+    retry_failed: bool = False,
+    concurrency: int = 8,
+    retry: RetrySettings | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    rng: random.Random | None = None,
+) -> PushReport:
+    """Send every open edit (``concurrency`` at once) and record each outcome in the mirror.
+
+    ``retry`` bounds the read-merge-write rounds per edit after an untrusted answer (its
+    ``max_attempts``, backoff between rounds); ``sleep`` and ``rng`` are for tests.
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"conflict policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    snaps = await mirror.run_write(load_open, mirror, retry_failed=retry_failed)
+    send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
+    push = _Push(client, policy, retry or RetrySettings(), sleep, rng or random.Random(), send)
+    report = PushReport()
+    limiter = anyio.CapacityLimiter(concurrency)
+    started = time.monotonic()
+    log.info("push.started", edits=len(snaps), policy=policy, concurrency=concurrency)
+
+    async def one(snap: Snapshot) -> None:
+        async with limiter:
+            if push.aborted is None:
+                report.outcomes.append(await push.one(snap))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_recorder, mirror, receive)
+        async with send, anyio.create_task_group() as edits:
+            for snap in snaps:
+                edits.start_soon(one, snap)
+    report.seconds = time.monotonic() - started
+    report.aborted = push.aborted
+    log.info(
+        "push.finished",
+        edits=len(snaps),
+        applied=len(report.applied),
+        conflicted=len(report.conflicted),
+        failed=len(report.failed),
+        deferred=len(report.deferred),
+        requests=report.requests,
+        seconds=round(report.seconds, 3),
+        aborted=report.aborted,
+    )
+    return report

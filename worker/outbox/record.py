@@ -1,0 +1,134 @@
+"""The push's bookkeeping in the mirror: which edits to send, and what became of each.
+
+Every outcome is written with a check of the edit's ``revision``: when the user edited the message
+again while the push was talking to the server, the newer wish is kept (rebased onto what the
+server now holds) instead of being marked done or failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlmodel import Session, col
+
+from worker.outbox.merge import Conflict, as_metadata, merge3
+from worker.outbox.models import MetadataEdit
+from worker.store.db import Mirror
+from worker.store.models import Message, utcnow
+from worker.sync.apply import prepare
+
+_MESSAGES = Message.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One edit as the push read it."""
+
+    thread_id: str
+    message_id: str
+    base: dict[str, str]
+    desired: dict[str, str]
+    revision: int
+    attempts: int
+
+
+def load_open(mirror: Mirror, *, retry_failed: bool) -> list[Snapshot]:
+    """Edits to push now: pending and conflicted ones (a policy may settle a held conflict, or
+    the other side may have moved), plus failed ones when asked to retry them."""
+    with mirror.write() as session:
+        if retry_failed:
+            session.execute(
+                update(MetadataEdit)
+                .where(col(MetadataEdit.state) == "failed")
+                .values(state="pending", attempts=0, last_error=None, updated_at=utcnow())
+            )
+        rows = session.execute(
+            select(MetadataEdit)
+            .where(col(MetadataEdit.state).in_(("pending", "conflicted")))
+            .order_by(col(MetadataEdit.updated_at), col(MetadataEdit.message_id))
+        ).scalars()
+        return [
+            Snapshot(
+                r.thread_id,
+                r.message_id,
+                as_metadata(r.base),
+                as_metadata(r.desired),
+                r.revision,
+                r.attempts,
+            )
+            for r in rows
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to record for one edit: ``applied`` (with the server's object), ``conflicted``,
+    ``failed``, or ``pending`` (deferred to a later push)."""
+
+    snap: Snapshot
+    state: str
+    attempts: int
+    obj: dict[str, Any] | None = None
+    error: str | None = None
+    conflicts: tuple[Conflict, ...] = ()
+
+
+def store_outcomes(mirror: Mirror, outcomes: Sequence[Outcome]) -> None:
+    """Record a batch of outcomes in one transaction (a push writes as its answers arrive)."""
+    with mirror.write() as session:
+        for outcome in outcomes:
+            if outcome.obj is not None:
+                _store_truth(session, outcome.snap, outcome.obj, outcome.attempts)
+            else:
+                _store_other(session, outcome)
+
+
+def store_truth(mirror: Mirror, snap: Snapshot, obj: dict[str, Any], attempts: int) -> None:
+    """The server holds the wish: its message object becomes the mirror's truth, the edit done."""
+    store_outcomes(mirror, [Outcome(snap, "applied", attempts, obj)])
+
+
+def _store_truth(session: Session, snap: Snapshot, obj: dict[str, Any], attempts: int) -> None:
+    incoming = prepare(obj, snap.thread_id)
+    meta = obj.get("metadata")
+    remote = as_metadata(meta)
+    now = utcnow()
+    session.execute(
+        update(_MESSAGES)
+        .where(_MESSAGES.c.id == snap.message_id)
+        .values(
+            raw=incoming.raw,
+            digest=incoming.digest,
+            metadata=meta if isinstance(meta, dict) else None,
+            status=obj.get("status") if isinstance(obj.get("status"), str) else None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    row = session.get(MetadataEdit, snap.message_id)
+    if row is None:
+        return
+    if row.revision == snap.revision:
+        row.state, row.base, row.desired = "applied", remote, remote
+        row.applied_at, row.last_error, row.conflict = now, None, None
+    else:
+        # Edited meanwhile: keep the user's newer changes on top of what the server holds.
+        newer = merge3(snap.desired, as_metadata(row.desired), remote).resolved("local")
+        row.base, row.desired, row.state = remote, newer, "pending"
+    row.attempts, row.updated_at = attempts, now
+
+
+def _store_other(session: Session, outcome: Outcome) -> None:
+    """A conflicted, failed or still-pending (deferred) edit, unless edited meanwhile."""
+    row = session.get(MetadataEdit, outcome.snap.message_id)
+    if row is None or row.revision != outcome.snap.revision:
+        return
+    row.state, row.attempts, row.last_error = outcome.state, outcome.attempts, outcome.error
+    row.conflict = [
+        {"key": c.key, "base": c.base, "local": c.local, "remote": c.remote}
+        for c in outcome.conflicts
+    ] or None
+    row.updated_at = utcnow()
