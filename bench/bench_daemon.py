@@ -95,7 +95,7 @@ async def _drain(settings: Settings, mirror: Mirror, base: str) -> dict[str, flo
     tune_interpreter()  # as `threadsync run` does
     stamps = _Stamps()
     pacer = Pacer(RATE)
-    worst = 0.0
+    lags: list[float] = []
     api = ApiSettings(endpoint=base, api_key=SecretStr(API_KEY))
     async with (
         ApiClient(api, RetrySettings(), pacer=pacer, events=stamps) as client,
@@ -103,11 +103,10 @@ async def _drain(settings: Settings, mirror: Mirror, base: str) -> dict[str, flo
     ):
 
         async def heartbeat() -> None:
-            nonlocal worst
             while True:
                 asked = time.monotonic()
                 await anyio.sleep(0.01)
-                worst = max(worst, time.monotonic() - asked - 0.01)
+                lags.append(time.monotonic() - asked - 0.01)
 
         tg.start_soon(heartbeat)
         dispatcher = Dispatcher(client, mirror, settings, owner="bench")
@@ -125,7 +124,9 @@ async def _drain(settings: Settings, mirror: Mirror, base: str) -> dict[str, flo
         "batches": float(batches),
         "drain_seconds": elapsed,
         "requests": float(n),
-        "worst_stall_ms": worst * 1000,
+        "worst_stall_ms": max(lags, default=0.0) * 1000,
+        "p99_stall_ms": sorted(lags)[int(len(lags) * 0.99)] * 1000 if lags else 0.0,
+        "stalls_over_100ms": float(sum(lag > 0.1 for lag in lags)),
         "pacer_configured_rps": RATE,
         "pacer_achieved_rps": achieved,
         "pacer_rate_error_pct": abs(achieved - RATE) / RATE * 100,

@@ -184,3 +184,25 @@ def test_sync_killed_at_random_moments_loses_and_duplicates_nothing(
     assert lines == truth_lines(emulator, ids)
     with sqlite3.connect(tmp_path / "m.db") as conn:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+def test_sync_over_a_socket_with_faults_equals_the_truth(
+    served: tuple[Emulator, str], tmp_path: Path
+) -> None:
+    """429 storms, 5xx, dropped connections and truncated JSON on a real socket: exact export."""
+    emulator, url = served
+    ids = emulator.seed(seed=9, threads=4, messages=260)
+    for fault in ("429", "500", "503", "drop", "truncate"):
+        emulator.add_fault(FaultRule(fault=fault, times=None, probability=0.08, retry_after=0.01))
+    env = user_env(url, tmp_path / "m.db")
+    env["THREADSYNC_RETRY__MAX_ATTEMPTS"] = "25"
+    env["THREADSYNC_SYNC__PAGE_LIMIT"] = "10"
+    run(["threads", "add", *ids], env, tmp_path)
+    run(["sync"], env, tmp_path)
+    out = tmp_path / "m.jsonl"
+    run(["export", "--out", str(out)], env, tmp_path)
+    assert [orjson.loads(x) for x in out.read_bytes().splitlines()] == truth_lines(emulator, ids)
+    routes = emulator.stats()["routes"]
+    statuses = {status for by in routes.values() for status in by}
+    assert "429" in statuses  # the faults really fired
+    assert statuses & {"500", "503"}

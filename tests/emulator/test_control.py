@@ -121,6 +121,22 @@ def test_seed_is_deterministic_and_varied() -> None:
     assert all(m["assistant_id"] and m["run_id"] for m in messages if m["role"] == "assistant")
 
 
+def test_ids_are_never_issued_twice() -> None:
+    """A seed and the emulator's own generator can draw the same sequence: ids stay unique."""
+    em = Emulator(clock=ManualClock(), seed=1)
+    [one] = em.seed(seed=0, threads=1, messages=11)
+    [two] = em.seed(seed=1, threads=1, messages=9)  # the same generator state as seed=1 above
+    em.append_messages(two, n=23)
+    em.create_thread({"messages": [{"role": "user", "content": "x"}]})
+    gone = em.truth()["threads"][one][0]["id"]
+    em.delete_message(one, gone)
+    added = em.append_messages(one, n=5)
+    assert gone not in {m["id"] for m in added}
+    ids = [m["id"] for ms in em.truth()["threads"].values() for m in ms] + [gone]
+    assert len(ids) == 11 + 9 + 23 + 1 + 5
+    assert len(set(ids)) == len(ids)
+
+
 def test_state_file_survives_a_restart(tmp_path: Path) -> None:
     """Every mutation is saved atomically; a new emulator on the same file sees it all."""
     path = tmp_path / "state" / "emulator.json"

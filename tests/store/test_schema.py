@@ -23,6 +23,11 @@ def test_new_mirror_is_created_at_head(mirror: Mirror) -> None:
         assert [s.thread_id for s in thread_statuses(session)] == ["thread_a"]
 
 
+def test_head_constant_matches_the_migration_scripts() -> None:
+    """``schema.HEAD`` (read without importing Alembic) is the newest scripted revision."""
+    assert schema.scripted_revisions()[0] == schema.HEAD
+
+
 def test_sqlite_file_is_owner_only_and_in_wal_mode(tmp_path: Path) -> None:
     """The SQLite mirror holds conversations: it is created 0600 and journals in WAL mode."""
     path = tmp_path / "m.db"

@@ -277,3 +277,28 @@ async def test_behaviour_object_is_respected(emulator: Emulator) -> None:
     """Sanity: the emulator reports the behaviour the tests rely on."""
     emulator.set_behaviour(cursor_missing="empty")
     assert emulator.behaviour == Behaviour(cursor_missing="empty")
+
+
+async def test_a_long_server_wait_parks_that_thread_only(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """A 429 asking for longer than the cap parks its thread for a later pass; others go on."""
+    slow, fast = emulator.seed(seed=13, threads=2, messages=30)
+    track(mirror, slow, fast)
+    emulator.add_fault(FaultRule(fault="429", times=None, thread_id=slow, retry_after=600))
+    report = await sync(emulator, mirror)
+    results = {o.thread_id: o.result for o in report.outcomes}
+    assert results == {slow: "parked", fast: "synced"}
+    assert not report.ok
+    assert exported(mirror, fast) == truth(emulator, fast)
+    with mirror.read() as session:
+        state = session.get(SyncState, slow)
+        assert state is not None
+        assert state.parked_until is not None
+    emulator.clear_faults()
+    emulator.reset_stats()
+    again = await sync(emulator, mirror)
+    parked = next(o for o in again.outcomes if o.thread_id == slow)
+    assert parked.result == "parked"
+    assert "parked until" in (parked.error or "")
+    assert parked.requests == 0

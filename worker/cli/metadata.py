@@ -54,7 +54,12 @@ def set_(
     ] = None,
     unset: Annotated[
         list[str] | None,
-        typer.Option("--unset", "-u", help="A key to unset (repeatable); it is sent blank."),
+        typer.Option(
+            "--unset",
+            "-u",
+            envvar="THREADSYNC_METADATA_UNSET",
+            help="A key to unset (repeatable); it is sent blank.",
+        ),
     ] = None,
 ) -> None:
     """Record a metadata edit locally and queue it for `threadsync push`."""
@@ -112,7 +117,9 @@ def show(
     ctx: typer.Context,
     thread_id: Annotated[str, typer.Argument(help="The message's thread.")],
     message_id: Annotated[str, typer.Argument(help="The message.")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="THREADSYNC_METADATA_JSON", help="One JSON object.")
+    ] = False,
 ) -> None:
     """The mirrored metadata, the queued edit, its state and any conflict."""
     view = show_metadata(globals_of(ctx).mirror(), thread_id, message_id)

@@ -41,7 +41,12 @@ def sync(
     ] = False,
     thread: Annotated[
         list[str] | None,
-        typer.Option("--thread", "-t", help="Only these tracked threads (repeatable)."),
+        typer.Option(
+            "--thread",
+            "-t",
+            envvar="THREADSYNC_SYNC_THREAD",
+            help="Only these tracked threads (repeatable; the variable: space-separated).",
+        ),
     ] = None,
     concurrency: Annotated[
         int | None,
@@ -102,7 +107,10 @@ def _when(value: datetime | None) -> str:
 @command
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", envvar="THREADSYNC_STATUS_JSON", help="One JSON object per line."),
+    ] = False,
 ) -> None:
     """Per thread: messages, last sync, state, last error."""
     mirror = globals_of(ctx).mirror()

@@ -64,7 +64,10 @@ def remove(
 @command
 def list_(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", envvar="THREADSYNC_THREADS_JSON", help="One JSON object per line."),
+    ] = False,
 ) -> None:
     """Tracked threads and their state (active, paused, gone)."""
     mirror = globals_of(ctx).mirror()

@@ -12,6 +12,7 @@ at once with 130: the process dies, and the database rolls back whatever transac
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -216,15 +217,20 @@ async def watch_signals(stop: anyio.Event) -> None:
             stop.set()
 
 
-# Measured (bench/bench_daemon.py, 500 due threads, 2 cores): with CPython's default 5 ms GIL switch
-# interval the event loop waited up to ~80 ms for the GIL behind the worker threads doing ORM work;
-# at 1 ms the worst stall was ~14 ms. The daemon is I/O bound, so the extra switching costs little.
+# Measured with bench/bench_daemon.py (2 cores), two sources of event-loop stalls, both fixed here:
+# - CPython's default 5 ms GIL switch interval: the loop waited up to ~80 ms for the GIL behind the
+#   worker threads doing ORM work (500 due threads); at 1 ms the worst stall was ~14 ms. The daemon
+#   is I/O bound, so the extra switching costs little.
+# - full (generation 2) garbage collections walking every object the imports created: ~90 ms with
+#   1,000 due threads. gc.freeze() after start-up moves those objects out of the collector's sight.
 GIL_SWITCH_INTERVAL = 0.001
 
 
 def tune_interpreter() -> None:
-    """Let the event loop thread win the GIL back quickly from the database worker threads."""
+    """Short GIL hand-offs to the loop thread; start-up objects frozen out of full collections."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    gc.collect()
+    gc.freeze()
 
 
 async def run_daemon(

@@ -52,6 +52,9 @@ def restore(emulator: Emulator, state: dict[str, Any]) -> None:
     emulator.behaviour = Behaviour().updated(state["behaviour"])
     emulator.threads = _timeline(state["threads"])
     emulator.messages = {tid: _timeline(rows) for tid, rows in state["messages"].items()}
+    emulator.used_ids = set(emulator.threads.by_id)
+    for timeline in emulator.messages.values():
+        emulator.used_ids.update(timeline.by_id)
 
 
 def save(emulator: Emulator, path: Path) -> None:

@@ -1,4 +1,9 @@
-"""Serving the emulator with uvicorn: in the foreground (the CLI) or in a thread (tests)."""
+"""Serving the emulator with uvicorn: in the foreground (the CLI) or in a thread (tests).
+
+uvicorn is imported when a server starts, not when the package is imported: every `threadsync`
+command imports the emulator package (its behaviour names appear in `--help`), and only one of
+them serves.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,18 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
-
-import uvicorn
+from typing import TYPE_CHECKING, Any
 
 from worker.emulator.asgi import ASGIApp, create_app
 from worker.emulator.state import Emulator
 
+if TYPE_CHECKING:
+    import uvicorn
+
 
 def _config(emulator: Emulator, log_level: str, app: ASGIApp | None = None) -> uvicorn.Config:
+    import uvicorn  # noqa: PLC0415 - see the module docstring
+
     return uvicorn.Config(
         app or create_app(emulator),
         lifespan="on",
@@ -25,23 +34,28 @@ def _config(emulator: Emulator, log_level: str, app: ASGIApp | None = None) -> u
     )
 
 
-class _Server(uvicorn.Server):
+def _announcing_server(config: uvicorn.Config) -> tuple[uvicorn.Server, threading.Event]:
     """A uvicorn server that says when it is listening (an event instead of polling)."""
+    import uvicorn  # noqa: PLC0415 - see the module docstring
 
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
+    server = uvicorn.Server(config)
+    ready = threading.Event()
+    startup = server.startup
 
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
+    async def announce(sockets: list[socket.socket] | None = None, **kwargs: Any) -> None:
+        await startup(sockets, **kwargs)
+        ready.set()
+
+    server.startup = announce  # type: ignore[method-assign]
+    return server, ready
 
 
 def serve(emulator: Emulator, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve in the foreground until interrupted (SIGINT/SIGTERM)."""
     config = _config(emulator, "info")
     config.host, config.port = host, port
-    uvicorn.Server(config).run()
+    server, _ = _announcing_server(config)
+    server.run()
 
 
 @contextlib.contextmanager
@@ -61,13 +75,13 @@ def serve_in_thread(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = _Server(_config(emulator, log_level, app))
+    server, ready = _announcing_server(_config(emulator, log_level, app))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True
     )
     thread.start()
     try:
-        if not server.ready.wait(timeout=30):
+        if not ready.wait(timeout=30):
             raise RuntimeError("the emulator did not start within 30 s")
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:

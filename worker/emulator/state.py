@@ -75,6 +75,7 @@ class Emulator:
         self._clock = clock
         self._offset = 0.0
         self._ids = random.Random(seed)
+        self.used_ids: set[str] = set()  # every id ever issued: ids are never reused
         self.seq = 0
         self.threads = Timeline()
         self.messages: dict[str, Timeline] = {}
@@ -99,6 +100,18 @@ class Emulator:
             return self.now()
 
     # -- housekeeping ------------------------------------------------------------------------
+
+    def new_id(self, prefix: str, rng: random.Random | None = None) -> str:
+        """A fresh id, unique across threads and messages, including deleted ones.
+
+        Seeded generators are deterministic, so two seeds can draw the same sequence: a collision
+        is drawn again rather than handed out twice.
+        """
+        while True:
+            candidate = seeding.new_id(prefix, rng or self._ids)
+            if candidate not in self.used_ids:
+                self.used_ids.add(candidate)
+                return candidate
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -155,7 +168,7 @@ class Emulator:
         drafts = [check_create_message(m, profile) for m in initial]
         with self.lock:
             created = int(self.now())
-            thread_id = seeding.new_id("thread_", self._ids)
+            thread_id = self.new_id("thread_")
             data = thread_object(
                 thread_id=thread_id, created_at=created, metadata=metadata, tool_resources=tools
             )
@@ -226,7 +239,7 @@ class Emulator:
         self, thread_id: str, created_at: int, fields: dict[str, Any], **extra: Any
     ) -> dict[str, Any]:
         data = message_object(
-            message_id=seeding.new_id("msg_", self._ids),
+            message_id=self.new_id("msg_"),
             thread_id=thread_id,
             created_at=created_at,
             **fields,
@@ -303,14 +316,14 @@ class Emulator:
             now = int(self.now())
             for _ in range(threads):
                 created, drafts = seeding.draft_thread(rng, now, messages)
-                thread_id = seeding.new_id("thread_", rng)
+                thread_id = self.new_id("thread_", rng)
                 meta = seeding.metadata(rng)
                 data = thread_object(thread_id=thread_id, created_at=created, metadata=meta)
                 self.threads.add(Record(data, self.next_seq()))
                 timeline = self.messages[thread_id] = Timeline()
                 for draft in drafts:
                     fields = dataclasses.asdict(draft)
-                    fields["message_id"] = seeding.new_id("msg_", rng)
+                    fields["message_id"] = self.new_id("msg_", rng)
                     fields["thread_id"] = thread_id
                     timeline.add(Record(message_object(**fields), self.next_seq()))
                 ids.append(thread_id)

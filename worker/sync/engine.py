@@ -21,14 +21,16 @@ loses nothing and duplicates nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio
+from anyio.abc import TaskGroup
 from sqlalchemy import select
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
 from worker.errors import (
@@ -49,10 +51,13 @@ from worker.sync.apply import (
     Counts,
     Direction,
     Incoming,
-    apply_page,
-    mark_deleted,
+    Plan,
+    load_stored,
+    plan_page,
     prepare,
-    sweep_deleted,
+    tombstone,
+    unlisted,
+    write_plan,
 )
 from worker.sync.order import Place, TieOrder, first_tie_pair
 
@@ -68,6 +73,69 @@ class _CursorLost(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Ahead:
+    """Fetches a walk's next page while the current one is being stored.
+
+    A walk's next cursor is known as soon as a page is parsed, so the request for page k+1 runs
+    while page k's transaction commits in a worker thread: the wire and the database overlap
+    instead of adding up.
+    """
+
+    def __init__(self, tg: TaskGroup, walk: ThreadPass, order: Literal["asc", "desc"]) -> None:
+        self._tg = tg
+        self._walk = walk
+        self._order = order
+        self._done = anyio.Event()
+        self._page: MessagePage | None = None
+        self._error: Exception | None = None
+
+    def fetch(self, after: str | None) -> None:
+        self._done = anyio.Event()
+        self._page, self._error = None, None
+        self._tg.start_soon(self._run, after)
+
+    async def _run(self, after: str | None) -> None:
+        try:
+            self._page = await self._walk._list(order=self._order, after=after)
+        except Exception as exc:  # handed to the walk, which decides what it means
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def take(self) -> tuple[MessagePage, list[Incoming]]:
+        """The fetched page, parsed; starts fetching the following one when there is one."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._page is not None
+        page = self._page
+        msgs = self._walk._prepare(page)
+        if page.has_more and msgs:
+            self.fetch(msgs[-1].id)
+        return page, msgs
+
+
+@asynccontextmanager
+async def _prefetching(walk: ThreadPass, order: Literal["asc", "desc"]) -> AsyncIterator[_Ahead]:
+    """An :class:`_Ahead` whose pending request is cancelled when the walk leaves the block.
+
+    The background request never raises (it hands its error to :meth:`_Ahead.take`), so anything
+    the task group raises comes from the walk itself: it is re-raised as itself, not wrapped in an
+    exception group, so callers catch ``TransientError`` and friends as usual.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            ahead = _Ahead(tg, walk, order)
+            try:
+                yield ahead
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 class TieConvention:
@@ -167,6 +235,7 @@ class ThreadPass:
         self.now = now
         self.outcome = ThreadOutcome(thread_id, "synced")
         self._parked: float | None = None
+        self._fresh: set[str] = set()  # in-progress messages this pass listed itself
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -202,44 +271,45 @@ class ThreadPass:
         prev_id = after
         previous_ids: set[str] = set()
         high_water = state.high_water_id
-        while True:
-            try:
-                page = await self._list(order="desc", after=after)
-            except (NotFoundError, PermanentError) as exc:
-                if after is None or not _is_cursor_error(exc):
-                    raise
-                await self._full_walk(f"first-sync cursor answered {exc.status}")
-                return
-            msgs = self._prepare(page)
-            if (
-                after is not None
-                and msgs
-                and not _advances_desc(prev, previous_ids, msgs, high_water)
-            ):
-                await self._full_walk("first-sync cursor ignored by the server")
-                return
-            if not msgs and after is not None and not await self._exists(after):
-                await self._full_walk("first-sync cursor names a deleted message")
-                return
-            await self._learn_ties(prev, prev_id, msgs)
-            done = not page.has_more or not msgs
-            first_of_all = high_water is None and bool(msgs)
-            if first_of_all:
-                high_water = msgs[0].id
+        async with _prefetching(self, "desc") as ahead:
+            ahead.fetch(after)
+            while True:
+                try:
+                    page, msgs = await ahead.take()
+                except (NotFoundError, PermanentError) as exc:
+                    if after is None or not _is_cursor_error(exc):
+                        raise
+                    reason = f"first-sync cursor answered {exc.status}"
+                    break
+                if (
+                    after is not None
+                    and msgs
+                    and not _advances_desc(prev, previous_ids, msgs, high_water)
+                ):
+                    reason = "first-sync cursor ignored by the server"
+                    break
+                if not msgs and after is not None and not await self._exists(after):
+                    reason = "first-sync cursor names a deleted message"
+                    break
+                await self._learn_ties(prev, prev_id, msgs)
+                done = not page.has_more or not msgs
+                if high_water is None and msgs:
+                    high_water = msgs[0].id
 
-            def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
-                if msgs:
-                    st.initial_after = msgs[-1].id
-                    if st.high_water_id is None:
-                        st.high_water_id = msgs[0].id
+                def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
+                    if msgs:
+                        st.initial_after = msgs[-1].id
+                        if st.high_water_id is None:
+                            st.high_water_id = msgs[0].id
+                    if done:
+                        st.initial_done, st.initial_after = True, None
+
+                prev = await self._store(msgs, "desc", prev, advance)
                 if done:
-                    st.initial_done, st.initial_after = True, None
-
-            prev = await self._store(msgs, "desc", prev, advance)
-            if done:
-                return
-            previous_ids = {m.id for m in msgs}
-            after = prev_id = msgs[-1].id
+                    return
+                previous_ids = {m.id for m in msgs}
+                after = prev_id = msgs[-1].id
+        await self._full_walk(reason)
 
     async def _ordinary(self, state: SyncState) -> None:
         """One small request when idle; otherwise forward from the high-water mark, checked."""
@@ -274,29 +344,29 @@ class ThreadPass:
     async def _forward(self, after: str, prev: Place) -> None:
         first = True
         previous_ids: set[str] = set()
-        while True:
-            try:
-                page = await self._list(order="asc", after=after)
-            except (NotFoundError, PermanentError) as exc:
-                if not _is_cursor_error(exc):
-                    raise
-                raise _CursorLost(f"cursor answered {exc.status}") from exc
-            msgs = self._prepare(page)
-            if first and not msgs:
-                raise _CursorLost("empty page after the cursor although newer messages exist")
-            if msgs and not await self._advances_asc(prev, previous_ids, msgs[0], first):
-                raise _CursorLost("the server ignored the cursor")
-            first = False
+        async with _prefetching(self, "asc") as ahead:
+            ahead.fetch(after)
+            while True:
+                try:
+                    page, msgs = await ahead.take()
+                except (NotFoundError, PermanentError) as exc:
+                    if not _is_cursor_error(exc):
+                        raise
+                    raise _CursorLost(f"cursor answered {exc.status}") from exc
+                if first and not msgs:
+                    raise _CursorLost("empty page after the cursor although newer messages exist")
+                if msgs and not await self._advances_asc(prev, previous_ids, msgs[0], first):
+                    raise _CursorLost("the server ignored the cursor")
+                first = False
 
-            def advance(st: SyncState, msgs: list[Incoming] = msgs) -> None:
-                if msgs:
-                    st.high_water_id = msgs[-1].id
+                def advance(st: SyncState, msgs: list[Incoming] = msgs) -> None:
+                    if msgs:
+                        st.high_water_id = msgs[-1].id
 
-            prev = await self._store(msgs, "asc", prev, advance) or prev
-            if not page.has_more or not msgs:
-                return
-            previous_ids = {m.id for m in msgs}
-            after = msgs[-1].id
+                prev = await self._store(msgs, "asc", prev, advance) or prev
+                if not page.has_more or not msgs:
+                    return
+                previous_ids = {m.id for m in msgs}
 
     async def _full_walk(self, reason: str) -> None:
         """Oldest-first over the whole thread with tombstones; restart if the cursor is lost."""
@@ -322,48 +392,59 @@ class ThreadPass:
         # second the walk has fully passed, so a tie group spanning pages is compared whole.
         seen: dict[str, int] = {}
         previous_ids: set[str] = set()
-        while True:
-            try:
-                page = await self._list(order="asc", after=after)
-            except (NotFoundError, PermanentError) as exc:
-                if after is None or not _is_cursor_error(exc):
-                    raise
-                raise _CursorLost(f"cursor answered {exc.status}") from exc
-            msgs = self._prepare(page)
-            if (
-                after is not None
-                and msgs
-                and (
-                    msgs[0].id in previous_ids
-                    or msgs[0].id in seen
-                    or (prev is not None and msgs[0].created_at < prev.created_at)
+        async with _prefetching(self, "asc") as ahead:
+            ahead.fetch(None)
+            while True:
+                try:
+                    page, msgs = await ahead.take()
+                except (NotFoundError, PermanentError) as exc:
+                    if after is None or not _is_cursor_error(exc):
+                        raise
+                    raise _CursorLost(f"cursor answered {exc.status}") from exc
+                if (
+                    after is not None
+                    and msgs
+                    and (
+                        msgs[0].id in previous_ids
+                        or msgs[0].id in seen
+                        or (prev is not None and msgs[0].created_at < prev.created_at)
+                    )
+                ):
+                    raise _CursorLost("the server ignored the cursor")
+                if after is not None and not msgs and not await self._exists(after):
+                    raise _CursorLost("empty page after a cursor that names a deleted message")
+                done = not page.has_more or not msgs
+                high = None if done else msgs[-1].created_at
+                seen.update((m.id, m.created_at) for m in msgs)
+                window = (low, high, frozenset(seen))
+
+                def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
+                    if msgs:
+                        st.high_water_id = msgs[-1].id
+                    if done:
+                        st.initial_done, st.initial_after = True, None
+                        st.last_full_at = self.now()
+
+                # A page that changes nothing writes nothing (not even the cursor: a full
+                # walk always starts from the beginning); the last page records the end.
+                prev = (
+                    await self._store(
+                        msgs, "asc", prev, advance, sweep=window, only_if_changed=not done
+                    )
+                    or prev
                 )
-            ):
-                raise _CursorLost("the server ignored the cursor")
-            if after is not None and not msgs and not await self._exists(after):
-                raise _CursorLost("empty page after a cursor that names a deleted message")
-            done = not page.has_more or not msgs
-            high = None if done else msgs[-1].created_at
-            seen.update((m.id, m.created_at) for m in msgs)
-            window = (low, high, frozenset(seen))
-
-            def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
-                if msgs:
-                    st.high_water_id = msgs[-1].id
                 if done:
-                    st.initial_done, st.initial_after = True, None
-                    st.last_full_at = self.now()
-
-            prev = await self._store(msgs, "asc", prev, advance, sweep=window) or prev
-            if done:
-                return
-            seen = {mid: at for mid, at in seen.items() if high is not None and at >= high}
-            low = high
-            previous_ids = {m.id for m in msgs}
-            after = msgs[-1].id
+                    return
+                seen = {mid: at for mid, at in seen.items() if high is not None and at >= high}
+                low = high
+                previous_ids = {m.id for m in msgs}
+                after = msgs[-1].id
 
     async def _refetch_in_progress(self) -> None:
-        """Messages first seen while still being written: fetch them until they are final."""
+        """Messages first seen while still being written: fetch them until they are final.
+
+        Those this pass has just listed are current already and are not fetched again.
+        """
 
         def busy() -> list[str]:
             with self.mirror.read() as session:
@@ -375,16 +456,18 @@ class ThreadPass:
                 return [row[0] for row in session.execute(query)]
 
         for message_id in await self.mirror.run(busy):
+            if message_id in self._fresh:
+                continue
             try:
                 obj = await self._get(message_id)
             except NotFoundError:
                 now = self.now()
 
-                def tombstone(mid: str = message_id, now: datetime = now) -> int:
+                def gone(mid: str = message_id, now: datetime = now) -> int:
                     with self.mirror.write() as session:
-                        return mark_deleted(session, mid, now)
+                        return tombstone(session, [mid], now)
 
-                self.outcome.counts.deleted += await self.mirror.run_write(tombstone)
+                self.outcome.counts.deleted += await self.mirror.run_write(gone)
                 continue
             await self._store([prepare(obj, self.thread_id)], "asc", None, None)
 
@@ -441,32 +524,46 @@ class ThreadPass:
         advance: Callable[[SyncState], None] | None,
         *,
         sweep: tuple[int | None, int | None, frozenset[str]] | None = None,
+        only_if_changed: bool = False,
     ) -> Place | None:
-        """Apply a page and move the cursor in one transaction."""
+        """Apply a page and move the cursor in one transaction.
+
+        With ``only_if_changed`` the page is first planned in a read transaction (which never
+        waits for SQLite's single writer) and nothing is written when nothing differs.
+        """
         now = self.now()
         ties = self.ties.effective
+        self._fresh.update(m.id for m in msgs if m.obj.get("status") == "in_progress")
+
+        def plan(session: Session) -> tuple[Plan, list[str]]:
+            stored = load_stored(session, [m.id for m in msgs])
+            page_plan = plan_page(stored, msgs, direction=direction, ties=ties, prev=prev)
+            gone: list[str] = []
+            if sweep is not None:
+                low, high, seen = sweep
+                gone = unlisted(session, self.thread_id, low=low, high=high, seen=set(seen))
+            return page_plan, gone
+
+        if only_if_changed:
+
+            def check() -> tuple[Plan, list[str]]:
+                with self.mirror.read() as session:
+                    return plan(session)
+
+            page_plan, gone = await self.mirror.run(check)
+            if page_plan.empty and not gone:
+                return page_plan.last
 
         def work() -> tuple[Counts, Place | None]:
             with self.mirror.write() as session:
-                counts, last = apply_page(
-                    session,
-                    self.thread_id,
-                    msgs,
-                    direction=direction,
-                    ties=ties,
-                    prev=prev,
-                    now=now,
-                )
-                if sweep is not None:
-                    low, high, seen = sweep
-                    counts.deleted += sweep_deleted(
-                        session, self.thread_id, low=low, high=high, seen=set(seen), now=now
-                    )
+                page_plan, gone = plan(session)
+                write_plan(session, self.thread_id, page_plan, now)
+                page_plan.counts.deleted += tombstone(session, gone, now)
                 if advance is not None:
                     st = state_of(session, self.thread_id)
                     advance(st)
                     st.pages += 1
-                return counts, last
+                return page_plan.counts, page_plan.last
 
         counts, last = await self.mirror.run_write(work)
         self.outcome.counts += counts
@@ -506,11 +603,19 @@ class ThreadPass:
         return await self.mirror.run(read)
 
     async def _state(self) -> SyncState:
-        def read() -> SyncState:
+        def read() -> SyncState | None:
+            with self.mirror.read() as session:
+                return session.get(SyncState, self.thread_id)
+
+        state = await self.mirror.run(read)
+        if state is not None:
+            return state
+
+        def create() -> SyncState:
             with self.mirror.write() as session:
                 return state_of(session, self.thread_id)
 
-        return await self.mirror.run_write(read)
+        return await self.mirror.run_write(create)
 
     async def _not_found(self, state: SyncState, exc: NotFoundError) -> None:
         """404 on a request without a cursor: the thread is gone (or never existed)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import worker.outbox.models  # noqa: F401 - registers the outbox table
+import worker.outbox.models
 import worker.store.models  # noqa: F401 - registers the tables on SQLModel.metadata
 
 config = context.config
