@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 from pydantic import SecretStr
 
 from worker.client import ApiClient, ClientEvents, Pacer
@@ -18,11 +17,6 @@ from worker.config import ApiSettings, Profile, RetrySettings
 KEY = "sk-test-SECRET-0123456789"
 
 Step = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def azure(**overrides: Any) -> ApiSettings:

@@ -1,15 +1,10 @@
-"""Fixtures for the daemon tests: the anyio backend (asyncio: the daemon runs on asyncio)."""
+"""Fixtures for the daemon tests."""
 
 from __future__ import annotations
 
 import pytest
 
 from worker.logs import configure
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,6 @@ from worker.sync.runner import sync_threads
 from worker.testing import emulated_client
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class World:
     """An emulator and a mirror that has synced its threads once."""

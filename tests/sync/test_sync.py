@@ -11,11 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
+from worker.config import RetrySettings
 from worker.emulator import Behaviour, Emulator, FaultRule, ManualClock, WireError
 from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 from worker.store.models import SyncState
 from worker.store.repo import add_threads
+from worker.sync.engine import STABLE_PROBE_LIMIT
 from worker.sync.runner import sync_threads
 from worker.testing import emulated_client
 
@@ -100,6 +102,37 @@ async def test_new_messages_in_the_same_second_land_in_order(
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
+@pytest.mark.parametrize("ties", ["reverse", "stable"])
+@pytest.mark.parametrize("n", [1, 25])
+async def test_new_messages_only_in_the_newest_second_are_seen(
+    emulator: Emulator, mirror: Mirror, ties: str, n: int
+) -> None:
+    """Under stable ties the descending listing's first item is the newest second's *oldest*
+    message: an ordinary pass must still see messages added to that second (25 fills the probe).
+    """
+    emulator.set_behaviour(ties=ties)
+    (thread_id,) = emulator.seed(seed=5, threads=1, messages=12)
+    track(mirror, thread_id)
+    await sync(emulator, mirror)
+    emulator.append_messages(thread_id, n=2)
+    await sync(emulator, mirror)  # the newest second now holds several messages
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    emulator.append_messages(thread_id, n=n)  # same second, no tick
+    report = await sync(emulator, mirror)
+    assert report.ok
+    assert report.counts.added == n
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    emulator.reset_stats()
+    report = await sync(emulator, mirror)
+    assert report.counts.writes == 0
+    busy = sum(m["status"] == "in_progress" for m in truth(emulator, thread_id))
+    assert report.outcomes[0].rescans == 0
+    # Idle again: one probe; when the newest second overflows the stable-ties probe, a forward
+    # page and a GET of the high-water message also prove nothing is newer.
+    overflow = ties == "stable" and n > STABLE_PROBE_LIMIT
+    assert report.requests == (3 if overflow else 1) + busy
+
+
 async def test_interrupted_first_sync_resumes_where_it_stopped(
     emulator: Emulator, mirror: Mirror
 ) -> None:
@@ -130,8 +163,38 @@ async def test_interrupted_first_sync_resumes_where_it_stopped(
     report = await sync(emulator, mirror)
     assert report.ok
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
-    # Three remaining pages of the first sync (no restart from the head).
-    assert report.requests == 3
+    # Three remaining pages of the first sync (no restart from the head), then one probe for
+    # messages posted since the interrupted pass began (none here).
+    assert report.requests == 3 + 1
+
+
+async def test_resumed_first_sync_also_gets_messages_posted_meanwhile(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """Messages posted after an interrupted first sync began are newer than its high-water mark:
+    the pass that completes the first sync mirrors them too, in order."""
+    (thread_id,) = emulator.seed(seed=4, threads=1, messages=30)
+    track(mirror, thread_id)
+    real = emulator.list_messages
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("order") == "desc":  # pages of the first sync: only the first answers
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise WireError(503, "busy", type_="server_error")
+        return real(*args, **kwargs)
+
+    emulator.list_messages = flaky  # type: ignore[method-assign]
+    retry = RetrySettings(max_attempts=1)
+    async with emulated_client(emulator, retry=retry) as client:
+        assert not (await sync_threads(client, mirror, page_limit=10)).ok
+    emulator.list_messages = real  # type: ignore[method-assign]
+    assert len(exported(mirror, thread_id)) == 10
+    emulator.append_messages(thread_id, n=2)  # the newest second, after the high-water mark
+    report = await sync(emulator, mirror, page_limit=10)
+    assert report.ok
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
 @pytest.mark.parametrize("cursor_missing", ["404", "400", "empty", "ignore", "keep_place"])
@@ -302,3 +365,33 @@ async def test_a_long_server_wait_parks_that_thread_only(
     assert parked.result == "parked"
     assert "parked until" in (parked.error or "")
     assert parked.requests == 0
+
+
+async def test_a_failed_tie_probe_stores_nothing_rather_than_a_guess(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """The page whose ties need the probe is not stored in a guessed order when the probe fails;
+    the next pass learns the order and mirrors the thread right."""
+    emulator.set_behaviour(ties="stable")
+    thread = emulator.create_thread({})["id"]
+    emulator.append_messages(thread, n=2)  # one second: a tie the first page cannot rank alone
+    track(mirror, thread)
+    real = emulator.list_messages
+    calls = {"n": 0}
+
+    def failing_after_first(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise WireError(503, "down", type_="server_error")
+        return real(*args, **kwargs)
+
+    emulator.list_messages = failing_after_first  # type: ignore[method-assign]
+    retry = RetrySettings(max_attempts=2, initial_delay=0.001, max_delay=0.001)
+    async with emulated_client(emulator, retry=retry) as client:
+        report = await sync_threads(client, mirror)
+    emulator.list_messages = real  # type: ignore[method-assign]
+    assert not report.ok
+    assert "could not learn how the server orders" in str(report.failed[0].error)
+    assert exported(mirror, thread) == []
+    assert (await sync(emulator, mirror)).ok
+    assert exported(mirror, thread) == truth(emulator, thread)

@@ -65,6 +65,7 @@ log = get_logger()
 
 TIE_ORDER_KEY = "server.tie_order"
 MAX_RESTARTS = 3
+STABLE_PROBE_LIMIT = 20  # the idle probe's size unless the server is known to reverse ties
 
 
 class _CursorLost(Exception):
@@ -90,10 +91,11 @@ class _Ahead:
         self._done = anyio.Event()
         self._page: MessagePage | None = None
         self._error: Exception | None = None
+        self._after: str | None = None
 
     def fetch(self, after: str | None) -> None:
         self._done = anyio.Event()
-        self._page, self._error = None, None
+        self._page, self._error, self._after = None, None, after
         self._tg.start_soon(self._run, after)
 
     async def _run(self, after: str | None) -> None:
@@ -105,10 +107,17 @@ class _Ahead:
             self._done.set()
 
     async def take(self) -> tuple[MessagePage, list[Incoming]]:
-        """The fetched page, parsed; starts fetching the following one when there is one."""
+        """The fetched page, parsed; starts fetching the following one when there is one.
+
+        A request with a cursor that the server refuses as a cursor raises :class:`_CursorLost`.
+        """
         await self._done.wait()
         if self._error is not None:
-            raise self._error
+            exc = self._error
+            # 400 or 404 to a request with a cursor: the message it names is gone.
+            if isinstance(exc, PermanentError) and exc.status in (400, 404) and self._after:
+                raise _CursorLost(f"cursor answered {exc.status}") from exc
+            raise exc
         assert self._page is not None
         page = self._page
         msgs = self._walk._prepare(page)
@@ -167,21 +176,25 @@ class TieConvention:
         async with self._lock:
             if self.value is not None:
                 return 0
+            # Without the answer a page's ties cannot be ranked, and a guess would be stored as
+            # fact: a failed probe fails this pass of the thread, which resumes on the next.
             try:
                 page = await client.list_messages(thread_id, limit=1, order="asc", after=pair[1])
+                if page.data:
+                    learned: TieOrder = "reverse" if page.data[0].get("id") == pair[0] else "stable"
+                else:
+                    # Nothing follows pair[1] ascending: it is the newest message, so ties keep
+                    # creation order in descending listings too (unless it was just deleted).
+                    await client.get_message(thread_id, pair[1])
+                    learned = "stable"
+            except (ParkedError, AuthError):
+                raise
             except ApiError as exc:
                 log.info("sync.tie_probe_failed", thread=thread_id, status=exc.status)
-                return 1
-            if page.data:
-                learned: TieOrder = "reverse" if page.data[0].get("id") == pair[0] else "stable"
-            else:
-                # Nothing follows pair[1] ascending: it is the newest message, so ties keep
-                # creation order in descending listings too; unless pair[1] was just deleted.
-                try:
-                    await client.get_message(thread_id, pair[1])
-                except ApiError:
-                    return 2
-                learned = "stable"
+                raise TransientError(
+                    f"thread {thread_id}: could not learn how the server orders messages of one"
+                    f" second ({exc}); nothing of this page was stored, the next pass retries"
+                ) from exc
             self.value = learned
 
             def write() -> None:
@@ -246,9 +259,14 @@ class ThreadPass:
             if state.initial_done and full:
                 await self._full_walk("reconcile")
             elif not state.initial_done:
+                resumed = state.initial_after is not None
                 await self._first_sync(state)
                 if full:
                     await self._full_walk("reconcile")
+                elif resumed:
+                    # Messages posted since the interrupted pass began are newer than the
+                    # high-water mark that pass recorded: look for them now, not next pass.
+                    await self._ordinary(await self._state())
             else:
                 await self._ordinary(state)
             await self._refetch_in_progress()
@@ -276,10 +294,8 @@ class ThreadPass:
             while True:
                 try:
                     page, msgs = await ahead.take()
-                except (NotFoundError, PermanentError) as exc:
-                    if after is None or not _is_cursor_error(exc):
-                        raise
-                    reason = f"first-sync cursor answered {exc.status}"
+                except _CursorLost as lost:
+                    reason = f"first-sync {lost.reason}"
                     break
                 if (
                     after is not None
@@ -313,19 +329,30 @@ class ThreadPass:
 
     async def _ordinary(self, state: SyncState) -> None:
         """One small request when idle; otherwise forward from the high-water mark, checked."""
-        probe = await self._list(order="desc", limit=1)
-        newest = self._prepare(probe)
+        # Where the server's descending listing keeps creation order within a second ("stable"),
+        # its first item is the *oldest* message of the newest second, so the probe must see the
+        # whole newest second to know the newest message; where it reverses it, one item does.
+        limit = 1 if self.ties.value == "reverse" else STABLE_PROBE_LIMIT
+        probe = await self._list(order="desc", limit=limit)
+        listed = self._prepare(probe)
         high_water = state.high_water_id
-        if not newest:
+        if not listed:
             if high_water is not None and await self._has_live_messages():
                 await self._full_walk("the server lists no messages any more")
             return
-        top = newest[0]
-        if top.id == high_water:
+        await self._learn_ties(None, None, listed)
+        top = _newest_listed(listed, probe.has_more, self.ties.value)
+        if top is not None and top.id == high_water:
             return
         hw_place = await self._place(high_water) if high_water else None
         if hw_place is None:
             await self._full_walk("no usable high-water mark")
+            return
+        if top is None:  # the newest second fills the probe: only the forward walk can tell
+            try:
+                await self._forward(high_water, hw_place, may_be_idle=True)  # type: ignore[arg-type]
+            except _CursorLost as lost:
+                await self._full_walk(lost.reason)
             return
         top_place = await self._place(top.id)
         if top_place is not None and (top.created_at, top_place.rank) < (
@@ -341,19 +368,21 @@ class ThreadPass:
         except _CursorLost as lost:
             await self._full_walk(lost.reason)
 
-    async def _forward(self, after: str, prev: Place) -> None:
+    async def _forward(self, after: str, prev: Place, *, may_be_idle: bool = False) -> None:
+        """Oldest-first from the high-water mark ``after``, checking the server honours it.
+
+        ``may_be_idle``: nothing newer may exist, so an empty first page is idle when the
+        cursor's message still exists (one GET tells), and a lost cursor when it does not.
+        """
         first = True
         previous_ids: set[str] = set()
         async with _prefetching(self, "asc") as ahead:
             ahead.fetch(after)
             while True:
-                try:
-                    page, msgs = await ahead.take()
-                except (NotFoundError, PermanentError) as exc:
-                    if not _is_cursor_error(exc):
-                        raise
-                    raise _CursorLost(f"cursor answered {exc.status}") from exc
+                page, msgs = await ahead.take()
                 if first and not msgs:
+                    if may_be_idle and await self._exists(after):
+                        return
                     raise _CursorLost("empty page after the cursor although newer messages exist")
                 if msgs and not await self._advances_asc(prev, previous_ids, msgs[0], first):
                     raise _CursorLost("the server ignored the cursor")
@@ -395,12 +424,7 @@ class ThreadPass:
         async with _prefetching(self, "asc") as ahead:
             ahead.fetch(None)
             while True:
-                try:
-                    page, msgs = await ahead.take()
-                except (NotFoundError, PermanentError) as exc:
-                    if after is None or not _is_cursor_error(exc):
-                        raise
-                    raise _CursorLost(f"cursor answered {exc.status}") from exc
+                page, msgs = await ahead.take()
                 if (
                     after is not None
                     and msgs
@@ -685,8 +709,18 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _is_cursor_error(exc: ApiError) -> bool:
-    return exc.status in (400, 404)
+def _newest_listed(msgs: list[Incoming], has_more: bool, ties: TieOrder | None) -> Incoming | None:
+    """The newest message in server order among a descending page's first items.
+
+    ``None`` when it cannot be told: under stable ties the newest second fills the whole page and
+    continues on the next. With no tie convention learned, no two listed messages share a second.
+    """
+    if ties != "stable":
+        return msgs[0]
+    group = [m for m in msgs if m.created_at == msgs[0].created_at]
+    if len(group) == len(msgs) and has_more:
+        return None
+    return group[-1]
 
 
 def _advances_desc(
