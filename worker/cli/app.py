@@ -9,6 +9,7 @@ import typer
 
 from worker import __version__
 from worker.cli.common import Globals, setup_logging
+from worker.memory import limit_malloc_arenas
 
 app = typer.Typer(
     name="threadsync",
@@ -89,4 +90,5 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
+    limit_malloc_arenas()
     app()

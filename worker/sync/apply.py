@@ -61,9 +61,15 @@ class Incoming:
 
     id: str
     created_at: int
-    obj: dict[str, Any]
     raw: str
     digest: str
+    # The queryable columns, taken out at once so the parsed object can be freed (a page of
+    # dicts is several times the size of its text, and eight threads keep two pages each).
+    role: str | None
+    status: str | None
+    run_id: str | None
+    assistant_id: str | None
+    meta: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -101,7 +107,22 @@ def prepare(obj: Any, thread_id: str) -> Incoming:
     if not isinstance(created_at, int) or isinstance(created_at, bool):
         raise TransientError(f"thread {thread_id}: message {msg_id} has no integer created_at")
     raw = orjson.dumps(obj)
-    return Incoming(msg_id, created_at, obj, raw.decode(), digest_of(raw))
+    meta = obj.get("metadata")
+    return Incoming(
+        msg_id,
+        created_at,
+        raw.decode(),
+        digest_of(raw),
+        _str(obj.get("role")),
+        _str(obj.get("status")),
+        _str(obj.get("run_id")),
+        _str(obj.get("assistant_id")),
+        meta if isinstance(meta, dict) else None,
+    )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,20 +209,8 @@ def plan_page(
     return plan
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _fields(m: Incoming) -> tuple[str | None, str | None, str | None, str | None, Any]:
-    obj = m.obj
-    meta = obj.get("metadata")
-    return (
-        _str(obj.get("role")),
-        _str(obj.get("status")),
-        _str(obj.get("run_id")),
-        _str(obj.get("assistant_id")),
-        meta if isinstance(meta, dict) else None,
-    )
+    return m.role, m.status, m.run_id, m.assistant_id, m.meta
 
 
 def _sqlite_time(when: datetime) -> str:

@@ -106,8 +106,8 @@ class _Ahead:
         finally:
             self._done.set()
 
-    async def take(self) -> tuple[MessagePage, list[Incoming]]:
-        """The fetched page, parsed; starts fetching the following one when there is one.
+    async def take(self) -> tuple[bool, list[Incoming]]:
+        """The fetched page's ``has_more`` and messages; starts fetching the next page if any.
 
         A request with a cursor that the server refuses as a cursor raises :class:`_CursorLost`.
         """
@@ -119,11 +119,12 @@ class _Ahead:
                 raise _CursorLost(f"cursor answered {exc.status}") from exc
             raise exc
         assert self._page is not None
-        page = self._page
-        msgs = self._walk._prepare(page)
-        if page.has_more and msgs:
+        msgs = self._walk._prepare(self._page)
+        has_more = self._page.has_more
+        self._page = None  # the parsed objects go; the walk keeps only what it stores
+        if has_more and msgs:
             self.fetch(msgs[-1].id)
-        return page, msgs
+        return has_more, msgs
 
 
 @asynccontextmanager
@@ -293,7 +294,7 @@ class ThreadPass:
             ahead.fetch(after)
             while True:
                 try:
-                    page, msgs = await ahead.take()
+                    has_more, msgs = await ahead.take()
                 except _CursorLost as lost:
                     reason = f"first-sync {lost.reason}"
                     break
@@ -308,7 +309,7 @@ class ThreadPass:
                     reason = "first-sync cursor names a deleted message"
                     break
                 await self._learn_ties(prev, prev_id, msgs)
-                done = not page.has_more or not msgs
+                done = not has_more or not msgs
                 if high_water is None and msgs:
                     high_water = msgs[0].id
 
@@ -379,7 +380,7 @@ class ThreadPass:
         async with _prefetching(self, "asc") as ahead:
             ahead.fetch(after)
             while True:
-                page, msgs = await ahead.take()
+                has_more, msgs = await ahead.take()
                 if first and not msgs:
                     if may_be_idle and await self._exists(after):
                         return
@@ -393,7 +394,7 @@ class ThreadPass:
                         st.high_water_id = msgs[-1].id
 
                 prev = await self._store(msgs, "asc", prev, advance) or prev
-                if not page.has_more or not msgs:
+                if not has_more or not msgs:
                     return
                 previous_ids = {m.id for m in msgs}
 
@@ -424,7 +425,7 @@ class ThreadPass:
         async with _prefetching(self, "asc") as ahead:
             ahead.fetch(None)
             while True:
-                page, msgs = await ahead.take()
+                has_more, msgs = await ahead.take()
                 if (
                     after is not None
                     and msgs
@@ -437,7 +438,7 @@ class ThreadPass:
                     raise _CursorLost("the server ignored the cursor")
                 if after is not None and not msgs and not await self._exists(after):
                     raise _CursorLost("empty page after a cursor that names a deleted message")
-                done = not page.has_more or not msgs
+                done = not has_more or not msgs
                 high = None if done else msgs[-1].created_at
                 seen.update((m.id, m.created_at) for m in msgs)
                 window = (low, high, frozenset(seen))
@@ -493,7 +494,10 @@ class ThreadPass:
 
                 self.outcome.counts.deleted += await self.mirror.run_write(gone)
                 continue
-            await self._store([prepare(obj, self.thread_id)], "asc", None, None)
+            # Most re-fetches find the message still being written, unchanged: no write then.
+            await self._store(
+                [prepare(obj, self.thread_id)], "asc", None, None, only_if_changed=True
+            )
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -557,7 +561,7 @@ class ThreadPass:
         """
         now = self.now()
         ties = self.ties.effective
-        self._fresh.update(m.id for m in msgs if m.obj.get("status") == "in_progress")
+        self._fresh.update(m.id for m in msgs if m.status == "in_progress")
 
         def plan(session: Session) -> tuple[Plan, list[str]]:
             stored = load_stored(session, [m.id for m in msgs])
