@@ -4,8 +4,9 @@ Pinned: each file parses; the Dockerfile is multi-stage, installs from the lock 
 as a non-root user with a `threadsync check` HEALTHCHECK and a volume; compose wires the daemon to
 PostgreSQL with the emulator behind the `trial` profile; the systemd unit is hardened and waits
 longer than the graceful shutdown (and passes `systemd-analyze verify` where available); the
-Kubernetes objects match a structural schema (no Kubernetes schema package is installed, so the
-required structure is checked with jsonschema here) and refer to each other consistently.
+Kubernetes objects validate against the official Kubernetes JSON schemas (strict: no unknown
+fields), bundled offline by the kubernetes-validate package, match the structure threadsync needs,
+and refer to each other consistently.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -326,6 +328,29 @@ def test_kubernetes_objects_match_their_structure() -> None:
     assert set(objects) == set(SCHEMAS)
     for kind, obj in objects.items():
         jsonschema.validate(obj, SCHEMAS[kind])
+
+
+KUBERNETES_VERSIONS = ("1.29.0", "1.33.0")  # a supported range of clusters
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("name", [*OURS, "backup-cronjob.yaml"])
+def test_kubernetes_objects_validate_against_the_kubernetes_schemas(
+    name: str, version: str
+) -> None:
+    """Every object of every manifest, against that Kubernetes version's own schema (strict)."""
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_kubernetes_validation_catches_a_mistake() -> None:
+    """The schema check is real: a misspelt field of the Deployment is refused."""
+    deployment = k8s_objects()["Deployment"]
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
 
 
 def test_kubernetes_objects_refer_to_each_other_consistently() -> None:
