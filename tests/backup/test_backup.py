@@ -198,12 +198,12 @@ async def test_overlapping_backups_the_second_refuses(
     dest = tmp_path / "b"
     dest.mkdir()
     inside, release = threading.Event(), threading.Event()
-    real = snapshot_module.copy_database
+    real = snapshot_module.copy_and_export
 
-    def slow_copy(m: Mirror, db: Path) -> None:
+    def slow_copy(m: Mirror, db: Path, target: Path) -> Any:
         inside.set()
         release.wait(30)
-        real(m, db)
+        return real(m, db, target)
 
     settings = settings_for(str(mirror.url))
     results: list[Any] = []
@@ -211,7 +211,7 @@ async def test_overlapping_backups_the_second_refuses(
     async def first() -> None:
         results.append(await run_backup(settings, mirror, None, dest=dest, sync_first=False))
 
-    monkeypatch.setattr(snapshot_module, "copy_database", slow_copy)
+    monkeypatch.setattr(snapshot_module, "copy_and_export", slow_copy)
     async with anyio.create_task_group() as tg:
         tg.start_soon(first)
         await anyio.to_thread.run_sync(inside.wait, 30)
@@ -290,10 +290,10 @@ async def test_retention_after_success_and_never_on_failure(
         made.append(result.snapshot.path)
     assert [b.path for b in list_backups(dest)] == made[1:]
 
-    def boom(m: Mirror, db: Path) -> None:
+    def boom(m: Mirror, db: Path, target: Path) -> Any:
         raise StoreError("disk on fire")
 
-    monkeypatch.setattr(snapshot_module, "copy_database", boom)
+    monkeypatch.setattr(snapshot_module, "copy_and_export", boom)
     with pytest.raises(StoreError, match="disk on fire"):
         await run_backup(
             settings,

@@ -3,11 +3,13 @@
 
 ``mirror.db`` is always a portable SQLite mirror at the current schema revision:
   * from a SQLite mirror, SQLite's online backup API copies a consistent snapshot while syncs keep
-    writing (one step, under one read transaction);
+    writing (one step, under one read transaction), and ``messages.jsonl`` is written at the same
+    time from a second read transaction that began at the same instant: both transactions start
+    while a third connection holds the write lock, so no commit can fall between them;
   * from PostgreSQL, every threadsync table is read in one REPEATABLE READ transaction and written
-    into a fresh SQLite mirror made by the same migrations.
-``messages.jsonl`` and the manifest's counts are then produced from that copy, never from the live
-mirror, so all three files describe the same instant. The JSONL has ``--include-deleted``
+    into a fresh SQLite mirror made by the same migrations; ``messages.jsonl`` is then produced
+    from that copy.
+Either way all three files describe the same instant. The JSONL has ``--include-deleted``
 semantics: a backup keeps everything the mirror knows, deleted messages marked as
 ``worker/export/jsonl.py`` documents.
 """
@@ -20,6 +22,8 @@ import re
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +42,7 @@ from worker.backup.manifest import (
 from worker.backup.tables import copy_tables
 from worker.errors import ConfigError, StoreError
 from worker.export.jsonl import line_of
-from worker.export.source import Selection, iter_rows
+from worker.export.source import Row, Selection, iter_rows, sqlite_rows
 from worker.logs import get_logger
 from worker.store.db import Mirror, sqlite_path
 from worker.store.schema import current_revision
@@ -154,33 +158,95 @@ class _HashingWriter:
         self.out.write(data)
 
 
+def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
+    """Write ``rows`` as the snapshot's JSONL (fsynced); count them per thread as they pass."""
+    threads: dict[str, ThreadCount] = {}
+    with target.open("wb") as fh:
+        writer = _HashingWriter(fh)
+        buffer: list[bytes] = []
+        for row in rows:
+            count = threads.get(row.thread_id)
+            if count is None:
+                count = threads[row.thread_id] = ThreadCount()
+            if row.deleted_at is None:
+                count.messages += 1
+                count.newest_message_id = row.id
+            else:
+                count.deleted += 1
+            buffer.append(line_of(row))
+            if len(buffer) >= 1000:
+                writer.write(b"".join(buffer))
+                buffer.clear()
+        writer.write(b"".join(buffer))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return threads, writer.digest.hexdigest(), writer.size
+
+
 def export_messages(db: Path, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
     """Write every message of the copy (deleted ones marked) and count them per thread."""
     copy = Mirror(f"sqlite:///{db}", create=False)
-    threads: dict[str, ThreadCount] = {}
     try:
-        with target.open("wb") as fh:
-            writer = _HashingWriter(fh)
-            buffer: list[bytes] = []
-            for row in iter_rows(copy, Selection(include_deleted=True)):
-                count = threads.get(row.thread_id)
-                if count is None:
-                    count = threads[row.thread_id] = ThreadCount()
-                if row.deleted_at is None:
-                    count.messages += 1
-                    count.newest_message_id = row.id
-                else:
-                    count.deleted += 1
-                buffer.append(line_of(row))
-                if len(buffer) >= 1000:
-                    writer.write(b"".join(buffer))
-                    buffer.clear()
-            writer.write(b"".join(buffer))
-            fh.flush()
-            os.fsync(fh.fileno())
+        return write_messages(iter_rows(copy, Selection(include_deleted=True)), target)
     finally:
         copy.dispose()
-    return threads, writer.digest.hexdigest(), writer.size
+
+
+def copy_and_export_sqlite(
+    source: Path, db: Path, target: Path
+) -> tuple[dict[str, ThreadCount], str, int]:
+    """Copy a SQLite mirror and write its JSONL at once, both from the same instant.
+
+    Two read-only connections open their read transactions while a third holds the write lock,
+    so no writer can commit between the two snapshots; the lock is released at once (a sync waits
+    a few milliseconds). The copy (SQLite's backup API: C code that releases the GIL) and the
+    export (Python) then run side by side instead of one after the other.
+    """
+    uri = f"file:{source}?mode=ro"
+    gate = sqlite3.connect(source, isolation_level=None, timeout=30)
+    copier = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    reader = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        gate.execute("BEGIN IMMEDIATE")
+        try:
+            for conn in (copier, reader):
+                conn.execute("BEGIN")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot
+        finally:
+            gate.execute("ROLLBACK")
+
+        def copy() -> None:
+            dst = sqlite3.connect(db)
+            try:
+                copier.backup(dst)  # inside copier's open read transaction: its snapshot
+            finally:
+                dst.close()
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            copied = pool.submit(copy)
+            try:
+                result = write_messages(
+                    sqlite_rows(reader, Selection(include_deleted=True)), target
+                )
+            finally:
+                copied.result()  # the copy always finishes; its error, if any, comes first
+        return result
+    finally:
+        for conn in (reader, copier, gate):
+            conn.close()
+
+
+def copy_and_export(
+    mirror: Mirror, db: Path, target: Path
+) -> tuple[dict[str, ThreadCount], str, int]:
+    """``mirror.db`` and ``messages.jsonl`` of one instant; the JSONL's per-thread counts."""
+    if not mirror.is_sqlite:
+        copy_database(mirror, db)
+        return export_messages(db, target)
+    source = sqlite_path(mirror.url)
+    if source is None:
+        raise ConfigError("an in-memory mirror cannot be backed up; use a file or PostgreSQL")
+    return copy_and_export_sqlite(source, db, target)
 
 
 def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
@@ -189,8 +255,7 @@ def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
     tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}", suffix=PARTIAL_SUFFIX, dir=dest))
     try:
         db = tmp / DATABASE
-        copy_database(mirror, db)
-        threads, jsonl_sha, jsonl_size = export_messages(db, tmp / MESSAGES)
+        threads, jsonl_sha, jsonl_size = copy_and_export(mirror, db, tmp / MESSAGES)
         _single_file(db)
         _fsync_file(db)
         revision = _revision_of(db)

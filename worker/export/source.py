@@ -83,11 +83,30 @@ def count_rows(mirror: Mirror, selection: Selection) -> int:
         return int(session.execute(query).scalar_one())
 
 
-def _sqlite_rows(mirror: Mirror, thread_id: str, selection: Selection) -> Iterator[Row]:
-    """The same rows straight from the DB-API cursor: SQLAlchemy's per-row result processing
-    cost as much as the rest of a JSONL export together."""
+def sqlite_rows(conn: Any, selection: Selection) -> Iterator[Row]:
+    """The selected rows of a SQLite mirror, in export order, from a DB-API connection.
+
+    Straight from the driver's cursor: SQLAlchemy's per-row result processing cost as much as the
+    rest of a JSONL export together. Everything is read in the connection's current transaction,
+    so with one open the export is one snapshot (a backup relies on that).
+    """
+    if selection.thread_ids is not None:
+        threads = list(dict.fromkeys(selection.thread_ids))
+    else:
+        threads = [
+            r[0]
+            for r in conn.execute(
+                "SELECT thread_id FROM tracked_thread ORDER BY added_at, thread_id"
+            )
+        ]
+        tracked = set(threads)
+        threads += [
+            r[0]
+            for r in conn.execute("SELECT DISTINCT thread_id FROM message ORDER BY thread_id")
+            if r[0] not in tracked
+        ]
     sql = "SELECT thread_id, id, created_at, raw, deleted_at FROM message WHERE thread_id = ?"
-    params: list[Any] = [thread_id]
+    params: list[Any] = []
     if not selection.include_deleted:
         sql += " AND deleted_at IS NULL"
     if selection.since is not None:
@@ -100,11 +119,10 @@ def _sqlite_rows(mirror: Mirror, thread_id: str, selection: Selection) -> Iterat
         sql += f" AND role IN ({', '.join('?' * len(selection.roles))})"
         params.extend(selection.roles)
     sql += " ORDER BY created_at, tie_rank, id"
-    with mirror.read() as session:
-        driver: Any = session.connection().connection.driver_connection
-        cursor = driver.execute(sql, params)
+    parse = datetime.fromisoformat
+    for thread_id in threads:
+        cursor = conn.execute(sql, [thread_id, *params])
         cursor.arraysize = 2000
-        parse = datetime.fromisoformat
         while chunk := cursor.fetchmany():
             for t, i, c, raw, deleted in chunk:
                 yield Row(t, i, c, raw, None if deleted is None else parse(deleted))
@@ -112,11 +130,11 @@ def _sqlite_rows(mirror: Mirror, thread_id: str, selection: Selection) -> Iterat
 
 def iter_rows(mirror: Mirror, selection: Selection, *, batch: int = 2000) -> Iterator[Row]:
     """Yield rows thread by thread; memory stays flat (the database cursor streams)."""
-    sqlite = mirror.engine.dialect.name == "sqlite"
+    if mirror.is_sqlite:
+        with mirror.read() as session:
+            yield from sqlite_rows(session.connection().connection.driver_connection, selection)
+        return
     for thread_id in thread_order(mirror, selection):
-        if sqlite:
-            yield from _sqlite_rows(mirror, thread_id, selection)
-            continue
         query = select(
             col(Message.thread_id),
             col(Message.id),
