@@ -158,6 +158,23 @@ class _HashingWriter:
         self.out.write(data)
 
 
+@dataclass(frozen=True)
+class Written:
+    """What :func:`copy_and_export` produced: the JSONL's counts and checksum, the copy's."""
+
+    threads: dict[str, ThreadCount]
+    jsonl_sha256: str
+    jsonl_bytes: int
+    db_sha256: str
+
+
+def _seal(db: Path) -> str:
+    """Make the copy one self-contained file, sync it, and return its SHA-256."""
+    _single_file(db)
+    _fsync_file(db)
+    return sha256_of(db)
+
+
 def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
     """Write ``rows`` as the snapshot's JSONL (fsynced); count them per thread as they pass."""
     threads: dict[str, ThreadCount] = {}
@@ -192,9 +209,7 @@ def export_messages(db: Path, target: Path) -> tuple[dict[str, ThreadCount], str
         copy.dispose()
 
 
-def copy_and_export_sqlite(
-    source: Path, db: Path, target: Path
-) -> tuple[dict[str, ThreadCount], str, int]:
+def copy_and_export_sqlite(source: Path, db: Path, target: Path) -> Written:
     """Copy a SQLite mirror and write its JSONL at once, both from the same instant.
 
     Two read-only connections open their read transactions while a third holds the write lock,
@@ -215,34 +230,35 @@ def copy_and_export_sqlite(
         finally:
             gate.execute("ROLLBACK")
 
-        def copy() -> None:
+        def copy() -> str:
             dst = sqlite3.connect(db)
             try:
                 copier.backup(dst)  # inside copier's open read transaction: its snapshot
             finally:
                 dst.close()
+            copier.rollback()  # the snapshot is copied: let checkpoints proceed
+            return _seal(db)  # while the export is still writing
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             copied = pool.submit(copy)
             try:
-                result = write_messages(
+                threads, jsonl_sha, jsonl_size = write_messages(
                     sqlite_rows(reader, Selection(include_deleted=True)), target
                 )
             finally:
-                copied.result()  # the copy always finishes; its error, if any, comes first
-        return result
+                db_sha = copied.result()  # the copy always finishes; its error comes first
+        return Written(threads, jsonl_sha, jsonl_size, db_sha)
     finally:
         for conn in (reader, copier, gate):
             conn.close()
 
 
-def copy_and_export(
-    mirror: Mirror, db: Path, target: Path
-) -> tuple[dict[str, ThreadCount], str, int]:
-    """``mirror.db`` and ``messages.jsonl`` of one instant; the JSONL's per-thread counts."""
+def copy_and_export(mirror: Mirror, db: Path, target: Path) -> Written:
+    """``mirror.db`` (sealed: one file, synced) and ``messages.jsonl`` of one instant."""
     if not mirror.is_sqlite:
         copy_database(mirror, db)
-        return export_messages(db, target)
+        threads, jsonl_sha, jsonl_size = export_messages(db, target)
+        return Written(threads, jsonl_sha, jsonl_size, _seal(db))
     source = sqlite_path(mirror.url)
     if source is None:
         raise ConfigError("an in-memory mirror cannot be backed up; use a file or PostgreSQL")
@@ -255,9 +271,8 @@ def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
     tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}", suffix=PARTIAL_SUFFIX, dir=dest))
     try:
         db = tmp / DATABASE
-        threads, jsonl_sha, jsonl_size = copy_and_export(mirror, db, tmp / MESSAGES)
-        _single_file(db)
-        _fsync_file(db)
+        written = copy_and_export(mirror, db, tmp / MESSAGES)
+        threads = written.threads
         revision = _revision_of(db)
         manifest = Manifest(
             tool_version=__version__,
@@ -266,8 +281,8 @@ def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
             source_dialect=mirror.dialect,
             threads=threads,
             files={
-                DATABASE: {"bytes": db.stat().st_size, "sha256": sha256_of(db)},
-                MESSAGES: {"bytes": jsonl_size, "sha256": jsonl_sha},
+                DATABASE: {"bytes": db.stat().st_size, "sha256": written.db_sha256},
+                MESSAGES: {"bytes": written.jsonl_bytes, "sha256": written.jsonl_sha256},
             },
         )
         (tmp / MANIFEST).write_bytes(render(manifest))

@@ -105,11 +105,23 @@ def _present(path: Path, document: dict[str, Any]) -> None:
         raise Damaged(f"{extra}: not listed in the manifest")
 
 
-def _checked_database(db: Path, facts: dict[str, Any]) -> dict[str, ThreadCount]:
-    # The checksum comes first: counting a damaged file could only mislead.
-    if sha256_of(db) != facts["sha256"]:
+def _checked_database(
+    pool: ThreadPoolExecutor, db: Path, facts: dict[str, Any]
+) -> dict[str, ThreadCount]:
+    """Checksum and integrity check side by side (both C code that releases the GIL).
+
+    The checksum's verdict comes first: counting a damaged file could only mislead.
+    """
+    checksum = pool.submit(sha256_of, db)
+    try:
+        counts: dict[str, ThreadCount] | Damaged = _database_counts(db)
+    except Damaged as exc:
+        counts = exc
+    if checksum.result() != facts["sha256"]:
         raise Damaged(f"{DATABASE}: SHA-256 differs from the manifest (damaged)")
-    return _database_counts(db)
+    if isinstance(counts, Damaged):
+        raise counts
+    return counts
 
 
 def _database_counts(db: Path) -> dict[str, ThreadCount]:
@@ -183,9 +195,9 @@ def _checks(report: VerifyReport) -> dict[str, ThreadCount]:
     report.checked.append(MANIFEST)
     _present(report.path, document)
     expected = parse_threads(document)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         database: Future[dict[str, ThreadCount]] = pool.submit(
-            _checked_database, report.path / DATABASE, document["files"][DATABASE]
+            _checked_database, pool, report.path / DATABASE, document["files"][DATABASE]
         )
         try:
             jsonl, jsonl_sha = _jsonl_counts(report.path / MESSAGES)
