@@ -22,7 +22,7 @@ from tests.conftest import PG_URL, _pg_admin_url, _pg_unavailable
 from worker.backup import BackupBusyError, list_backups, restore, run_backup, verify
 from worker.backup import snapshot as snapshot_module
 from worker.backup.lock import backup_lock
-from worker.backup.manifest import DATABASE, MANIFEST, MESSAGES
+from worker.backup.manifest import DATABASE, MANIFEST, MESSAGES, SELF_KEY, self_digest, sha256_of
 from worker.config import BackupSettings, Settings
 from worker.emulator import Emulator, ManualClock
 from worker.errors import ConfigError, StoreError
@@ -305,3 +305,27 @@ async def test_retention_after_success_and_never_on_failure(
         )
     assert [b.path for b in list_backups(dest)] == made[1:]
     assert not [p for p in dest.iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("thorough", [False, True])
+def test_a_sound_checksum_over_a_broken_database_still_fails(
+    good_snapshot: Path, tmp_path: Path, thorough: bool
+) -> None:
+    """Damage made before the checksum was taken (the manifest re-sealed over it) is still found
+    by SQLite's own check, quick (default) or thorough, and named."""
+    snap = tmp_path / good_snapshot.name
+    shutil.copytree(good_snapshot, snap)
+    db = snap / DATABASE
+    data = bytearray(db.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    data[page_size] = 0x07  # page 2's b-tree page type: not a valid type
+    db.write_bytes(bytes(data))
+    document = orjson.loads((snap / MANIFEST).read_bytes())
+    document["files"][DATABASE] = {"bytes": len(data), "sha256": sha256_of(db)}
+    document[SELF_KEY] = self_digest(document)
+    (snap / MANIFEST).write_bytes(orjson.dumps(document))
+    report = verify(snap, thorough=thorough)
+    assert not report.ok
+    assert report.problem is not None
+    assert report.problem.startswith(f"{DATABASE}:"), report.problem
+    assert "integrity" in report.problem or "unreadable" in report.problem, report.problem

@@ -41,7 +41,7 @@ from worker.backup.manifest import (
 )
 from worker.backup.tables import copy_tables
 from worker.errors import ConfigError, StoreError
-from worker.export.jsonl import line_of
+from worker.export.jsonl import text_of
 from worker.export.source import Row, Selection, iter_rows, sqlite_rows
 from worker.logs import get_logger
 from worker.store.db import Mirror, sqlite_path
@@ -190,11 +190,14 @@ def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadC
                 count.newest_message_id = row.id
             else:
                 count.deleted += 1
-            buffer.append(line_of(row))
+            buffer.append(text_of(row).encode())
             if len(buffer) >= 1000:
-                writer.write(b"".join(buffer))
+                buffer.append(b"")
+                writer.write(b"\n".join(buffer))
                 buffer.clear()
-        writer.write(b"".join(buffer))
+        if buffer:
+            buffer.append(b"")
+            writer.write(b"\n".join(buffer))
         fh.flush()
         os.fsync(fh.fileno())
     return threads, writer.digest.hexdigest(), writer.size
@@ -232,6 +235,9 @@ def copy_and_export_sqlite(source: Path, db: Path, target: Path) -> Written:
 
         def copy() -> str:
             dst = sqlite3.connect(db)
+            # No journal for a file nobody else sees yet; it is fsynced whole when sealed.
+            dst.execute("PRAGMA journal_mode=OFF")
+            dst.execute("PRAGMA synchronous=OFF")
             try:
                 copier.backup(dst)  # inside copier's open read transaction: its snapshot
             finally:

@@ -16,26 +16,34 @@ from worker.export.source import Row
 DELETED_KEY = "_threadsync"
 
 
-def line_of(row: Row) -> bytes:
+def text_of(row: Row) -> str:
+    """The line for ``row``, without its newline."""
     if row.deleted_at is None:
-        return row.raw.encode() + b"\n"
+        return row.raw
     when = row.deleted_at if row.deleted_at.tzinfo else row.deleted_at.replace(tzinfo=UTC)
     stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = row.raw.rstrip()
     assert body.endswith("}")
-    return f'{body[:-1]},"{DELETED_KEY}":{{"deleted_at":"{stamp}"}}}}\n'.encode()
+    return f'{body[:-1]},"{DELETED_KEY}":{{"deleted_at":"{stamp}"}}}}'
+
+
+def line_of(row: Row) -> bytes:
+    return text_of(row).encode() + b"\n"
 
 
 def write_jsonl(rows: Iterable[Row], out: IO[bytes]) -> int:
-    """Write rows; returns how many were written."""
+    """Write rows; returns how many were written (a thousand lines per write)."""
     count = 0
     buffer: list[bytes] = []
     for row in rows:
-        buffer.append(line_of(row))
-        count += 1
+        buffer.append(row.raw.encode() if row.deleted_at is None else text_of(row).encode())
         if len(buffer) >= 1000:
-            out.write(b"".join(buffer))
+            buffer.append(b"")
+            out.write(b"\n".join(buffer))
+            count += len(buffer) - 1
             buffer.clear()
     if buffer:
-        out.write(b"".join(buffer))
+        buffer.append(b"")
+        out.write(b"\n".join(buffer))
+        count += len(buffer) - 1
     return count

@@ -20,11 +20,17 @@ T = TypeVar("T")
 
 def with_progress(
     items: Iterable[T], *, total: int | None, console: Console, label: str = "exporting"
-) -> Iterator[T]:
-    """Yield ``items`` unchanged, advancing a bar every 1000 items (cheap at 1M rows)."""
+) -> Iterable[T]:
+    """``items`` unchanged: as they are when ``console`` is not a terminal, else through a bar
+    advanced every 1000 items (cheap at 1M rows)."""
     if not console.is_terminal:
-        yield from items
-        return
+        return items
+    return _with_bar(items, total=total, console=console, label=label)
+
+
+def _with_bar(
+    items: Iterable[T], *, total: int | None, console: Console, label: str
+) -> Iterator[T]:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
