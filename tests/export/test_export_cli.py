@@ -17,6 +17,8 @@ from worker.cli.app import app
 from worker.cli.export import parse_when
 from worker.emulator import Emulator, ManualClock
 from worker.errors import ConfigError
+from worker.export.jsonl import write_jsonl, write_sqlite_jsonl
+from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.runner import sync_threads
@@ -130,3 +132,26 @@ def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "pip install pyarrow" in result.output
     assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.parametrize("include_deleted", [False, True])
+@pytest.mark.parametrize("roles", [None, ["assistant"]])
+async def test_sqlite_fast_jsonl_equals_the_row_path(
+    synced: tuple[Emulator, list[str], str],
+    mirror: Mirror,
+    include_deleted: bool,
+    roles: list[str] | None,
+) -> None:
+    """The byte-level JSONL path (scripts, SQLite) writes exactly what the row path writes,
+    deleted messages and their marker included."""
+    if not mirror.is_sqlite:
+        pytest.skip("the fast path is SQLite's")
+    selection = Selection(include_deleted=include_deleted, roles=roles)
+    slow, fast = io.BytesIO(), io.BytesIO()
+    written = write_jsonl(iter_rows(mirror, selection), slow)
+    with mirror.read() as session:
+        conn = session.connection().connection.driver_connection
+        assert write_sqlite_jsonl(conn, selection, fast) == written
+    assert fast.getvalue() == slow.getvalue()
+    assert written == len(slow.getvalue().splitlines()) > 0
+    assert (b'"_threadsync"' in fast.getvalue()) is include_deleted

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from worker import __version__
 from worker.backup.manifest import (
@@ -41,8 +41,8 @@ from worker.backup.manifest import (
 )
 from worker.backup.tables import copy_tables
 from worker.errors import ConfigError, StoreError
-from worker.export.jsonl import text_of
-from worker.export.source import Row, Selection, iter_rows, sqlite_rows
+from worker.export.jsonl import deleted_line, text_of
+from worker.export.source import Row, Selection, iter_rows, sqlite_raw_batches
 from worker.logs import get_logger
 from worker.store.db import Mirror, sqlite_path
 from worker.store.schema import current_revision
@@ -169,10 +169,16 @@ class Written:
 
 
 def _seal(db: Path) -> str:
-    """Make the copy one self-contained file, sync it, and return its SHA-256."""
+    """Make the copy one self-contained file, sync it, and return its SHA-256.
+
+    The sync (the kernel writing back) and the checksum (reading the page cache) overlap.
+    """
     _single_file(db)
-    _fsync_file(db)
-    return sha256_of(db)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        synced = pool.submit(_fsync_file, db)
+        digest = sha256_of(db)
+        synced.result()
+    return digest
 
 
 def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
@@ -198,6 +204,31 @@ def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadC
         if buffer:
             buffer.append(b"")
             writer.write(b"\n".join(buffer))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return threads, writer.digest.hexdigest(), writer.size
+
+
+def write_sqlite_messages(conn: Any, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
+    """:func:`write_messages` from a SQLite connection, the stored bytes written as they are."""
+    threads: dict[str, ThreadCount] = {}
+    with target.open("wb") as fh:
+        writer = _HashingWriter(fh)
+        for thread_id, batch in sqlite_raw_batches(conn, Selection(include_deleted=True)):
+            count = threads.get(thread_id)
+            if count is None:
+                count = threads[thread_id] = ThreadCount()
+            lines: list[bytes] = []
+            for message_id, raw, deleted in batch:
+                if deleted is None:
+                    count.messages += 1
+                    count.newest_message_id = message_id
+                    lines.append(raw)
+                else:
+                    count.deleted += 1
+                    lines.append(deleted_line(raw, deleted))
+            lines.append(b"")
+            writer.write(b"\n".join(lines))
         fh.flush()
         os.fsync(fh.fileno())
     return threads, writer.digest.hexdigest(), writer.size
@@ -248,9 +279,7 @@ def copy_and_export_sqlite(source: Path, db: Path, target: Path) -> Written:
         with ThreadPoolExecutor(max_workers=1) as pool:
             copied = pool.submit(copy)
             try:
-                threads, jsonl_sha, jsonl_size = write_messages(
-                    sqlite_rows(reader, Selection(include_deleted=True)), target
-                )
+                threads, jsonl_sha, jsonl_size = write_sqlite_messages(reader, target)
             finally:
                 db_sha = copied.result()  # the copy always finishes; its error comes first
         return Written(threads, jsonl_sha, jsonl_size, db_sha)

@@ -15,7 +15,7 @@ from worker.cli.common import EXIT_FAILED, api_client, command, err_console, glo
 from worker.cli.sync import print_report
 from worker.errors import ConfigError
 from worker.export.csv_format import write_csv
-from worker.export.jsonl import write_jsonl
+from worker.export.jsonl import write_jsonl, write_sqlite_jsonl
 from worker.export.markdown import write_markdown
 from worker.export.output import atomic_output
 from worker.export.parquet import write_parquet
@@ -84,6 +84,11 @@ def export_rows(
     """Write the selection (a directory gets one file per thread); returns messages written."""
     writer = WRITERS[fmt]
     if not is_directory_target(out):
+        if fmt is Format.JSONL and mirror.is_sqlite and not err_console.is_terminal:
+            # Scripts and cron: the fast path (stored bytes out as they are, no progress bar).
+            with atomic_output(out) as stream, mirror.read() as session:
+                conn = session.connection().connection.driver_connection
+                return write_sqlite_jsonl(conn, selection, stream)
         rows = with_progress(
             iter_rows(mirror, selection),
             total=count_rows(mirror, selection) if err_console.is_terminal else None,

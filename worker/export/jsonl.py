@@ -8,10 +8,10 @@ API object itself is untouched, and lines of live messages carry no extra key at
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC
-from typing import IO
+from datetime import UTC, datetime
+from typing import IO, Any
 
-from worker.export.source import Row
+from worker.export.source import Row, Selection, sqlite_raw_batches
 
 DELETED_KEY = "_threadsync"
 
@@ -47,3 +47,23 @@ def write_jsonl(rows: Iterable[Row], out: IO[bytes]) -> int:
         out.write(b"\n".join(buffer))
         count += len(buffer) - 1
     return count
+
+
+def write_sqlite_jsonl(conn: Any, selection: Selection, out: IO[bytes]) -> int:
+    """:func:`write_jsonl` for a SQLite mirror, from a DB-API connection: the stored bytes go
+    out as they are, never decoded and encoded again (half the time of the row path)."""
+    count = 0
+    for _, batch in sqlite_raw_batches(conn, selection):
+        lines = [
+            raw if deleted is None else deleted_line(raw, deleted) for _, raw, deleted in batch
+        ]
+        lines.append(b"")
+        out.write(b"\n".join(lines))
+        count += len(batch)
+    return count
+
+
+def deleted_line(raw: bytes, deleted_at: str) -> bytes:
+    """The line of a deleted message from its stored bytes and SQLite ``deleted_at`` text."""
+    row = Row("", "", 0, raw.decode(), datetime.fromisoformat(deleted_at))
+    return text_of(row).encode()

@@ -83,13 +83,8 @@ def count_rows(mirror: Mirror, selection: Selection) -> int:
         return int(session.execute(query).scalar_one())
 
 
-def sqlite_rows(conn: Any, selection: Selection) -> Iterator[Row]:
-    """The selected rows of a SQLite mirror, in export order, from a DB-API connection.
-
-    Straight from the driver's cursor: SQLAlchemy's per-row result processing cost as much as the
-    rest of a JSONL export together. Everything is read in the connection's current transaction,
-    so with one open the export is one snapshot (a backup relies on that).
-    """
+def _sqlite_plan(conn: Any, selection: Selection, columns: str) -> tuple[list[str], str, list[Any]]:
+    """The threads in export order, and the per-thread query with its extra parameters."""
     if selection.thread_ids is not None:
         threads = list(dict.fromkeys(selection.thread_ids))
     else:
@@ -105,7 +100,7 @@ def sqlite_rows(conn: Any, selection: Selection) -> Iterator[Row]:
             for r in conn.execute("SELECT DISTINCT thread_id FROM message ORDER BY thread_id")
             if r[0] not in tracked
         ]
-    sql = "SELECT thread_id, id, created_at, raw, deleted_at FROM message WHERE thread_id = ?"
+    sql = f"SELECT {columns} FROM message WHERE thread_id = ?"  # noqa: S608 - constant columns
     params: list[Any] = []
     if not selection.include_deleted:
         sql += " AND deleted_at IS NULL"
@@ -119,6 +114,19 @@ def sqlite_rows(conn: Any, selection: Selection) -> Iterator[Row]:
         sql += f" AND role IN ({', '.join('?' * len(selection.roles))})"
         params.extend(selection.roles)
     sql += " ORDER BY created_at, tie_rank, id"
+    return threads, sql, params
+
+
+def sqlite_rows(conn: Any, selection: Selection) -> Iterator[Row]:
+    """The selected rows of a SQLite mirror, in export order, from a DB-API connection.
+
+    Straight from the driver's cursor: SQLAlchemy's per-row result processing cost as much as the
+    rest of a JSONL export together. Everything is read in the connection's current transaction,
+    so with one open the export is one snapshot (a backup relies on that).
+    """
+    threads, sql, params = _sqlite_plan(
+        conn, selection, "thread_id, id, created_at, raw, deleted_at"
+    )
     parse, make = datetime.fromisoformat, partial(tuple.__new__, Row)  # Row._make, in C
     for thread_id in threads:
         cursor = conn.execute(sql, [thread_id, *params])
@@ -130,6 +138,20 @@ def sqlite_rows(conn: Any, selection: Selection) -> Iterator[Row]:
                 else:
                     t, i, c, raw, deleted = item
                     yield Row(t, i, c, raw, parse(deleted))
+
+
+RawBatch = list[tuple[str, bytes, str | None]]
+
+
+def sqlite_raw_batches(conn: Any, selection: Selection) -> Iterator[tuple[str, RawBatch]]:
+    """``(thread_id, [(message id, stored text as bytes, deleted_at), ...])`` in export order,
+    the text never decoded: what JSONL writers need and nothing more. A batch holds one thread."""
+    threads, sql, params = _sqlite_plan(conn, selection, "id, CAST(raw AS BLOB), deleted_at")
+    for thread_id in threads:
+        cursor = conn.execute(sql, [thread_id, *params])
+        cursor.arraysize = 2000
+        while chunk := cursor.fetchmany():
+            yield thread_id, chunk
 
 
 def iter_rows(mirror: Mirror, selection: Selection, *, batch: int = 2000) -> Iterator[Row]:
