@@ -22,7 +22,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -181,57 +181,64 @@ def _seal(db: Path) -> str:
     return digest
 
 
-def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
-    """Write ``rows`` as the snapshot's JSONL (fsynced); count them per thread as they pass."""
+# One message on its way into the snapshot's JSONL: thread, id, line (no newline), live or not.
+Entry = tuple[str, str, bytes, bool]
+
+
+def _write_entries(
+    batches: Iterable[list[Entry]], target: Path
+) -> tuple[dict[str, ThreadCount], str, int]:
+    """Write the lines (fsynced), counting them per thread as they pass."""
     threads: dict[str, ThreadCount] = {}
     with target.open("wb") as fh:
         writer = _HashingWriter(fh)
-        buffer: list[bytes] = []
-        for row in rows:
-            count = threads.get(row.thread_id)
-            if count is None:
-                count = threads[row.thread_id] = ThreadCount()
-            if row.deleted_at is None:
-                count.messages += 1
-                count.newest_message_id = row.id
-            else:
-                count.deleted += 1
-            buffer.append(text_of(row).encode())
-            if len(buffer) >= 1000:
-                buffer.append(b"")
-                writer.write(b"\n".join(buffer))
-                buffer.clear()
-        if buffer:
-            buffer.append(b"")
-            writer.write(b"\n".join(buffer))
+        for batch in batches:
+            for thread_id, message_id, _, live in batch:
+                count = threads.get(thread_id)
+                if count is None:
+                    count = threads[thread_id] = ThreadCount()
+                if live:
+                    count.messages += 1
+                    count.newest_message_id = message_id
+                else:
+                    count.deleted += 1
+            writer.write(b"\n".join([entry[2] for entry in batch] + [b""]))
         fh.flush()
         os.fsync(fh.fileno())
     return threads, writer.digest.hexdigest(), writer.size
+
+
+def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
+    """Write ``rows`` as the snapshot's JSONL (fsynced); count them per thread as they pass."""
+
+    def batches() -> Iterator[list[Entry]]:
+        batch: list[Entry] = []
+        for row in rows:
+            batch.append((row.thread_id, row.id, text_of(row).encode(), row.deleted_at is None))
+            if len(batch) >= 1000:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    return _write_entries(batches(), target)
 
 
 def write_sqlite_messages(conn: Any, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
     """:func:`write_messages` from a SQLite connection, the stored bytes written as they are."""
-    threads: dict[str, ThreadCount] = {}
-    with target.open("wb") as fh:
-        writer = _HashingWriter(fh)
-        for thread_id, batch in sqlite_raw_batches(conn, Selection(include_deleted=True)):
-            count = threads.get(thread_id)
-            if count is None:
-                count = threads[thread_id] = ThreadCount()
-            lines: list[bytes] = []
-            for message_id, raw, deleted in batch:
-                if deleted is None:
-                    count.messages += 1
-                    count.newest_message_id = message_id
-                    lines.append(raw)
-                else:
-                    count.deleted += 1
-                    lines.append(deleted_line(raw, deleted))
-            lines.append(b"")
-            writer.write(b"\n".join(lines))
-        fh.flush()
-        os.fsync(fh.fileno())
-    return threads, writer.digest.hexdigest(), writer.size
+    batches = (
+        [
+            (
+                thread_id,
+                mid,
+                raw if deleted is None else deleted_line(raw, deleted),
+                deleted is None,
+            )
+            for mid, raw, deleted in chunk
+        ]
+        for thread_id, chunk in sqlite_raw_batches(conn, Selection(include_deleted=True))
+    )
+    return _write_entries(batches, target)
 
 
 def export_messages(db: Path, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
