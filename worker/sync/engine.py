@@ -250,6 +250,9 @@ class ThreadPass:
         self.outcome = ThreadOutcome(thread_id, "synced")
         self._parked: float | None = None
         self._fresh: set[str] = set()  # in-progress messages this pass listed itself
+        # Stored as in progress when the pass began (read with the state), less those this pass
+        # has since seen final or gone: what is left is re-fetched at the end.
+        self._busy: set[str] = set()
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -470,17 +473,7 @@ class ThreadPass:
 
         Those this pass has just listed are current already and are not fetched again.
         """
-
-        def busy() -> list[str]:
-            with self.mirror.read() as session:
-                query = select(col(Message.id)).where(
-                    col(Message.thread_id) == self.thread_id,
-                    col(Message.status) == "in_progress",
-                    col(Message.deleted_at).is_(None),
-                )
-                return [row[0] for row in session.execute(query)]
-
-        for message_id in await self.mirror.run(busy):
+        for message_id in sorted(self._busy):
             if message_id in self._fresh:
                 continue
             try:
@@ -562,6 +555,7 @@ class ThreadPass:
         now = self.now()
         ties = self.ties.effective
         self._fresh.update(m.id for m in msgs if m.status == "in_progress")
+        self._busy.difference_update(m.id for m in msgs if m.status != "in_progress")
 
         def plan(session: Session) -> tuple[Plan, list[str]]:
             stored = load_stored(session, [m.id for m in msgs])
@@ -582,7 +576,7 @@ class ThreadPass:
             if page_plan.empty and not gone:
                 return page_plan.last
 
-        def work() -> tuple[Counts, Place | None]:
+        def work() -> tuple[Counts, Place | None, list[str]]:
             with self.mirror.write() as session:
                 page_plan, gone = plan(session)
                 write_plan(session, self.thread_id, page_plan, now)
@@ -591,9 +585,10 @@ class ThreadPass:
                     st = state_of(session, self.thread_id)
                     advance(st)
                     st.pages += 1
-                return page_plan.counts, page_plan.last
+                return page_plan.counts, page_plan.last, gone
 
-        counts, last = await self.mirror.run_write(work)
+        counts, last, gone = await self.mirror.run_write(work)
+        self._busy.difference_update(gone)
         self.outcome.counts += counts
         return last
 
@@ -631,11 +626,21 @@ class ThreadPass:
         return await self.mirror.run(read)
 
     async def _state(self) -> SyncState:
-        def read() -> SyncState | None:
-            with self.mirror.read() as session:
-                return session.get(SyncState, self.thread_id)
+        """The thread's sync state, and (same read) the messages stored as in progress."""
 
-        state = await self.mirror.run(read)
+        def read() -> tuple[SyncState | None, set[str]]:
+            with self.mirror.read() as session:
+                state = session.get(SyncState, self.thread_id)
+                if state is None:
+                    return None, set()
+                busy = select(col(Message.id)).where(
+                    col(Message.thread_id) == self.thread_id,
+                    col(Message.status) == "in_progress",
+                    col(Message.deleted_at).is_(None),
+                )
+                return state, {row[0] for row in session.execute(busy)}
+
+        state, self._busy = await self.mirror.run(read)
         if state is not None:
             return state
 
