@@ -329,3 +329,27 @@ def test_a_sound_checksum_over_a_broken_database_still_fails(
     assert report.problem is not None
     assert report.problem.startswith(f"{DATABASE}:"), report.problem
     assert "integrity" in report.problem or "unreadable" in report.problem, report.problem
+
+
+async def test_a_mirror_this_user_cannot_write_is_copied_then_exported(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No write lock can be taken on a read-only mirror file, so the snapshot is copied first
+    and exported from the copy; it still verifies and holds every message."""
+    if not mirror.is_sqlite:
+        pytest.skip("file permissions are SQLite's")
+    await seeded(mirror, threads=2, messages=25)
+    calls: list[str] = []
+    real = snapshot_module.copy_database
+
+    def tracked(m: Mirror, db: Path) -> None:
+        calls.append("copy")
+        real(m, db)
+
+    monkeypatch.setattr("worker.backup.snapshot.os.access", lambda path, mode: False)
+    monkeypatch.setattr(snapshot_module, "copy_database", tracked)
+    settings = settings_for(str(mirror.url))
+    result = await run_backup(settings, mirror, None, dest=tmp_path / "b", sync_first=False)
+    assert calls == ["copy"]
+    assert verify(result.snapshot.path).ok
+    assert result.snapshot.messages + result.snapshot.deleted == 50

@@ -259,7 +259,9 @@ def copy_and_export_sqlite(source: Path, db: Path, target: Path) -> Written:
     export (Python) then run side by side instead of one after the other.
     """
     uri = f"file:{source}?mode=ro"
-    gate = sqlite3.connect(source, isolation_level=None, timeout=30)
+    # mode=rw: a file this user cannot write would otherwise open read-only, and its BEGIN
+    # IMMEDIATE would hold no lock at all; the caller then falls back (see copy_and_export).
+    gate = sqlite3.connect(f"file:{source}?mode=rw", uri=True, isolation_level=None, timeout=30)
     copier = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     reader = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
@@ -297,14 +299,18 @@ def copy_and_export_sqlite(source: Path, db: Path, target: Path) -> Written:
 
 def copy_and_export(mirror: Mirror, db: Path, target: Path) -> Written:
     """``mirror.db`` (sealed: one file, synced) and ``messages.jsonl`` of one instant."""
-    if not mirror.is_sqlite:
-        copy_database(mirror, db)
-        threads, jsonl_sha, jsonl_size = export_messages(db, target)
-        return Written(threads, jsonl_sha, jsonl_size, _seal(db))
-    source = sqlite_path(mirror.url)
-    if source is None:
+    source = sqlite_path(mirror.url) if mirror.is_sqlite else None
+    if mirror.is_sqlite and source is None:
         raise ConfigError("an in-memory mirror cannot be backed up; use a file or PostgreSQL")
-    return copy_and_export_sqlite(source, db, target)
+    if source is not None and os.access(source, os.W_OK):
+        return copy_and_export_sqlite(source, db, target)
+    if source is not None:
+        # Without write access no lock can hold writers back between two snapshots: copy
+        # first, then export from the copy (slower, equally consistent).
+        log.info("backup.read_only_mirror", path=str(source))
+    copy_database(mirror, db)
+    threads, jsonl_sha, jsonl_size = export_messages(db, target)
+    return Written(threads, jsonl_sha, jsonl_size, _seal(db))
 
 
 def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:

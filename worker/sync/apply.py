@@ -14,6 +14,7 @@ itself. PostgreSQL goes through SQLAlchemy Core, which batches well with psycopg
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,6 +94,12 @@ class Counts:
         return self.added + self.changed + self.deleted + self.restored
 
 
+def _json_column(value: Any) -> str:
+    """What SQLAlchemy's JSON type stores (``json.dumps``; ``null`` for None), so rows written
+    here read and compare the same as rows written through the ORM or on PostgreSQL."""
+    return json.dumps(value)
+
+
 def digest_of(raw: bytes) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
@@ -112,7 +119,7 @@ def prepare(obj: Any, thread_id: str) -> Incoming:
         msg_id,
         created_at,
         raw.decode(),
-        digest_of(raw),
+        digest_of(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)),
         _str(obj.get("role")),
         _str(obj.get("status")),
         _str(obj.get("run_id")),
@@ -229,7 +236,7 @@ def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> N
             inserts: list[tuple[Any, ...]] = []
             for m, rank in plan.inserts:
                 role, status, run_id, assistant_id, meta = _fields(m)
-                meta_text = None if meta is None else orjson.dumps(meta).decode()
+                meta_text = _json_column(meta)
                 inserts.append(
                     (m.id, thread_id, m.created_at, rank, role, status, run_id, assistant_id,
                      meta_text, m.raw, m.digest, stamp, stamp, None)
@@ -239,7 +246,7 @@ def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> N
             updates: list[tuple[Any, ...]] = []
             for m, rank in plan.updates:
                 role, status, run_id, assistant_id, meta = _fields(m)
-                meta_text = None if meta is None else orjson.dumps(meta).decode()
+                meta_text = _json_column(meta)
                 updates.append(
                     (m.created_at, rank, role, status, run_id, assistant_id, meta_text, m.raw,
                      m.digest, stamp, m.id)

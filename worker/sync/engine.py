@@ -144,7 +144,8 @@ async def _prefetching(walk: ThreadPass, order: Literal["asc", "desc"]) -> Async
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+            exc = group.exceptions[0]
+            raise exc from exc.__cause__
         raise
 
 
