@@ -225,6 +225,13 @@ def _sqlite_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _stored(m: Incoming, rank: int) -> tuple[Any, ...]:
+    """created_at .. digest, the columns an insert and an update of ``m`` share (SQLite order)."""
+    role, status, run_id, assistant_id, meta = _fields(m)
+    return (m.created_at, rank, role, status, run_id, assistant_id, _json_column(meta), m.raw,
+            m.digest)  # fmt: skip
+
+
 def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> None:
     """Execute a plan in the session's transaction."""
     if plan.empty:
@@ -233,25 +240,17 @@ def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> N
         stamp = _sqlite_time(now)
         driver = _driver(session)
         if plan.inserts:
-            inserts: list[tuple[Any, ...]] = []
-            for m, rank in plan.inserts:
-                role, status, run_id, assistant_id, meta = _fields(m)
-                meta_text = _json_column(meta)
-                inserts.append(
-                    (m.id, thread_id, m.created_at, rank, role, status, run_id, assistant_id,
-                     meta_text, m.raw, m.digest, stamp, stamp, None)
-                )  # fmt: skip
-            driver.executemany(_INSERT_SQL, inserts)
+            driver.executemany(
+                _INSERT_SQL,
+                [
+                    (m.id, thread_id, *_stored(m, rank), stamp, stamp, None)
+                    for m, rank in plan.inserts
+                ],
+            )
         if plan.updates:
-            updates: list[tuple[Any, ...]] = []
-            for m, rank in plan.updates:
-                role, status, run_id, assistant_id, meta = _fields(m)
-                meta_text = _json_column(meta)
-                updates.append(
-                    (m.created_at, rank, role, status, run_id, assistant_id, meta_text, m.raw,
-                     m.digest, stamp, m.id)
-                )  # fmt: skip
-            driver.executemany(_UPDATE_SQL, updates)
+            driver.executemany(
+                _UPDATE_SQL, [(*_stored(m, rank), stamp, m.id) for m, rank in plan.updates]
+            )
         return
     if plan.inserts:
         session.execute(
