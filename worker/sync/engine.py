@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -149,6 +149,62 @@ async def _prefetching(walk: ThreadPass, order: Literal["asc", "desc"]) -> Async
         raise
 
 
+class _Refetches:
+    """The GETs of messages stored as in progress, sent alongside an ordinary pass's probe.
+
+    Whether such a message is final can only be asked of it alone, and the question does not
+    depend on what the probe finds, so an idle thread's two requests overlap instead of following
+    one another. The walk still decides which answers it uses: a message it listed itself meanwhile
+    needs none (its answer is dropped), exactly the GETs of the sequential order are acted on.
+    """
+
+    AHEAD = 4  # at most this many per pass in flight early; any more are fetched when needed
+
+    def __init__(self, tg: TaskGroup, walk: ThreadPass, ids: list[str]) -> None:
+        self._walk = walk
+        self._answers: dict[str, tuple[anyio.Event, list[Any]]] = {}
+        for message_id in ids[: self.AHEAD]:
+            done, answer = self._answers[message_id] = (anyio.Event(), [])
+            tg.start_soon(self._run, message_id, done, answer)
+
+    async def _run(self, message_id: str, done: anyio.Event, answer: list[Any]) -> None:
+        try:
+            answer.append(await self._walk._get(message_id))
+        except Exception as exc:  # handed to the walk when (if) it asks for this message
+            answer.append(exc)
+        finally:
+            done.set()
+
+    async def get(self, message_id: str) -> dict[str, Any]:
+        """The message's answer: the early one if it was sent, else a GET now."""
+        early = self._answers.pop(message_id, None)
+        if early is None:
+            return await self._walk._get(message_id)
+        done, answer = early
+        await done.wait()
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        return cast(dict[str, Any], answer[0])
+
+
+@asynccontextmanager
+async def _refetching(walk: ThreadPass, ids: list[str]) -> AsyncIterator[_Refetches]:
+    """:class:`_Refetches` whose unused requests are cancelled when the block ends (errors
+    re-raised as themselves, as :func:`_prefetching` does)."""
+    try:
+        async with anyio.create_task_group() as tg:
+            refetches = _Refetches(tg, walk, ids)
+            try:
+                yield refetches
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            exc = group.exceptions[0]
+            raise exc from exc.__cause__
+        raise
+
+
 class TieConvention:
     """The server's order of equal-``created_at`` messages in descending listings, learned once.
 
@@ -212,6 +268,13 @@ class TieConvention:
         return self.value or "reverse"
 
 
+class Known(NamedTuple):
+    """A thread's sync state (None before its first pass) and its messages stored in progress."""
+
+    state: SyncState | None
+    busy: set[str]
+
+
 @dataclass
 class ThreadOutcome:
     """What one pass over one thread did."""
@@ -241,6 +304,7 @@ class ThreadPass:
         ties: TieConvention,
         page_limit: int = 100,
         now: Callable[[], datetime] = utcnow,
+        known: Known | None = None,
     ) -> None:
         self.client = client
         self.mirror = mirror
@@ -254,6 +318,7 @@ class ThreadPass:
         # Stored as in progress when the pass began (read with the state), less those this pass
         # has since seen final or gone: what is left is re-fetched at the end.
         self._busy: set[str] = set()
+        self._known = known  # read by the run for this pass: spares the pass its first read
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -261,20 +326,24 @@ class ThreadPass:
         started = time.monotonic()
         state = await self._state()
         try:
-            if state.initial_done and full:
-                await self._full_walk("reconcile")
-            elif not state.initial_done:
-                resumed = state.initial_after is not None
-                await self._first_sync(state)
-                if full:
-                    await self._full_walk("reconcile")
-                elif resumed:
-                    # Messages posted since the interrupted pass began are newer than the
-                    # high-water mark that pass recorded: look for them now, not next pass.
-                    await self._ordinary(await self._state())
+            if state.initial_done and not full:
+                # The probe and the GETs of messages stored in progress go out together.
+                async with _refetching(self, self._to_refetch()) as early:
+                    await self._ordinary(state)
+                    await self._refetch_in_progress(early)
             else:
-                await self._ordinary(state)
-            await self._refetch_in_progress()
+                if state.initial_done:
+                    await self._full_walk("reconcile")
+                else:
+                    resumed = state.initial_after is not None
+                    await self._first_sync(state)
+                    if full:
+                        await self._full_walk("reconcile")
+                    elif resumed:
+                        # Messages posted since the interrupted pass began are newer than the
+                        # high-water mark that pass recorded: look for them now, not next pass.
+                        await self._ordinary(await self._state())
+                await self._refetch_in_progress(None)
         except ParkedError as exc:
             self._fail("parked", exc, parked=exc.retry_after)
         except NotFoundError as exc:
@@ -282,7 +351,7 @@ class ThreadPass:
         except (AuthError, PermanentError, TransientError, PagingError) as exc:
             self._fail("failed", exc)
         self.outcome.seconds = time.monotonic() - started
-        await self._finish()
+        self._finish()
         return self.outcome
 
     # -- the three walks -----------------------------------------------------------------------
@@ -469,16 +538,15 @@ class ThreadPass:
                 previous_ids = {m.id for m in msgs}
                 after = msgs[-1].id
 
-    async def _refetch_in_progress(self) -> None:
-        """Messages first seen while still being written: fetch them until they are final.
+    def _to_refetch(self) -> list[str]:
+        """Stored as in progress and not listed by this pass (a listing is current already)."""
+        return [m for m in sorted(self._busy) if m not in self._fresh]
 
-        Those this pass has just listed are current already and are not fetched again.
-        """
-        for message_id in sorted(self._busy):
-            if message_id in self._fresh:
-                continue
+    async def _refetch_in_progress(self, early: _Refetches | None) -> None:
+        """Messages first seen while still being written: fetch them until they are final."""
+        for message_id in self._to_refetch():
             try:
-                obj = await self._get(message_id)
+                obj = await (self._get(message_id) if early is None else early.get(message_id))
             except NotFoundError:
                 now = self.now()
 
@@ -577,18 +645,18 @@ class ThreadPass:
             if page_plan.empty and not gone:
                 return page_plan.last
 
-        def work() -> tuple[Counts, Place | None, list[str]]:
-            with self.mirror.write() as session:
-                page_plan, gone = plan(session)
-                write_plan(session, self.thread_id, page_plan, now)
-                page_plan.counts.deleted += tombstone(session, gone, now)
-                if advance is not None:
-                    st = state_of(session, self.thread_id)
-                    advance(st)
-                    st.pages += 1
-                return page_plan.counts, page_plan.last, gone
+        def work(session: Session) -> tuple[Counts, Place | None, list[str]]:
+            page_plan, gone = plan(session)
+            write_plan(session, self.thread_id, page_plan, now)
+            page_plan.counts.deleted += tombstone(session, gone, now)
+            if advance is not None:
+                st = state_of(session, self.thread_id)
+                advance(st)
+                st.pages += 1
+            return page_plan.counts, page_plan.last, gone
 
-        counts, last, gone = await self.mirror.run_write(work)
+        # Grouped: the pages other passes have ready by now share this transaction's commit.
+        counts, last, gone = await self.mirror.write_grouped(work)
         self._busy.difference_update(gone)
         self.outcome.counts += counts
         return last
@@ -629,19 +697,22 @@ class ThreadPass:
     async def _state(self) -> SyncState:
         """The thread's sync state, and (same read) the messages stored as in progress."""
 
-        def read() -> tuple[SyncState | None, set[str]]:
+        def read() -> Known:
             with self.mirror.read() as session:
                 state = session.get(SyncState, self.thread_id)
                 if state is None:
-                    return None, set()
+                    return Known(None, set())
                 busy = select(col(Message.id)).where(
                     col(Message.thread_id) == self.thread_id,
                     col(Message.status) == "in_progress",
                     col(Message.deleted_at).is_(None),
                 )
-                return state, {row[0] for row in session.execute(busy)}
+                return Known(state, {row[0] for row in session.execute(busy)})
 
-        state, self._busy = await self.mirror.run(read)
+        known, self._known = self._known, None
+        if known is None:
+            known = await self.mirror.run(read)
+        state, self._busy = known.state, set(known.busy)
         if state is not None:
             return state
 
@@ -681,32 +752,32 @@ class ThreadPass:
         self.outcome.error = describe(exc) if detail is None else f"{detail} ({describe(exc)})"
         self._parked = parked
 
-    async def _finish(self) -> None:
+    def _finish(self) -> None:
         now = self.now()
         outcome = self.outcome
         parked = self._parked
 
-        def write() -> None:
-            with self.mirror.write() as session:
-                st = state_of(session, self.thread_id)
-                st.last_sync_at = now
-                if outcome.ok:
-                    st.last_success_at = now
-                    st.consecutive_failures = 0
-                    st.last_error = st.last_error_kind = None
-                    st.parked_until = None
-                else:
-                    st.consecutive_failures += 1
-                    st.last_error = outcome.error
-                    st.last_error_kind = outcome.result
-                    st.parked_until = now + timedelta(seconds=parked) if parked else None
-                c = outcome.counts
-                st.added += c.added
-                st.changed += c.changed
-                st.deleted += c.deleted
-                st.restored += c.restored
+        def write(session: Session) -> None:
+            st = state_of(session, self.thread_id)
+            st.last_sync_at = now
+            if outcome.ok:
+                st.last_success_at = now
+                st.consecutive_failures = 0
+                st.last_error = st.last_error_kind = None
+                st.parked_until = None
+            else:
+                st.consecutive_failures += 1
+                st.last_error = outcome.error
+                st.last_error_kind = outcome.result
+                st.parked_until = now + timedelta(seconds=parked) if parked else None
+            c = outcome.counts
+            st.added += c.added
+            st.changed += c.changed
+            st.deleted += c.deleted
+            st.restored += c.restored
 
-        await self.mirror.run_write(write)
+        # Not waited for: it rides with another pass's next page, or with the run's final flush.
+        self.mirror.queue_grouped(write)
 
 
 def describe(exc: BaseException) -> str:

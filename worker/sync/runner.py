@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
+from sqlalchemy import select
+from sqlmodel import col
 
 from worker.client import ApiClient
 from worker.logs import get_logger
 from worker.store.db import Mirror
-from worker.store.models import SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
-from worker.store.repo import active_thread_ids
+from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
+from worker.store.repo import active_thread_ids, tracked
 from worker.sync.apply import Counts
-from worker.sync.engine import ThreadOutcome, ThreadPass, TieConvention
+from worker.sync.engine import Known, ThreadOutcome, ThreadPass, TieConvention
 
 log = get_logger()
 
@@ -66,10 +68,11 @@ async def sync_threads(
 ) -> RunReport:
     """Sync ``thread_ids`` (default: every active tracked thread) and record the run."""
     kind = "full" if full else "sync"
-    ids, skipped = await mirror.run(_plan, mirror, thread_ids, now())
+    planned = await mirror.run(_plan, mirror, thread_ids, now())
+    ids = planned.runnable
     run_id = await mirror.run_write(_open_run, mirror, kind)
     report = RunReport(run_id, kind)
-    report.outcomes.extend(skipped)
+    report.outcomes.extend(planned.skipped)
     ties = TieConvention(mirror)
     await ties.load()
     limiter = anyio.CapacityLimiter(concurrency)
@@ -79,16 +82,27 @@ async def sync_threads(
     async def one(thread_id: str) -> None:
         async with limiter:
             outcome = await ThreadPass(
-                client, mirror, thread_id, ties=ties, page_limit=page_limit, now=now
+                client,
+                mirror,
+                thread_id,
+                ties=ties,
+                page_limit=page_limit,
+                now=now,
+                known=planned.known.pop(thread_id, None),
             ).run(full=full)
         report.outcomes.append(outcome)
         _log_outcome(outcome)
         if on_thread_done is not None:
             on_thread_done(outcome)
 
-    async with anyio.create_task_group() as tg:
-        for thread_id in ids:
-            tg.start_soon(one, thread_id)
+    try:
+        async with anyio.create_task_group() as tg:
+            for thread_id in ids:
+                tg.start_soon(one, thread_id)
+    finally:
+        # The passes' closing states are queued, not yet written: commit them (shielded, so
+        # the threads that finished before a cancellation keep their record).
+        await mirror.flush_grouped()
     report.seconds = time.monotonic() - started
     await mirror.run_write(_close_run, mirror, report, now())
     c = report.counts
@@ -108,19 +122,48 @@ async def sync_threads(
     return report
 
 
-def _plan(
-    mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime
-) -> tuple[list[str], list[ThreadOutcome]]:
-    """Which threads to sync; parked threads wait until their time."""
+@dataclass
+class _Planned:
+    """What one read at the start of a run found: which threads to pass over and from where."""
+
+    runnable: list[str] = field(default_factory=list)
+    skipped: list[ThreadOutcome] = field(default_factory=list)
+    # Per runnable thread: its sync state (None before its first pass) and the messages stored
+    # as still in progress. A thread is in one run at a time (the daemon's gate and leases), so
+    # this read stays true until its pass begins; it saves two queries per thread per pass.
+    known: dict[str, Known] = field(default_factory=dict)
+
+
+_CHUNK = 500  # ids per IN (...) list, far below every backend's limit on bound parameters
+
+
+def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _Planned:
+    """Which threads to sync (parked threads wait until their time), read in one transaction."""
+    planned = _Planned()
     with mirror.read() as session:
         ids = list(thread_ids) if thread_ids is not None else active_thread_ids(session)
-        skipped: list[ThreadOutcome] = []
-        runnable: list[str] = []
+        threads: dict[str, TrackedThread] = {}
+        states: dict[str, SyncState] = {}
+        busy: dict[str, set[str]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            threads.update(tracked(session, chunk))
+            for row in session.scalars(
+                select(SyncState).where(col(SyncState.thread_id).in_(chunk))
+            ):
+                states[row.thread_id] = row
+            for thread_id, message_id in session.execute(
+                select(col(Message.thread_id), col(Message.id)).where(
+                    col(Message.thread_id).in_(chunk),
+                    col(Message.status) == "in_progress",
+                    col(Message.deleted_at).is_(None),
+                )
+            ):
+                busy.setdefault(thread_id, set()).add(message_id)
         for thread_id in ids:
-            thread = session.get(TrackedThread, thread_id)
-            state = session.get(SyncState, thread_id)
+            thread, state = threads.get(thread_id), states.get(thread_id)
             if thread is None:
-                skipped.append(
+                planned.skipped.append(
                     ThreadOutcome(
                         thread_id,
                         "failed",
@@ -128,13 +171,15 @@ def _plan(
                     )
                 )
             elif thread.state == "gone":
-                skipped.append(ThreadOutcome(thread_id, "gone", error="gone from the server"))
+                planned.skipped.append(
+                    ThreadOutcome(thread_id, "gone", error="gone from the server")
+                )
             elif (
                 state is not None
                 and state.parked_until is not None
                 and _aware(state.parked_until) > now
             ):
-                skipped.append(
+                planned.skipped.append(
                     ThreadOutcome(
                         thread_id,
                         "parked",
@@ -142,8 +187,9 @@ def _plan(
                     )
                 )
             else:
-                runnable.append(thread_id)
-        return runnable, skipped
+                planned.runnable.append(thread_id)
+                planned.known[thread_id] = Known(state, busy.get(thread_id, set()))
+    return planned
 
 
 def _aware(value: datetime) -> datetime:
