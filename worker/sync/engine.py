@@ -89,7 +89,7 @@ class _Ahead:
         self._walk = walk
         self._order = order
         self._done = anyio.Event()
-        self._page: MessagePage | None = None
+        self._page: tuple[bool, list[Incoming]] | None = None
         self._error: Exception | None = None
         self._after: str | None = None
 
@@ -100,7 +100,10 @@ class _Ahead:
 
     async def _run(self, after: str | None) -> None:
         try:
-            self._page = await self._walk._list(order=self._order, after=after)
+            page = await self._walk._list(order=self._order, after=after)
+            # Prepared at once: a waiting page is kept as its messages' text and columns, not as
+            # parsed objects (several times the size, and eight passes each keep one waiting).
+            self._page = page.has_more, self._walk._prepare(page)
         except Exception as exc:  # handed to the walk, which decides what it means
             self._error = exc
         finally:
@@ -119,9 +122,8 @@ class _Ahead:
                 raise _CursorLost(f"cursor answered {exc.status}") from exc
             raise exc
         assert self._page is not None
-        msgs = self._walk._prepare(self._page)
-        has_more = self._page.has_more
-        self._page = None  # the parsed objects go; the walk keeps only what it stores
+        has_more, msgs = self._page
+        self._page = None
         if has_more and msgs:
             self.fetch(msgs[-1].id)
         return has_more, msgs
