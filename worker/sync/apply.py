@@ -13,12 +13,12 @@ itself. PostgreSQL goes through SQLAlchemy Core, which batches well with psycopg
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from hashlib import blake2b
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from sqlalchemy import bindparam, select, update
@@ -56,9 +56,12 @@ _UPDATE_SQL = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A message as listed by the server, ready to compare and store."""
+class Incoming(NamedTuple):
+    """A message as listed by the server, ready to compare and store.
+
+    A tuple, not a dataclass: a sync makes one per message listed, and a frozen dataclass's
+    constructor costs several times a tuple's.
+    """
 
     id: str
     created_at: int
@@ -100,40 +103,42 @@ def _json_column(value: Any) -> str:
     return json.dumps(value)
 
 
-def digest_of(raw: bytes) -> str:
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
-
-
 def prepare(obj: Any, thread_id: str) -> Incoming:
-    """Check the fields the mirror relies on; a malformed object is a (retryable) bad answer."""
-    if not isinstance(obj, dict):
+    """Check the fields the mirror relies on; a malformed object is a (retryable) bad answer.
+
+    The hot path of every listing (once per message listed): exact type checks, no helpers.
+    """
+    if type(obj) is not dict:
         raise TransientError(f"thread {thread_id}: the server listed a non-object message")
-    msg_id, created_at = obj.get("id"), obj.get("created_at")
-    if not isinstance(msg_id, str) or not msg_id:
+    get = obj.get
+    msg_id, created_at = get("id"), get("created_at")
+    if type(msg_id) is not str or not msg_id:
         raise TransientError(f"thread {thread_id}: the server listed a message without an id")
-    if not isinstance(created_at, int) or isinstance(created_at, bool):
+    if type(created_at) is not int:  # bool is not int here, as it should be
         raise TransientError(f"thread {thread_id}: message {msg_id} has no integer created_at")
-    raw = orjson.dumps(obj)
-    meta = obj.get("metadata")
+    role, status, run_id, assistant_id, meta = (
+        get("role"),
+        get("status"),
+        get("run_id"),
+        get("assistant_id"),
+        get("metadata"),
+    )
     return Incoming(
         msg_id,
         created_at,
-        raw.decode(),
-        digest_of(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)),
-        _str(obj.get("role")),
-        _str(obj.get("status")),
-        _str(obj.get("run_id")),
-        _str(obj.get("assistant_id")),
-        meta if isinstance(meta, dict) else None,
+        orjson.dumps(obj).decode(),
+        blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest(),
+        role if type(role) is str else None,
+        status if type(status) is str else None,
+        run_id if type(run_id) is str else None,
+        assistant_id if type(assistant_id) is str else None,
+        meta if type(meta) is dict else None,
     )
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+class Stored(NamedTuple):
+    """What the mirror holds of a message, as far as comparing needs."""
 
-
-@dataclass(frozen=True, slots=True)
-class Stored:
     id: str
     created_at: int
     rank: int
@@ -299,6 +304,17 @@ def unlisted(
     session: Session, thread_id: str, *, low: int | None, high: int | None, seen: set[str]
 ) -> list[str]:
     """Live messages with ``low <= created_at < high`` that a full walk did not list."""
+    if _is_sqlite(session):  # once per page of a full walk: straight to the driver, as above
+        sql = "SELECT id FROM message WHERE thread_id = ? AND deleted_at IS NULL"
+        params: list[Any] = [thread_id]
+        if low is not None:
+            sql += " AND created_at >= ?"
+            params.append(low)
+        if high is not None:
+            sql += " AND created_at < ?"
+            params.append(high)
+        rows = _driver(session).execute(sql, params).fetchall()
+        return [row[0] for row in rows if row[0] not in seen]
     query = select(col(Message.id)).where(
         col(Message.thread_id) == thread_id, col(Message.deleted_at).is_(None)
     )

@@ -17,15 +17,14 @@ second follow on. This converges to the server's order on every walk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 TieOrder = Literal["reverse", "stable"]
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Where a message sits: its second and its rank inside that second."""
+class Place(NamedTuple):
+    """Where a message sits: its second and its rank inside that second (one per message
+    walked, hence a tuple, which also orders as (second, rank))."""
 
     created_at: int
     rank: int
