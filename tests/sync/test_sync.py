@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import httpx
 import orjson
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import event
 
-from worker.config import RetrySettings
+from worker.client import ApiClient
+from worker.config import ApiSettings, RetrySettings
 from worker.emulator import Behaviour, Emulator, FaultRule, ManualClock, WireError
 from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
@@ -19,7 +24,7 @@ from worker.store.models import SyncState
 from worker.store.repo import add_threads
 from worker.sync.engine import STABLE_PROBE_LIMIT
 from worker.sync.runner import sync_threads
-from worker.testing import emulated_client
+from worker.testing import EmulatorTransport, SleepRecorder, emulated_client
 
 pytestmark = pytest.mark.anyio
 
@@ -82,6 +87,71 @@ async def test_idle_pass_is_one_request_per_thread_and_writes_nothing(
     assert report.requests == 4 + busy
     assert list_requests(emulator) == 4 + busy
     assert report.counts.writes == 0
+
+
+async def test_a_run_reads_sync_state_once_not_once_per_thread(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """Every thread's state and in-progress set come from one read at the start of the run."""
+    ids = emulator.seed(seed=1, threads=5, messages=10)
+    track(mirror, *ids)
+    await sync(emulator, mirror)
+    statements: list[str] = []
+    event.listen(
+        mirror.engine,
+        "before_cursor_execute",
+        lambda _c, _cur, sql, *_: statements.append(sql),
+    )
+    report = await sync(emulator, mirror)
+    assert report.ok
+    state_reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")
+                   and "FROM sync_state" in s]  # fmt: skip
+    assert len(state_reads) == 1
+    with mirror.read() as session:  # and every pass's closing state was still written
+        states = [session.get(SyncState, t) for t in ids]
+    assert all(st is not None and st.last_success_at is not None for st in states)
+
+
+class _GetBeforeListing(httpx.AsyncBaseTransport):
+    """Holds every listing until a GET of one message has been sent, once armed: a pass that
+    sent its GETs only after its probe would never see its probe answered."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.armed = False
+        self.get_sent = anyio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and "/messages/" in path:
+            self.get_sent.set()
+        elif self.armed and request.method == "GET" and path.endswith("/messages"):
+            with anyio.fail_after(10):
+                await self.get_sent.wait()
+        return await self.inner.handle_async_request(request)
+
+
+async def test_an_idle_threads_in_progress_get_goes_out_with_its_probe(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """The GET of a message stored in progress does not wait for the probe's answer."""
+    (thread_id,) = emulator.seed(seed=9, threads=1, messages=5)
+    emulator.advance_clock(2)
+    emulator.append_messages(
+        thread_id,
+        messages=[{"role": "assistant", "content": "partial", "status": "in_progress"}],
+    )
+    track(mirror, thread_id)
+    transport = _GetBeforeListing(EmulatorTransport(emulator))
+    api = ApiSettings(endpoint="http://127.0.0.1:1", api_key=SecretStr(emulator.api_key))
+    async with ApiClient(api, RetrySettings(), transport=transport, sleep=SleepRecorder()) as c:
+        assert (await sync_threads(c, mirror)).ok
+        transport.armed = True
+        report = await sync_threads(c, mirror)
+    assert report.ok, report.failed
+    busy = [m for m in truth(emulator, thread_id) if m["status"] == "in_progress"]
+    assert report.requests == 1 + len(busy)
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
 @pytest.mark.parametrize("ties", ["reverse", "stable"])

@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 import anyio
 from anyio.abc import TaskGroup
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
@@ -759,24 +759,39 @@ class ThreadPass:
         outcome = self.outcome
         parked = self._parked
 
+        c = outcome.counts
+        values: dict[str, Any] = {
+            "last_sync_at": now,
+            "added": col(SyncState.added) + c.added,
+            "changed": col(SyncState.changed) + c.changed,
+            "deleted": col(SyncState.deleted) + c.deleted,
+            "restored": col(SyncState.restored) + c.restored,
+        }
+        if outcome.ok:
+            values.update(
+                last_success_at=now,
+                consecutive_failures=0,
+                last_error=None,
+                last_error_kind=None,
+                parked_until=None,
+            )
+        else:
+            values.update(
+                consecutive_failures=col(SyncState.consecutive_failures) + 1,
+                last_error=outcome.error,
+                last_error_kind=outcome.result,
+                parked_until=now + timedelta(seconds=parked) if parked else None,
+            )
+        # One UPDATE, no read: the pass created the state row when it began (see _state).
+        closing = (
+            update(SyncState)
+            .where(col(SyncState.thread_id) == self.thread_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
         def write(session: Session) -> None:
-            st = state_of(session, self.thread_id)
-            st.last_sync_at = now
-            if outcome.ok:
-                st.last_success_at = now
-                st.consecutive_failures = 0
-                st.last_error = st.last_error_kind = None
-                st.parked_until = None
-            else:
-                st.consecutive_failures += 1
-                st.last_error = outcome.error
-                st.last_error_kind = outcome.result
-                st.parked_until = now + timedelta(seconds=parked) if parked else None
-            c = outcome.counts
-            st.added += c.added
-            st.changed += c.changed
-            st.deleted += c.deleted
-            st.restored += c.restored
+            session.execute(closing)
 
         # Not waited for: it rides with another pass's next page, or with the run's final flush.
         self.mirror.queue_grouped(write)

@@ -1,0 +1,129 @@
+"""Group commit: writes that wait share a transaction, and each piece stands or falls alone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+import pytest
+from sqlalchemy import event
+from sqlmodel import Session
+
+from worker.store.db import Mirror
+from worker.store.repo import add_threads, tracked
+
+pytestmark = pytest.mark.anyio
+
+
+def _commits(mirror: Mirror) -> list[None]:
+    seen: list[None] = []
+    event.listen(mirror.engine, "commit", lambda _conn: seen.append(None))
+    return seen
+
+
+def _track(thread_id: str, session: Session) -> None:
+    add_threads(session, [thread_id])
+
+
+def _fail(thread_id: str, session: Session) -> None:
+    add_threads(session, [thread_id])
+    raise ValueError(f"{thread_id} failed")
+
+
+def _tracked(mirror: Mirror, *ids: str) -> set[str]:
+    with mirror.read() as session:
+        return set(tracked(session, list(ids)))
+
+
+class _Held:
+    """A first write that holds its transaction open until released (from the test's side)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, session: Session) -> None:
+        self.started.set()
+        assert self.release.wait(10), "the test never released the first write"
+        add_threads(session, ["first"])
+
+
+async def _while_held(mirror: Mirror, queue: Callable[[anyio.abc.TaskGroup], None]) -> None:
+    """Run ``queue`` while a first grouped write is in its transaction, then let it finish."""
+    held = _Held()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(mirror.write_grouped, held)
+        await anyio.to_thread.run_sync(held.started.wait, 10)
+        queue(tg)
+        await anyio.wait_all_tasks_blocked()  # every queued write is waiting for its turn
+        held.release.set()
+
+
+async def test_writes_that_arrive_during_a_commit_share_the_next_one(mirror: Mirror) -> None:
+    commits = _commits(mirror)
+
+    def queue(tg: anyio.abc.TaskGroup) -> None:
+        for i in range(4):
+            tg.start_soon(mirror.write_grouped, partial(_track, f"t{i}"))
+
+    await _while_held(mirror, queue)
+    assert len(commits) == 2  # the first alone, then the four that waited together
+    assert _tracked(mirror, "first", "t0", "t1", "t2", "t3") == {"first", "t0", "t1", "t2", "t3"}
+
+
+async def test_a_failing_piece_rolls_back_alone_and_its_caller_sees_why(mirror: Mirror) -> None:
+    errors: list[BaseException] = []
+
+    async def attempt(fn: Callable[[Session], None]) -> None:
+        try:
+            await mirror.write_grouped(fn)
+        except ValueError as exc:
+            errors.append(exc)
+
+    def queue(tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(attempt, partial(_track, "good1"))
+        tg.start_soon(attempt, partial(_fail, "bad"))
+        tg.start_soon(attempt, partial(_track, "good2"))
+
+    await _while_held(mirror, queue)
+    assert [str(e) for e in errors] == ["bad failed"]
+    assert _tracked(mirror, "good1", "bad", "good2") == {"good1", "good2"}
+
+
+async def test_a_cancelled_caller_still_gets_its_write_committed(mirror: Mirror) -> None:
+    scopes: list[anyio.CancelScope] = []
+
+    async def cancelled_writer() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await mirror.write_grouped(partial(_track, "late"))
+
+    held = _Held()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(mirror.write_grouped, held)
+        await anyio.to_thread.run_sync(held.started.wait, 10)
+        tg.start_soon(cancelled_writer)
+        await anyio.wait_all_tasks_blocked()
+        scopes[0].cancel()
+        held.release.set()
+    assert _tracked(mirror, "late") == {"late"}
+
+
+async def test_queued_work_rides_with_the_next_write_or_the_flush(mirror: Mirror) -> None:
+    commits = _commits(mirror)
+    mirror.queue_grouped(partial(_track, "q1"))
+    assert not commits  # queued, not written
+    await mirror.write_grouped(partial(_track, "w1"))
+    assert len(commits) == 1  # one transaction carried both
+    assert _tracked(mirror, "q1", "w1") == {"q1", "w1"}
+
+    mirror.queue_grouped(partial(_track, "q2"))
+    mirror.queue_grouped(partial(_fail, "q3"))
+    commits.clear()
+    with pytest.raises(ValueError, match="q3 failed"):
+        await mirror.flush_grouped()
+    await mirror.flush_grouped()  # nothing left, nothing raised again
+    assert len(commits) == 1
+    assert _tracked(mirror, "q2", "q3") == {"q2"}
