@@ -181,28 +181,31 @@ def _seal(db: Path) -> str:
     return digest
 
 
-# One message on its way into the snapshot's JSONL: thread, id, line (no newline), live or not.
-Entry = tuple[str, str, bytes, bool]
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Consecutive lines of one thread (no newlines), counted as they were made."""
+
+    thread_id: str
+    lines: list[bytes]
+    deleted: int
+    newest: str | None  # the run's last live message, if any
 
 
-def _write_entries(
-    batches: Iterable[list[Entry]], target: Path
-) -> tuple[dict[str, ThreadCount], str, int]:
-    """Write the lines (fsynced), counting them per thread as they pass."""
+def _write_runs(runs: Iterable[_Run], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
+    """Write the lines (fsynced), adding each run's counts to its thread's."""
     threads: dict[str, ThreadCount] = {}
     with target.open("wb") as fh:
         writer = _HashingWriter(fh)
-        for batch in batches:
-            for thread_id, message_id, _, live in batch:
-                count = threads.get(thread_id)
-                if count is None:
-                    count = threads[thread_id] = ThreadCount()
-                if live:
-                    count.messages += 1
-                    count.newest_message_id = message_id
-                else:
-                    count.deleted += 1
-            writer.write(b"\n".join([entry[2] for entry in batch] + [b""]))
+        for run in runs:
+            count = threads.get(run.thread_id)
+            if count is None:
+                count = threads[run.thread_id] = ThreadCount()
+            count.messages += len(run.lines) - run.deleted
+            count.deleted += run.deleted
+            if run.newest is not None:
+                count.newest_message_id = run.newest
+            run.lines.append(b"")
+            writer.write(b"\n".join(run.lines))
         fh.flush()
         os.fsync(fh.fileno())
     return threads, writer.digest.hexdigest(), writer.size
@@ -211,34 +214,43 @@ def _write_entries(
 def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
     """Write ``rows`` as the snapshot's JSONL (fsynced); count them per thread as they pass."""
 
-    def batches() -> Iterator[list[Entry]]:
-        batch: list[Entry] = []
+    def runs() -> Iterator[_Run]:
+        thread_id: str | None = None
+        lines: list[bytes] = []
+        deleted, newest = 0, None
         for row in rows:
-            batch.append((row.thread_id, row.id, text_of(row).encode(), row.deleted_at is None))
-            if len(batch) >= 1000:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+            if row.thread_id != thread_id or len(lines) >= 1000:
+                if thread_id is not None:
+                    yield _Run(thread_id, lines, deleted, newest)
+                thread_id, lines, deleted, newest = row.thread_id, [], 0, None
+            lines.append(text_of(row).encode())
+            if row.deleted_at is None:
+                newest = row.id
+            else:
+                deleted += 1
+        if thread_id is not None:
+            yield _Run(thread_id, lines, deleted, newest)
 
-    return _write_entries(batches(), target)
+    return _write_runs(runs(), target)
 
 
 def write_sqlite_messages(conn: Any, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
-    """:func:`write_messages` from a SQLite connection, the stored bytes written as they are."""
-    batches = (
-        [
-            (
-                thread_id,
-                mid,
-                raw if deleted is None else deleted_line(raw, deleted),
-                deleted is None,
-            )
-            for mid, raw, deleted in chunk
-        ]
-        for thread_id, chunk in sqlite_raw_batches(conn, Selection(include_deleted=True))
-    )
-    return _write_entries(batches, target)
+    """:func:`write_messages` from a SQLite connection, the stored bytes written as they are.
+
+    A million rows pass through here, so the per-row work is one list comprehension; the rare
+    deleted rows are found and rewritten afterwards.
+    """
+
+    def runs() -> Iterator[_Run]:
+        for thread_id, chunk in sqlite_raw_batches(conn, Selection(include_deleted=True)):
+            lines = [raw for _, raw, _ in chunk]
+            gone = [(i, deleted) for i, (_, _, deleted) in enumerate(chunk) if deleted is not None]
+            for i, deleted_at in gone:
+                lines[i] = deleted_line(lines[i], deleted_at)
+            newest = next((mid for mid, _, deleted in reversed(chunk) if deleted is None), None)
+            yield _Run(thread_id, lines, len(gone), newest)
+
+    return _write_runs(runs(), target)
 
 
 def export_messages(db: Path, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
