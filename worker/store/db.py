@@ -30,6 +30,7 @@ from sqlmodel import Session
 from worker.errors import ConfigError, StoreError
 from worker.store.schema import ensure_schema
 
+READERS = 2  # read transactions running at once (see Mirror.run)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -84,6 +85,9 @@ def _sqlite_engine(url: URL) -> Engine:
         cur.execute("PRAGMA journal_size_limit=33554432")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        # 1 MB of page cache per connection instead of 2: measured no slower for a first sync
+        # or a full walk (the OS caches the file too), and a few MB less peak memory.
+        cur.execute("PRAGMA cache_size=-1024")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -145,6 +149,10 @@ class Mirror:
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         self._writers = anyio.CapacityLimiter(1) if self.is_sqlite else None
+        # Reads are short; a few at a time keep both cores busy. Without a bound, a full walk's
+        # eight passes spread their page reads over as many threads, each holding its own
+        # connection and page cache: about 12 MB more peak memory for no speed.
+        self._readers = anyio.CapacityLimiter(READERS)
         self._group = _Group()
         if check:
             try:
@@ -184,7 +192,7 @@ class Mirror:
             return fn(*args, **kwargs)
 
         with anyio.CancelScope(shield=True):
-            result = await anyio.to_thread.run_sync(call)
+            result = await anyio.to_thread.run_sync(call, limiter=self._readers)
         return result  # noqa: RET504 - mypy cannot see past the shielded scope
 
     async def run_write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
