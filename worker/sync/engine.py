@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple, cast
 
@@ -270,6 +270,36 @@ class TieConvention:
         return self.value or "reverse"
 
 
+@dataclass(slots=True)
+class Cursor:
+    """What a walk moves with each page it stores (the rest of the state changes at the end).
+
+    The pass keeps its own copy: it is the only writer of its thread's state while it runs (a
+    thread is in one run at a time), so a page's advance is one UPDATE of the columns that moved,
+    computed here, with no read of the row first.
+    """
+
+    initial_done: bool
+    initial_after: str | None
+    high_water_id: str | None
+    last_full_at: datetime | None
+
+    @classmethod
+    def of(cls, state: SyncState) -> Cursor:
+        return cls(state.initial_done, state.initial_after, state.high_water_id, state.last_full_at)
+
+    def moved(self, advance: Callable[[Cursor], None]) -> tuple[Cursor, dict[str, Any]]:
+        """The cursor after ``advance``, and the columns that changed."""
+        after = replace(self)
+        advance(after)
+        changed = {
+            name: value
+            for name in ("initial_done", "initial_after", "high_water_id", "last_full_at")
+            if (value := getattr(after, name)) != getattr(self, name)
+        }
+        return after, changed
+
+
 class Known(NamedTuple):
     """A thread's sync state (None before its first pass) and its messages stored in progress."""
 
@@ -321,6 +351,7 @@ class ThreadPass:
         # has since seen final or gone: what is left is re-fetched at the end.
         self._busy: set[str] = set()
         self._known = known  # read by the run for this pass: spares the pass its first read
+        self._cursor = Cursor(False, None, None, None)  # set from the state when the pass begins
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -388,7 +419,7 @@ class ThreadPass:
                 if high_water is None and msgs:
                     high_water = msgs[0].id
 
-                def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
+                def advance(st: Cursor, msgs: list[Incoming] = msgs, done: bool = done) -> None:
                     if msgs:
                         st.initial_after = msgs[-1].id
                         if st.high_water_id is None:
@@ -464,7 +495,7 @@ class ThreadPass:
                     raise _CursorLost("the server ignored the cursor")
                 first = False
 
-                def advance(st: SyncState, msgs: list[Incoming] = msgs) -> None:
+                def advance(st: Cursor, msgs: list[Incoming] = msgs) -> None:
                     if msgs:
                         st.high_water_id = msgs[-1].id
 
@@ -518,7 +549,7 @@ class ThreadPass:
                 seen.update((m.id, m.created_at) for m in msgs)
                 window = (low, high, frozenset(seen))
 
-                def advance(st: SyncState, msgs: list[Incoming] = msgs, done: bool = done) -> None:
+                def advance(st: Cursor, msgs: list[Incoming] = msgs, done: bool = done) -> None:
                     if msgs:
                         st.high_water_id = msgs[-1].id
                     if done:
@@ -613,7 +644,7 @@ class ThreadPass:
         msgs: list[Incoming],
         direction: Direction,
         prev: Place | None,
-        advance: Callable[[SyncState], None] | None,
+        advance: Callable[[Cursor], None] | None,
         *,
         sweep: tuple[int | None, int | None, frozenset[str]] | None = None,
         only_if_changed: bool = False,
@@ -647,18 +678,27 @@ class ThreadPass:
             if page_plan.empty and not gone:
                 return page_plan.last
 
+        cursor, moving = self._cursor, None
+        if advance is not None:
+            cursor, changed = self._cursor.moved(advance)
+            moving = (
+                update(SyncState)
+                .where(col(SyncState.thread_id) == self.thread_id)
+                .values(pages=col(SyncState.pages) + 1, **changed)
+                .execution_options(synchronize_session=False)
+            )
+
         def work(session: Session) -> tuple[Counts, Place | None, list[str]]:
             page_plan, gone = plan(session)
             write_plan(session, self.thread_id, page_plan, now)
             page_plan.counts.deleted += tombstone(session, gone, now)
-            if advance is not None:
-                st = state_of(session, self.thread_id)
-                advance(st)
-                st.pages += 1
+            if moving is not None:
+                session.execute(moving)
             return page_plan.counts, page_plan.last, gone
 
         # Grouped: the pages other passes have ready by now share this transaction's commit.
         counts, last, gone = await self.mirror.write_grouped(work)
+        self._cursor = cursor  # committed
         self._busy.difference_update(gone)
         self.outcome.counts += counts
         return last
@@ -715,14 +755,15 @@ class ThreadPass:
         if known is None:
             known = await self.mirror.run(read)
         state, self._busy = known.state, set(known.busy)
-        if state is not None:
-            return state
+        if state is None:
 
-        def create() -> SyncState:
-            with self.mirror.write() as session:
-                return state_of(session, self.thread_id)
+            def create() -> SyncState:
+                with self.mirror.write() as session:
+                    return state_of(session, self.thread_id)
 
-        return await self.mirror.run_write(create)
+            state = await self.mirror.run_write(create)
+        self._cursor = Cursor.of(state)
+        return state
 
     async def _not_found(self, state: SyncState, exc: NotFoundError) -> None:
         """404 on a request without a cursor: the thread is gone (or never existed)."""
