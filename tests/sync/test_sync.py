@@ -89,6 +89,17 @@ async def test_idle_pass_is_one_request_per_thread_and_writes_nothing(
     assert report.counts.writes == 0
 
 
+async def test_a_run_counts_every_request_it_makes(emulator: Emulator, mirror: Mirror) -> None:
+    """The run's request count is the server's, also for passes that waited for the tie probe
+    while their next page was being fetched."""
+    ids = emulator.seed(seed=3, threads=6, messages=250)
+    track(mirror, *ids)
+    emulator.reset_stats()
+    report = await sync(emulator, mirror, concurrency=4)
+    assert report.ok
+    assert report.requests == list_requests(emulator)
+
+
 async def test_a_run_reads_sync_state_once_not_once_per_thread(
     emulator: Emulator, mirror: Mirror
 ) -> None:

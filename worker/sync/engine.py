@@ -587,7 +587,8 @@ class ThreadPass:
                     with self.mirror.write() as session:
                         return tombstone(session, [mid], now)
 
-                self.outcome.counts.deleted += await self.mirror.run_write(gone)
+                deleted = await self.mirror.run_write(gone)
+                self.outcome.counts.deleted += deleted
                 continue
             # Most re-fetches find the message still being written, unchanged: no write then.
             await self._store(
@@ -627,7 +628,10 @@ class ThreadPass:
             prev.created_at if prev else None, prev_id, [(m.id, m.created_at) for m in msgs]
         )
         if pair is not None:
-            self.outcome.requests += await self.ties.learn(self.client, self.thread_id, pair)
+            # Awaited first: `self.outcome.requests += await ...` would read the count before
+            # the wait and overwrite what this pass's prefetch added meanwhile.
+            made = await self.ties.learn(self.client, self.thread_id, pair)
+            self.outcome.requests += made
 
     async def _advances_asc(
         self, prev: Place, previous_ids: set[str], first: Incoming, first_page: bool
