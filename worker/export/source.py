@@ -83,6 +83,18 @@ def count_rows(mirror: Mirror, selection: Selection) -> int:
         return int(session.execute(query).scalar_one())
 
 
+# The distinct thread ids of the message table by a skip scan of its (thread_id, ...) index: one
+# seek per thread instead of reading a million index entries (a second of a 1M-message export).
+_THREADS_WITH_MESSAGES = """
+WITH RECURSIVE t(id) AS (
+    SELECT (SELECT MIN(thread_id) FROM message)
+    UNION ALL
+    SELECT (SELECT MIN(thread_id) FROM message WHERE thread_id > t.id) FROM t WHERE t.id IS NOT NULL
+)
+SELECT id FROM t WHERE id IS NOT NULL
+"""
+
+
 def _sqlite_plan(conn: Any, selection: Selection, columns: str) -> tuple[list[str], str, list[Any]]:
     """The threads in export order, and the per-thread query with its extra parameters."""
     if selection.thread_ids is not None:
@@ -95,11 +107,7 @@ def _sqlite_plan(conn: Any, selection: Selection, columns: str) -> tuple[list[st
             )
         ]
         tracked = set(threads)
-        threads += [
-            r[0]
-            for r in conn.execute("SELECT DISTINCT thread_id FROM message ORDER BY thread_id")
-            if r[0] not in tracked
-        ]
+        threads += [r[0] for r in conn.execute(_THREADS_WITH_MESSAGES) if r[0] not in tracked]
     sql = f"SELECT {columns} FROM message WHERE thread_id = ?"  # noqa: S608 - constant columns
     params: list[Any] = []
     if not selection.include_deleted:
