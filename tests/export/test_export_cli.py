@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from worker.cli.app import app
@@ -155,3 +156,27 @@ async def test_sqlite_fast_jsonl_equals_the_row_path(
     assert fast.getvalue() == slow.getvalue()
     assert written == len(slow.getvalue().splitlines()) > 0
     assert (b'"_threadsync"' in fast.getvalue()) is include_deleted
+
+
+async def test_messages_of_threads_no_longer_tracked_are_exported_after_the_tracked(
+    synced: tuple[Emulator, list[str], str], mirror: Mirror
+) -> None:
+    """A thread whose tracking row is gone keeps its messages in every export, after the tracked
+    threads, on the byte path and the row path alike."""
+    emulator, ids, _ = synced
+    with mirror.write() as session:
+        session.execute(text("DELETE FROM sync_state WHERE thread_id = :t"), {"t": ids[0]})
+        session.execute(text("DELETE FROM tracked_thread WHERE thread_id = :t"), {"t": ids[0]})
+    rows = list(iter_rows(mirror, Selection()))
+    assert [r.thread_id for r in rows] == sorted(
+        [r.thread_id for r in rows], key=lambda t: t == ids[0]
+    )
+    assert [orjson.loads(r.raw) for r in rows] == truth(emulator, [ids[1], ids[0]])
+    if mirror.is_sqlite:
+        fast = io.BytesIO()
+        with mirror.read() as session:
+            conn = session.connection().connection.driver_connection
+            write_sqlite_jsonl(conn, Selection(), fast)
+        assert [orjson.loads(line) for line in fast.getvalue().splitlines()] == truth(
+            emulator, [ids[1], ids[0]]
+        )
