@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import anyio
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlmodel import Session
 
 from worker.store.db import Mirror
@@ -127,3 +128,43 @@ async def test_queued_work_rides_with_the_next_write_or_the_flush(mirror: Mirror
     await mirror.flush_grouped()  # nothing left, nothing raised again
     assert len(commits) == 1
     assert _tracked(mirror, "q2", "q3") == {"q2"}
+
+
+async def test_when_sqlite_drops_the_transaction_no_piece_is_reported_committed(
+    tmp_path: Path,
+) -> None:
+    """A full disk makes SQLite roll back the whole transaction, not only the failing piece:
+    the pieces before it must fail too, and none after it may commit on its own."""
+    mirror = Mirror(f"sqlite:///{tmp_path / 'm.db'}")
+    with mirror.read() as session:
+        pages = int(session.execute(text("PRAGMA page_count")).scalar_one())
+    # The database may grow by three pages only: a stand-in for a disk that fills up.
+    event.listen(
+        mirror.engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count={pages + 3}")
+    )
+    mirror.engine.dispose()
+
+    def huge(session: Session) -> None:
+        session.connection().exec_driver_sql(
+            "INSERT INTO mirror_meta (key, value, updated_at) VALUES ('x', ?, '2026-01-01')",
+            ("y" * 200_000,),
+        )
+
+    errors: dict[str, BaseException] = {}
+
+    async def attempt(name: str, fn: Callable[[Session], None]) -> None:
+        try:
+            await mirror.write_grouped(fn)
+        except Exception as exc:
+            errors[name] = exc
+
+    def queue(tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(attempt, "before", partial(_track, "before"))
+        tg.start_soon(attempt, "huge", huge)
+        tg.start_soon(attempt, "after", partial(_track, "after"))
+
+    await _while_held(mirror, queue)
+    assert set(errors) == {"before", "huge", "after"}
+    assert "full" in str(errors["huge"])  # the cause, not the failed savepoint rollback
+    assert _tracked(mirror, "first", "before", "after") == {"first"}
+    mirror.dispose()

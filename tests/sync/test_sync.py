@@ -22,6 +22,7 @@ from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 from worker.store.models import SyncState
 from worker.store.repo import add_threads
+from worker.sync import runner
 from worker.sync.engine import STABLE_PROBE_LIMIT
 from worker.sync.runner import sync_threads
 from worker.testing import EmulatorTransport, SleepRecorder, emulated_client
@@ -121,6 +122,31 @@ async def test_a_run_reads_sync_state_once_not_once_per_thread(
     with mirror.read() as session:  # and every pass's closing state was still written
         states = [session.get(SyncState, t) for t in ids]
     assert all(st is not None and st.last_success_at is not None for st in states)
+
+
+async def test_an_idle_run_commits_closing_states_as_it_goes(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing states wait for a transaction, but never more than QUEUED_CLOSINGS of them: a
+    killed idle run over many threads loses only the last few threads' records."""
+    monkeypatch.setattr(runner, "QUEUED_CLOSINGS", 2)
+    ids = emulator.seed(seed=1, threads=6, messages=3)
+    track(mirror, *ids)
+    await sync(emulator, mirror)
+    with mirror.read() as session:
+        before = {t: session.get(SyncState, t).last_sync_at for t in ids}  # type: ignore[union-attr]
+    committed: list[int] = []
+
+    def seen(_: Any) -> None:
+        with mirror.read() as session:
+            now = {t: session.get(SyncState, t).last_sync_at for t in ids}  # type: ignore[union-attr]
+        committed.append(sum(now[t] != before[t] for t in ids))
+
+    emulator.advance_clock(5)
+    report = await sync(emulator, mirror, concurrency=1, on_thread_done=seen)
+    assert report.ok
+    # Written while the run goes on (the commit trails the callbacks a little), not at its end.
+    assert committed[-1] > 0, committed
 
 
 class _GetBeforeListing(httpx.AsyncBaseTransport):

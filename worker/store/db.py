@@ -119,6 +119,23 @@ class _Group:
     failures: list[BaseException] = field(default_factory=list)
 
 
+class _TransactionLost(Exception):
+    """The database rolled the whole transaction back under a failing piece."""
+
+
+def _still_open(session: Session) -> bool:
+    """Whether the transaction survived a failed piece. SQLite rolls the whole transaction back
+    on some errors (disk full, I/O error, out of memory); a savepoint issued after that would
+    start and commit a transaction of its own, and the pieces before would be lost unnoticed."""
+    if session.get_bind().dialect.name != "sqlite":
+        return True  # PostgreSQL keeps it, aborted: the commit then fails for every piece
+    try:
+        driver: Any = session.connection().connection.driver_connection
+        return bool(driver.in_transaction)
+    except Exception:  # a session that cannot even tell has lost it
+        return False
+
+
 def _write_group(mirror: Mirror, batch: list[_Grouped[Any]]) -> None:
     """Run ``batch`` in one write transaction, one savepoint per piece."""
     try:
@@ -129,10 +146,17 @@ def _write_group(mirror: Mirror, batch: list[_Grouped[Any]]) -> None:
                         job.result = job.fn(session)
                 except Exception as exc:
                     job.error = exc
+                    if not _still_open(session):
+                        # The savepoint's rollback failed too; the first error is the cause.
+                        job.error = exc.__context__ or exc
+                        raise _TransactionLost from job.error
     except Exception as exc:
+        failure: BaseException = exc
+        if isinstance(exc, _TransactionLost) and exc.__cause__ is not None:
+            failure = exc.__cause__
         for job in batch:
             if job.error is None:
-                job.error = exc
+                job.error = failure
         return
     for job in batch:
         job.committed = job.error is None
@@ -225,6 +249,11 @@ class Mirror:
         if job.error is not None:
             raise job.error
         return cast(T, job.result)  # set: fn returned and its transaction committed
+
+    @property
+    def grouped_waiting(self) -> int:
+        """Pieces queued for the next grouped write transaction."""
+        return len(self._group.queue)
 
     def queue_grouped(self, fn: Callable[[Session], None]) -> None:
         """Queue ``fn`` for the next grouped write transaction without waiting for it.

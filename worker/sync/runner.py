@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import anyio
 from sqlalchemy import select
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from worker.client import ApiClient
 from worker.logs import get_logger
@@ -21,9 +21,15 @@ from worker.store.db import Mirror
 from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
 from worker.store.repo import active_thread_ids, tracked
 from worker.sync.apply import Counts
-from worker.sync.engine import Known, ThreadOutcome, ThreadPass, TieConvention
+from worker.sync.engine import Known, ThreadOutcome, ThreadPass, TieConvention, describe
 
 log = get_logger()
+
+QUEUED_CLOSINGS = 64  # threads' closing states kept waiting for a transaction, at most
+
+
+def _nothing(_: Session) -> None:
+    """A grouped write of its own: it commits whatever is queued with it."""
 
 
 @dataclass
@@ -94,15 +100,25 @@ async def sync_threads(
         _log_outcome(outcome)
         if on_thread_done is not None:
             on_thread_done(outcome)
+        if mirror.grouped_waiting >= QUEUED_CLOSINGS:
+            # Idle passes write nothing else to carry their closing states: a kill loses at
+            # most this many threads' counters and backoff, never mirrored messages.
+            await mirror.write_grouped(_nothing)
 
     try:
         async with anyio.create_task_group() as tg:
             for thread_id in ids:
                 tg.start_soon(one, thread_id)
-    finally:
-        # The passes' closing states are queued, not yet written: commit them (shielded, so
-        # the threads that finished before a cancellation keep their record).
-        await mirror.flush_grouped()
+    except BaseException:
+        # The passes' closing states are queued, not yet written: commit what can be (shielded,
+        # so the threads that finished before a cancellation keep their record), without
+        # hiding why the run stopped.
+        try:
+            await mirror.flush_grouped()
+        except Exception as exc:  # the run's own error is the one to raise
+            log.warning("sync.closing_states_lost", error=describe(exc))
+        raise
+    await mirror.flush_grouped()
     report.seconds = time.monotonic() - started
     await mirror.run_write(_close_run, mirror, report, now())
     c = report.counts
