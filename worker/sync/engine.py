@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -62,6 +62,7 @@ from worker.sync.apply import (
 from worker.sync.order import Place, TieOrder, first_tie_pair
 
 log = get_logger()
+H = TypeVar("H")  # a background helper's type (see _background)
 
 TIE_ORDER_KEY = "server.tie_order"
 MAX_RESTARTS = 3
@@ -130,18 +131,17 @@ class _Ahead:
 
 
 @asynccontextmanager
-async def _prefetching(walk: ThreadPass, order: Literal["asc", "desc"]) -> AsyncIterator[_Ahead]:
-    """An :class:`_Ahead` whose pending request is cancelled when the walk leaves the block.
+async def _background(start: Callable[[TaskGroup], H]) -> AsyncIterator[H]:
+    """``start(tg)``'s helper, whose pending requests are cancelled when the block ends.
 
-    The background request never raises (it hands its error to :meth:`_Ahead.take`), so anything
-    the task group raises comes from the walk itself: it is re-raised as itself, not wrapped in an
-    exception group, so callers catch ``TransientError`` and friends as usual.
+    Its background requests never raise (each hands its error to whoever asks for its answer),
+    so anything the task group raises comes from the block itself: it is re-raised as itself,
+    not wrapped in an exception group, so callers catch ``TransientError`` and friends as usual.
     """
     try:
         async with anyio.create_task_group() as tg:
-            ahead = _Ahead(tg, walk, order)
             try:
-                yield ahead
+                yield start(tg)
             finally:
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -149,6 +149,13 @@ async def _prefetching(walk: ThreadPass, order: Literal["asc", "desc"]) -> Async
             exc = group.exceptions[0]
             raise exc from exc.__cause__
         raise
+
+
+def _prefetching(
+    walk: ThreadPass, order: Literal["asc", "desc"]
+) -> AbstractAsyncContextManager[_Ahead]:
+    """An :class:`_Ahead` for ``walk``, its pending request cancelled when the walk is done."""
+    return _background(lambda tg: _Ahead(tg, walk, order))
 
 
 class _Refetches:
@@ -189,22 +196,9 @@ class _Refetches:
         return cast(dict[str, Any], answer[0])
 
 
-@asynccontextmanager
-async def _refetching(walk: ThreadPass, ids: list[str]) -> AsyncIterator[_Refetches]:
-    """:class:`_Refetches` whose unused requests are cancelled when the block ends (errors
-    re-raised as themselves, as :func:`_prefetching` does)."""
-    try:
-        async with anyio.create_task_group() as tg:
-            refetches = _Refetches(tg, walk, ids)
-            try:
-                yield refetches
-            finally:
-                tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            exc = group.exceptions[0]
-            raise exc from exc.__cause__
-        raise
+def _refetching(walk: ThreadPass, ids: list[str]) -> AbstractAsyncContextManager[_Refetches]:
+    """:class:`_Refetches` for ``ids``, its unused requests cancelled when the block ends."""
+    return _background(lambda tg: _Refetches(tg, walk, ids))
 
 
 class TieConvention:
