@@ -127,26 +127,34 @@ async def test_a_run_reads_sync_state_once_not_once_per_thread(
 async def test_an_idle_run_commits_closing_states_as_it_goes(
     emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Closing states wait for a transaction, but never more than QUEUED_CLOSINGS of them: a
-    killed idle run over many threads loses only the last few threads' records."""
+    """Closing states wait for a transaction, but once QUEUED_CLOSINGS of them wait, the run
+    commits them: a killed idle run over many threads loses only the last few threads' records."""
     monkeypatch.setattr(runner, "QUEUED_CLOSINGS", 2)
     ids = emulator.seed(seed=1, threads=6, messages=3)
     track(mirror, *ids)
     await sync(emulator, mirror)
-    with mirror.read() as session:
-        before = {t: session.get(SyncState, t).last_sync_at for t in ids}  # type: ignore[union-attr]
-    committed: list[int] = []
+    writes: list[Any] = []
+    grouped = mirror.write_grouped
 
-    def seen(_: Any) -> None:
-        with mirror.read() as session:
-            now = {t: session.get(SyncState, t).last_sync_at for t in ids}  # type: ignore[union-attr]
-        committed.append(sum(now[t] != before[t] for t in ids))
+    async def spy(fn: Any) -> Any:
+        writes.append(fn)
+        return await grouped(fn)
 
-    emulator.advance_clock(5)
-    report = await sync(emulator, mirror, concurrency=1, on_thread_done=seen)
+    monkeypatch.setattr(mirror, "write_grouped", spy)
+    waiting: list[int] = []
+    report = await sync(
+        emulator,
+        mirror,
+        concurrency=1,
+        on_thread_done=lambda _: waiting.append(mirror.grouped_waiting),
+    )
     assert report.ok
-    # Written while the run goes on (the commit trails the callbacks a little), not at its end.
-    assert committed[-1] > 0, committed
+    assert report.counts.writes == 0  # idle: nothing but closing states to write
+    assert runner._nothing in writes  # so the run wrote them before its end
+    assert waiting[1] == 2  # the second thread's closing state made two waiting
+    assert mirror.grouped_waiting == 0
+    with mirror.read() as session:
+        assert all(session.get(SyncState, t).pages == 1 for t in ids)  # type: ignore[union-attr]
 
 
 class _GetBeforeListing(httpx.AsyncBaseTransport):
