@@ -44,6 +44,13 @@ def track(mirror: Mirror, *ids: str) -> None:
         add_threads(session, ids)
 
 
+def seeded(emulator: Emulator, mirror: Mirror, **seed: Any) -> list[str]:
+    """Seed the emulator's threads and track them all in the mirror."""
+    ids = emulator.seed(**seed)
+    track(mirror, *ids)
+    return ids
+
+
 async def sync(emulator: Emulator, mirror: Mirror, **kwargs: Any) -> Any:
     async with emulated_client(emulator) as client:
         return await sync_threads(client, mirror, **kwargs)
@@ -65,8 +72,7 @@ async def test_first_sync_mirrors_the_truth_in_server_order(
 ) -> None:
     """Newest-first paging still stores every thread in the server's order, ties included."""
     emulator.set_behaviour(ties=ties)
-    ids = emulator.seed(seed=3, threads=3, messages=250)
-    track(mirror, *ids)
+    ids = seeded(emulator, mirror, seed=3, threads=3, messages=250)
     report = await sync(emulator, mirror)
     assert report.ok, report.failed
     for thread_id in ids:
@@ -78,8 +84,7 @@ async def test_idle_pass_is_one_request_per_thread_and_writes_nothing(
     emulator: Emulator, mirror: Mirror
 ) -> None:
     """Nothing new: one small request per thread (plus one GET per in-progress message)."""
-    ids = emulator.seed(seed=1, threads=4, messages=30)
-    track(mirror, *ids)
+    ids = seeded(emulator, mirror, seed=1, threads=4, messages=30)
     await sync(emulator, mirror)
     busy = sum(m["status"] == "in_progress" for t in ids for m in truth(emulator, t))
     emulator.reset_stats()
@@ -93,8 +98,7 @@ async def test_idle_pass_is_one_request_per_thread_and_writes_nothing(
 async def test_a_run_counts_every_request_it_makes(emulator: Emulator, mirror: Mirror) -> None:
     """The run's request count is the server's, also for passes that waited for the tie probe
     while their next page was being fetched."""
-    ids = emulator.seed(seed=3, threads=6, messages=250)
-    track(mirror, *ids)
+    seeded(emulator, mirror, seed=3, threads=6, messages=250)
     emulator.reset_stats()
     report = await sync(emulator, mirror, concurrency=4)
     assert report.ok
@@ -105,8 +109,7 @@ async def test_a_run_reads_sync_state_once_not_once_per_thread(
     emulator: Emulator, mirror: Mirror
 ) -> None:
     """Every thread's state and in-progress set come from one read at the start of the run."""
-    ids = emulator.seed(seed=1, threads=5, messages=10)
-    track(mirror, *ids)
+    ids = seeded(emulator, mirror, seed=1, threads=5, messages=10)
     await sync(emulator, mirror)
     statements: list[str] = []
     event.listen(
@@ -130,8 +133,7 @@ async def test_an_idle_run_commits_closing_states_as_it_goes(
     """Closing states wait for a transaction, but once QUEUED_CLOSINGS of them wait, the run
     commits them: a killed idle run over many threads loses only the last few threads' records."""
     monkeypatch.setattr(runner, "QUEUED_CLOSINGS", 2)
-    ids = emulator.seed(seed=1, threads=6, messages=3)
-    track(mirror, *ids)
+    ids = seeded(emulator, mirror, seed=1, threads=6, messages=3)
     await sync(emulator, mirror)
     writes: list[Any] = []
     grouped = mirror.write_grouped
@@ -440,8 +442,7 @@ async def test_faults_do_not_change_the_result(
     emulator: Emulator, mirror: Mirror, fault: str
 ) -> None:
     """Under a storm of one fault kind the export still equals the truth."""
-    ids = emulator.seed(seed=12, threads=3, messages=220)
-    track(mirror, *ids)
+    ids = seeded(emulator, mirror, seed=12, threads=3, messages=220)
     emulator.add_fault(FaultRule(fault=fault, times=None, probability=0.3))  # type: ignore[arg-type]
     await sync(emulator, mirror)
     emulator.clear_faults()
