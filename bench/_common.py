@@ -8,6 +8,7 @@ own ``VmHWM`` (see :func:`run_measured` for why not ``ru_maxrss``).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import socket
@@ -28,6 +29,7 @@ from pydantic import SecretStr
 from worker import logs
 from worker.client import ApiClient
 from worker.config import ApiSettings, RetrySettings
+from worker.memory import tune_collector
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.runner import RunReport, sync_threads
@@ -479,14 +481,21 @@ class Breakdown:
 async def threadsync_pass(
     base_url: str, mirror: Mirror, *, full: bool = False, concurrency: int = 8
 ) -> tuple[RunReport, Breakdown]:
-    """One ``sync_threads`` run with a real :class:`ApiClient` over the loopback socket."""
+    """One ``sync_threads`` run with a real :class:`ApiClient` over the loopback socket, under
+    the collector settings the ``threadsync`` entry point applies (restored afterwards, so the
+    baselines measured in the same process run under CPython's defaults)."""
     api = ApiSettings(endpoint=base_url, api_key=SecretStr(API_KEY), api_version=API_VERSION)
     breakdown = Breakdown()
-    async with ApiClient(api, RetrySettings()) as client:
-        breakdown.attach(client, mirror)
-        started, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
-        report = await sync_threads(client, mirror, full=full, concurrency=concurrency)
-        breakdown.wall = time.perf_counter() - started
-        breakdown.process_cpu = time.process_time() - cpu
-        breakdown.loop_cpu = time.thread_time() - loop_cpu
+    thresholds = tune_collector()
+    try:
+        async with ApiClient(api, RetrySettings()) as client:
+            breakdown.attach(client, mirror)
+            started, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+            report = await sync_threads(client, mirror, full=full, concurrency=concurrency)
+            breakdown.wall = time.perf_counter() - started
+            breakdown.process_cpu = time.process_time() - cpu
+            breakdown.loop_cpu = time.thread_time() - loop_cpu
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
     return report, breakdown

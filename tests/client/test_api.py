@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import httpx
@@ -308,3 +310,28 @@ async def test_list_threads_foundry_only() -> None:
     assert page.first_id == "thread_1"
     assert script.requests[0].url.path == "/api/projects/proj/threads"
     assert script.requests[0].url.params["order"] == "desc"
+
+
+@pytest.mark.anyio
+async def test_answers_are_freed_when_the_call_returns_not_by_the_cycle_collector() -> None:
+    """httpx links a response and its body's stream both ways; the client breaks that cycle, so
+    each answer (a page is ~180 KB) is freed by reference counting as soon as it was parsed,
+    whether it was used or answered a retried failure."""
+    answers: list[weakref.ref[httpx.Response]] = []
+    script = Script(status(503), ok(MESSAGE))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = script(request)
+        answers.append(weakref.ref(response))
+        return response
+
+    clock = FakeClock()
+    gc.collect()
+    gc.disable()
+    try:
+        async with make_client(handler, clock) as client:
+            assert await client.get_message("thread_1", "msg_1") == MESSAGE
+            alive = [ref() is not None for ref in answers]
+    finally:
+        gc.enable()
+    assert alive == [False, False]

@@ -9,7 +9,7 @@ import typer
 
 from worker import __version__
 from worker.cli.common import Globals, setup_logging
-from worker.memory import limit_malloc_arenas
+from worker.memory import limit_malloc_arenas, tune_collector
 
 app = typer.Typer(
     name="threadsync",
@@ -91,4 +91,5 @@ _register()
 def main() -> None:
     """Console-script entry point."""
     limit_malloc_arenas()
+    tune_collector()
     app()

@@ -56,6 +56,23 @@ REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id", "x-ms-request-id")
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
+def _release(response: httpx.Response) -> None:
+    """Let a read response (and its body) be freed as soon as it is dropped.
+
+    httpx links a sent response and the stream wrapping its body both ways (the client's
+    ``BoundAsyncStream`` keeps the response), a reference cycle: each response, with its body
+    (a page of 100 messages is ~180 KB), waited for the cycle collector instead of being freed
+    when the call returned. Under the entry point's rarer collections (see ``worker.memory``)
+    that held ~45 MB of spent pages at the peak of a 100,000-message reconcile. The body was
+    read and the stream closed by ``AsyncClient.request``; an empty stream in its place breaks
+    the cycle.
+    """
+    response.stream = _SPENT
+
+
+_SPENT = httpx.ByteStream(b"")
+
+
 class ClientEvents:
     """Hooks for metrics; every method is a no-op here, override what you count."""
 
@@ -282,25 +299,28 @@ class ApiClient:
                 self._events.on_response(method, route, None, self._clock() - started)
                 failure = _transport_failure(exc, method, route)
             else:
-                self._events.on_response(
-                    method, route, response.status_code, self._clock() - started
-                )
-                judged = self._judge(method, route, response)
-                if judged is not None:
-                    failure = judged
-                else:
-                    try:
-                        return parse(response.content)
-                    except TransientError as exc:
-                        failure = _Failure(
-                            kind="invalid_body",
-                            status=None,
-                            code=None,
-                            message=f"{method} {route}: {exc.message}",
-                            request_id=request_id_of(response.headers),
-                            server_wait=None,
-                            sent=True,
-                        )
+                try:
+                    self._events.on_response(
+                        method, route, response.status_code, self._clock() - started
+                    )
+                    judged = self._judge(method, route, response)
+                    if judged is not None:
+                        failure = judged
+                    else:
+                        try:
+                            return parse(response.content)
+                        except TransientError as exc:
+                            failure = _Failure(
+                                kind="invalid_body",
+                                status=None,
+                                code=None,
+                                message=f"{method} {route}: {exc.message}",
+                                request_id=request_id_of(response.headers),
+                                server_wait=None,
+                                sent=True,
+                            )
+                finally:
+                    _release(response)
             wait = self._plan_retry(failure, attempt, safe, method, route)
             attempt += 1
             log.info(
