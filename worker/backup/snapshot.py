@@ -43,6 +43,7 @@ from worker.backup.tables import copy_tables
 from worker.errors import ConfigError, StoreError
 from worker.export.jsonl import deleted_line, text_of
 from worker.export.source import Row, Selection, iter_rows, sqlite_raw_batches
+from worker.files import open_flushing
 from worker.logs import get_logger
 from worker.store.db import Mirror, sqlite_path
 from worker.store.schema import current_revision
@@ -194,7 +195,7 @@ class _Run:
 def _write_runs(runs: Iterable[_Run], target: Path) -> tuple[dict[str, ThreadCount], str, int]:
     """Write the lines (fsynced), adding each run's counts to its thread's."""
     threads: dict[str, ThreadCount] = {}
-    with target.open("wb") as fh:
+    with open_flushing(target) as fh:  # flushed behind: the fsync below waits for the tail
         writer = _HashingWriter(fh)
         for run in runs:
             count = threads.get(run.thread_id)

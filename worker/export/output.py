@@ -1,7 +1,8 @@
 """Atomic outputs: write to a temporary file beside the target, then rename into place.
 
 A failed or interrupted export never leaves a half file under the target name. ``-`` is stdout.
-A target ending in ``.gz`` is gzip-compressed.
+A target ending in ``.gz`` is gzip-compressed. The file is flushed behind as it grows (see
+:mod:`worker.files`), so the closing fsync does not wait for the whole export at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from worker.errors import ConfigError
+from worker.files import open_flushing
 
 
 @contextmanager
@@ -34,7 +36,7 @@ def atomic_output(target: str | Path, *, mode: int = 0o600) -> Iterator[IO[bytes
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as raw:
+        with open_flushing(fd) as raw:
             if path.suffix == ".gz":
                 with gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0) as gz:
                     yield gz  # type: ignore[misc]
