@@ -131,6 +131,7 @@ class DaemonSettings(BaseModel):
     requests_per_second: float = Field(default=20.0, gt=0)
     shutdown_timeout: float = Field(default=20.0, gt=0)
     heartbeat_interval: float = Field(default=10.0, gt=0)
+    run_history_days: float = Field(default=30.0, gt=0)
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=0, le=65535)
 

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -23,6 +24,8 @@ from worker.config import Settings
 from worker.daemon.metrics import DaemonMetrics
 from worker.logs import get_logger
 from worker.store.db import Mirror
+from worker.store.models import utcnow
+from worker.store.repo import PRUNE_BATCH, prune_runs
 
 log = get_logger()
 
@@ -120,6 +123,7 @@ class Jobs:
         # dispatcher is syncing at the same moment.
         self.gate = gate
         self._said_missing: set[str] = set()
+        self.prune_batch = PRUNE_BATCH
 
     def _missing(self, feature: str, where: str) -> None:
         if feature not in self._said_missing:
@@ -147,6 +151,30 @@ class Jobs:
             return
         async with self.gate:
             await _settle(run_backup(self.settings, self.mirror, self.client))
+
+    async def prune_history(self, now: datetime | None = None) -> int:
+        """Delete the sync runs (and their per-thread rows) older than ``run_history_days``.
+
+        The daemon records a run per dispatch with due threads, and a row per thread synced:
+        at 1,000 threads every five minutes that is ~290,000 rows a day, kept forever otherwise.
+        A batch per transaction, so a long backlog never holds the writer for long.
+        """
+        days = self.settings.daemon.run_history_days
+        before = (now or utcnow()) - timedelta(days=days)
+
+        def batch() -> int:
+            with self.mirror.write() as session:
+                return prune_runs(session, before, limit=self.prune_batch)
+
+        total = 0
+        while True:
+            pruned = await self.mirror.run_write(batch)
+            total += pruned
+            if pruned < self.prune_batch:
+                break
+        if total:
+            log.info("daemon.history_pruned", runs=total, older_than_days=days)
+        return total
 
 
 def edit_counts(mirror: Mirror) -> dict[str, int]:

@@ -124,6 +124,10 @@ class Daemon:
         ]
         if d.backup_cron:
             specs.append(JobSpec("backup", wrap("backup", self.jobs.backup), Cron(d.backup_cron)))
+        # Hourly, the first a minute after start: a daemon restarted often still prunes.
+        specs.append(
+            JobSpec("history", wrap("history", self.jobs.prune_history), Every(3600.0, 60.0))
+        )
         return specs
 
     async def beat(self) -> None:

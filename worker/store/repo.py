@@ -6,10 +6,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Integer, func, select
+from sqlalchemy import Integer, delete, func, select
 from sqlmodel import Session, col
 
-from worker.store.models import Message, MirrorMeta, SyncState, TrackedThread, utcnow
+from worker.store.models import (
+    Message,
+    MirrorMeta,
+    SyncRun,
+    SyncRunThread,
+    SyncState,
+    TrackedThread,
+    utcnow,
+)
 
 
 def add_threads(session: Session, thread_ids: Iterable[str]) -> list[str]:
@@ -136,3 +144,24 @@ def thread_statuses(session: Session) -> list[ThreadStatus]:
             )
         )
     return out
+
+
+PRUNE_BATCH = 500  # runs per transaction: a long backlog never holds SQLite's writer for long
+
+
+def prune_runs(session: Session, before: datetime, *, limit: int = PRUNE_BATCH) -> int:
+    """Delete up to ``limit`` finished runs started before ``before``, with their per-thread rows;
+    returns how many runs went. A run still open (no ``finished_at``) is never touched."""
+    ids = list(
+        session.execute(
+            select(col(SyncRun.id))
+            .where(col(SyncRun.finished_at).is_not(None), col(SyncRun.started_at) < before)
+            .order_by(col(SyncRun.id))
+            .limit(limit)
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    session.execute(delete(SyncRunThread).where(col(SyncRunThread.run_id).in_(ids)))
+    session.execute(delete(SyncRun).where(col(SyncRun.id).in_(ids)))
+    return len(ids)
