@@ -32,6 +32,7 @@ from worker.config import ApiSettings, DaemonSettings, RetrySettings, Settings, 
 from worker.daemon.dispatcher import Dispatcher
 from worker.daemon.due import due_count
 from worker.daemon.lifecycle import tune_interpreter
+from worker.memory import tune_collector
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 
@@ -92,6 +93,7 @@ def _start_emulator(port: int, threads: int) -> subprocess.Popen[bytes]:
 
 async def _drain(settings: Settings, mirror: Mirror, base: str) -> dict[str, float]:
     """Dispatch until nothing is due, with a heartbeat task watching the loop."""
+    tune_collector()  # as the `threadsync` entry point does
     tune_interpreter()  # as `threadsync run` does
     stamps = _Stamps()
     pacer = Pacer(RATE)
