@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from worker.emulator import Emulator, ManualClock
 from worker.errors import ConfigError
 from worker.export.jsonl import write_jsonl, write_sqlite_jsonl
 from worker.export.source import Selection, iter_rows
+from worker.export.text import plain_text
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.runner import sync_threads
@@ -118,14 +121,12 @@ def test_parse_when_accepts_dates_times_and_seconds() -> None:
         parse_when("yesterday", "--since")
 
 
-def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path: Path) -> None:
+def test_parquet_without_pyarrow_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--format parquet is optional: without pyarrow it fails with exit 2 and the install hint."""
-    try:
-        import pyarrow  # noqa: F401, PLC0415 - probing the optional extra
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pyarrow is installed")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     url = f"sqlite:///{tmp_path / 'm.db'}"
     result = CliRunner().invoke(
         app, ["--database-url", url, "export", "-f", "parquet", "-o", str(tmp_path / "x.parquet")]
@@ -133,6 +134,35 @@ def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "pip install pyarrow" in result.output
     assert not (tmp_path / "x.parquet").exists()
+
+
+async def test_parquet_holds_every_message_typed_in_order(
+    synced: tuple[Emulator, list[str], str], tmp_path: Path
+) -> None:
+    """The parquet extra: one row per message in export order, the CSV columns typed, ``raw`` the
+    API object; ``--include-deleted`` adds the tombstoned message with its ``deleted_at``."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    emulator, ids, url = synced
+    run(url, "-f", "parquet", "-o", str(tmp_path / "live.parquet"))
+    run(url, "-f", "parquet", "--include-deleted", "-o", str(tmp_path / "all.parquet"))
+    live = pq.read_table(tmp_path / "live.parquet").to_pylist()
+    expected = truth(emulator, ids)
+    assert [r["message_id"] for r in live] == [m["id"] for m in expected]
+    for row, message in zip(live, expected, strict=True):
+        assert orjson.loads(row["raw"]) == message
+        assert row["thread_id"] == message["thread_id"]
+        assert row["role"] == message["role"]
+        assert row["created_at"] == datetime.fromtimestamp(message["created_at"], UTC)
+        assert row["text"] == plain_text(message)
+        assert row["attachments"] == len(message.get("attachments") or [])
+        assert orjson.loads(row["metadata"]) == (message.get("metadata") or {})
+        assert row["deleted_at"] is None
+    everything = pq.read_table(tmp_path / "all.parquet").to_pylist()
+    gone = [r for r in everything if r["deleted_at"] is not None]
+    assert len(everything) == len(live) + 1
+    assert len(gone) == 1
+    assert gone[0]["message_id"] not in {m["id"] for m in expected}
+    assert gone[0]["thread_id"] == ids[0]
 
 
 @pytest.mark.parametrize("include_deleted", [False, True])
