@@ -111,7 +111,8 @@ def _optional(module: str, name: str) -> Callable[..., object] | None:
 
 
 class Jobs:
-    """Push and backup job bodies (the dispatcher and the reconcile are on the Dispatcher)."""
+    """Push, backup and run-history job bodies (the dispatcher and the reconcile are on the
+    Dispatcher)."""
 
     def __init__(
         self, client: ApiClient, mirror: Mirror, settings: Settings, *, gate: anyio.Lock
