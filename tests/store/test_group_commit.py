@@ -8,10 +8,12 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from sqlalchemy import event, text
 from sqlmodel import Session
 
+from worker.store import db
 from worker.store.db import Mirror
 from worker.store.repo import add_threads, tracked
 
@@ -168,3 +170,42 @@ async def test_when_sqlite_drops_the_transaction_no_piece_is_reported_committed(
     assert "full" in str(errors["huge"])  # the cause, not the failed savepoint rollback
     assert _tracked(mirror, "first", "before", "after") == {"first"}
     mirror.dispose()
+
+
+async def test_many_writers_all_get_committed(mirror: Mirror) -> None:
+    """Writers arriving at staggered moments, with detached work queued among them, all get
+    their turn: none is left waiting, none is written twice, and the flush commits the rest."""
+    ids = [f"t{i:03d}" for i in range(120)]
+
+    async def write(i: int, thread_id: str) -> None:
+        for _ in range(i % 5):  # arrive at staggered moments
+            await anyio.lowlevel.checkpoint()
+        await mirror.write_grouped(partial(_track, thread_id))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for i, thread_id in enumerate(ids):
+                tg.start_soon(write, i, thread_id)
+                if i % 10 == 0:
+                    mirror.queue_grouped(partial(_track, f"q{i:03d}"))
+        await mirror.flush_grouped()
+    queued = [f"q{i:03d}" for i in range(0, 120, 10)]
+    assert _tracked(mirror, *ids, *queued) == {*ids, *queued}
+    assert mirror.grouped_waiting == 0
+
+
+def test_the_writer_keeps_a_larger_page_cache_than_readers(tmp_path: Path) -> None:
+    mirror = Mirror(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+
+        def cache(session: Session) -> int:
+            return int(session.execute(text("PRAGMA cache_size")).scalar_one())
+
+        for _ in range(2):  # and back again on the same pooled connection
+            with mirror.write() as session:
+                assert cache(session) == -db.WRITE_CACHE_KIB
+            with mirror.read() as session:
+                assert cache(session) == -db.READ_CACHE_KIB
+        assert db.WRITE_CACHE_KIB > db.READ_CACHE_KIB
+    finally:
+        mirror.dispose()

@@ -14,8 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 from sqlalchemy import text
+from sqlmodel import Session
 
 from worker.store.db import Mirror
+from worker.store.models import SyncState
+from worker.store.repo import add_threads
 from worker.sync import apply
 from worker.sync.apply import Plan, Stored, load_stored, prepare, tombstone, unlisted, write_plan
 
@@ -110,3 +113,91 @@ def test_inserts_split_to_what_sqlite_binds_at_once(tmp_path: Path) -> None:
     assert sorted(stored) == [obj["id"] for obj in objs]
     assert [stored[str(obj["id"])].rank for obj in objs] == list(range(7))
     assert raws == {obj["id"]: orjson.dumps(obj).decode() for obj in objs}
+
+
+def _page(n: int, *, start: int = 0, meta: dict[str, str] | None = None) -> list[apply.Incoming]:
+    return [
+        prepare(
+            {"id": f"msg_new_{i:03d}", "created_at": 1_700_000_000 + i, "role": "user",
+             "metadata": meta or {}},
+            THREAD,
+        )
+        for i in range(start, start + n)
+    ]  # fmt: skip
+
+
+def _statements(session: Session) -> list[str]:
+    """Every statement SQLite runs on the session's connection from now on."""
+    seen: list[str] = []
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    driver.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_new_page_is_inserted_without_reading_first(tmp_path: Path) -> None:
+    """A first sync's page goes in as one INSERT: no SELECT of its ids before it."""
+    mirror = Mirror(f"sqlite:///{tmp_path / 'mirror.db'}")
+    try:
+        page = _page(5, meta={"k": "välue \U0001d518"})
+        with mirror.write() as session:
+            seen = _statements(session)
+            done = apply.insert_new(
+                session, THREAD, page, direction="desc", ties="stable", prev=None, now=NOW
+            )
+        assert done is not None
+        counts, last = done
+        assert counts.added == 5
+        assert last is not None
+        assert last.created_at == page[-1].created_at
+        assert [s.split()[0] for s in seen] == ["INSERT", "COMMIT"]
+        with mirror.read() as session:
+            rows = session.execute(text("SELECT raw, metadata FROM message ORDER BY id")).all()
+        assert [r.raw for r in rows] == [m.raw for m in page]
+        assert {orjson.dumps(orjson.loads(r.metadata)) for r in rows} == {
+            orjson.dumps({"k": "välue \U0001d518"})
+        }
+    finally:
+        mirror.dispose()
+
+
+def test_a_page_holding_a_stored_message_falls_back_and_writes_nothing(mirror: Mirror) -> None:
+    """One message already stored: the one-statement insert leaves no row behind (on SQLite the
+    statement fails whole; PostgreSQL never tries it), and the ordinary apply counts right."""
+    page = _page(4)
+    with mirror.write() as session:
+        write_plan(session, THREAD, Plan(inserts=[(page[2], 0)]), NOW)
+    with mirror.write() as session:
+        assert (
+            apply.insert_new(
+                session, THREAD, page, direction="asc", ties="stable", prev=None, now=NOW
+            )
+            is None
+        )
+        assert session.execute(text("SELECT count(*) FROM message")).scalar_one() == 1
+        counts, _ = apply.apply_page(
+            session, THREAD, page, direction="asc", ties="stable", prev=None, now=NOW
+        )
+    assert (counts.added, counts.changed) == (3, 0)
+    with mirror.read() as session:
+        assert sorted(load_stored(session, [m.id for m in page])) == sorted(m.id for m in page)
+
+
+def test_a_cursor_advance_moves_only_what_it_names(mirror: Mirror) -> None:
+    with mirror.write() as session:
+        add_threads(session, [THREAD])  # with its empty sync state
+        apply.advance_cursor(session, THREAD, {"initial_after": "msg_a", "high_water_id": "msg_z"})
+    when = datetime(2026, 11, 29, 5, 6, 7, 891011, tzinfo=UTC)
+    with mirror.write() as session:
+        apply.advance_cursor(session, THREAD, {"initial_done": True, "last_full_at": when})
+        apply.advance_cursor(session, THREAD, {"initial_after": None})
+    with mirror.read() as session:
+        state = session.get(SyncState, THREAD)
+        assert state is not None
+        assert (state.pages, state.initial_done, state.initial_after, state.high_water_id) == (
+            3, True, None, "msg_z",
+        )  # fmt: skip
+        assert state.last_full_at is not None
+        assert state.last_full_at.replace(tzinfo=UTC) == when
+    with mirror.write() as session, pytest.raises(ValueError, match="pages"):
+        apply.advance_cursor(session, THREAD, {"pages": 0})

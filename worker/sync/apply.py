@@ -31,7 +31,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session, col
 
 from worker.errors import TransientError
-from worker.store.models import Message
+from worker.store.models import Message, SyncState
 from worker.sync.order import Place, TieOrder, place_ascending, place_descending
 
 Direction = Literal["asc", "desc"]
@@ -102,13 +102,20 @@ class Counts:
 
 
 def _json_column(value: Any) -> str:
-    """What SQLAlchemy's JSON type stores (``json.dumps``; ``null`` for None), so rows written
-    here read and compare the same as rows written through the ORM or on PostgreSQL."""
+    """The ``metadata`` column's text: compact JSON from orjson (``null`` for None).
+
+    SQLAlchemy's JSON type would use ``json.dumps``, five times slower, and this runs in the
+    single SQLite writer for every stored message (0.45 s of a 100,000-message first sync).
+    Every reader parses the column, and any valid JSON reads back the same.
+    """
     if value is None:
         return "null"
-    if type(value) is dict and not value:  # most messages carry no metadata: skip the encoder
+    if type(value) is dict and not value:  # most messages carry no metadata
         return "{}"
-    return json.dumps(value)
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # what orjson refuses (integers past 64 bits) json takes
+        return json.dumps(value)
 
 
 def prepare(obj: Any, thread_id: str) -> Incoming:
@@ -280,6 +287,18 @@ def _insert_sql(rows: int) -> str:
     return f"INSERT INTO message ({', '.join(_COLUMNS)}) VALUES " + ", ".join([_ROW_MARKS] * rows)  # noqa: S608 - see above
 
 
+def _rows_per_insert(driver: Any) -> int:
+    limit: int = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, limit // len(_COLUMNS))
+
+
+def _insert_values(
+    thread_id: str, inserts: list[tuple[Incoming, int]], now: datetime
+) -> list[tuple[Any, ...]]:
+    stamp = _sqlite_time(now)
+    return [(m.id, thread_id, *_stored(m, rank), stamp, stamp, None) for m, rank in inserts]
+
+
 def _insert_rows(driver: Any, rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` with one multi-row INSERT (per as many rows as SQLite binds at once).
 
@@ -288,10 +307,44 @@ def _insert_rows(driver: Any, rows: list[tuple[Any, ...]]) -> None:
     statement steps once: a first sync of 100,000 messages (bench_sync) spent 8.8 s in its write
     transactions, then 6.2 s, and took 9.9 s, then 7.3 s.
     """
-    per = max(1, driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS))
+    per = _rows_per_insert(driver)
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
         driver.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+
+
+def insert_new(
+    session: Session,
+    thread_id: str,
+    page: list[Incoming],
+    *,
+    direction: Direction,
+    ties: TieOrder,
+    prev: Place | None,
+    now: datetime,
+) -> tuple[Counts, Place | None] | None:
+    """Store a page that should be wholly new with one INSERT and no read first (SQLite).
+
+    A first sync and a forward walk list messages the mirror has not seen, and reading their ids
+    before writing cost a SELECT per page in the single writer (about 1 s of a 100,000-message
+    first sync, half of it waiting for the GIL to come back). The INSERT has no ON CONFLICT: if
+    any message is already stored, the statement fails whole (SQLite undoes the failed
+    statement, not the transaction) and this returns None, having written nothing; the caller
+    then applies the page the ordinary way. PostgreSQL always goes the ordinary way (a failed
+    statement there aborts the transaction).
+    """
+    if not page or not _is_sqlite(session):
+        return None
+    driver = _driver(session)
+    if len(page) > _rows_per_insert(driver):  # two statements could not fail as one
+        return None
+    plan = plan_page({}, page, direction=direction, ties=ties, prev=prev)
+    rows = _insert_values(thread_id, plan.inserts, now)
+    try:
+        driver.execute(_insert_sql(len(rows)), [value for row in rows for value in row])
+    except sqlite3.IntegrityError:
+        return None
+    return plan.counts, plan.last
 
 
 def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> None:
@@ -302,13 +355,7 @@ def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> N
         stamp = _sqlite_time(now)
         driver = _driver(session)
         if plan.inserts:
-            _insert_rows(
-                driver,
-                [
-                    (m.id, thread_id, *_stored(m, rank), stamp, stamp, None)
-                    for m, rank in plan.inserts
-                ],
-            )
+            _insert_rows(driver, _insert_values(thread_id, plan.inserts, now))
         if plan.updates:
             driver.executemany(
                 _UPDATE_SQL, [(*_stored(m, rank), stamp, m.id) for m, rank in plan.updates]
@@ -336,6 +383,36 @@ def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> N
             rows,
             execution_options={"synchronize_session": False},
         )
+
+
+_CURSOR = ("initial_done", "initial_after", "high_water_id", "last_full_at")
+
+
+def advance_cursor(session: Session, thread_id: str, moved: dict[str, Any]) -> None:
+    """A page's advance: one UPDATE of ``sync_state``'s page count and the cursor columns that
+    moved, in the page's transaction.
+
+    On SQLite straight to the driver, like the page itself: through the ORM this UPDATE cost
+    about 0.2 ms of the single writer's time per page, through the driver 4 us.
+    """
+    unknown = set(moved) - set(_CURSOR)
+    if unknown:
+        raise ValueError(f"not cursor columns: {sorted(unknown)}")
+    if _is_sqlite(session):
+        names = [name for name in _CURSOR if name in moved]
+        sets = "".join(f", {name} = ?" for name in names)
+        values = [
+            _sqlite_time(v) if isinstance(v := moved[name], datetime) else v for name in names
+        ]
+        _driver(session).execute(
+            f"UPDATE sync_state SET pages = pages + 1{sets} WHERE thread_id = ?",  # noqa: S608 - names from _CURSOR
+            [*values, thread_id],
+        )
+        return
+    table = SyncState.__table__  # type: ignore[attr-defined]
+    session.connection().execute(
+        update(table).where(table.c.thread_id == thread_id).values(pages=table.c.pages + 1, **moved)
+    )
 
 
 def apply_page(

@@ -52,6 +52,8 @@ from worker.sync.apply import (
     Direction,
     Incoming,
     Plan,
+    advance_cursor,
+    insert_new,
     load_stored,
     plan_page,
     prepare,
@@ -421,7 +423,7 @@ class ThreadPass:
                     if done:
                         st.initial_done, st.initial_after = True, None
 
-                prev = await self._store(msgs, "desc", prev, advance)
+                prev = await self._store(msgs, "desc", prev, advance, new=True)
                 if done:
                     return
                 previous_ids = {m.id for m in msgs}
@@ -493,7 +495,7 @@ class ThreadPass:
                     if msgs:
                         st.high_water_id = msgs[-1].id
 
-                prev = await self._store(msgs, "asc", prev, advance) or prev
+                prev = await self._store(msgs, "asc", prev, advance, new=True) or prev
                 if not has_more or not msgs:
                     return
                 previous_ids = {m.id for m in msgs}
@@ -646,8 +648,12 @@ class ThreadPass:
         *,
         sweep: tuple[int | None, int | None, frozenset[str]] | None = None,
         only_if_changed: bool = False,
+        new: bool = False,
     ) -> Place | None:
         """Apply a page and move the cursor in one transaction.
+
+        ``new``: the page should hold only messages the mirror has not stored (a first sync, a
+        forward walk), so it is first tried as one INSERT without reading (see ``insert_new``).
 
         With ``only_if_changed`` the page is first planned in a read transaction (which never
         waits for SQLite's single writer) and nothing is written when nothing differs.
@@ -676,23 +682,33 @@ class ThreadPass:
             if page_plan.empty and not gone:
                 return page_plan.last
 
-        cursor, moving = self._cursor, None
+        cursor, moved = self._cursor, None
         if advance is not None:
-            cursor, changed = self._cursor.moved(advance)
-            moving = (
-                update(SyncState)
-                .where(col(SyncState.thread_id) == self.thread_id)
-                .values(pages=col(SyncState.pages) + 1, **changed)
-                .execution_options(synchronize_session=False)
-            )
+            cursor, moved = self._cursor.moved(advance)
 
         def work(session: Session) -> tuple[Counts, Place | None, list[str]]:
-            page_plan, gone = plan(session)
-            write_plan(session, self.thread_id, page_plan, now)
-            page_plan.counts.deleted += tombstone(session, gone, now)
-            if moving is not None:
-                session.execute(moving)
-            return page_plan.counts, page_plan.last, gone
+            stored = None
+            if new:
+                stored = insert_new(
+                    session,
+                    self.thread_id,
+                    msgs,
+                    direction=direction,
+                    ties=ties,
+                    prev=prev,
+                    now=now,
+                )
+            gone: list[str] = []
+            if stored is not None:
+                counts, last = stored
+            else:
+                page_plan, gone = plan(session)
+                write_plan(session, self.thread_id, page_plan, now)
+                page_plan.counts.deleted += tombstone(session, gone, now)
+                counts, last = page_plan.counts, page_plan.last
+            if moved is not None:
+                advance_cursor(session, self.thread_id, moved)
+            return counts, last, gone
 
         # Grouped: the pages other passes have ready by now share this transaction's commit.
         counts, last, gone = await self.mirror.write_grouped(work)
