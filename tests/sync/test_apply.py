@@ -152,8 +152,11 @@ def test_a_new_page_is_inserted_without_reading_first(tmp_path: Path) -> None:
         assert last.created_at == page[-1].created_at
         assert [s.split()[0] for s in seen] == ["INSERT", "COMMIT"]
         with mirror.read() as session:
-            rows = session.execute(text("SELECT raw, metadata FROM message ORDER BY id")).all()
-        assert [r.raw for r in rows] == [m.raw for m in page]
+            rows = session.execute(
+                text("SELECT raw, typeof(raw) AS kind, metadata FROM message ORDER BY id")
+            ).all()
+        assert [r.raw for r in rows] == [m.raw.decode() for m in page]
+        assert {r.kind for r in rows} == {"text"}  # stored as text, though bound as bytes
         assert {orjson.dumps(orjson.loads(r.metadata)) for r in rows} == {
             orjson.dumps({"k": "välue \U0001d518"})
         }
@@ -201,3 +204,21 @@ def test_a_cursor_advance_moves_only_what_it_names(mirror: Mirror) -> None:
         assert state.last_full_at.replace(tzinfo=UTC) == when
     with mirror.write() as session, pytest.raises(ValueError, match="pages"):
         apply.advance_cursor(session, THREAD, {"pages": 0})
+
+
+def test_raw_is_stored_as_text_by_inserts_and_updates(tmp_path: Path) -> None:
+    """``raw`` is bound as bytes; SQLite must keep it TEXT (users query it with JSON functions)."""
+    mirror = Mirror(f"sqlite:///{tmp_path / 'mirror.db'}")
+    try:
+        first, edited = _page(1)[0], _page(1, meta={"k": "v"})[0]
+        with mirror.write() as session:
+            write_plan(session, THREAD, Plan(inserts=[(first, 0)]), NOW)
+        with mirror.write() as session:
+            write_plan(session, THREAD, Plan(updates=[(edited, 0)]), NOW)
+        with mirror.read() as session:
+            row = session.execute(
+                text("SELECT typeof(raw), raw, json_extract(raw, '$.metadata.k') FROM message")
+            ).one()
+    finally:
+        mirror.dispose()
+    assert tuple(row) == ("text", edited.raw.decode(), "v")

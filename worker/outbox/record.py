@@ -100,7 +100,7 @@ def _store_truth(session: Session, snap: Snapshot, obj: dict[str, Any], attempts
         update(_MESSAGES)
         .where(_MESSAGES.c.id == snap.message_id)
         .values(
-            raw=incoming.raw,
+            raw=incoming.raw.decode(),
             digest=incoming.digest,
             metadata=meta if isinstance(meta, dict) else None,
             status=obj.get("status") if isinstance(obj.get("status"), str) else None,
