@@ -142,9 +142,9 @@ def test_a_new_page_is_inserted_without_reading_first(tmp_path: Path) -> None:
         page = _page(5, meta={"k": "välue \U0001d518"})
         with mirror.write() as session:
             seen = _statements(session)
-            done = apply.insert_new(
-                session, THREAD, page, direction="desc", ties="stable", prev=None, now=NOW
-            )
+            new = apply.plan_new(THREAD, page, direction="desc", ties="stable", prev=None, now=NOW)
+            assert new is not None
+            done = apply.insert_new(session, new)
         assert done is not None
         counts, last = done
         assert counts.added == 5
@@ -171,12 +171,9 @@ def test_a_page_holding_a_stored_message_falls_back_and_writes_nothing(mirror: M
     with mirror.write() as session:
         write_plan(session, THREAD, Plan(inserts=[(page[2], 0)]), NOW)
     with mirror.write() as session:
-        assert (
-            apply.insert_new(
-                session, THREAD, page, direction="asc", ties="stable", prev=None, now=NOW
-            )
-            is None
-        )
+        new = apply.plan_new(THREAD, page, direction="asc", ties="stable", prev=None, now=NOW)
+        assert new is not None
+        assert apply.insert_new(session, new) is None
         assert session.execute(text("SELECT count(*) FROM message")).scalar_one() == 1
         counts, _ = apply.apply_page(
             session, THREAD, page, direction="asc", ties="stable", prev=None, now=NOW

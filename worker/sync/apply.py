@@ -319,8 +319,16 @@ def _insert_rows(driver: Any, rows: list[tuple[Any, ...]]) -> None:
         driver.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
 
 
-def insert_new(
-    session: Session,
+class NewPage(NamedTuple):
+    """A page planned as wholly new, ready to go into the mirror as one INSERT."""
+
+    counts: Counts
+    last: Place | None
+    rows: int
+    params: list[Any]
+
+
+def plan_new(
     thread_id: str,
     page: list[Incoming],
     *,
@@ -328,7 +336,17 @@ def insert_new(
     ties: TieOrder,
     prev: Place | None,
     now: datetime,
-) -> tuple[Counts, Place | None] | None:
+) -> NewPage | None:
+    """Plan ``page`` as if none of it were stored: pure, so it is done before the page reaches
+    the single writer, whose time is what a first sync waits on."""
+    if not page:
+        return None
+    plan = plan_page({}, page, direction=direction, ties=ties, prev=prev)
+    rows = _insert_values(thread_id, plan.inserts, now)
+    return NewPage(plan.counts, plan.last, len(rows), [value for row in rows for value in row])
+
+
+def insert_new(session: Session, page: NewPage) -> tuple[Counts, Place | None] | None:
     """Store a page that should be wholly new with one INSERT and no read first (SQLite).
 
     A first sync and a forward walk list messages the mirror has not seen, and reading their ids
@@ -339,18 +357,16 @@ def insert_new(
     then applies the page the ordinary way. PostgreSQL always goes the ordinary way (a failed
     statement there aborts the transaction).
     """
-    if not page or not _is_sqlite(session):
+    if not _is_sqlite(session):
         return None
     driver = _driver(session)
-    if len(page) > _rows_per_insert(driver):  # two statements could not fail as one
+    if page.rows > _rows_per_insert(driver):  # two statements could not fail as one
         return None
-    plan = plan_page({}, page, direction=direction, ties=ties, prev=prev)
-    rows = _insert_values(thread_id, plan.inserts, now)
     try:
-        driver.execute(_insert_sql(len(rows)), [value for row in rows for value in row])
+        driver.execute(_insert_sql(page.rows), page.params)
     except sqlite3.IntegrityError:
         return None
-    return plan.counts, plan.last
+    return page.counts, page.last
 
 
 def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> None:

@@ -55,6 +55,7 @@ from worker.sync.apply import (
     advance_cursor,
     insert_new,
     load_stored,
+    plan_new,
     plan_page,
     prepare,
     tombstone,
@@ -686,18 +687,14 @@ class ThreadPass:
         if advance is not None:
             cursor, moved = self._cursor.moved(advance)
 
+        fresh = None
+        if new and self.mirror.is_sqlite:  # planned here: the writer's time is the scarce one
+            fresh = plan_new(
+                self.thread_id, msgs, direction=direction, ties=ties, prev=prev, now=now
+            )
+
         def work(session: Session) -> tuple[Counts, Place | None, list[str]]:
-            stored = None
-            if new:
-                stored = insert_new(
-                    session,
-                    self.thread_id,
-                    msgs,
-                    direction=direction,
-                    ties=ties,
-                    prev=prev,
-                    now=now,
-                )
+            stored = insert_new(session, fresh) if fresh is not None else None
             gone: list[str] = []
             if stored is not None:
                 counts, last = stored
