@@ -6,6 +6,10 @@ and a full walk over an unchanged page needs no write transaction at all. Compar
 digest of the object's serialization, which is also what ``raw`` stores: the object exactly as it
 was received, unknown fields and key order included.
 
+A page that should be wholly new (a first sync's, a forward walk's) skips the SELECT on SQLite: it
+is planned as new before it reaches the writer and goes in as one INSERT, and only if that finds a
+stored id does it take the ordinary way (``plan_new``, ``insert_new``).
+
 On SQLite the statements go straight to the DB-API connection in the same transaction:
 SQLAlchemy's per-row parameter processing cost three times the insert itself. They are also shaped
 so that a page crosses the driver in one step (a multi-row INSERT, reads aggregated into one JSON
