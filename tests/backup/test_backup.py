@@ -4,6 +4,7 @@ a backup taken while a sync writes is consistent, retention only after success."
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import orjson
 import pytest
+from alembic import command
 from sqlalchemy import create_engine, text
 
 from tests.conftest import PG_URL, _pg_admin_url, _pg_unavailable
@@ -28,6 +30,7 @@ from worker.emulator import Emulator, ManualClock
 from worker.errors import ConfigError, StoreError
 from worker.export.jsonl import write_jsonl
 from worker.export.source import Selection, iter_rows
+from worker.store import schema as schema_module
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.runner import sync_threads
@@ -353,3 +356,57 @@ async def test_a_mirror_this_user_cannot_write_is_copied_then_exported(
     assert calls == ["copy"]
     assert verify(result.snapshot.path).ok
     assert result.snapshot.messages + result.snapshot.deleted == 50
+
+
+def test_a_snapshot_from_an_earlier_schema_is_restored_through_an_upgraded_copy(
+    good_snapshot: Path, tmp_path: Path, pg_or_sqlite_target: str
+) -> None:
+    """A backup made before migration 0003 (metadata stored as its own column) restores into a
+    current mirror: a private copy is upgraded first, and the backup itself is left as it was."""
+    snap = tmp_path / good_snapshot.name
+    shutil.copytree(good_snapshot, snap)
+    db = snap / DATABASE
+    old = create_engine(f"sqlite:///{db}")
+    cfg = schema_module._config()
+    with old.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    with old.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=DELETE")  # one self-contained file again
+    old.dispose()
+    document = orjson.loads((snap / MANIFEST).read_bytes())
+    document["files"][DATABASE] = {"bytes": db.stat().st_size, "sha256": sha256_of(db)}
+    document["schema_revision"] = "0002"
+    document[SELF_KEY] = self_digest(document)
+    (snap / MANIFEST).write_bytes(orjson.dumps(document))
+    sealed = db.read_bytes()
+
+    restored = restore(snap, pg_or_sqlite_target)
+
+    assert restored.messages == 80
+    assert db.read_bytes() == sealed  # the backup is untouched
+    source = Mirror(f"sqlite:///{good_snapshot / DATABASE}", check=False)
+    copy = Mirror(pg_or_sqlite_target)
+    try:
+        assert export_bytes(copy) == export_bytes(source)
+        with copy.read() as session:
+            metas = session.execute(text("SELECT count(*) FROM message WHERE metadata IS NOT NULL"))
+            assert metas.scalar_one() > 0  # derived from raw in the target
+    finally:
+        copy.dispose()
+        source.dispose()
+
+
+def test_a_snapshot_from_an_unknown_schema_is_refused(good_snapshot: Path, tmp_path: Path) -> None:
+    snap = tmp_path / good_snapshot.name
+    shutil.copytree(good_snapshot, snap)
+    db = snap / DATABASE
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    conn.close()
+    document = orjson.loads((snap / MANIFEST).read_bytes())
+    document["files"][DATABASE] = {"bytes": db.stat().st_size, "sha256": sha256_of(db)}
+    document[SELF_KEY] = self_digest(document)
+    (snap / MANIFEST).write_bytes(orjson.dumps(document))
+    with pytest.raises(StoreError, match="9999, unknown to this threadsync"):
+        restore(snap, f"sqlite:///{tmp_path / 'target.db'}")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
-from sqlalchemy import text
+from alembic import command
+from sqlalchemy import Engine, text
 
 from worker.errors import SchemaOutdatedError, StoreError
 from worker.store import schema
 from worker.store.db import Mirror
+from worker.store.models import Message
 from worker.store.repo import add_threads, thread_statuses
 
 
@@ -68,3 +72,65 @@ def test_foreign_tables_are_not_adopted(tmp_path: Path) -> None:
         session.execute(text("CREATE TABLE message (x INTEGER)"))
     with pytest.raises(StoreError, match="not made by threadsync"):
         Mirror(f"sqlite:///{path}")
+
+
+def test_0003_derives_metadata_from_raw_and_keeps_every_row(mirror_url: str) -> None:
+    """A 0002 mirror, as the earlier threadsync wrote it, upgraded: every row, raw and digest as
+    they were; ``metadata`` now read from ``raw`` (objects only); and back down again."""
+    m = Mirror(mirror_url, check=False)
+    schema.upgrade(m.engine, "0002")
+    rows = [
+        ("msg_a", '{"id":"msg_a","metadata":{"k":"v","n":{"x":[1,2]}}}', '{"k":"v","n":{"x":[1,2]}}'),  # noqa: E501
+        ("msg_b", '{"id":"msg_b","metadata":{}}', "{}"),
+        ("msg_c", '{"id":"msg_c"}', "null"),
+        ("msg_d", '{"id":"msg_d","metadata":"not an object"}', "null"),
+    ]  # fmt: skip
+    with m.engine.begin() as conn:
+        conn.execute(text("INSERT INTO tracked_thread (thread_id, added_at, state) VALUES"
+                          " ('t', CURRENT_TIMESTAMP, 'active')"))  # fmt: skip
+        for mid, raw, meta in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO message (id, thread_id, created_at, tie_rank, raw, digest,"
+                    " metadata, first_seen_at, updated_at) VALUES (:id, 't', 1, 0, :raw,"
+                    " :digest, :meta, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"id": mid, "raw": raw, "digest": f"d-{mid}", "meta": meta},
+            )
+    schema.upgrade(m.engine)
+
+    def read() -> list[tuple[str, str, str, Any]]:
+        with m.engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT id, raw, digest, metadata FROM message ORDER BY id")
+            ).all()
+        return [
+            (r.id, r.raw, r.digest, None if r.metadata is None else _as_obj(r.metadata))
+            for r in found
+        ]
+
+    assert read() == [
+        ("msg_a", rows[0][1], "d-msg_a", {"k": "v", "n": {"x": [1, 2]}}),
+        ("msg_b", rows[1][1], "d-msg_b", {}),
+        ("msg_c", rows[2][1], "d-msg_c", None),
+        ("msg_d", rows[3][1], "d-msg_d", None),
+    ]
+    app = Mirror(mirror_url)  # the app accepts it and reads the column
+    with app.read() as session:
+        assert session.get(Message, "msg_a").meta == {"k": "v", "n": {"x": [1, 2]}}  # type: ignore[union-attr]
+    app.dispose()
+    _downgrade(m.engine, "0002")  # and back: a plain column again, filled from raw
+    assert [r[3] for r in read()] == [{"k": "v", "n": {"x": [1, 2]}}, {}, None, None]
+    m.dispose()
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    cfg = schema._config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def _as_obj(value: Any) -> Any:
+    """A JSON column as read raw: text on SQLite, already parsed on PostgreSQL."""
+    return orjson.loads(value) if isinstance(value, str) else value

@@ -7,10 +7,12 @@ Rows are copied in one transaction on the target, so a failed restore leaves it 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
 from worker.backup.manifest import DATABASE
 from worker.backup.tables import clear_tables, copy_tables, reflect, row_counts
@@ -18,7 +20,7 @@ from worker.backup.verify import verify
 from worker.errors import ConfigError, StoreError
 from worker.logs import get_logger
 from worker.store.db import Mirror
-from worker.store.schema import current_revision, head_revision
+from worker.store.schema import current_revision, head_revision, scripted_revisions, upgrade
 
 log = get_logger()
 
@@ -39,15 +41,25 @@ def restore(path: Path, database_url: str, force: bool = False) -> RestoreResult
     report = verify(Path(path))
     if not report.ok:
         raise StoreError(f"refusing to restore {path}: {report.problem}")
-    snapshot = create_engine(f"sqlite:///file:{Path(path) / DATABASE}?mode=ro&immutable=1&uri=true")
+    with tempfile.TemporaryDirectory(prefix="threadsync-restore-") as scratch:
+        return _restore(Path(path) / DATABASE, database_url, force, Path(scratch))
+
+
+def _restore(database: Path, database_url: str, force: bool, scratch: Path) -> RestoreResult:
+    snapshot = create_engine(f"sqlite:///file:{database}?mode=ro&immutable=1&uri=true")
     target = Mirror(database_url)
     try:
         revision = current_revision(snapshot)
         if revision != head_revision():
-            raise StoreError(
-                f"the snapshot's schema revision is {revision}, this threadsync's is"
-                f" {head_revision()}; restore it with the threadsync that made it"
-            )
+            if revision not in scripted_revisions():
+                raise StoreError(
+                    f"the snapshot's schema revision is {revision}, unknown to this threadsync"
+                    f" (at {head_revision()}); restore it with the threadsync that made it"
+                )
+            # Made by an earlier threadsync: a private copy is brought up to date and restored
+            # from; the backup itself is never changed.
+            snapshot.dispose()
+            snapshot = _upgraded_copy(database, scratch, revision)
         with (
             snapshot.connect() as src,
             target.engine.execution_options(threadsync_write=True).connect() as dst,
@@ -68,3 +80,13 @@ def restore(path: Path, database_url: str, force: bool = False) -> RestoreResult
     finally:
         target.dispose()
         snapshot.dispose()
+
+
+def _upgraded_copy(database: Path, scratch: Path, revision: str | None) -> Engine:
+    copy = scratch / DATABASE
+    shutil.copyfile(database, copy)
+    copy.chmod(0o600)  # it holds the conversations too
+    engine = create_engine(f"sqlite:///{copy}")
+    upgrade(engine)
+    log.info("backup.snapshot_upgraded", from_revision=revision, to_revision=head_revision())
+    return engine

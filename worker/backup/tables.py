@@ -53,7 +53,12 @@ def copy_tables(source: Connection, target: Connection) -> dict[str, int]:
                 " same schema revision?"
             )
         dst = dst_meta.tables[table.name]
-        columns = [c.name for c in table.columns if c.name in dst.columns]
+        # Generated columns (message.metadata) are the target database's to compute.
+        columns = [
+            c.name
+            for c in table.columns
+            if c.name in dst.columns and dst.c[c.name].computed is None
+        ]
         result = source.execute(
             select(*(table.c[c] for c in columns)), execution_options={"yield_per": BATCH}
         )

@@ -93,16 +93,14 @@ def store_truth(mirror: Mirror, snap: Snapshot, obj: dict[str, Any], attempts: i
 
 def _store_truth(session: Session, snap: Snapshot, obj: dict[str, Any], attempts: int) -> None:
     incoming = prepare(obj, snap.thread_id)
-    meta = obj.get("metadata")
-    remote = as_metadata(meta)
+    remote = as_metadata(obj.get("metadata"))
     now = utcnow()
     session.execute(
         update(_MESSAGES)
         .where(_MESSAGES.c.id == snap.message_id)
         .values(
             raw=incoming.raw.decode(),
-            digest=incoming.digest,
-            metadata=meta if isinstance(meta, dict) else None,
+            digest=incoming.digest,  # the metadata column follows raw (migration 0003)
             status=obj.get("status") if isinstance(obj.get("status"), str) else None,
             updated_at=now,
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Computed, DateTime, Index, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -81,7 +81,20 @@ class Message(SQLModel, table=True):
     status: str | None = Field(default=None, max_length=32, index=True)
     run_id: str | None = Field(default=None, max_length=128)
     assistant_id: str | None = Field(default=None, max_length=128)
-    meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    # Derived from ``raw`` by the database (migration 0003; the DDL there is per backend, this
+    # expression is SQLite's): the metadata object, or NULL. threadsync never writes it.
+    meta: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(
+            "metadata",
+            JSON,
+            Computed(
+                "CASE json_type(raw, '$.metadata') WHEN 'object'"
+                " THEN json_extract(raw, '$.metadata') END",
+                persisted=False,
+            ),
+        ),
+    )
     raw: str = Field(sa_type=Text)
     digest: str = Field(max_length=32)
     first_seen_at: datetime = _ts(default_factory=utcnow)

@@ -20,7 +20,6 @@ batches well with psycopg.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from contextlib import closing
@@ -49,7 +48,6 @@ _COLUMNS = (
     "status",
     "run_id",
     "assistant_id",
-    "metadata",
     "raw",
     "digest",
     "first_seen_at",
@@ -64,7 +62,7 @@ _ROW_MARKS = "(" + ", ".join(_RAW if c == "raw" else "?" for c in _COLUMNS) + ")
 _STORED_COLUMNS = "id, created_at, tie_rank, digest, deleted_at IS NOT NULL"
 _UPDATE_SQL = (
     "UPDATE message SET created_at=?, tie_rank=?, role=?, status=?, run_id=?, assistant_id=?,"
-    " metadata=?, raw=CAST(? AS TEXT), digest=?, updated_at=?, deleted_at=NULL WHERE id=?"
+    " raw=CAST(? AS TEXT), digest=?, updated_at=?, deleted_at=NULL WHERE id=?"
 )
 
 
@@ -81,11 +79,11 @@ class Incoming(NamedTuple):
     digest: str
     # The queryable columns, taken out at once so the parsed object can be freed (a page of
     # dicts is several times the size of its text, and eight threads keep two pages each).
+    # ``metadata`` is not among them: the database derives that column from ``raw``.
     role: str | None
     status: str | None
     run_id: str | None
     assistant_id: str | None
-    meta: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -109,23 +107,6 @@ class Counts:
         return self.added + self.changed + self.deleted + self.restored
 
 
-def _json_column(value: Any) -> str:
-    """The ``metadata`` column's text: compact JSON from orjson (``null`` for None).
-
-    SQLAlchemy's JSON type would use ``json.dumps``, five times slower, and this runs in the
-    single SQLite writer for every stored message (0.45 s of a 100,000-message first sync).
-    Every reader parses the column, and any valid JSON reads back the same.
-    """
-    if value is None:
-        return "null"
-    if type(value) is dict and not value:  # most messages carry no metadata
-        return "{}"
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # what orjson refuses (integers past 64 bits) json takes
-        return json.dumps(value)
-
-
 def prepare(obj: Any, thread_id: str) -> Incoming:
     """Check the fields the mirror relies on; a malformed object is a (retryable) bad answer.
 
@@ -139,12 +120,11 @@ def prepare(obj: Any, thread_id: str) -> Incoming:
         raise TransientError(f"thread {thread_id}: the server listed a message without an id")
     if type(created_at) is not int:  # bool is not int here, as it should be
         raise TransientError(f"thread {thread_id}: message {msg_id} has no integer created_at")
-    role, status, run_id, assistant_id, meta = (
+    role, status, run_id, assistant_id = (
         get("role"),
         get("status"),
         get("run_id"),
         get("assistant_id"),
-        get("metadata"),
     )
     return Incoming(
         msg_id,
@@ -157,7 +137,6 @@ def prepare(obj: Any, thread_id: str) -> Incoming:
         status if type(status) is str else None,
         run_id if type(run_id) is str else None,
         assistant_id if type(assistant_id) is str else None,
-        meta if type(meta) is dict else None,
     )
 
 
@@ -276,8 +255,8 @@ def plan_page(
     return plan
 
 
-def _fields(m: Incoming) -> tuple[str | None, str | None, str | None, str | None, Any]:
-    return m.role, m.status, m.run_id, m.assistant_id, m.meta
+def _fields(m: Incoming) -> tuple[str | None, str | None, str | None, str | None]:
+    return m.role, m.status, m.run_id, m.assistant_id
 
 
 def _sqlite_time(when: datetime) -> str:
@@ -287,9 +266,7 @@ def _sqlite_time(when: datetime) -> str:
 
 def _stored(m: Incoming, rank: int) -> tuple[Any, ...]:
     """created_at .. digest, the columns an insert and an update of ``m`` share (SQLite order)."""
-    role, status, run_id, assistant_id, meta = _fields(m)
-    return (m.created_at, rank, role, status, run_id, assistant_id, _json_column(meta), m.raw,
-            m.digest)  # fmt: skip
+    return (m.created_at, rank, m.role, m.status, m.run_id, m.assistant_id, m.raw, m.digest)
 
 
 @cache
@@ -397,7 +374,7 @@ def write_plan(session: Session, thread_id: str, plan: Plan, now: datetime) -> N
             ],
         )  # fmt: skip
     if plan.updates:
-        names = ("created_at", "tie_rank", "role", "status", "run_id", "assistant_id", "metadata")
+        names = ("created_at", "tie_rank", "role", "status", "run_id", "assistant_id")
         rows: list[dict[str, Any]] = [
             {"_id": m.id, "raw": m.raw.decode(), "digest": m.digest, "updated_at": now,
              **dict(zip(names, (m.created_at, rank, *_fields(m)), strict=True))}
