@@ -40,6 +40,7 @@ from worker.emulator import Emulator, ManualClock, WireError
 from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
+from worker.sync.apply import Census
 from worker.sync.runner import RunReport, sync_threads
 from worker.testing import emulated_client
 
@@ -64,6 +65,9 @@ def _mirror_url(backend: str) -> tuple[str, Callable[[], None]]:
     return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", drop
 
 
+CENSUS_LIMIT = Census.LIMIT
+
+
 class Convergence(RuleBasedStateMachine):
     backend = "sqlite"
 
@@ -78,6 +82,7 @@ class Convergence(RuleBasedStateMachine):
         self.gone: dict[str, list[Any]] = {}
 
     def teardown(self) -> None:
+        Census.LIMIT = CENSUS_LIMIT
         self.mirror.dispose()
         self._cleanup()
 
@@ -89,8 +94,14 @@ class Convergence(RuleBasedStateMachine):
         ties=st.sampled_from(["reverse", "stable"]),
         sizes=st.lists(st.integers(0, 45), min_size=1, max_size=3),
         seed=st.integers(0, 1000),
+        census=st.sampled_from([Census.LIMIT, 12]),
     )
-    def setup(self, cursor: str, metadata: str, ties: str, sizes: list[int], seed: int) -> None:
+    def setup(
+        self, cursor: str, metadata: str, ties: str, sizes: list[int], seed: int, census: int
+    ) -> None:
+        # A full walk compares with a census of the thread read once, or page by page for a
+        # thread over the census limit: a small limit puts threads on both sides of it.
+        Census.LIMIT = census
         self.emulator.set_behaviour(cursor_missing=cursor, metadata=metadata, ties=ties)
         for i, size in enumerate(sizes):
             self.threads += self.emulator.seed(seed=seed + i, threads=1, messages=size)

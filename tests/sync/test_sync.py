@@ -23,6 +23,7 @@ from worker.store.db import Mirror
 from worker.store.models import SyncState
 from worker.store.repo import add_threads
 from worker.sync import runner
+from worker.sync.apply import Census
 from worker.sync.engine import STABLE_PROBE_LIMIT
 from worker.sync.runner import sync_threads
 from worker.testing import EmulatorTransport, SleepRecorder, emulated_client
@@ -362,10 +363,15 @@ async def test_deleted_newest_without_new_messages(
     assert len(live) == len(set(live))
 
 
+@pytest.mark.parametrize("census", [True, False], ids=["census", "page-by-page"])
 async def test_full_pass_applies_deletions_edits_and_restores(
-    emulator: Emulator, mirror: Mirror
+    emulator: Emulator, mirror: Mirror, census: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reconcile tombstones what disappeared, applies remote metadata, and counts each kind."""
+    """A reconcile tombstones what disappeared, applies remote metadata, and counts each kind:
+    comparing with a census of the thread read once, or (a thread over the census limit) page by
+    page."""
+    if not census:
+        monkeypatch.setattr(Census, "LIMIT", 50)
     (thread_id,) = emulator.seed(seed=8, threads=1, messages=260)
     track(mirror, thread_id)
     await sync(emulator, mirror)
@@ -381,6 +387,37 @@ async def test_full_pass_applies_deletions_edits_and_restores(
     assert [m["id"] for m in with_deleted] == [m["id"] for m in msgs]
     again = await sync(emulator, mirror, full=True)
     assert again.counts.writes == 0
+
+
+async def test_an_unchanged_full_pass_reads_the_mirror_once_not_per_page(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the census limit an unchanged page costs no read: a reconcile reads the same
+    number of times whether the thread comes in 3 pages or 13."""
+    seeded(emulator, mirror, seed=8, threads=1, messages=260)
+    assert (await sync(emulator, mirror)).ok
+    reads = {"n": 0}
+    real = mirror.run
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        reads["n"] += 1
+        return await real(fn, *args)
+
+    monkeypatch.setattr(mirror, "run", counted)
+    by_pages = {}
+    for limit in (100, 20):
+        reads["n"] = 0
+        report = await sync(emulator, mirror, full=True, page_limit=limit)
+        assert report.ok
+        assert report.counts.writes == 0
+        by_pages[limit] = reads["n"]
+    assert by_pages[20] == by_pages[100]
+    monkeypatch.setattr(Census, "LIMIT", 100)  # over the limit: one read per unchanged page
+    reads["n"] = 0
+    assert (await sync(emulator, mirror, full=True, page_limit=20)).counts.writes == 0
+    # 13 pages: the 12 before the last each read (the last is planned in its write transaction),
+    # and the census is still tried once (it comes back empty-handed).
+    assert reads["n"] - by_pages[20] == 12
 
 
 async def test_in_progress_messages_are_refetched_until_final(

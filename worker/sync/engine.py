@@ -48,12 +48,14 @@ from worker.store.db import Mirror
 from worker.store.models import Message, SyncState, utcnow
 from worker.store.repo import get_meta, mark_gone, set_meta, state_of
 from worker.sync.apply import (
+    Census,
     Counts,
     Direction,
     Incoming,
     Plan,
     advance_cursor,
     insert_new,
+    load_census,
     load_stored,
     plan_new,
     plan_page,
@@ -526,7 +528,8 @@ class ThreadPass:
         seen: dict[str, int] = {}
         previous_ids: set[str] = set()
         async with _prefetching(self, "asc") as ahead:
-            ahead.fetch(None)
+            ahead.fetch(None)  # the first page is on its way while the census is read
+            census = await self._census()
             while True:
                 has_more, msgs = await ahead.take()
                 if (
@@ -557,7 +560,13 @@ class ThreadPass:
                 # walk always starts from the beginning); the last page records the end.
                 prev = (
                     await self._store(
-                        msgs, "asc", prev, advance, sweep=window, only_if_changed=not done
+                        msgs,
+                        "asc",
+                        prev,
+                        advance,
+                        sweep=window,
+                        only_if_changed=not done,
+                        census=census,
                     )
                     or prev
                 )
@@ -650,14 +659,16 @@ class ThreadPass:
         sweep: tuple[int | None, int | None, frozenset[str]] | None = None,
         only_if_changed: bool = False,
         new: bool = False,
+        census: Census | None = None,
     ) -> Place | None:
         """Apply a page and move the cursor in one transaction.
 
         ``new``: the page should hold only messages the mirror has not stored (a first sync, a
         forward walk), so it is first tried as one INSERT without reading (see ``insert_new``).
 
-        With ``only_if_changed`` the page is first planned in a read transaction (which never
-        waits for SQLite's single writer) and nothing is written when nothing differs.
+        With ``only_if_changed`` the page is first planned, from the walk's ``census`` when it
+        has one or else in a read transaction (which never waits for SQLite's single writer),
+        and nothing is written when nothing differs.
         """
         now = self.now()
         ties = self.ties.effective
@@ -679,7 +690,13 @@ class ThreadPass:
                 with self.mirror.read() as session:
                     return plan(session)
 
-            page_plan, gone = await self.mirror.run(check)
+            if census is not None:
+                page_plan = plan_page(
+                    census.stored, msgs, direction=direction, ties=ties, prev=prev
+                )
+                gone = census.unlisted(low=sweep[0], high=sweep[1], seen=sweep[2]) if sweep else []
+            else:
+                page_plan, gone = await self.mirror.run(check)
             if page_plan.empty and not gone:
                 return page_plan.last
 
@@ -713,6 +730,15 @@ class ThreadPass:
         self._busy.difference_update(gone)
         self.outcome.counts += counts
         return last
+
+    async def _census(self) -> Census | None:
+        """The thread's stored messages for a full walk to compare with (None: too many)."""
+
+        def read() -> Census | None:
+            with self.mirror.read() as session:
+                return load_census(session, self.thread_id)
+
+        return await self.mirror.run(read)
 
     async def _place(self, message_id: str | None) -> Place | None:
         """Where a stored, live message sits; None if unknown or tombstoned."""
