@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from worker.store import schema
 from worker.store.db import Mirror
 from worker.store.models import Message
 from worker.store.repo import add_threads, thread_statuses
+from worker.sync.apply import digest_of
 
 
 def test_new_mirror_is_created_at_head(mirror: Mirror) -> None:
@@ -75,8 +77,10 @@ def test_foreign_tables_are_not_adopted(tmp_path: Path) -> None:
 
 
 def test_0003_derives_metadata_from_raw_and_keeps_every_row(mirror_url: str) -> None:
-    """A 0002 mirror, as the earlier threadsync wrote it, upgraded: every row, raw and digest as
-    they were; ``metadata`` now read from ``raw`` (objects only); and back down again."""
+    """A 0002 mirror, as the earlier threadsync wrote it, upgraded: every row and its raw as they
+    were; ``metadata`` now read from ``raw`` (objects only); each digest the one the sync computes
+    for that object now (or every stored message would look changed to the next reconcile); and
+    back down again, old digests included."""
     m = Mirror(mirror_url, check=False)
     schema.upgrade(m.engine, "0002")
     rows = [
@@ -109,18 +113,26 @@ def test_0003_derives_metadata_from_raw_and_keeps_every_row(mirror_url: str) -> 
             for r in found
         ]
 
+    synced = {mid: digest_of(orjson.dumps(orjson.loads(raw))) for mid, raw, _ in rows}
     assert read() == [
-        ("msg_a", rows[0][1], "d-msg_a", {"k": "v", "n": {"x": [1, 2]}}),
-        ("msg_b", rows[1][1], "d-msg_b", {}),
-        ("msg_c", rows[2][1], "d-msg_c", None),
-        ("msg_d", rows[3][1], "d-msg_d", None),
+        ("msg_a", rows[0][1], synced["msg_a"], {"k": "v", "n": {"x": [1, 2]}}),
+        ("msg_b", rows[1][1], synced["msg_b"], {}),
+        ("msg_c", rows[2][1], synced["msg_c"], None),
+        ("msg_d", rows[3][1], synced["msg_d"], None),
     ]
     app = Mirror(mirror_url)  # the app accepts it and reads the column
     with app.read() as session:
         assert session.get(Message, "msg_a").meta == {"k": "v", "n": {"x": [1, 2]}}  # type: ignore[union-attr]
     app.dispose()
     _downgrade(m.engine, "0002")  # and back: a plain column again, filled from raw
-    assert [r[3] for r in read()] == [{"k": "v", "n": {"x": [1, 2]}}, {}, None, None]
+    back = read()
+    assert [r[3] for r in back] == [{"k": "v", "n": {"x": [1, 2]}}, {}, None, None]
+    assert [r[2] for r in back] == [
+        blake2b(
+            orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS), digest_size=16
+        ).hexdigest()
+        for _, raw, _ in rows
+    ]
     m.dispose()
 
 

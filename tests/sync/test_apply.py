@@ -219,3 +219,36 @@ def test_raw_is_stored_as_text_by_inserts_and_updates(tmp_path: Path) -> None:
     finally:
         mirror.dispose()
     assert tuple(row) == ("text", edited.raw.decode(), "v")
+
+
+def test_the_same_object_with_its_keys_reordered_is_not_a_change(
+    mirror: Mirror, read_form: str
+) -> None:
+    """Digests are over bytes; a server sending an object with its keys in another order has
+    not changed it: no count, no write. A real change arriving reordered still counts once."""
+    obj = {"id": "msg_k", "created_at": 1_700_000_000, "role": "user", "metadata": {"a": "1"}}
+    with mirror.write() as session:
+        add_threads(session, [THREAD])
+        apply.apply_page(
+            session, THREAD, [prepare(obj, THREAD)], direction="asc", ties="reverse",
+            prev=None, now=NOW,
+        )  # fmt: skip
+
+    def again(listed: dict[str, object]) -> tuple[apply.Counts, str]:
+        with mirror.write() as session:
+            counts, _ = apply.apply_page(
+                session, THREAD, [prepare(listed, THREAD)], direction="asc", ties="reverse",
+                prev=None, now=NOW,
+            )  # fmt: skip
+            raw = session.execute(text("SELECT raw FROM message WHERE id = 'msg_k'")).scalar_one()
+        return counts, raw
+
+    reordered = dict(reversed(list(obj.items())))
+    assert prepare(reordered, THREAD).digest != prepare(obj, THREAD).digest  # the premise
+    counts, raw = again(reordered)
+    assert counts.writes == 0
+    assert raw == orjson.dumps(obj).decode()  # as first received: nothing was written
+    edited = {**reordered, "metadata": {"a": "2"}}
+    counts, raw = again(edited)
+    assert (counts.changed, counts.writes) == (1, 1)
+    assert raw == orjson.dumps(edited).decode()

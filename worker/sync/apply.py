@@ -1,10 +1,11 @@
 """Applying one page of listed messages to the mirror, inside the caller's transaction.
 
-This is the hot path of every sync. A page is first *planned* (one SELECT of the page's ids, then
-pure comparison), and only the rows that differ are written: an unchanged message costs no write,
-and a full walk over an unchanged page needs no write transaction at all. Comparison is by a
-digest of the object's serialization, which is also what ``raw`` stores: the object exactly as it
-was received, unknown fields and key order included.
+This is the hot path of every sync. A page is first *planned* (one SELECT of the page's ids, or a
+full walk's census of the thread, then pure comparison), and only the rows that differ are
+written: an unchanged message costs no write, and a full walk over an unchanged page needs no
+write transaction at all. Comparison is by a digest of the bytes ``raw`` stores: the object
+exactly as it was received, unknown fields and key order included (a mere reordering of keys is
+told apart from a change by comparing the objects, ``settle``).
 
 A page that should be wholly new (a first sync's, a forward walk's) skips the SELECT on SQLite: it
 is planned as new before it reaches the writer and goes in as one INSERT, and only if that finds a
@@ -27,7 +28,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from hashlib import blake2b
+from hashlib import sha256
 from typing import Any, Literal, NamedTuple, cast
 
 import orjson
@@ -108,6 +109,17 @@ class Counts:
         return self.added + self.changed + self.deleted + self.restored
 
 
+def digest_of(raw: bytes) -> str:
+    """What change detection compares: SHA-256 of the object's bytes as ``raw`` stores them,
+    the first 128 bits in hex (migration 0003 set every stored row's to this).
+
+    Over the bytes, not a key-sorted re-serialisation: that second serialisation was a third of
+    the event loop's work per message. A server that sends the same object with its keys in
+    another order gives another digest; :func:`settle` then compares the objects themselves.
+    """
+    return sha256(raw).hexdigest()[:32]
+
+
 def prepare(obj: Any, thread_id: str) -> Incoming:
     """Check the fields the mirror relies on; a malformed object is a (retryable) bad answer.
 
@@ -132,8 +144,8 @@ def prepare(obj: Any, thread_id: str) -> Incoming:
         created_at,
         # Copied to a bytes object of its exact size: orjson's own answer keeps the buffer it
         # grew while writing, several times the text (pages waiting to be stored held 5x).
-        memoryview(orjson.dumps(obj)).tobytes(),
-        blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest(),
+        raw := memoryview(orjson.dumps(obj)).tobytes(),
+        digest_of(raw),
         role if type(role) is str else None,
         status if type(status) is str else None,
         run_id if type(run_id) is str else None,
@@ -218,6 +230,8 @@ class Plan:
     inserts: list[tuple[Incoming, int]] = field(default_factory=list)
     updates: list[tuple[Incoming, int]] = field(default_factory=list)
     last: Place | None = None
+    # Updates counted as changed on their digest alone: (id, whether the rank moved too).
+    suspects: list[tuple[str, bool]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -251,9 +265,41 @@ def plan_page(
             plan.counts.restored += 1
         elif content:
             plan.counts.changed += 1
+            plan.suspects.append((m.id, rank != old.rank))
         if content or old.deleted or rank != old.rank:
             plan.updates.append((m, rank))
     return plan
+
+
+def settle(session: Session, plan: Plan) -> None:
+    """Drop from ``plan`` the changes that are only the server reordering an object's keys.
+
+    Digests are over bytes, so the same object sent with its keys in another order looks
+    changed; the stored objects of those messages are read and compared as objects. Equal: not
+    counted as changed, and not written unless its place moved. (Servers serialise consistently,
+    so this reads nothing in practice; it keeps "an unchanged message causes no write" true for
+    one that does not.)
+    """
+    if not plan.suspects:
+        return
+    ids = [mid for mid, _ in plan.suspects]
+    if _is_sqlite(session):
+        marks = ", ".join("?" * len(ids))
+        stored = {r[0]: r[1] for r in _sqlite_rows(session, "id, raw", f"id IN ({marks})", ids)}
+    else:
+        query = select(col(Message.id), col(Message.raw)).where(col(Message.id).in_(ids))
+        stored = {r[0]: r[1] for r in session.execute(query)}
+    incoming = {m.id: m for m, _ in plan.updates}
+    same: set[str] = set()
+    for mid, moved in plan.suspects:
+        old = stored.get(mid)
+        if old is not None and orjson.loads(old) == orjson.loads(incoming[mid].raw):
+            plan.counts.changed -= 1
+            if not moved:
+                same.add(mid)
+    plan.suspects = []
+    if same:
+        plan.updates = [(m, rank) for m, rank in plan.updates if m.id not in same]
 
 
 def _fields(m: Incoming) -> tuple[str | None, str | None, str | None, str | None]:
@@ -434,6 +480,7 @@ def apply_page(
     plan = plan_page(
         load_stored(session, [m.id for m in msgs]), msgs, direction=direction, ties=ties, prev=prev
     )
+    settle(session, plan)
     write_plan(session, thread_id, plan, now)
     return plan.counts, plan.last
 

@@ -60,6 +60,7 @@ from worker.sync.apply import (
     plan_new,
     plan_page,
     prepare,
+    settle,
     tombstone,
     unlisted,
     write_plan,
@@ -678,6 +679,7 @@ class ThreadPass:
         def plan(session: Session) -> tuple[Plan, list[str]]:
             stored = load_stored(session, [m.id for m in msgs])
             page_plan = plan_page(stored, msgs, direction=direction, ties=ties, prev=prev)
+            settle(session, page_plan)
             gone: list[str] = []
             if sweep is not None:
                 low, high, seen = sweep
