@@ -95,6 +95,41 @@ async def test_a_failing_piece_rolls_back_alone_and_its_caller_sees_why(mirror: 
     assert _tracked(mirror, "good1", "bad", "good2") == {"good1", "good2"}
 
 
+async def test_a_piece_without_a_savepoint_keeps_what_it_wrote_when_it_fails(
+    tmp_path: Path,
+) -> None:
+    """``isolated=False`` (SQLite sync pages): no SAVEPOINT is issued for the piece; if it
+    fails, its caller sees why, and what it wrote before failing is committed with the rest."""
+    mirror = Mirror(f"sqlite:///{tmp_path / 'm.db'}")
+    statements: list[str] = []
+    event.listen(
+        mirror.engine, "connect", lambda conn, _: conn.set_trace_callback(statements.append)
+    )
+    mirror.engine.dispose()  # reconnect, traced
+    errors: list[BaseException] = []
+
+    async def attempt(fn: Callable[[Session], None], *, isolated: bool) -> None:
+        try:
+            await mirror.write_grouped(fn, isolated=isolated)
+        except ValueError as exc:
+            errors.append(exc)
+
+    def queue(tg: anyio.abc.TaskGroup) -> None:
+        statements.clear()
+        tg.start_soon(partial(attempt, partial(_track, "plain"), isolated=False))
+        tg.start_soon(partial(attempt, partial(_fail, "half"), isolated=False))
+        tg.start_soon(partial(attempt, partial(_fail, "guarded"), isolated=True))
+
+    try:
+        await _while_held(mirror, queue)
+        assert sorted(str(e) for e in errors) == ["guarded failed", "half failed"]
+        assert _tracked(mirror, "plain", "half", "guarded") == {"plain", "half"}
+        savepoints = [s for s in statements if s.upper().startswith("SAVEPOINT")]
+        assert len(savepoints) == 2  # the held first write's and "guarded"'s, none for the others
+    finally:
+        mirror.dispose()
+
+
 async def test_a_cancelled_caller_still_gets_its_write_committed(mirror: Mirror) -> None:
     scopes: list[anyio.CancelScope] = []
 

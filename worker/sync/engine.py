@@ -727,7 +727,14 @@ class ThreadPass:
             return counts, last, gone
 
         # Grouped: the pages other passes have ready by now share this transaction's commit.
-        counts, last, gone = await self.mirror.write_grouped(work)
+        # On SQLite without a savepoint of its own: if ``work`` fails half-way, what it wrote is
+        # rows upserted by id (and tombstones), committed without the cursor advance, which
+        # comes last; the next pass lists the page again and converges, duplicating nothing.
+        # (PostgreSQL aborts the whole transaction at a failed statement: a savepoint there is
+        # what keeps the other pieces.)
+        counts, last, gone = await self.mirror.write_grouped(
+            work, isolated=not self.mirror.is_sqlite
+        )
         self._cursor = cursor  # committed
         self._busy.difference_update(gone)
         self.outcome.counts += counts
