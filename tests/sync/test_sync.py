@@ -420,6 +420,41 @@ async def test_an_unchanged_full_pass_reads_the_mirror_once_not_per_page(
     assert reads["n"] - by_pages[20] == 12
 
 
+async def test_an_unchanged_full_pass_records_its_end_with_the_closing_state(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing changed: the walk's end (last_full_at, high-water mark, page count) is written
+    with the pass's closing state, one write transaction for the thread, not two."""
+    (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
+    assert (await sync(emulator, mirror)).ok
+    emulator.delete_message(thread_id, truth(emulator, thread_id)[5]["id"])  # on the first page
+    with mirror.read() as session:
+        before = session.get(SyncState, thread_id)
+        assert before is not None
+        assert before.last_full_at is None
+    transactions = {"n": 0}
+    real = mirror.run_write
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        transactions["n"] += 1
+        return await real(fn, *args)
+
+    monkeypatch.setattr(mirror, "run_write", counted)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.writes == 1  # the tombstone, on the first of three pages
+    with mirror.read() as session:
+        after = session.get(SyncState, thread_id)
+        assert after is not None
+    assert after.last_full_at is not None
+    assert after.high_water_id == truth(emulator, thread_id)[-1]["id"]
+    assert after.pages == before.pages + 2  # the page with the tombstone, and the last
+    assert after.last_success_at is not None
+    # The run's opening and closing records, the tombstone's page, and the closing state that
+    # carries the walk's end (which had a transaction of its own: five).
+    assert transactions["n"] == 4
+
+
 async def test_in_progress_messages_are_refetched_until_final(
     emulator: Emulator, mirror: Mirror
 ) -> None:

@@ -352,6 +352,8 @@ class ThreadPass:
         self._busy: set[str] = set()
         self._known = known  # read by the run for this pass: spares the pass its first read
         self._cursor = Cursor(False, None, None, None)  # set from the state when the pass begins
+        # Cursor columns moved by a page that wrote nothing else: written with the closing state.
+        self._late: dict[str, Any] = {}
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -558,7 +560,8 @@ class ThreadPass:
                         st.last_full_at = self.now()
 
                 # A page that changes nothing writes nothing (not even the cursor: a full
-                # walk always starts from the beginning); the last page records the end.
+                # walk always starts from the beginning); the last page records the end, with
+                # the pass's closing state if it changes nothing either (known from the census).
                 prev = (
                     await self._store(
                         msgs,
@@ -566,7 +569,8 @@ class ThreadPass:
                         prev,
                         advance,
                         sweep=window,
-                        only_if_changed=not done,
+                        only_if_changed=not done or census is not None,
+                        late=done,
                         census=census,
                     )
                     or prev
@@ -660,6 +664,7 @@ class ThreadPass:
         sweep: tuple[int | None, int | None, frozenset[str]] | None = None,
         only_if_changed: bool = False,
         new: bool = False,
+        late: bool = False,
         census: Census | None = None,
     ) -> Place | None:
         """Apply a page and move the cursor in one transaction.
@@ -669,7 +674,8 @@ class ThreadPass:
 
         With ``only_if_changed`` the page is first planned, from the walk's ``census`` when it
         has one or else in a read transaction (which never waits for SQLite's single writer),
-        and nothing is written when nothing differs.
+        and nothing is written when nothing differs; with ``late``, the cursor's advance then
+        goes with the pass's closing state instead of a transaction of its own.
         """
         now = self.now()
         ties = self.ties.effective
@@ -700,6 +706,9 @@ class ThreadPass:
             else:
                 page_plan, gone = await self.mirror.run(check)
             if page_plan.empty and not gone:
+                if late and advance is not None:
+                    self._cursor, ended = self._cursor.moved(advance)
+                    self._late.update(ended)
                 return page_plan.last
 
         cursor, moved = self._cursor, None
@@ -854,6 +863,8 @@ class ThreadPass:
             "deleted": col(SyncState.deleted) + c.deleted,
             "restored": col(SyncState.restored) + c.restored,
         }
+        if self._late:  # a walk's end that wrote nothing else (see _store)
+            values.update(pages=col(SyncState.pages) + 1, **self._late)
         if outcome.ok:
             values.update(
                 last_success_at=now,
