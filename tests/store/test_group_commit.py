@@ -119,11 +119,13 @@ async def test_a_piece_without_a_savepoint_keeps_what_it_wrote_when_it_fails(
         tg.start_soon(partial(attempt, partial(_track, "plain"), isolated=False))
         tg.start_soon(partial(attempt, partial(_fail, "half"), isolated=False))
         tg.start_soon(partial(attempt, partial(_fail, "guarded"), isolated=True))
+        mirror.queue_grouped(partial(_track, "queued"), isolated=False)
 
     try:
         await _while_held(mirror, queue)
+        await mirror.flush_grouped()
         assert sorted(str(e) for e in errors) == ["guarded failed", "half failed"]
-        assert _tracked(mirror, "plain", "half", "guarded") == {"plain", "half"}
+        assert _tracked(mirror, "plain", "half", "guarded", "queued") == {"plain", "half", "queued"}
         savepoints = [s for s in statements if s.upper().startswith("SAVEPOINT")]
         assert len(savepoints) == 2  # the held first write's and "guarded"'s, none for the others
     finally:

@@ -283,14 +283,15 @@ class Mirror:
         """Pieces queued for the next grouped write transaction."""
         return len(self._group.queue)
 
-    def queue_grouped(self, fn: Callable[[Session], None]) -> None:
+    def queue_grouped(self, fn: Callable[[Session], None], *, isolated: bool = True) -> None:
         """Queue ``fn`` for the next grouped write transaction without waiting for it.
 
         For bookkeeping nothing else waits on (a sync pass's closing state): it rides along with
         the next page another pass writes, or with :meth:`flush_grouped`, which the owner of the
-        work must call before it reports the work done.
+        work must call before it reports the work done. ``isolated`` as for
+        :meth:`write_grouped` (a single statement needs no savepoint on SQLite: it fails whole).
         """
-        self._group.queue.append(_Grouped(fn, detached=True))
+        self._group.queue.append(_Grouped(fn, detached=True, isolated=isolated))
 
     async def flush_grouped(self) -> None:
         """Commit everything queued; raise the first failure of work nobody waited for."""

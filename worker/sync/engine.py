@@ -892,7 +892,8 @@ class ThreadPass:
             session.execute(closing)
 
         # Not waited for: it rides with another pass's next page, or with the run's final flush.
-        self.mirror.queue_grouped(write)
+        # One statement, so on SQLite it needs no savepoint: it fails whole or not at all.
+        self.mirror.queue_grouped(write, isolated=not self.mirror.is_sqlite)
 
 
 def describe(exc: BaseException) -> str:
