@@ -112,7 +112,6 @@ def generate(path: Path) -> None:
                     "completed",
                     obj["run_id"],
                     obj["assistant_id"],
-                    orjson.dumps(obj["metadata"]).decode(),
                     raw,
                     "d" * 32,
                     stamp,
@@ -121,8 +120,8 @@ def generate(path: Path) -> None:
             )
         conn.executemany(
             "INSERT INTO message (id, thread_id, created_at, tie_rank, role, status, run_id,"
-            " assistant_id, metadata, raw, digest, first_seen_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " assistant_id, raw, digest, first_seen_at, updated_at)"  # metadata: derived from raw
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
         conn.commit()

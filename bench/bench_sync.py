@@ -164,20 +164,19 @@ async def sdk_baseline(base_url: str, thread_ids: list[str], db_path: Path) -> i
 
 # -- the floor's database half --------------------------------------------------------------------
 
+# The columns threadsync stores (metadata is derived from raw there, so it is not written here).
 _FLOOR_SCHEMA = (
     "CREATE TABLE message (id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, created_at INTEGER NOT"
-    " NULL, role TEXT, status TEXT, run_id TEXT, assistant_id TEXT, metadata TEXT, raw TEXT NOT"
-    " NULL)",
+    " NULL, role TEXT, status TEXT, run_id TEXT, assistant_id TEXT, raw TEXT NOT NULL)",
     "CREATE INDEX ix_message_order ON message (thread_id, created_at)",
 )
 _FLOOR_UPSERT = (
-    "INSERT INTO message VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+    "INSERT INTO message VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
     " created_at = excluded.created_at, role = excluded.role, status = excluded.status,"
-    " run_id = excluded.run_id, assistant_id = excluded.assistant_id,"
-    " metadata = excluded.metadata, raw = excluded.raw"
+    " run_id = excluded.run_id, assistant_id = excluded.assistant_id, raw = excluded.raw"
 )
 
-Row = tuple[str, str, int, str, str, str | None, str | None, str, str]
+Row = tuple[str, str, int, str, str, str | None, str | None, str]
 
 
 def _rows(thread_id: str, body: bytes) -> list[Row]:
@@ -192,7 +191,6 @@ def _rows(thread_id: str, body: bytes) -> list[Row]:
                 m["status"],
                 m.get("run_id"),
                 m.get("assistant_id"),
-                orjson.dumps(m.get("metadata")).decode(),
                 orjson.dumps(m).decode(),
             )
         )
