@@ -37,16 +37,21 @@ def test_head_constant_matches_the_migration_scripts() -> None:
 def test_sqlite_file_is_owner_only_and_in_wal_mode(tmp_path: Path) -> None:
     """The SQLite mirror holds conversations: it is created 0600 and journals in WAL mode.
 
-    Sub-journals (statement and savepoint) stay in memory: on disk each write transaction made
-    a temporary file of its own, a third of a first sync's I/O.
+    Sub-journals (statement and savepoint) stay in memory for the sync's small grouped writes
+    (on disk each made a temporary file of its own, a third of a first sync's I/O), and only for
+    those: a statement over the whole mirror would hold all of it in memory.
     """
     path = tmp_path / "m.db"
     mirror = Mirror(f"sqlite:///{path}")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with mirror.read() as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-    with mirror.write() as session:
+    with mirror.write(small=True) as session:  # the sync's grouped writes
         assert session.execute(text("PRAGMA temp_store")).scalar() == 2  # MEMORY
+    with mirror.write() as session:  # anything else may change the whole mirror in a statement
+        assert session.execute(text("PRAGMA temp_store")).scalar() == 0  # DEFAULT: a file
+    with mirror.read() as session:
+        assert session.execute(text("PRAGMA temp_store")).scalar() == 0
 
 
 def test_older_schema_asks_for_db_upgrade(mirror_url: str) -> None:

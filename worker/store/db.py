@@ -91,26 +91,33 @@ def _sqlite_engine(url: URL) -> Engine:
         # WAL file is cut back to 32 MB after a checkpoint so it never stays large.
         cur.execute("PRAGMA wal_autocheckpoint=8192")
         cur.execute("PRAGMA journal_size_limit=33554432")
-        # Statement and savepoint journals in memory: a page's multi-row INSERT (which may fail
-        # on a stored id) and each grouped piece's savepoint keep the pages they change in a
-        # sub-journal, and on disk that was a new temporary file per transaction: 450 MB of
-        # writes for a 100,000-message first sync (a third of all its I/O), and a third of its
-        # INSERT time. A sub-journal holds one transaction's changed pages, a few MB at most.
-        cur.execute("PRAGMA temp_store=MEMORY")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
         record.info["cache_kib"] = READ_CACHE_KIB
+        record.info["temp_store"] = "DEFAULT"
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         # The driver is in autocommit mode; we issue BEGIN ourselves so writes take the lock first.
-        write = bool(conn.get_execution_options().get("threadsync_write"))
+        options = conn.get_execution_options()
+        write = bool(options.get("threadsync_write"))
         cache = WRITE_CACHE_KIB if write else READ_CACHE_KIB
         if conn.info.get("cache_kib") != cache:  # lowering it frees the pages over the new size
             conn.exec_driver_sql(f"PRAGMA cache_size=-{cache}")
             conn.info["cache_kib"] = cache
+        # Statement and savepoint journals in memory for the sync's small grouped writes: a
+        # page's multi-row INSERT (which may fail on a stored id) keeps the pages it changes in
+        # a sub-journal, and on disk that was a new temporary file per transaction: 450 MB of
+        # writes for a 100,000-message first sync (a third of all its I/O) and a third of its
+        # INSERT time. Only for those: a sub-journal holds every page its statement changes,
+        # and one statement over a whole mirror (a migration, a restore's DELETE) would hold
+        # the mirror in memory.
+        store = "MEMORY" if options.get("threadsync_small") else "DEFAULT"
+        if conn.info.get("temp_store") != store:
+            conn.exec_driver_sql(f"PRAGMA temp_store={store}")
+            conn.info["temp_store"] = store
         conn.exec_driver_sql(f"BEGIN {'IMMEDIATE' if write else 'DEFERRED'}")
 
     return engine
@@ -157,7 +164,7 @@ def _still_open(session: Session) -> bool:
 def _write_group(mirror: Mirror, batch: list[_Grouped[Any]]) -> None:
     """Run ``batch`` in one write transaction, one savepoint per isolated piece."""
     try:
-        with mirror.write() as session:
+        with mirror.write(small=True) as session:  # a sync's pages and closing states
             for job in batch:
                 try:
                     if job.isolated:
@@ -214,12 +221,15 @@ class Mirror:
         return self.engine.dialect.name
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A write transaction: committed on success, rolled back on any exception."""
+    def write(self, *, small: bool = False) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any exception.
+
+        ``small``: every statement changes a few pages at most (SQLite then journals them in
+        memory; see ``_sqlite_engine``).
+        """
+        options = {"threadsync_write": True, "threadsync_small": small}
         with (
-            Session(
-                self.engine.execution_options(threadsync_write=True), expire_on_commit=False
-            ) as session,
+            Session(self.engine.execution_options(**options), expire_on_commit=False) as session,
             session.begin(),
         ):
             yield session
