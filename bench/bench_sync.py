@@ -4,7 +4,8 @@ Scenario: the emulator in its own process (uvicorn) with 20 ms added to every re
 x 500 messages. threadsync phases: initial sync, re-sync with no changes, re-sync after 1,000 new
 messages spread over 50 threads; each in this process at concurrency 8 and 16 (``sync_threads``
 with a real ``ApiClient`` over the loopback socket) and as a ``threadsync sync`` subprocess for its
-peak RSS. Then one thread of 100,000 messages, as a subprocess, for the flat-memory claim.
+peak RSS. Then one thread of 100,000 messages, as a subprocess, for the flat-memory claim. The
+first sync at concurrency 8 runs three times on fresh mirrors; the median is judged.
 
 Baseline (what a careful user would write): ``AsyncAzureOpenAI`` auto-pagination, 16 threads at
 a time, ``session.merge`` into a SQLModel table, one commit per thread, database work off the event
@@ -20,6 +21,7 @@ import asyncio
 import math
 import re
 import sqlite3
+import statistics
 import tempfile
 import time
 import warnings
@@ -330,6 +332,19 @@ def main() -> dict[str, float]:
             ts[f"{label} cli"] = as_subprocess(emu, urls[0], f"`threadsync sync` {label} c8")
             print(f"threadsync {label}: {ts[f'{label} c8'].seconds:.2f}s (c8)")
         busy = in_progress(d / "ts8.db")
+        # The first sync is judged on the median of three runs: one run of a few seconds lands in
+        # whatever phase this (shared, 2-core) machine is in, and identical runs here have taken
+        # 5.7 s and 8.3 s (their event loop's CPU time 3.0 s and 4.9 s) ten minutes apart; the
+        # baseline's single run lasts a minute and averages over such phases by itself.
+        for i in (2, 3):
+            url = sqlite_url(d, f"ts8-run{i}.db")
+            track(url, ids)
+            ts[f"initial c8 run{i}"] = in_process(
+                emu, url, f"threadsync initial c8, run {i}", concurrency=8
+            )
+        initial_runs = [ts[k].seconds for k in ("initial c8", "initial c8 run2", "initial c8 run3")]
+        initial_s = statistics.median(initial_runs)
+        print(f"threadsync initial c8: median {initial_s:.2f}s of {initial_runs}")
 
         appended = sum(emu.append(t, per_thread) for t in ids[:append_threads])
         for c in (8, 16):
@@ -346,7 +361,7 @@ def main() -> dict[str, float]:
         big_phase = as_subprocess(emu, url, f"`threadsync sync` 1 thread x {big:,}")
         phases.append(big_phase)
 
-    initial, idle = ts["initial c8"], ts["idle c8"]
+    idle = ts["idle c8"]
     floor = wire8.seconds + t_db
     cli_rss = max(ts[f"{k} cli"].rss_mib for k in ("initial", "idle", "append"))
     summary = Summary(
@@ -355,13 +370,13 @@ def main() -> dict[str, float]:
         rows=[p.row() for p in phases],
         targets=[
             Target(
-                "initial: x faster than SDK baseline",
-                base_initial.seconds / initial.seconds,
+                "initial (median of 3): x faster than SDK baseline",
+                base_initial.seconds / initial_s,
                 10,
                 ">=",
                 "x",
             ),
-            Target("initial: / (T_wire + T_db)", initial.seconds / floor, 2, "<=", "x"),
+            Target("initial (median of 3): / (T_wire + T_db)", initial_s / floor, 2, "<=", "x"),
             Target("idle: list requests", idle.requests.get("list", 0), threads, "=="),
             Target(
                 "idle: all requests (threads + in-progress)",
@@ -385,6 +400,10 @@ def main() -> dict[str, float]:
             " in_progress (the emulator never finishes them, so every pass re-fetches them)",
             "in-process wall times exclude start-up; the subprocess rows include interpreter and"
             " import time (about 1 s)",
+            "initial c8 runs: "
+            + ", ".join(f"{x:.2f}s" for x in initial_runs)
+            + f"; median {initial_s:.2f}s; baseline / each run: "
+            + ", ".join(f"{base_initial.seconds / x:.2f}x" for x in initial_runs),
             f"scale {factor}",
             *MISCOUNTS,
             *BREAKDOWNS,
@@ -401,6 +420,7 @@ def main() -> dict[str, float]:
         "in_progress": float(busy),
         "big_thread_messages": float(big),
         "seed_s": seed_seconds,
+        "initial_c8_median_s": initial_s,
     }
     for key, p in {
         "baseline_initial": base_initial,

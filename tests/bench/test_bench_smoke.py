@@ -38,6 +38,9 @@ def test_bench_sync_produces_every_figure(monkeypatch: pytest.MonkeyPatch) -> No
     _check_figures(figures)
     threads = figures["threads"]
     messages = threads * figures["messages_per_thread"]
+    for phase in ("baseline_initial", "initial_c8", "initial_c8_run2", "initial_c8_run3"):
+        assert figures[f"{phase}_added"] == messages, phase
+    assert figures["initial_c8_median_s"] > 0
     for phase in ("baseline_initial", "initial_c8", "initial_c16", "initial_cli"):
         assert figures[f"{phase}_added"] == messages, phase
         assert figures[f"{phase}_requests"] >= threads, phase
@@ -54,7 +57,8 @@ def test_bench_reconcile_produces_every_figure(monkeypatch: pytest.MonkeyPatch) 
     assert figures["pages"] >= figures["threads"]
     assert figures["reconcile_requests"] >= figures["pages"]
     assert figures["cli_full_rss_mib"] > 0
-    assert sum(1 for name in figures if name.startswith("target_")) == 6
+    assert figures["reconcile_median_s"] > 0
+    assert sum(1 for name in figures if name.startswith("target_")) == 7
 
 
 def test_bench_export_produces_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
