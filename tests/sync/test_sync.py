@@ -389,6 +389,19 @@ async def test_full_pass_applies_deletions_edits_and_restores(
     assert again.counts.writes == 0
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, mirror: Mirror, method: str) -> dict[str, int]:
+    """Count the calls of ``mirror.<method>`` (``run``: reads, ``run_write``: transactions)."""
+    calls = {"n": 0}
+    real = getattr(mirror, method)
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        calls["n"] += 1
+        return await real(fn, *args)
+
+    monkeypatch.setattr(mirror, method, counted)
+    return calls
+
+
 async def test_an_unchanged_full_pass_reads_the_mirror_once_not_per_page(
     emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -396,14 +409,7 @@ async def test_an_unchanged_full_pass_reads_the_mirror_once_not_per_page(
     number of times whether the thread comes in 3 pages or 13."""
     seeded(emulator, mirror, seed=8, threads=1, messages=260)
     assert (await sync(emulator, mirror)).ok
-    reads = {"n": 0}
-    real = mirror.run
-
-    async def counted(fn: Any, *args: Any) -> Any:
-        reads["n"] += 1
-        return await real(fn, *args)
-
-    monkeypatch.setattr(mirror, "run", counted)
+    reads = _count_calls(monkeypatch, mirror, "run")
     by_pages = {}
     for limit in (100, 20):
         reads["n"] = 0
@@ -432,14 +438,7 @@ async def test_an_unchanged_full_pass_records_its_end_with_the_closing_state(
         before = session.get(SyncState, thread_id)
         assert before is not None
         assert before.last_full_at is None
-    transactions = {"n": 0}
-    real = mirror.run_write
-
-    async def counted(fn: Any, *args: Any) -> Any:
-        transactions["n"] += 1
-        return await real(fn, *args)
-
-    monkeypatch.setattr(mirror, "run_write", counted)
+    transactions = _count_calls(monkeypatch, mirror, "run_write")
     report = await sync(emulator, mirror, full=True)
     assert report.ok
     assert report.counts.writes == 1  # the tombstone, on the first of three pages

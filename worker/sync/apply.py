@@ -210,16 +210,18 @@ def load_stored(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
         marks = ", ".join("?" * len(ids))
         rows = _sqlite_rows(session, _STORED_COLUMNS, f"id IN ({marks})", ids)
         return {r[0]: Stored(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows}
-    result = session.execute(
-        select(
-            col(Message.id),
-            col(Message.created_at),
-            col(Message.tie_rank),
-            col(Message.digest),
-            col(Message.deleted_at),
-        ).where(col(Message.id).in_(ids))
-    )
+    result = session.execute(_STORED_SELECT.where(col(Message.id).in_(ids)))
     return {r[0]: Stored(r[0], r[1], r[2], r[3], r[4] is not None) for r in result}
+
+
+# What comparing needs of a stored message, through SQLAlchemy (PostgreSQL).
+_STORED_SELECT = select(
+    col(Message.id),
+    col(Message.created_at),
+    col(Message.tie_rank),
+    col(Message.digest),
+    col(Message.deleted_at),
+)
 
 
 @dataclass(slots=True)
@@ -555,15 +557,7 @@ def load_census(session: Session, thread_id: str, limit: int | None = None) -> C
         stored = [Stored(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
     else:
         result = session.execute(
-            select(
-                col(Message.id),
-                col(Message.created_at),
-                col(Message.tie_rank),
-                col(Message.digest),
-                col(Message.deleted_at),
-            )
-            .where(col(Message.thread_id) == thread_id)
-            .limit(limit + 1)
+            _STORED_SELECT.where(col(Message.thread_id) == thread_id).limit(limit + 1)
         )
         stored = [Stored(r[0], r[1], r[2], r[3], r[4] is not None) for r in result]
     if len(stored) > limit:
