@@ -151,3 +151,37 @@ def _downgrade(engine: Engine, revision: str) -> None:
 def _as_obj(value: Any) -> Any:
     """A JSON column as read raw: text on SQLite, already parsed on PostgreSQL."""
     return orjson.loads(value) if isinstance(value, str) else value
+
+
+def test_0004_adds_an_empty_walk_memo_and_keeps_every_state(mirror_url: str) -> None:
+    """The memo column arrives NULL (the next full walk of each thread records one) and leaves
+    without touching the rest of the state."""
+    m = Mirror(mirror_url, check=False)
+    schema.upgrade(m.engine, "0003")
+    with m.engine.begin() as conn:
+        conn.execute(text("INSERT INTO tracked_thread (thread_id, added_at, state) VALUES"
+                          " ('t', CURRENT_TIMESTAMP, 'active')"))  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO sync_state (thread_id, initial_done, high_water_id, pages,"
+                " consecutive_failures, added, changed, deleted, restored)"
+                " VALUES ('t', TRUE, 'msg_z', 7, 0, 3, 0, 0, 0)"
+            )
+        )
+    schema.upgrade(m.engine)
+
+    def state() -> dict[str, Any]:
+        with m.engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM sync_state")).mappings().one()
+        return dict(row)
+
+    upgraded = state()
+    assert upgraded["walk_memo"] is None
+    assert (upgraded["high_water_id"], upgraded["pages"], upgraded["added"]) == ("msg_z", 7, 3)
+    with m.engine.begin() as conn:
+        conn.execute(text("UPDATE sync_state SET walk_memo = '{}'"))
+    _downgrade(m.engine, "0003")
+    downgraded = state()
+    assert "walk_memo" not in downgraded
+    assert downgraded == {k: v for k, v in upgraded.items() if k != "walk_memo"}
+    m.dispose()

@@ -236,6 +236,14 @@ class Convergence(RuleBasedStateMachine):
         assert self._pass(full=True).ok
         for thread_id in self._live():
             assert self._exported(thread_id) == self._messages(thread_id)
+        # Twice more with nothing changed: a reconcile that writes nothing records a walk memo
+        # and the next replays it (worker/sync/memo.py); neither may write or lose anything.
+        for _ in range(2):
+            report = self._pass(full=True)
+            assert report.ok
+            assert report.counts.writes == 0
+        for thread_id in self._live():
+            assert self._exported(thread_id) == self._messages(thread_id)
 
 
 def _run(backend: str) -> None:

@@ -25,7 +25,7 @@ import httpx
 import orjson
 
 from worker.client import profiles
-from worker.client.models import MessagePage, parse_object, parse_page
+from worker.client.models import Listed, MessagePage, page_unless, parse_object, parse_page
 from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
 from worker.config import ApiSettings, Profile, RetrySettings
@@ -195,6 +195,21 @@ class ApiClient:
         params = _query(limit=limit, order=order, after=after, before=before, run_id=run_id)
         ids = {"thread_id": thread_id}
         return await self._call("GET", MESSAGES, ids, parse_page, params=params)
+
+    async def list_messages_unless(
+        self,
+        thread_id: str,
+        expected: bytes | None,
+        *,
+        limit: int = 100,
+        order: Order = "asc",
+        after: str | None = None,
+    ) -> Listed:
+        """As :meth:`list_messages`, with the body's SHA-256; a body whose SHA-256 is
+        ``expected`` is returned as it is, unparsed (any other is parsed and checked as usual)."""
+        params = _query(limit=limit, order=order, after=after)
+        ids = {"thread_id": thread_id}
+        return await self._call("GET", MESSAGES, ids, page_unless(expected), params=params)
 
     async def get_message(self, thread_id: str, message_id: str) -> dict[str, Any]:
         ids = {"thread_id": thread_id, "message_id": message_id}

@@ -8,8 +8,10 @@ dropped connections, and the request is retried like any other transient failure
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from hashlib import sha256
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -76,3 +78,28 @@ def parse_page(body: bytes) -> MessagePage:
         first_id = first_id or data[0]["id"]
         last_id = last_id or data[-1]["id"]
     return MessagePage(data=data, first_id=first_id, last_id=last_id, has_more=has_more)
+
+
+class Listed(NamedTuple):
+    """A list answer with the SHA-256 of its body: parsed (``page``), or, when the body is the
+    one the caller expected, left unparsed (``page`` None, ``body`` kept)."""
+
+    page: MessagePage | None
+    body: bytes | None
+    sha: bytes
+
+
+def page_unless(expected: bytes | None) -> Callable[[bytes], Listed]:
+    """A body parser that skips the parsing of a body whose SHA-256 is ``expected``.
+
+    A full walk of a thread nothing has changed in lists, byte for byte, what it listed last
+    time; hashing such a body costs a small fraction of parsing it (see ``worker/sync/memo.py``).
+    """
+
+    def parse(body: bytes) -> Listed:
+        sha = sha256(body).digest()
+        if sha == expected:
+            return Listed(None, body, sha)
+        return Listed(parse_page(body), None, sha)
+
+    return parse

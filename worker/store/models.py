@@ -65,6 +65,9 @@ class SyncState(SQLModel, table=True):
     changed: int = 0
     deleted: int = 0
     restored: int = 0
+    # What the last full walk that found nothing to write saw (worker/sync/memo.py): lets the
+    # next one skip parsing pages that come back byte for byte. A cache: safe to set to NULL.
+    walk_memo: str | None = Field(default=None, sa_type=Text)
 
 
 class Message(SQLModel, table=True):

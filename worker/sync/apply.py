@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import sqlite3
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, cached_property
 from hashlib import sha256
 from typing import Any, Literal, NamedTuple, cast
 
@@ -467,6 +467,35 @@ def advance_cursor(session: Session, thread_id: str, moved: dict[str, Any]) -> N
     )
 
 
+def close_state(
+    session: Session, thread_id: str, sets: dict[str, Any], adds: dict[str, int]
+) -> None:
+    """A pass's closing state: one UPDATE of ``sync_state`` setting ``sets`` and adding ``adds``.
+
+    On SQLite straight to the driver, like :func:`advance_cursor`: a run writes one per thread
+    (200 for a reconcile of the benchmark), and through SQLAlchemy each cost ~1 ms of the event
+    loop to build and more of the writer's time to execute, against microseconds here.
+    """
+    names = set(sets) | set(adds)
+    unknown = names - set(SyncState.model_fields)
+    if unknown or "thread_id" in names:
+        raise ValueError(f"not sync_state columns to close with: {sorted(unknown)}")
+    if _is_sqlite(session):
+        clauses = [f"{name} = ?" for name in sets] + [f"{name} = {name} + ?" for name in adds]
+        values = [_sqlite_time(v) if isinstance(v, datetime) else v for v in sets.values()]
+        _driver(session).execute(
+            f"UPDATE sync_state SET {', '.join(clauses)} WHERE thread_id = ?",  # noqa: S608 - checked names
+            [*values, *adds.values(), thread_id],
+        )
+        return
+    table = SyncState.__table__  # type: ignore[attr-defined]
+    values_pg: dict[str, Any] = dict(sets)
+    values_pg.update({name: table.c[name] + n for name, n in adds.items()})
+    session.connection().execute(
+        update(table).where(table.c.thread_id == thread_id).values(**values_pg)
+    )
+
+
 def apply_page(
     session: Session,
     thread_id: str,
@@ -512,10 +541,14 @@ def unlisted(
     return [row[0] for row in session.execute(query) if row[0] not in seen]
 
 
-# The census read: ``gone`` names the last column for the JSON form below.
-_CENSUS_SQL = f"SELECT {_STORED_COLUMNS} AS gone FROM message WHERE thread_id = ? LIMIT ?"  # noqa: S608 - constants
+# The census read, in a fixed order (its bytes are the walk memo's key, see worker/sync/memo.py);
+# ``gone`` names the last column for the JSON form below. The index serves the order up to ties.
+_CENSUS_SQL = (
+    f"SELECT {_STORED_COLUMNS} AS gone FROM message WHERE thread_id = ?"  # noqa: S608 - constants
+    " ORDER BY created_at, tie_rank, id LIMIT ?"
+)
 _CENSUS_JSON_SQL = (
-    "SELECT json_group_array(json_array(id, created_at, tie_rank, digest, gone))"  # noqa: S608 - constants
+    "SELECT count(*), json_group_array(json_array(id, created_at, tie_rank, digest, gone))"  # noqa: S608 - constants
     f" FROM ({_CENSUS_SQL})"
 )
 
@@ -530,39 +563,65 @@ class Census:
     any thread; a larger thread is compared page by page as before), unchanged pages are
     recognised with no read at all. A page that differs is planned again inside its write
     transaction from fresh reads, so the census only ever decides what needs no write.
+
+    ``sig`` is the SHA-256 of the census as read. The rows are decoded on first use only: a walk
+    its memo replays never needs them.
     """
 
     LIMIT = 2000
 
-    def __init__(self, rows: Iterable[Stored]) -> None:
-        self.stored = {r.id: r for r in rows}
+    def __init__(self, sig: bytes, rows: Callable[[], list[Stored]]) -> None:
+        self.sig = sig
+        self._rows = rows
+
+    @cached_property
+    def stored(self) -> dict[str, Stored]:
+        return {r.id: r for r in self._rows()}
+
+    @cached_property
+    def _live(self) -> tuple[list[int], list[str]]:
         live = sorted((r.created_at, r.id) for r in self.stored.values() if not r.deleted)
-        self._at = [at for at, _ in live]
-        self._ids = [mid for _, mid in live]
+        return [at for at, _ in live], [mid for _, mid in live]
 
     def unlisted(self, *, low: int | None, high: int | None, seen: frozenset[str]) -> list[str]:
         """As :func:`unlisted`, from the census."""
-        start = 0 if low is None else bisect_left(self._at, low)
-        end = len(self._at) if high is None else bisect_left(self._at, high)
-        return [mid for mid in self._ids[start:end] if mid not in seen]
+        at, ids = self._live
+        start = 0 if low is None else bisect_left(at, low)
+        end = len(at) if high is None else bisect_left(at, high)
+        return [mid for mid in ids[start:end] if mid not in seen]
+
+
+def _census_of(rows: list[Stored]) -> Census:
+    sig = sha256(orjson.dumps([list(r) for r in rows])).digest()
+    return Census(sig, lambda: rows)
 
 
 def load_census(session: Session, thread_id: str, limit: int | None = None) -> Census | None:
     """The thread's census, or None when it holds more than ``limit`` (``Census.LIMIT``)."""
     limit = Census.LIMIT if limit is None else limit
     if _is_sqlite(session):
-        sql = _CENSUS_JSON_SQL if _SQLITE_JSON else _CENSUS_SQL  # JSON: one step, see _sqlite_rows
-        found = _driver(session).execute(sql, [thread_id, limit + 1])
-        rows = orjson.loads(found.fetchone()[0]) if _SQLITE_JSON else found.fetchall()
-        stored = [Stored(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+        driver = _driver(session)
+        if _SQLITE_JSON:  # one step, see _sqlite_rows; decoded only if the walk needs it
+            count, text = driver.execute(_CENSUS_JSON_SQL, [thread_id, limit + 1]).fetchone()
+            if count > limit:
+                return None
+            data = text.encode()
+            return Census(
+                sha256(data).digest(),
+                lambda: [Stored(r[0], r[1], r[2], r[3], bool(r[4])) for r in orjson.loads(data)],
+            )
+        found = driver.execute(_CENSUS_SQL, [thread_id, limit + 1]).fetchall()
+        stored = [Stored(r[0], r[1], r[2], r[3], bool(r[4])) for r in found]
     else:
         result = session.execute(
-            _STORED_SELECT.where(col(Message.thread_id) == thread_id).limit(limit + 1)
+            _STORED_SELECT.where(col(Message.thread_id) == thread_id)
+            .order_by(col(Message.created_at), col(Message.tie_rank), col(Message.id))
+            .limit(limit + 1)
         )
         stored = [Stored(r[0], r[1], r[2], r[3], r[4] is not None) for r in result]
     if len(stored) > limit:
         return None
-    return Census(stored)
+    return _census_of(stored)
 
 
 def tombstone(session: Session, ids: Sequence[str], now: datetime) -> int:

@@ -29,10 +29,11 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskGroup
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
+from worker.client.models import Listed, parse_page
 from worker.errors import (
     ApiError,
     AuthError,
@@ -54,6 +55,7 @@ from worker.sync.apply import (
     Incoming,
     Plan,
     advance_cursor,
+    close_state,
     insert_new,
     load_census,
     load_stored,
@@ -65,6 +67,7 @@ from worker.sync.apply import (
     unlisted,
     write_plan,
 )
+from worker.sync.memo import CensusAhead, MemoRecorder, WalkMemo
 from worker.sync.order import Place, TieOrder, first_tie_pair
 
 log = get_logger()
@@ -75,12 +78,36 @@ MAX_RESTARTS = 3
 STABLE_PROBE_LIMIT = 20  # the idle probe's size unless the server is known to reverse ties
 
 
+class _MemoMissed(Exception):
+    """A page after the first differs from the walk memo's (see ``worker/sync/memo.py``)."""
+
+    def __init__(self, page: int) -> None:
+        super().__init__(f"page {page}")
+        self.page = page
+
+
+_KEEP = "keep"  # the pass leaves ``walk_memo`` as it is
+
+
 class _CursorLost(Exception):
     """The message a cursor names is gone (or the server stopped honouring the cursor)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Hit(NamedTuple):
+    """A page whose body was the one expected (a walk memo's), left unparsed."""
+
+    body: bytes
+    sha: bytes
+
+
+class _Page(NamedTuple):
+    has_more: bool
+    msgs: list[Incoming]
+    sha: bytes | None  # the body's SHA-256 where it was asked for (full walks)
 
 
 class _Ahead:
@@ -96,21 +123,37 @@ class _Ahead:
         self._walk = walk
         self._order = order
         self._done = anyio.Event()
-        self._page: tuple[bool, list[Incoming]] | None = None
+        self._page: _Page | _Hit | None = None
         self._error: Exception | None = None
         self._after: str | None = None
+        self._hashed = False
 
-    def fetch(self, after: str | None) -> None:
+    def fetch(
+        self, after: str | None, *, hashed: bool = False, unless: bytes | None = None
+    ) -> None:
+        """Request the page after ``after``; ``hashed``: with its body's SHA-256 (and this page
+        and the following ones), and left unparsed if that is ``unless``."""
         self._done = anyio.Event()
         self._page, self._error, self._after = None, None, after
-        self._tg.start_soon(self._run, after)
+        self._hashed = hashed or unless is not None
+        self._tg.start_soon(self._run, after, self._hashed, unless)
 
-    async def _run(self, after: str | None) -> None:
+    async def _run(self, after: str | None, hashed: bool, unless: bytes | None) -> None:
         try:
-            page = await self._walk._list(order=self._order, after=after)
+            if hashed:
+                listed = await self._walk._list_unless(
+                    order=self._order, after=after, unless=unless
+                )
+                if listed.page is None:
+                    assert listed.body is not None
+                    self._page = _Hit(listed.body, listed.sha)
+                    return
+                page, sha = listed.page, listed.sha
+            else:
+                page, sha = await self._walk._list(order=self._order, after=after), None
             # Prepared at once: a waiting page is kept as its messages' text and columns, not as
             # parsed objects (several times the size, and eight passes each keep one waiting).
-            self._page = page.has_more, self._walk._prepare(page)
+            self._page = _Page(page.has_more, self._walk._prepare(page), sha)
         except Exception as exc:  # handed to the walk, which decides what it means
             self._error = exc
         finally:
@@ -121,6 +164,12 @@ class _Ahead:
 
         A request with a cursor that the server refuses as a cursor raises :class:`_CursorLost`.
         """
+        page = await self.take_page()
+        assert isinstance(page, _Page)
+        return page.has_more, page.msgs
+
+    async def take_page(self) -> _Page | _Hit:
+        """As :meth:`take`; a :class:`_Hit` is returned as it is, and fetches nothing next."""
         await self._done.wait()
         if self._error is not None:
             exc = self._error
@@ -128,12 +177,20 @@ class _Ahead:
             if isinstance(exc, PermanentError) and exc.status in (400, 404) and self._after:
                 raise _CursorLost(f"cursor answered {exc.status}") from exc
             raise exc
-        assert self._page is not None
-        has_more, msgs = self._page
+        page = self._page
+        assert page is not None
         self._page = None
-        if has_more and msgs:
-            self.fetch(msgs[-1].id)
-        return has_more, msgs
+        if isinstance(page, _Page) and page.has_more and page.msgs:
+            self.fetch(page.msgs[-1].id, hashed=self._hashed)
+        return page
+
+    def adopt(self, hit: _Hit) -> _Page:
+        """Parse a page that came back unparsed after all, and fetch the one after it."""
+        page = parse_page(hit.body)
+        taken = _Page(page.has_more, self._walk._prepare(page), hit.sha)
+        if taken.has_more and taken.msgs:
+            self.fetch(taken.msgs[-1].id, hashed=True)
+        return taken
 
 
 @asynccontextmanager
@@ -337,6 +394,7 @@ class ThreadPass:
         page_limit: int = 100,
         now: Callable[[], datetime] = utcnow,
         known: Known | None = None,
+        censuses: CensusAhead | None = None,
     ) -> None:
         self.client = client
         self.mirror = mirror
@@ -354,6 +412,10 @@ class ThreadPass:
         self._cursor = Cursor(False, None, None, None)  # set from the state when the pass begins
         # Cursor columns moved by a page that wrote nothing else: written with the closing state.
         self._late: dict[str, Any] = {}
+        self._memo: WalkMemo | None = None  # the state's walk memo (see worker/sync/memo.py)
+        self._memo_out: str | None = _KEEP  # what the closing state writes there
+        self._page_writes = 0  # write transactions of pages (a full walk's memo needs none)
+        self._censuses = censuses
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -510,19 +572,26 @@ class ThreadPass:
         """Oldest-first over the whole thread with tombstones; restart if the cursor is lost."""
         self.outcome.rescans += 1
         log.info("sync.rescan", thread=self.thread_id, reason=reason)
-        for _ in range(MAX_RESTARTS):
+        memo, restarts = self._memo, 0
+        while True:
             try:
-                await self._full_walk_once()
+                await self._full_walk_once(memo)
             except _CursorLost as lost:
                 log.info("sync.rescan_restart", thread=self.thread_id, reason=lost.reason)
+                restarts += 1
+                if restarts >= MAX_RESTARTS:
+                    raise TransientError(
+                        f"thread {self.thread_id}: the server kept losing the cursor during a"
+                        " full walk; will retry on a later pass"
+                    ) from None
+            except _MemoMissed as missed:
+                # Not a fault: the thread changed since the memo; walk it the ordinary way.
+                log.debug("sync.walk_memo_missed", thread=self.thread_id, page=missed.page)
             else:
                 return
-        raise TransientError(
-            f"thread {self.thread_id}: the server kept losing the cursor during a full walk;"
-            " will retry on a later pass"
-        )
+            memo = None
 
-    async def _full_walk_once(self) -> None:
+    async def _full_walk_once(self, memo: WalkMemo | None) -> None:
         after: str | None = None
         prev: Place | None = None
         low: int | None = None
@@ -530,11 +599,45 @@ class ThreadPass:
         # second the walk has fully passed, so a tie group spanning pages is compared whole.
         seen: dict[str, int] = {}
         previous_ids: set[str] = set()
+        record = MemoRecorder()
+        ties = self.ties.effective
+        key = (self.limit, ties)
+        # Replayed only if nothing stored in progress is missing from what the memo listed so:
+        # the ordinary walk would then leave the set to re-fetch as the replay does.
+        replay = memo if memo is not None and self._busy <= memo.fresh else None
+        census: Census | None = None
         async with _prefetching(self, "asc") as ahead:
-            ahead.fetch(None)  # the first page is on its way while the census is read
-            census = await self._census()
+            # The first page is on its way while the census is read.
+            ahead.fetch(None, hashed=True, unless=replay.pages[0].sha if replay else None)
+            # The signature the run read ahead describes the state this pass began from: it
+            # serves no walk after this pass has written a page.
+            early = await self._censuses.take(self.thread_id) if self._censuses else False
+            if self._page_writes:
+                early = False
+            if early is False or early is None or not (replay and replay.fits(early, *key)):
+                # Read here, unless the read ahead found the thread above the census limit.
+                census = None if early is None else await self._census()
+                if census is None or (replay and not replay.fits(census.sig, *key)):
+                    replay = None
+            index = 0  # of the page taken next
             while True:
-                has_more, msgs = await ahead.take()
+                taken = await ahead.take_page()
+                if isinstance(taken, _Hit):
+                    if replay is not None:
+                        page = replay.pages[index]
+                        index += 1
+                        if index == len(replay.pages):
+                            self._replayed(replay)
+                            return
+                        ahead.fetch(page.next, unless=replay.pages[index].sha)
+                        continue
+                    taken = ahead.adopt(taken)  # the census differs: compare it after all
+                elif replay is not None and index > 0:
+                    raise _MemoMissed(index)  # the pages before it were not compared
+                if replay is not None and census is None:
+                    census = await self._census()  # the first page differs: compare it
+                replay = None
+                has_more, msgs = taken.has_more, taken.msgs
                 if (
                     after is not None
                     and msgs
@@ -545,12 +648,21 @@ class ThreadPass:
                     )
                 ):
                     raise _CursorLost("the server ignored the cursor")
-                if after is not None and not msgs and not await self._exists(after):
-                    raise _CursorLost("empty page after a cursor that names a deleted message")
+                if after is not None and not msgs:
+                    record.spoilt = True  # the memo could not ask the question below again
+                    if not await self._exists(after):
+                        raise _CursorLost("empty page after a cursor that names a deleted message")
                 done = not has_more or not msgs
                 high = None if done else msgs[-1].created_at
                 seen.update((m.id, m.created_at) for m in msgs)
                 window = (low, high, frozenset(seen))
+                assert taken.sha is not None
+                record.page(
+                    taken.sha,
+                    msgs[-1].id if msgs else None,
+                    has_more,
+                    [m.id for m in msgs if m.status == "in_progress"],
+                )
 
                 def advance(st: Cursor, msgs: list[Incoming] = msgs, done: bool = done) -> None:
                     if msgs:
@@ -562,6 +674,7 @@ class ThreadPass:
                 # A page that changes nothing writes nothing (not even the cursor: a full
                 # walk always starts from the beginning); the last page records the end, with
                 # the pass's closing state if it changes nothing either (known from the census).
+                writes = self._page_writes
                 prev = (
                     await self._store(
                         msgs,
@@ -575,12 +688,30 @@ class ThreadPass:
                     )
                     or prev
                 )
+                record.spoilt |= self._page_writes != writes
                 if done:
+                    found = None if census is None else record.memo(census.sig, *key)
+                    self._memo_out = None if found is None else found.dumps()
                     return
                 seen = {mid: at for mid, at in seen.items() if high is not None and at >= high}
                 low = high
                 previous_ids = {m.id for m in msgs}
                 after = msgs[-1].id
+
+    def _replayed(self, memo: WalkMemo) -> None:
+        """The end of a walk its memo replayed: as the walk it replays ended (see ``_store``)."""
+        last = memo.pages[-1].next
+
+        def advance(st: Cursor) -> None:
+            if last is not None:
+                st.high_water_id = last
+            st.initial_done, st.initial_after = True, None
+            st.last_full_at = self.now()
+
+        self._cursor, ended = self._cursor.moved(advance)
+        self._late.update(ended)
+        self._fresh.update(memo.fresh)
+        self._memo_out = _KEEP
 
     def _to_refetch(self) -> list[str]:
         """Stored as in progress and not listed by this pass (a listing is current already)."""
@@ -614,6 +745,14 @@ class ThreadPass:
         self.outcome.requests += 1
         return await self.client.list_messages(
             self.thread_id, limit=limit or self.limit, order=order, after=after
+        )
+
+    async def _list_unless(
+        self, *, order: Literal["asc", "desc"], after: str | None, unless: bytes | None
+    ) -> Listed:
+        self.outcome.requests += 1
+        return await self.client.list_messages_unless(
+            self.thread_id, unless, limit=self.limit, order=order, after=after
         )
 
     async def _get(self, message_id: str) -> dict[str, Any]:
@@ -741,6 +880,7 @@ class ThreadPass:
         # comes last; the next pass lists the page again and converges, duplicating nothing.
         # (PostgreSQL aborts the whole transaction at a failed statement: a savepoint there is
         # what keeps the other pieces.)
+        self._page_writes += 1
         counts, last, gone = await self.mirror.write_grouped(
             work, isolated=not self.mirror.is_sqlite
         )
@@ -818,6 +958,7 @@ class ThreadPass:
 
             state = await self.mirror.run_write(create)
         self._cursor = Cursor.of(state)
+        self._memo = WalkMemo.loads(state.walk_memo)
         return state
 
     async def _not_found(self, state: SyncState, exc: NotFoundError) -> None:
@@ -856,17 +997,20 @@ class ThreadPass:
         parked = self._parked
 
         c = outcome.counts
-        values: dict[str, Any] = {
-            "last_sync_at": now,
-            "added": col(SyncState.added) + c.added,
-            "changed": col(SyncState.changed) + c.changed,
-            "deleted": col(SyncState.deleted) + c.deleted,
-            "restored": col(SyncState.restored) + c.restored,
+        sets: dict[str, Any] = {"last_sync_at": now}
+        adds = {
+            "added": c.added,
+            "changed": c.changed,
+            "deleted": c.deleted,
+            "restored": c.restored,
         }
         if self._late:  # a walk's end that wrote nothing else (see _store)
-            values.update(pages=col(SyncState.pages) + 1, **self._late)
+            adds["pages"] = 1
+            sets.update(self._late)
+        if self._memo_out is not _KEEP:
+            sets["walk_memo"] = self._memo_out
         if outcome.ok:
-            values.update(
+            sets.update(
                 last_success_at=now,
                 consecutive_failures=0,
                 last_error=None,
@@ -874,22 +1018,17 @@ class ThreadPass:
                 parked_until=None,
             )
         else:
-            values.update(
-                consecutive_failures=col(SyncState.consecutive_failures) + 1,
+            adds["consecutive_failures"] = 1
+            sets.update(
                 last_error=outcome.error,
                 last_error_kind=outcome.result,
                 parked_until=now + timedelta(seconds=parked) if parked else None,
             )
-        # One UPDATE, no read: the pass created the state row when it began (see _state).
-        closing = (
-            update(SyncState)
-            .where(col(SyncState.thread_id) == self.thread_id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+        thread_id = self.thread_id
 
+        # One UPDATE, no read: the pass created the state row when it began (see _state).
         def write(session: Session) -> None:
-            session.execute(closing)
+            close_state(session, thread_id, sets, adds)
 
         # Not waited for: it rides with another pass's next page, or with the run's final flush.
         # One statement, so on SQLite it needs no savepoint: it fails whole or not at all.

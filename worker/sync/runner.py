@@ -22,6 +22,7 @@ from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, Trac
 from worker.store.repo import active_thread_ids, tracked
 from worker.sync.apply import Counts
 from worker.sync.engine import Known, ThreadOutcome, ThreadPass, TieConvention, describe
+from worker.sync.memo import CensusAhead, WalkMemo
 
 log = get_logger()
 
@@ -82,6 +83,7 @@ async def sync_threads(
     ties = TieConvention(mirror)
     await ties.load()
     limiter = anyio.CapacityLimiter(concurrency)
+    censuses = CensusAhead(mirror, _memoised(planned, ids, page_limit) if full else [])
     started = time.monotonic()
     log.info("sync.run_started", run=run_id, kind=kind, threads=len(ids))
 
@@ -95,6 +97,7 @@ async def sync_threads(
                 page_limit=page_limit,
                 now=now,
                 known=planned.known.pop(thread_id, None),
+                censuses=censuses,
             ).run(full=full)
         report.outcomes.append(outcome)
         _log_outcome(outcome)
@@ -107,6 +110,7 @@ async def sync_threads(
 
     try:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(censuses.run)
             for thread_id in ids:
                 tg.start_soon(one, thread_id)
     except BaseException:
@@ -206,6 +210,20 @@ def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _P
                 planned.runnable.append(thread_id)
                 planned.known[thread_id] = Known(state, busy.get(thread_id, set()))
     return planned
+
+
+def _memoised(planned: _Planned, ids: list[str], page_limit: int) -> list[str]:
+    """The threads, in run order, whose state holds a walk memo a full pass may replay."""
+    out = []
+    for thread_id in ids:
+        known = planned.known.get(thread_id)
+        state = None if known is None else known.state
+        if state is None or not state.initial_done:
+            continue
+        memo = WalkMemo.loads(state.walk_memo)
+        if memo is not None and memo.limit == page_limit:
+            out.append(thread_id)
+    return out
 
 
 def _aware(value: datetime) -> datetime:

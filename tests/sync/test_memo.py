@@ -1,0 +1,241 @@
+"""The walk memo: a reconcile of an unchanged thread replays the last one without parsing it,
+and anything that differs (the mirror, a page, the memo itself) falls back to the ordinary walk.
+
+On SQLite and PostgreSQL; the yardstick stays the emulator's ground truth.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import delete, text, update
+from sqlmodel import col
+
+import worker.client.models as models
+import worker.sync.engine as engine
+from tests.sync.test_sync import exported, seeded, sync, truth
+from worker.emulator import Emulator, ManualClock
+from worker.store.db import Mirror
+from worker.store.models import Message, SyncState
+from worker.sync.apply import digest_of
+from worker.sync.memo import VERSION, MemoPage, WalkMemo
+
+pytestmark = pytest.mark.anyio
+
+PAGES = 3  # 260 messages at the default page size of 100
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def emulator(clock: ManualClock) -> Emulator:
+    return Emulator(clock=clock, seed=7)
+
+
+def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the list bodies parsed (a replayed page is only hashed)."""
+    calls = {"n": 0}
+    real = models.parse_page
+
+    def counted(body: bytes) -> Any:
+        calls["n"] += 1
+        return real(body)
+
+    monkeypatch.setattr(models, "parse_page", counted)  # a listed body
+    monkeypatch.setattr(engine, "parse_page", counted)  # one hashed, then wanted after all
+    return calls
+
+
+def memo_of(mirror: Mirror, thread_id: str) -> WalkMemo | None:
+    with mirror.read() as session:
+        state = session.get(SyncState, thread_id)
+        assert state is not None
+        return WalkMemo.loads(state.walk_memo)
+
+
+async def remembered(emulator: Emulator, mirror: Mirror) -> str:
+    """A mirrored thread of three pages whose last reconcile recorded a memo."""
+    (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
+    assert (await sync(emulator, mirror)).ok
+    assert memo_of(mirror, thread_id) is None  # a first sync walks newest-first: no memo
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.writes == 0
+    memo = memo_of(mirror, thread_id)
+    assert memo is not None
+    assert len(memo.pages) == PAGES
+    return thread_id
+
+
+async def test_an_unchanged_reconcile_replays_the_memo_without_parsing(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = await remembered(emulator, mirror)
+    with mirror.read() as session:
+        before = session.get(SyncState, thread_id)
+        assert before is not None
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert parsed["n"] == 0
+    assert report.counts.writes == 0
+    assert report.requests == PAGES  # the same requests as the walk it replays
+    with mirror.read() as session:
+        after = session.get(SyncState, thread_id)
+        assert after is not None
+    # It ends as the walk it replays ends: the end of the walk is recorded, the memo kept.
+    assert after.last_full_at is not None
+    assert before.last_full_at is not None
+    assert after.last_full_at > before.last_full_at
+    assert after.pages == before.pages + 1
+    assert after.high_water_id == truth(emulator, thread_id)[-1]["id"]
+    assert after.walk_memo == before.walk_memo
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+@pytest.mark.parametrize("tamper", ["tombstone", "content", "removed"])
+async def test_a_change_to_the_mirror_is_repaired_despite_the_memo(
+    emulator: Emulator, mirror: Mirror, tamper: str
+) -> None:
+    """The memo is keyed by the mirror's census: rows changed behind the sync's back (even a
+    column the export does not show) are compared and repaired, not trusted."""
+    thread_id = await remembered(emulator, mirror)
+    victim = truth(emulator, thread_id)[150]["id"]
+    row = update(Message).where(col(Message.id) == victim)
+    with mirror.write() as session:
+        if tamper == "removed":
+            session.execute(delete(Message).where(col(Message.id) == victim))
+        elif tamper == "tombstone":
+            session.execute(row.values(deleted_at=datetime.now(UTC)))
+        else:
+            forged = orjson.dumps({**truth(emulator, thread_id)[150], "status": "forged"})
+            session.execute(row.values(raw=forged.decode(), digest=digest_of(forged)))
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.writes == 1
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    with mirror.read() as session:
+        stored = session.get(Message, victim)
+        assert stored is not None
+        assert stored.deleted_at is None
+        assert b"forged" not in stored.raw.encode()
+
+
+async def test_a_page_that_changed_after_the_first_restarts_the_walk_without_the_memo(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = await remembered(emulator, mirror)
+    target = truth(emulator, thread_id)[250]["id"]  # on the third page
+    emulator.modify_message(thread_id, target, {"metadata": {"edited": "yes"}})
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.changed == 1
+    # Two pages replayed, the third differs (parsed as it came): the walk starts over.
+    assert report.requests == PAGES + PAGES
+    assert parsed["n"] == 1 + PAGES
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    assert memo_of(mirror, thread_id) is None  # the walk wrote: it records no memo
+    # The next reconcile finds nothing to write and records one again.
+    report = await sync(emulator, mirror, full=True)
+    assert report.counts.writes == 0
+    assert memo_of(mirror, thread_id) is not None
+
+
+async def test_a_changed_first_page_is_compared_where_it_is(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    thread_id = await remembered(emulator, mirror)
+    emulator.delete_message(thread_id, truth(emulator, thread_id)[3]["id"])
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.deleted == 1
+    assert report.requests == PAGES  # no request is repeated
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_a_new_message_stored_by_an_ordinary_pass_defeats_the_memo(
+    emulator: Emulator, mirror: Mirror, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass that stores something changes the census, so the next reconcile compares."""
+    thread_id = await remembered(emulator, mirror)
+    clock.advance(5)
+    emulator.append_messages(thread_id, messages=[{"role": "user", "content": "one more"}])
+    assert (await sync(emulator, mirror)).counts.added == 1
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.counts.writes == 0
+    assert parsed["n"] == PAGES
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_an_unreadable_or_foreign_memo_is_ignored_and_replaced(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = await remembered(emulator, mirror)
+    good = memo_of(mirror, thread_id)
+    assert good is not None
+    for stored in ("{not json", f'{{"v": {VERSION + 1}}}', f'{{"v": {VERSION}, "pages": 3}}'):
+        with mirror.write() as session:
+            session.execute(
+                text("UPDATE sync_state SET walk_memo = :m WHERE thread_id = :t"),
+                {"m": stored, "t": thread_id},
+            )
+        parsed = parses(monkeypatch)
+        report = await sync(emulator, mirror, full=True)
+        assert report.ok
+        assert report.counts.writes == 0
+        assert parsed["n"] == PAGES
+        assert memo_of(mirror, thread_id) == good
+
+
+async def test_a_memo_of_another_page_size_is_not_replayed(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = await remembered(emulator, mirror)
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True, page_limit=50)
+    assert report.counts.writes == 0
+    assert parsed["n"] == 6
+    memo = memo_of(mirror, thread_id)
+    assert memo is not None
+    assert memo.limit == 50
+
+
+async def test_a_message_stored_in_progress_but_not_listed_so_defeats_the_memo(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ordinary walk decides from the listing which stored in-progress messages to fetch
+    again; a replay knows only those it listed in progress, so any other means a comparison."""
+    thread_id = await remembered(emulator, mirror)
+    victim = truth(emulator, thread_id)[42]["id"]
+    with mirror.write() as session:
+        session.execute(
+            update(Message).where(col(Message.id) == victim).values(status="in_progress")
+        )
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert parsed["n"] == PAGES
+    assert report.requests == PAGES  # listed final: no GET of it
+
+
+def test_memo_round_trip_and_shape_checks() -> None:
+    page = MemoPage(b"\x01" * 32, "msg_a", True)
+    last = MemoPage(b"\x02" * 32, "msg_b", False)
+    memo = WalkMemo(b"\x03" * 32, 100, "reverse", (page, last), frozenset({"msg_b"}))
+    assert WalkMemo.loads(memo.dumps()) == memo
+    assert memo.fits(b"\x03" * 32, 100, "reverse")
+    assert not memo.fits(b"\x03" * 32, 100, "stable")
+    assert not memo.fits(b"\x04" * 32, 100, "reverse")
+    assert not memo.fits(b"\x03" * 32, 20, "reverse")
+    # A walk that continues after its last page, or stops before it, is not a memo.
+    for pages in ((page,), (last, last), ()):
+        broken = WalkMemo(memo.census, 100, "reverse", pages, frozenset())
+        assert WalkMemo.loads(broken.dumps()) is None

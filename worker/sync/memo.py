@@ -1,0 +1,188 @@
+"""A full walk's memo: how the next reconcile of an unchanged thread skips parsing it.
+
+A full walk is a pure function of two inputs: what the mirror holds of the thread (its census:
+ids, creation times, ranks, digests, tombstones) and the bytes of the pages the server lists.
+When a walk finds nothing to write, it records both: the SHA-256 of its census and, per page,
+the SHA-256 of the body with the cursor it continued from. The next walk that reads the same
+census and is answered the same bytes, page after page, would reach the same verdict (nothing
+to write), so it does not parse, serialise, digest or compare a single message: it hashes each
+body and moves on. That is most of a reconcile's work on the event loop (bench_reconcile).
+
+Any difference falls back to the ordinary walk: a census that differs (a local change, a
+sync that stored something since) before the first page is compared; a first page whose body
+differs is parsed where it is; a later page that differs restarts the walk without the memo,
+because the pages before it were not parsed. So the memo can cost requests (at most the pages
+of the thread, only when a thread changed between two reconciles) and never correctness: it
+only ever answers "nothing to write", and only for inputs identical to those of a walk that
+found nothing to write.
+
+The memo is kept in ``sync_state.walk_memo`` and written with the pass's closing state. A walk
+that wrote something, restarted, asked whether a cursor's message still exists, or had no
+census (a thread above ``Census.LIMIT``) records none. :data:`VERSION` is part of it: a change
+to what a walk decides must bump it, so a memo from older code is never trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import anyio
+import orjson
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker.logs import get_logger
+from worker.store.db import Mirror
+from worker.sync.apply import load_census
+
+log = get_logger()
+
+VERSION = 1
+
+
+class MemoPage(NamedTuple):
+    sha: bytes  # SHA-256 of the page's body
+    next: str | None  # the walk's next cursor: the page's last message (None: an empty page)
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WalkMemo:
+    """What an unchanged full walk saw; see the module docstring."""
+
+    census: bytes  # Census.sig
+    limit: int  # the page size the walk asked for
+    ties: str | None  # the tie order it compared under
+    pages: tuple[MemoPage, ...]
+    fresh: frozenset[str]  # the messages it listed as in progress
+
+    def fits(self, census: bytes, limit: int, ties: str | None) -> bool:
+        return self.census == census and self.limit == limit and self.ties == ties
+
+    def dumps(self) -> str:
+        return orjson.dumps(
+            {
+                "v": VERSION,
+                "census": self.census.hex(),
+                "limit": self.limit,
+                "ties": self.ties,
+                "pages": [[p.sha.hex(), p.next, p.has_more] for p in self.pages],
+                "fresh": sorted(self.fresh),
+            }
+        ).decode()
+
+    @classmethod
+    def loads(cls, text: str | None) -> WalkMemo | None:
+        """The memo in ``text``; None for none, another version, or anything malformed (a memo
+        is only a shortcut: one that cannot be read is ignored and replaced by the next walk)."""
+        if not text:
+            return None
+        try:
+            return cls._parse(orjson.loads(text))
+        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
+            log.warning("sync.walk_memo_unreadable", error=type(exc).__name__)
+            return None
+
+    @classmethod
+    def _parse(cls, value: Any) -> WalkMemo | None:
+        if value["v"] != VERSION:
+            return None
+        pages = tuple(MemoPage(bytes.fromhex(sha), nxt, more) for sha, nxt, more in value["pages"])
+        limit, ties = value["limit"], value["ties"]
+        fresh = value["fresh"]
+        if (
+            type(limit) is not int
+            or not (ties is None or type(ties) is str)
+            or not all(type(m) is str for m in fresh)
+            or not _well_formed(pages)
+        ):
+            raise ValueError("malformed walk memo")
+        return cls(bytes.fromhex(value["census"]), limit, ties, pages, frozenset(fresh))
+
+
+def _well_formed(pages: tuple[MemoPage, ...]) -> bool:
+    """Every page but the last continues after a message; the last ends the walk."""
+    if not pages:
+        return False
+    for page in pages[:-1]:
+        if not (page.has_more and type(page.next) is str and page.next):
+            return False
+    last = pages[-1]
+    ends = not last.has_more or last.next is None
+    return (
+        ends
+        and all(len(p.sha) == 32 and type(p.has_more) is bool for p in pages)
+        and (last.next is None or type(last.next) is str)
+    )
+
+
+@dataclass(slots=True)
+class MemoRecorder:
+    """Collects an ordinary full walk's pages; spoilt by anything a memo could not replay."""
+
+    pages: list[MemoPage] = field(default_factory=list)
+    fresh: set[str] = field(default_factory=set)
+    spoilt: bool = False
+
+    def page(self, sha: bytes, next_id: str | None, has_more: bool, fresh: list[str]) -> None:
+        self.pages.append(MemoPage(sha, next_id, has_more))
+        self.fresh.update(fresh)
+
+    def memo(self, census: bytes, limit: int, ties: str | None) -> WalkMemo | None:
+        if self.spoilt or not self.pages:
+            return None
+        pages = tuple(self.pages)
+        if not _well_formed(pages):
+            return None
+        return WalkMemo(census, limit, ties, pages, frozenset(self.fresh))
+
+
+class CensusAhead:
+    """The census signatures of a full run's threads that have a memo, read ahead in batches.
+
+    A walk needs its thread's census signature before it can trust a memo. Read by each walk, it
+    was a read transaction per thread (200 for the benchmark, each a thread hand-off and a
+    session); read here, it is one per :data:`BATCH` threads, in the order the run starts them,
+    while the first walks' requests are already out. A signature is only taken by a walk that
+    starts from the state the run read (see the engine), and a batch that cannot be read leaves
+    its walks to read their own census.
+    """
+
+    BATCH = 16
+
+    def __init__(self, mirror: Mirror, thread_ids: Sequence[str]) -> None:
+        self._mirror = mirror
+        self._ids = list(thread_ids)
+        self._ready = {thread_id: anyio.Event() for thread_id in self._ids}
+        self._sigs: dict[str, bytes | None] = {}
+        self._taken: set[str] = set()
+
+    async def run(self) -> None:
+        try:
+            for start in range(0, len(self._ids), self.BATCH):
+                batch = self._ids[start : start + self.BATCH]
+                try:
+                    self._sigs.update(await self._mirror.run(self._read, batch))
+                except SQLAlchemyError as exc:
+                    log.warning("sync.census_read_failed", error=type(exc).__name__)
+                for thread_id in batch:
+                    self._ready[thread_id].set()
+        finally:
+            for event in self._ready.values():  # cancelled: nobody waits for what never comes
+                event.set()
+
+    def _read(self, batch: list[str]) -> dict[str, bytes | None]:
+        with self._mirror.read() as session:
+            found = {thread_id: load_census(session, thread_id) for thread_id in batch}
+        return {thread_id: None if c is None else c.sig for thread_id, c in found.items()}
+
+    async def take(self, thread_id: str) -> bytes | Literal[False] | None:
+        """The thread's signature as read ahead (once); None: the thread is above the census
+        limit; False: not read (not in the run's list, taken already, or the read failed)."""
+        ready = self._ready.get(thread_id)
+        if ready is None or thread_id in self._taken:
+            return False
+        self._taken.add(thread_id)
+        await ready.wait()
+        return self._sigs.pop(thread_id, False)
