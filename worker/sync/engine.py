@@ -13,6 +13,8 @@ every walk checks what it is told:
 - **full pass** (reconcile, and the rescan) walks the whole thread oldest-first, applies changed
   content and metadata, tombstones what the server no longer lists and restores what reappears. It
   compares the listing with the mirror one ``created_at`` window at a time, so memory stays flat.
+  A walk that finds nothing to write leaves a memo that lets the next one, if the mirror and
+  every page are byte for byte the same, skip parsing (``memo.py``).
 
 Each page's rows and the cursor advance commit in one transaction: killed at any instant, a rerun
 loses nothing and duplicates nothing.
