@@ -6,6 +6,7 @@ On SQLite and PostgreSQL; the yardstick stays the emulator's ground truth.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from worker.emulator import Emulator, ManualClock
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState
 from worker.sync.apply import digest_of
-from worker.sync.memo import VERSION, MemoPage, WalkMemo
+from worker.sync.memo import VERSION, CensusAhead, MemoPage, WalkMemo
 
 pytestmark = pytest.mark.anyio
 
@@ -239,3 +240,20 @@ def test_memo_round_trip_and_shape_checks() -> None:
     for pages in ((page,), (last, last), ()):
         broken = WalkMemo(memo.census, 100, "reverse", pages, frozenset())
         assert WalkMemo.loads(broken.dumps()) is None
+
+
+async def test_a_failed_read_ahead_of_censuses_leaves_each_walk_to_read_its_own(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = await remembered(emulator, mirror)
+
+    def broken(self: CensusAhead, batch: list[str]) -> dict[str, bytes | None]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(CensusAhead, "_read", broken)
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.writes == 0
+    assert parsed["n"] == 0  # the walk read the census itself, and the memo still served
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)

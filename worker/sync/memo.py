@@ -24,6 +24,7 @@ to what a walk decides must bump it, so a memo from older code is never trusted.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -164,7 +165,7 @@ class CensusAhead:
                 batch = self._ids[start : start + self.BATCH]
                 try:
                     self._sigs.update(await self._mirror.run(self._read, batch))
-                except SQLAlchemyError as exc:
+                except (SQLAlchemyError, sqlite3.Error) as exc:  # each walk reads its own then
                     log.warning("sync.census_read_failed", error=type(exc).__name__)
                 for thread_id in batch:
                     self._ready[thread_id].set()
