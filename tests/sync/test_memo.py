@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from sqlalchemy import delete, text, update
@@ -257,3 +258,41 @@ async def test_a_failed_read_ahead_of_censuses_leaves_each_walk_to_read_its_own(
     assert report.counts.writes == 0
     assert parsed["n"] == 0  # the walk read the census itself, and the memo still served
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_census_read_ahead_stays_a_batch_ahead_of_the_walks(mirror: Mirror) -> None:
+    """Signatures are read at most one batch ahead of the walks that began (so none is much
+    older than its walk), a batch whose passes are all over is not read, and the reader ends
+    when the run's passes do."""
+    ids = [f"thread_{i:02d}" for i in range(40)]  # batches of 16: 0-15, 16-31, 32-39
+    ahead = CensusAhead(mirror, ids)
+    read: list[list[str]] = []
+
+    def recording(batch: list[str]) -> dict[str, bytes | None]:
+        read.append(batch)
+        return dict.fromkeys(batch, b"sig")
+
+    ahead._read = recording  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ahead.run)
+        await anyio.wait_all_tasks_blocked()
+        assert read == [ids[:16]]  # the first batch, before any walk asks
+        assert await ahead.take(ids[0]) == b"sig"
+        await anyio.wait_all_tasks_blocked()
+        assert read == [ids[:16], ids[16:32]]  # one batch ahead of the walk at thread 0
+        assert await ahead.take(ids[0]) is False  # once only
+        for thread_id in ids[:33]:
+            ahead.passed(thread_id)  # those passes ended without walking (failed, say)
+        await anyio.wait_all_tasks_blocked()
+    assert read == [ids[:16], ids[16:32], ids[33:]]  # ended: only the threads still to come
+    assert await ahead.take(ids[39]) == b"sig"
+
+
+async def test_census_read_ahead_is_cancelled_while_it_waits_for_walks(mirror: Mirror) -> None:
+    ahead = CensusAhead(mirror, [f"thread_{i:02d}" for i in range(40)])
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ahead.run)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    assert await ahead.take("thread_30") is False  # never read: the walk reads its own

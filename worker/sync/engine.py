@@ -88,7 +88,11 @@ class _MemoMissed(Exception):
         self.page = page
 
 
-_KEEP = "keep"  # the pass leaves ``walk_memo`` as it is
+class _Keep:
+    """What a pass that leaves ``walk_memo`` as it is writes there (nothing)."""
+
+
+_KEEP = _Keep()
 
 
 class _CursorLost(Exception):
@@ -415,7 +419,7 @@ class ThreadPass:
         # Cursor columns moved by a page that wrote nothing else: written with the closing state.
         self._late: dict[str, Any] = {}
         self._memo: WalkMemo | None = None  # the state's walk memo (see worker/sync/memo.py)
-        self._memo_out: str | None = _KEEP  # what the closing state writes there
+        self._memo_out: str | _Keep | None = _KEEP  # what the closing state writes there
         self._page_writes = 0  # write transactions of pages (a full walk's memo needs none)
         self._censuses = censuses
 
@@ -1009,7 +1013,7 @@ class ThreadPass:
         if self._late:  # a walk's end that wrote nothing else (see _store)
             adds["pages"] = 1
             sets.update(self._late)
-        if self._memo_out is not _KEEP:
+        if not isinstance(self._memo_out, _Keep):
             sets["walk_memo"] = self._memo_out
         if outcome.ok:
             sets.update(

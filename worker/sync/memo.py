@@ -17,8 +17,9 @@ only ever answers "nothing to write", and only for inputs identical to those of 
 found nothing to write.
 
 The memo is kept in ``sync_state.walk_memo`` and written with the pass's closing state. A walk
-that wrote something, restarted, asked whether a cursor's message still exists, or had no
-census (a thread above ``Census.LIMIT``) records none. :data:`VERSION` is part of it: a change
+that wrote something, asked whether a cursor's message still exists, or had no census (a thread
+above ``Census.LIMIT``) records none (a walk restarted after a lost cursor starts a new record,
+from a census read afresh). :data:`VERSION` is part of it: a change
 to what a walk decides must bump it, so a memo from older code is never trusted.
 """
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import anyio
+import anyio.lowlevel
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -145,9 +147,11 @@ class CensusAhead:
     A walk needs its thread's census signature before it can trust a memo. Read by each walk, it
     was a read transaction per thread (200 for the benchmark, each a thread hand-off and a
     session); read here, it is one per :data:`BATCH` threads, in the order the run starts them,
-    while the first walks' requests are already out. A signature is only taken by a walk that
-    starts from the state the run read (see the engine), and a batch that cannot be read leaves
-    its walks to read their own census.
+    while the first walks' requests are already out. Reading stays at most one batch ahead of
+    the walks that have begun (the runner reports each pass's end too, so it never waits for a
+    walk that will not come), so a signature is at most a batch of walks old when it is taken.
+    A signature is only taken by a walk that starts from the state the run read (see the
+    engine), and a batch that cannot be read leaves its walks to read their own census.
     """
 
     BATCH = 16
@@ -155,20 +159,29 @@ class CensusAhead:
     def __init__(self, mirror: Mirror, thread_ids: Sequence[str]) -> None:
         self._mirror = mirror
         self._ids = list(thread_ids)
+        self._index = {thread_id: i for i, thread_id in enumerate(self._ids)}
         self._ready = {thread_id: anyio.Event() for thread_id in self._ids}
         self._sigs: dict[str, bytes | None] = {}
-        self._taken: set[str] = set()
+        self._taken: set[str] = set()  # taken by a walk, or its pass is over: not read any more
+        self._reached = -1  # the furthest thread (in run order) whose walk began or pass ended
+        self._moved = anyio.Event()
 
     async def run(self) -> None:
         try:
             for start in range(0, len(self._ids), self.BATCH):
-                batch = self._ids[start : start + self.BATCH]
+                while self._reached < start - self.BATCH:
+                    await self._moved.wait()
+                    self._moved = anyio.Event()
+                whole = self._ids[start : start + self.BATCH]
+                batch = [thread_id for thread_id in whole if thread_id not in self._taken]
                 try:
-                    self._sigs.update(await self._mirror.run(self._read, batch))
+                    if batch:
+                        self._sigs.update(await self._mirror.run(self._read, batch))
                 except (SQLAlchemyError, sqlite3.Error) as exc:  # each walk reads its own then
                     log.warning("sync.census_read_failed", error=type(exc).__name__)
-                for thread_id in batch:
+                for thread_id in whole:
                     self._ready[thread_id].set()
+                await anyio.lowlevel.checkpoint()  # the reads are shielded; cancelled here
         finally:
             for event in self._ready.values():  # cancelled: nobody waits for what never comes
                 event.set()
@@ -178,6 +191,17 @@ class CensusAhead:
             found = {thread_id: load_census(session, thread_id) for thread_id in batch}
         return {thread_id: None if c is None else c.sig for thread_id, c in found.items()}
 
+    def _reach(self, thread_id: str) -> None:
+        index = self._index.get(thread_id)
+        if index is not None and index > self._reached:
+            self._reached = index
+            self._moved.set()
+
+    def passed(self, thread_id: str) -> None:
+        """The thread's pass is over (whether or not it walked)."""
+        self._taken.add(thread_id)
+        self._reach(thread_id)
+
     async def take(self, thread_id: str) -> bytes | Literal[False] | None:
         """The thread's signature as read ahead (once); None: the thread is above the census
         limit; False: not read (not in the run's list, taken already, or the read failed)."""
@@ -185,5 +209,6 @@ class CensusAhead:
         if ready is None or thread_id in self._taken:
             return False
         self._taken.add(thread_id)
+        self._reach(thread_id)
         await ready.wait()
         return self._sigs.pop(thread_id, False)

@@ -89,16 +89,19 @@ async def sync_threads(
 
     async def one(thread_id: str) -> None:
         async with limiter:
-            outcome = await ThreadPass(
-                client,
-                mirror,
-                thread_id,
-                ties=ties,
-                page_limit=page_limit,
-                now=now,
-                known=planned.known.pop(thread_id, None),
-                censuses=censuses,
-            ).run(full=full)
+            try:
+                outcome = await ThreadPass(
+                    client,
+                    mirror,
+                    thread_id,
+                    ties=ties,
+                    page_limit=page_limit,
+                    now=now,
+                    known=planned.known.pop(thread_id, None),
+                    censuses=censuses,
+                ).run(full=full)
+            finally:
+                censuses.passed(thread_id)
         report.outcomes.append(outcome)
         _log_outcome(outcome)
         if on_thread_done is not None:
