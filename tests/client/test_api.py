@@ -335,3 +335,31 @@ async def test_answers_are_freed_when_the_call_returns_not_by_the_cycle_collecto
     finally:
         gc.enable()
     assert alive == [False, False]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("profile", [Profile.AZURE, Profile.OPENAI, Profile.FOUNDRY])
+async def test_requests_are_the_ones_httpx_would_build(profile: Profile) -> None:
+    """The client builds each request itself (one URL parse, not three); every part of it is
+    what ``AsyncClient.build_request`` makes of the same call: URL, query, headers, timeout."""
+    script = Script(ok(page_body([], False)), ok(MESSAGE))
+    async with make_client(script, FakeClock(), settings_for(profile)) as client:
+        await client.list_messages("thread 1/x", limit=7, order="asc", after="msg_a")
+        await client.create_message("thread_1", role="user", content="hi")
+        calls = [
+            ("GET", "/threads/thread%201%2Fx/messages",
+             {"limit": "7", "order": "asc", "after": "msg_a"}, None),
+            ("POST", "/threads/thread_1/messages", None, b'{"role":"user","content":"hi"}'),
+        ]  # fmt: skip
+        for sent, (method, path, params, content) in zip(script.requests, calls, strict=True):
+            headers = {"x-ms-client-request-id": sent.headers["x-ms-client-request-id"]}
+            if content is not None:
+                headers["Content-Type"] = "application/json"
+            wanted = client._http.build_request(
+                method, path, params=params, content=content, headers=headers
+            )
+            assert sent.method == wanted.method
+            assert sent.url == wanted.url
+            assert sent.content == wanted.content
+            assert sent.extensions == wanted.extensions
+            assert sorted(sent.headers.multi_items()) == sorted(wanted.headers.multi_items())
