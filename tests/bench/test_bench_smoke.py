@@ -59,6 +59,7 @@ def test_bench_reconcile_produces_every_figure(monkeypatch: pytest.MonkeyPatch) 
     assert figures["cli_full_rss_mib"] > 0
     assert figures["reconcile_median_s"] > 0
     assert figures["first_reconcile_over_listing"] > 0
+    assert figures["no_memo_reconcile_over_listing"] > 0
     assert sum(1 for name in figures if name.startswith("target_")) == 8
 
 

@@ -20,7 +20,16 @@ from worker.store.db import Mirror
 from worker.store.models import SyncState
 from worker.store.repo import add_threads
 from worker.sync import apply
-from worker.sync.apply import Plan, Stored, load_stored, prepare, tombstone, unlisted, write_plan
+from worker.sync.apply import (
+    Census,
+    Plan,
+    Stored,
+    load_stored,
+    prepare,
+    tombstone,
+    unlisted,
+    write_plan,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 THREAD = "thread_apply"
@@ -252,3 +261,40 @@ def test_the_same_object_with_its_keys_reordered_is_not_a_change(
     counts, raw = again(edited)
     assert (counts.changed, counts.writes) == (1, 1)
     assert raw == orjson.dumps(edited).decode()
+
+
+def test_a_census_is_unchanged_only_by_exactly_what_a_walk_would_keep() -> None:
+    """The proof behind the memo of a walk that wrote: every listed message stored, live, the
+    same and ranked as an ascending walk keeps it, with no live message left unlisted."""
+    rows = [
+        Stored("a", 10, 0, "da", False),
+        Stored("b", 10, 1, "db", False),
+        Stored("c", 11, 0, "dc", False),
+        Stored("gone", 11, 1, "dg", True),
+    ]
+    census = Census(b"sig", lambda: rows)
+    listed = [("a", 10, "da"), ("b", 10, "db"), ("c", 11, "dc")]
+    assert census.unchanged_by(listed)
+    assert not census.unchanged_by(listed[:2])  # "c" is live and unlisted: a walk deletes it
+    assert not census.unchanged_by([*listed, ("gone", 11, "dg")])  # restored
+    assert not census.unchanged_by([*listed, ("new", 12, "dn")])  # added
+    assert not census.unchanged_by([("a", 10, "da"), ("b", 10, "XX"), ("c", 11, "dc")])
+    assert not census.unchanged_by([("a", 10, "da"), ("b", 9, "db"), ("c", 11, "dc")])
+    assert not census.unchanged_by([("b", 10, "db"), ("a", 10, "da"), ("c", 11, "dc")])  # ranks
+    assert not census.unchanged_by([*listed, ("c", 11, "dc")])  # listed twice
+    assert not census.unchanged_by([("c", 11, "dc"), ("a", 10, "da"), ("b", 10, "db")])
+
+
+def test_a_census_computed_from_rows_signs_as_the_mirror_reads_it(
+    mirror: Mirror, read_form: str
+) -> None:
+    """What a first sync's memo is keyed by: the signature of the census of what it stored,
+    computed without reading it back, must be the one the next walk reads (else the memo never
+    serves), whichever way the backend hands the census over."""
+    _seed(mirror)
+    with mirror.read() as session:
+        read = apply.load_census(session, THREAD)
+    assert read is not None
+    rows = sorted(read.stored.values(), key=lambda r: (r.created_at, r.rank, r.id))
+    assert apply.census_of(rows, sqlite=mirror.is_sqlite).sig == read.sig, read_form
+    assert apply.census_of(rows[1:], sqlite=mirror.is_sqlite).sig != read.sig

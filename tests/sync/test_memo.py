@@ -1,5 +1,7 @@
-"""The walk memo: a reconcile of an unchanged thread replays the last one without parsing it,
-and anything that differs (the mirror, a page, the memo itself) falls back to the ordinary walk.
+"""The walk memo: a reconcile of an unchanged thread replays the last full walk (a reconcile's
+oldest-first one, or the first sync's newest-first one) without parsing it, and anything that
+differs (the mirror, a page, the memo itself) falls back to the ordinary walk. A walk that wrote
+records a memo only when the mirror it left proves it.
 
 On SQLite and PostgreSQL; the yardstick stays the emulator's ground truth.
 """
@@ -19,15 +21,16 @@ from sqlmodel import col
 import worker.client.models as models
 import worker.sync.engine as engine
 from tests.sync.test_sync import exported, seeded, sync, truth
-from worker.emulator import Emulator, ManualClock
+from worker.emulator import Emulator, ManualClock, WireError
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState
-from worker.sync.apply import digest_of
+from worker.sync.apply import apply_page, digest_of, prepare
 from worker.sync.memo import VERSION, CensusAhead, MemoPage, WalkMemo
 
 pytestmark = pytest.mark.anyio
 
 PAGES = 3  # 260 messages at the default page size of 100
+ORDERS = pytest.mark.parametrize("order", ["asc", "desc"])
 
 
 @pytest.fixture
@@ -61,24 +64,39 @@ def memo_of(mirror: Mirror, thread_id: str) -> WalkMemo | None:
         return WalkMemo.loads(state.walk_memo)
 
 
-async def remembered(emulator: Emulator, mirror: Mirror) -> str:
-    """A mirrored thread of three pages whose last reconcile recorded a memo."""
+def forget_memo(mirror: Mirror, thread_id: str) -> None:
+    """As a mirror upgraded to schema 0004 is: no memo yet."""
+    with mirror.write() as session:
+        session.execute(
+            update(SyncState).where(col(SyncState.thread_id) == thread_id).values(walk_memo=None)
+        )
+
+
+async def remembered(emulator: Emulator, mirror: Mirror, order: str = "asc") -> str:
+    """A mirrored thread of three pages whose memo is of a walk in ``order``: the first sync's
+    (newest-first, proven after it wrote), or a reconcile's that found nothing to write."""
     (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
     assert (await sync(emulator, mirror)).ok
-    assert memo_of(mirror, thread_id) is None  # a first sync walks newest-first: no memo
-    report = await sync(emulator, mirror, full=True)
-    assert report.ok
-    assert report.counts.writes == 0
+    first = memo_of(mirror, thread_id)
+    assert first is not None
+    assert first.order == "desc"
+    if order == "asc":
+        forget_memo(mirror, thread_id)
+        report = await sync(emulator, mirror, full=True)
+        assert report.ok
+        assert report.counts.writes == 0
     memo = memo_of(mirror, thread_id)
     assert memo is not None
+    assert memo.order == order
     assert len(memo.pages) == PAGES
     return thread_id
 
 
+@ORDERS
 async def test_an_unchanged_reconcile_replays_the_memo_without_parsing(
-    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch, order: str
 ) -> None:
-    thread_id = await remembered(emulator, mirror)
+    thread_id = await remembered(emulator, mirror, order)
     with mirror.read() as session:
         before = session.get(SyncState, thread_id)
         assert before is not None
@@ -93,21 +111,25 @@ async def test_an_unchanged_reconcile_replays_the_memo_without_parsing(
         assert after is not None
     # It ends as the walk it replays ends: the end of the walk is recorded, the memo kept.
     assert after.last_full_at is not None
-    assert before.last_full_at is not None
-    assert after.last_full_at > before.last_full_at
+    if order == "asc":
+        assert before.last_full_at is not None
+        assert after.last_full_at > before.last_full_at
+    else:  # the first sync's memo: this is the first full walk
+        assert before.last_full_at is None
     assert after.pages == before.pages + 1
     assert after.high_water_id == truth(emulator, thread_id)[-1]["id"]
     assert after.walk_memo == before.walk_memo
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
+@ORDERS
 @pytest.mark.parametrize("tamper", ["tombstone", "content", "removed"])
 async def test_a_change_to_the_mirror_is_repaired_despite_the_memo(
-    emulator: Emulator, mirror: Mirror, tamper: str
+    emulator: Emulator, mirror: Mirror, tamper: str, order: str
 ) -> None:
     """The memo is keyed by the mirror's census: rows changed behind the sync's back (even a
     column the export does not show) are compared and repaired, not trusted."""
-    thread_id = await remembered(emulator, mirror)
+    thread_id = await remembered(emulator, mirror, order)
     victim = truth(emulator, thread_id)[150]["id"]
     row = update(Message).where(col(Message.id) == victim)
     with mirror.write() as session:
@@ -129,11 +151,14 @@ async def test_a_change_to_the_mirror_is_repaired_despite_the_memo(
         assert b"forged" not in stored.raw.encode()
 
 
+@ORDERS
 async def test_a_page_that_changed_after_the_first_restarts_the_walk_without_the_memo(
-    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch, order: str
 ) -> None:
-    thread_id = await remembered(emulator, mirror)
-    target = truth(emulator, thread_id)[250]["id"]  # on the third page
+    thread_id = await remembered(emulator, mirror, order)
+    # On the third page in the memo's order.
+    target = truth(emulator, thread_id)[250 if order == "asc" else 10]["id"]
+    emulator.set_behaviour(metadata="replace")  # the seeded map may be full already
     emulator.modify_message(thread_id, target, {"metadata": {"edited": "yes"}})
     parsed = parses(monkeypatch)
     report = await sync(emulator, mirror, full=True)
@@ -143,17 +168,37 @@ async def test_a_page_that_changed_after_the_first_restarts_the_walk_without_the
     assert report.requests == PAGES + PAGES
     assert parsed["n"] == 1 + PAGES
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
-    assert memo_of(mirror, thread_id) is None  # the walk wrote: it records no memo
-    # The next reconcile finds nothing to write and records one again.
+    # The walk wrote, and the mirror it left proves its pages: it records a memo...
+    memo = memo_of(mirror, thread_id)
+    assert memo is not None
+    assert memo.order == "asc"
+    # ...which the next reconcile replays.
+    parsed["n"] = 0
     report = await sync(emulator, mirror, full=True)
     assert report.counts.writes == 0
-    assert memo_of(mirror, thread_id) is not None
+    assert parsed["n"] == 0
+    assert memo_of(mirror, thread_id) == memo
+
+
+async def test_a_newest_first_memo_whose_first_page_differs_restarts_oldest_first(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its pages are not in a walk's order, so none is compared where it is: one request more."""
+    thread_id = await remembered(emulator, mirror, "desc")
+    emulator.delete_message(thread_id, truth(emulator, thread_id)[-3]["id"])
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.deleted == 1
+    assert report.requests == 1 + PAGES
+    assert parsed["n"] == 1 + PAGES
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
 async def test_a_changed_first_page_is_compared_where_it_is(
     emulator: Emulator, mirror: Mirror
 ) -> None:
-    thread_id = await remembered(emulator, mirror)
+    thread_id = await remembered(emulator, mirror, "asc")
     emulator.delete_message(thread_id, truth(emulator, thread_id)[3]["id"])
     report = await sync(emulator, mirror, full=True)
     assert report.ok
@@ -162,11 +207,17 @@ async def test_a_changed_first_page_is_compared_where_it_is(
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
+@ORDERS
 async def test_a_new_message_stored_by_an_ordinary_pass_defeats_the_memo(
-    emulator: Emulator, mirror: Mirror, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator,
+    mirror: Mirror,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    order: str,
 ) -> None:
-    """A pass that stores something changes the census, so the next reconcile compares."""
-    thread_id = await remembered(emulator, mirror)
+    """A pass that stores something changes the census, so the next reconcile compares (a
+    newest-first memo is dropped before any request: every page is listed once)."""
+    thread_id = await remembered(emulator, mirror, order)
     clock.advance(5)
     emulator.append_messages(thread_id, messages=[{"role": "user", "content": "one more"}])
     assert (await sync(emulator, mirror)).counts.added == 1
@@ -174,6 +225,7 @@ async def test_a_new_message_stored_by_an_ordinary_pass_defeats_the_memo(
     report = await sync(emulator, mirror, full=True)
     assert report.counts.writes == 0
     assert parsed["n"] == PAGES
+    assert report.requests == PAGES
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
@@ -210,12 +262,13 @@ async def test_a_memo_of_another_page_size_is_not_replayed(
     assert memo.limit == 50
 
 
+@ORDERS
 async def test_a_message_stored_in_progress_but_not_listed_so_defeats_the_memo(
-    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch, order: str
 ) -> None:
     """The ordinary walk decides from the listing which stored in-progress messages to fetch
     again; a replay knows only those it listed in progress, so any other means a comparison."""
-    thread_id = await remembered(emulator, mirror)
+    thread_id = await remembered(emulator, mirror, order)
     victim = truth(emulator, thread_id)[42]["id"]
     with mirror.write() as session:
         session.execute(
@@ -231,22 +284,30 @@ async def test_a_message_stored_in_progress_but_not_listed_so_defeats_the_memo(
 def test_memo_round_trip_and_shape_checks() -> None:
     page = MemoPage(b"\x01" * 32, "msg_a", True)
     last = MemoPage(b"\x02" * 32, "msg_b", False)
-    memo = WalkMemo(b"\x03" * 32, 100, "reverse", (page, last), frozenset({"msg_b"}))
+    memo = WalkMemo(
+        b"\x03" * 32, 100, "reverse", (page, last), frozenset({"msg_b"}), "asc", "msg_b"
+    )
     assert WalkMemo.loads(memo.dumps()) == memo
+    newest_first = WalkMemo(memo.census, 100, "stable", (page, last), frozenset(), "desc", "msg_z")
+    assert WalkMemo.loads(newest_first.dumps()) == newest_first
     assert memo.fits(b"\x03" * 32, 100, "reverse")
     assert not memo.fits(b"\x03" * 32, 100, "stable")
     assert not memo.fits(b"\x04" * 32, 100, "reverse")
     assert not memo.fits(b"\x03" * 32, 20, "reverse")
     # A walk that continues after its last page, or stops before it, is not a memo.
     for pages in ((page,), (last, last), ()):
-        broken = WalkMemo(memo.census, 100, "reverse", pages, frozenset())
+        broken = WalkMemo(memo.census, 100, "reverse", pages, frozenset(), "asc", None)
         assert WalkMemo.loads(broken.dumps()) is None
+    for field, value in (("order", "sideways"), ("end", ""), ("end", 7)):
+        odd = {**orjson.loads(memo.dumps()), field: value}
+        assert WalkMemo.loads(orjson.dumps(odd).decode()) is None
 
 
+@ORDERS
 async def test_a_failed_read_ahead_of_censuses_leaves_each_walk_to_read_its_own(
-    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch, order: str
 ) -> None:
-    thread_id = await remembered(emulator, mirror)
+    thread_id = await remembered(emulator, mirror, order)
 
     def broken(self: CensusAhead, batch: list[str]) -> dict[str, bytes | None]:
         raise sqlite3.OperationalError("disk I/O error")
@@ -296,3 +357,78 @@ async def test_census_read_ahead_is_cancelled_while_it_waits_for_walks(mirror: M
             await anyio.wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
     assert await ahead.take("thread_30") is False  # never read: the walk reads its own
+
+
+@pytest.mark.parametrize("ties", ["reverse", "stable"])
+async def test_a_first_sync_proves_its_walk_under_either_tie_order(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch, ties: str
+) -> None:
+    """Put back in ascending order by the tie order learned, the first sync's listing is judged
+    unchanged, and rightly: a reconcile without the memo writes nothing either."""
+    emulator.set_behaviour(ties=ties)
+    (thread_id,) = seeded(emulator, mirror, seed=3, threads=1, messages=250)
+    at = [m["created_at"] for m in truth(emulator, thread_id)]
+    assert len(set(at)) < len(at) - 20  # many seconds hold several messages
+    assert (await sync(emulator, mirror)).ok
+    memo = memo_of(mirror, thread_id)
+    assert memo is not None
+    assert memo.order == "desc"
+    assert memo.ties == ties
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.counts.writes == 0
+    assert parsed["n"] == 0
+    forget_memo(mirror, thread_id)
+    report = await sync(emulator, mirror, full=True)
+    assert report.counts.writes == 0
+    assert parsed["n"] == PAGES
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_a_first_sync_over_rows_it_did_not_list_is_not_replayed(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live row the first sync did not list (kept from before, say) is one a full walk must
+    delete: the first sync's memo is keyed by the census of what it stored, which is not the
+    mirror's, so the reconcile compares, deletes it, and proves its own walk."""
+    (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
+    stray = {"id": "msg_stray", "object": "thread.message", "created_at": 1, "metadata": {}}
+    with mirror.write() as session:
+        apply_page(
+            session,
+            thread_id,
+            [prepare(stray, thread_id)],
+            direction="asc",
+            ties="reverse",
+            prev=None,
+            now=datetime.now(UTC),
+        )
+    assert (await sync(emulator, mirror)).counts.added == 260
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.counts.deleted == 1
+    assert parsed["n"] == PAGES
+    assert report.requests == PAGES
+    memo = memo_of(mirror, thread_id)
+    assert memo is not None
+    assert memo.order == "asc"
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_a_resumed_first_sync_records_no_memo(emulator: Emulator, mirror: Mirror) -> None:
+    """Its earlier pages were walked by another pass: it has not seen the whole thread."""
+    (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
+    real = emulator.list_messages
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("after") and kwargs.get("order") == "desc":
+            raise WireError(503, "busy", type_="server_error")  # until retries run out
+        return real(*args, **kwargs)
+
+    emulator.list_messages = failing  # type: ignore[method-assign]
+    assert not (await sync(emulator, mirror)).ok
+    emulator.list_messages = real  # type: ignore[method-assign]
+    assert len(exported(mirror, thread_id)) == 100
+    assert (await sync(emulator, mirror)).ok
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+    assert memo_of(mirror, thread_id) is None

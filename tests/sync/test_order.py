@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from worker.sync.order import (
     Place,
     TieOrder,
+    ascending_of,
     first_tie_pair,
     place_ascending,
     place_descending,
@@ -87,6 +88,31 @@ def test_unchanged_mirror_keeps_its_ranks(seconds: list[int]) -> None:
     before = dict(ranks)
     walk_asc(seconds, order, ranks, None)
     assert ranks == before
+
+
+@given(seconds_st, st.sampled_from(["reverse", "stable"]))
+def test_a_descending_listing_put_back_in_ascending_order(
+    seconds: list[int], ties: TieOrder
+) -> None:
+    """What a first sync's memo is proven by: its newest-first listing, put back in ascending
+    order, is the server's ascending order, and an ascending walk over the ranks the first sync
+    gave keeps them all (so it would write nothing)."""
+    listing = desc_listing(seconds, ties)
+    items = [(str(i), seconds[i], "digest") for i in listing]
+    ascending = ascending_of(items, ties)
+    assert ascending is not None
+    assert [int(mid) for mid, _, _ in ascending] == list(range(len(seconds)))
+    ranks: dict[int, int] = {}
+    prev: Place | None = None
+    for i in listing:
+        ranks[i] = place_descending(prev, seconds[i], ranks.get(i), ties)
+        prev = Place(seconds[i], ranks[i])
+    before = dict(ranks)
+    walk_asc(seconds, list(range(len(seconds))), ranks, None)
+    assert ranks == before
+    # With no convention learned, only a listing without ties can be put back.
+    tied = len(set(seconds)) < len(seconds)
+    assert (ascending_of(items, None) is None) == tied
 
 
 def test_first_tie_pair_spans_the_page_boundary() -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, cached_property
 from hashlib import sha256
+from itertools import pairwise
 from typing import Any, Literal, NamedTuple, cast
 
 import orjson
@@ -583,6 +584,23 @@ class Census:
         live = sorted((r.created_at, r.id) for r in self.stored.values() if not r.deleted)
         return [at for at, _ in live], [mid for _, mid in live]
 
+    def unchanged_by(self, ascending: Sequence[tuple[str, int, str]]) -> bool:
+        """Whether an oldest-first full walk listing ``ascending`` (``(id, created_at, digest)``
+        in listing order) would find nothing to write here: every message stored, live, the
+        same, where the walk would rank it, and no live message unlisted (the proof behind a
+        memo of a walk that wrote, see worker/sync/memo.py)."""
+        stored = self.stored
+        ids = {mid for mid, _, _ in ascending}
+        if len(ids) != len(ascending):
+            return False
+        if any(at < before for (_, before, _), (_, at, _) in pairwise(ascending)):
+            return False  # not an ascending listing: a walk would restart
+        if any(not r.deleted and r.id not in ids for r in stored.values()):
+            return False
+        page = [Incoming(mid, at, b"", dg, None, None, None, None) for mid, at, dg in ascending]
+        plan = plan_page(stored, page, direction="asc", ties="reverse", prev=None)
+        return plan.empty and not plan.counts.writes
+
     def unlisted(self, *, low: int | None, high: int | None, seen: frozenset[str]) -> list[str]:
         """As :func:`unlisted`, from the census."""
         at, ids = self._live
@@ -594,6 +612,19 @@ class Census:
 def _census_of(rows: list[Stored]) -> Census:
     sig = sha256(orjson.dumps([list(r) for r in rows])).digest()
     return Census(sig, lambda: rows)
+
+
+def census_of(rows: list[Stored], *, sqlite: bool) -> Census:
+    """The census :func:`load_census` would read if the mirror held exactly ``rows`` (in census
+    order) of the thread, with the same signature, computed without reading anything.
+
+    If the mirror holds anything else, its census has another signature: a memo keyed by this
+    one is then never replayed.
+    """
+    if sqlite and _SQLITE_JSON:  # the bytes of SQLite's json_group_array, as load_census hashes
+        text = orjson.dumps([[r.id, r.created_at, r.rank, r.digest, int(r.deleted)] for r in rows])
+        return Census(sha256(text).digest(), lambda: rows)
+    return _census_of(rows)
 
 
 def load_census(session: Session, thread_id: str, limit: int | None = None) -> Census | None:

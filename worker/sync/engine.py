@@ -174,8 +174,9 @@ class _Ahead:
         assert isinstance(page, _Page)
         return page.has_more, page.msgs
 
-    async def take_page(self) -> _Page | _Hit:
-        """As :meth:`take`; a :class:`_Hit` is returned as it is, and fetches nothing next."""
+    async def take_page(self, *, follow: bool = True) -> _Page | _Hit:
+        """As :meth:`take`; a :class:`_Hit` is returned as it is, and fetches nothing next
+        (nor does any page without ``follow``)."""
         await self._done.wait()
         if self._error is not None:
             exc = self._error
@@ -186,7 +187,7 @@ class _Ahead:
         page = self._page
         assert page is not None
         self._page = None
-        if isinstance(page, _Page) and page.has_more and page.msgs:
+        if follow and isinstance(page, _Page) and page.has_more and page.msgs:
             self.fetch(page.msgs[-1].id, hashed=self._hashed)
         return page
 
@@ -466,14 +467,19 @@ class ThreadPass:
         prev_id = after
         previous_ids: set[str] = set()
         high_water = state.high_water_id
+        # A first sync from the start walks the whole thread: it may leave a walk memo (proven
+        # once it is done) that spares the next reconcile parsing it all again.
+        record = MemoRecorder("desc") if after is None else None
         async with _prefetching(self, "desc") as ahead:
-            ahead.fetch(after)
+            ahead.fetch(after, hashed=record is not None)
             while True:
                 try:
-                    has_more, msgs = await ahead.take()
+                    taken = await ahead.take_page()
                 except _CursorLost as lost:
                     reason = f"first-sync {lost.reason}"
                     break
+                assert isinstance(taken, _Page)  # nothing was fetched ``unless``
+                has_more, msgs = taken.has_more, taken.msgs
                 if (
                     after is not None
                     and msgs
@@ -481,9 +487,12 @@ class ThreadPass:
                 ):
                     reason = "first-sync cursor ignored by the server"
                     break
-                if not msgs and after is not None and not await self._exists(after):
-                    reason = "first-sync cursor names a deleted message"
-                    break
+                if not msgs and after is not None:
+                    if record is not None:
+                        record.spoilt = True  # a replay could not ask the question below again
+                    if not await self._exists(after):
+                        reason = "first-sync cursor names a deleted message"
+                        break
                 await self._learn_ties(prev, prev_id, msgs)
                 done = not has_more or not msgs
                 if high_water is None and msgs:
@@ -498,7 +507,15 @@ class ThreadPass:
                         st.initial_done, st.initial_after = True, None
 
                 prev = await self._store(msgs, "desc", prev, advance, new=True)
+                if record is not None:
+                    assert taken.sha is not None
+                    record.page(taken.sha, msgs, has_more)
                 if done:
+                    if record is not None and not record.spoilt:
+                        found = record.first_sync(
+                            self.limit, self.ties.value, sqlite=self.mirror.is_sqlite
+                        )
+                        self._memo_out = None if found is None else found.dumps()
                     return
                 previous_ids = {m.id for m in msgs}
                 after = prev_id = msgs[-1].id
@@ -606,28 +623,28 @@ class ThreadPass:
         seen: dict[str, int] = {}
         previous_ids: set[str] = set()
         record = MemoRecorder()
+        wrote = False  # a page of this walk was written: its memo needs proving (_prove)
         ties = self.ties.effective
         key = (self.limit, ties)
         # Replayed only if nothing stored in progress is missing from what the memo listed so:
         # the ordinary walk would then leave the set to re-fetch as the replay does.
         replay = memo if memo is not None and self._busy <= memo.fresh else None
         census: Census | None = None
-        async with _prefetching(self, "asc") as ahead:
+        checked = False
+        if replay is not None and replay.order == "desc":
+            # Whether to list newest-first depends on the census: known before the first page.
+            census, replay = await self._census_for(replay, key)
+            checked = True
+        async with _prefetching(self, replay.order if replay else "asc") as ahead:
             # The first page is on its way while the census is read.
             ahead.fetch(None, hashed=True, unless=replay.pages[0].sha if replay else None)
-            # The signature the run read ahead describes the state this pass began from: it
-            # serves no walk after this pass has written a page.
-            early = await self._censuses.take(self.thread_id) if self._censuses else False
-            if self._page_writes:
-                early = False
-            if early is False or early is None or not (replay and replay.fits(early, *key)):
-                # Read here, unless the read ahead found the thread above the census limit.
-                census = None if early is None else await self._census()
-                if census is None or (replay and not replay.fits(census.sig, *key)):
-                    replay = None
+            if not checked:
+                census, replay = await self._census_for(replay, key)
             index = 0  # of the page taken next
             while True:
-                taken = await ahead.take_page()
+                # A page the replay cannot use ends the walk: nothing is fetched after it.
+                usable = replay is None or (replay.order == "asc" and index == 0)
+                taken = await ahead.take_page(follow=usable)
                 if isinstance(taken, _Hit):
                     if replay is not None:
                         page = replay.pages[index]
@@ -637,9 +654,11 @@ class ThreadPass:
                             return
                         ahead.fetch(page.next, unless=replay.pages[index].sha)
                         continue
+                    assert not checked  # listed newest-first only for a census that fits
                     taken = ahead.adopt(taken)  # the census differs: compare it after all
-                elif replay is not None and index > 0:
-                    raise _MemoMissed(index)  # the pages before it were not compared
+                elif replay is not None and (index > 0 or replay.order == "desc"):
+                    # The pages before it were not compared, or this one is not in walk order.
+                    raise _MemoMissed(index)
                 if replay is not None and census is None:
                     census = await self._census()  # the first page differs: compare it
                 replay = None
@@ -663,12 +682,7 @@ class ThreadPass:
                 seen.update((m.id, m.created_at) for m in msgs)
                 window = (low, high, frozenset(seen))
                 assert taken.sha is not None
-                record.page(
-                    taken.sha,
-                    msgs[-1].id if msgs else None,
-                    has_more,
-                    [m.id for m in msgs if m.status == "in_progress"],
-                )
+                record.page(taken.sha, msgs, has_more)
 
                 def advance(st: Cursor, msgs: list[Incoming] = msgs, done: bool = done) -> None:
                     if msgs:
@@ -694,19 +708,53 @@ class ThreadPass:
                     )
                     or prev
                 )
-                record.spoilt |= self._page_writes != writes
+                wrote |= self._page_writes != writes
                 if done:
-                    found = None if census is None else record.memo(census.sig, *key)
-                    self._memo_out = None if found is None else found.dumps()
+                    if census is None:
+                        self._memo_out = None
+                    elif wrote:
+                        await self._prove(record)
+                    else:
+                        found = record.memo(census.sig, *key)
+                        self._memo_out = None if found is None else found.dumps()
                     return
                 seen = {mid: at for mid, at in seen.items() if high is not None and at >= high}
                 low = high
                 previous_ids = {m.id for m in msgs}
                 after = msgs[-1].id
 
+    async def _census_for(
+        self, memo: WalkMemo | None, key: tuple[int, TieOrder]
+    ) -> tuple[Census | None, WalkMemo | None]:
+        """The census a full walk compares with (None: above the limit, or not needed), and
+        ``memo`` if it fits that census."""
+        # The signature the run read ahead describes the state this pass began from: it serves
+        # no walk after this pass has written a page.
+        early = await self._censuses.take(self.thread_id) if self._censuses else False
+        if self._page_writes:
+            early = False
+        if early is not False and early is not None and memo and memo.fits(early, *key):
+            return None, memo  # read only if a page differs after all
+        # Read here, unless the read ahead found the thread above the census limit.
+        census = None if early is None else await self._census()
+        if census is None or (memo and not memo.fits(census.sig, *key)):
+            memo = None
+        return census, memo
+
+    async def _prove(self, record: MemoRecorder) -> None:
+        """Record the memo of a full walk that wrote, if the mirror it left (read again once
+        its writes are committed) proves it."""
+        if record.spoilt:
+            self._memo_out = None
+            return
+        found = record.proven(await self._census(), self.limit, self.ties.effective)
+        self._memo_out = None if found is None else found.dumps()
+        if found is not None:
+            log.debug("sync.walk_memo_proven", thread=self.thread_id, order=found.order)
+
     def _replayed(self, memo: WalkMemo) -> None:
         """The end of a walk its memo replayed: as the walk it replays ended (see ``_store``)."""
-        last = memo.pages[-1].next
+        last = memo.end
 
         def advance(st: Cursor) -> None:
             if last is not None:

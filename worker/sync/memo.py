@@ -1,4 +1,4 @@
-"""A full walk's memo: how the next reconcile of an unchanged thread skips parsing it.
+"""A walk memo: how the next reconcile of an unchanged thread skips parsing it.
 
 A full walk is a pure function of two inputs: what the mirror holds of the thread (its census:
 ids, creation times, ranks, digests, tombstones) and the bytes of the pages the server lists.
@@ -8,19 +8,33 @@ census and is answered the same bytes, page after page, would reach the same ver
 to write), so it does not parse, serialise, digest or compare a single message: it hashes each
 body and moves on. That is most of a reconcile's work on the event loop (bench_reconcile).
 
+A walk that *wrote* records a memo too when it can prove the same verdict: once its writes are
+committed it reads the census again and judges every message it listed against it, as a full
+walk would (:meth:`~worker.sync.apply.Census.unchanged_by`); only if nothing would be written,
+and no live message is missing from its listing, is that census recorded with its pages. A
+first sync from the start proves its newest-first walk (its memo's ``order`` is ``desc``)
+against the census of exactly what it stored, computed rather than read back: if the mirror
+holds anything else, its census has another signature and the memo never fits. The reconcile
+after it then lists the thread newest-first and replays, instead of parsing every page once
+more for nothing. Newest-first bytes fix the thread's messages and their order as well as
+oldest-first ones do; the ascending order the proof judges is derived with the tie order the
+first sync ranked by (the memo's ``ties``), and a memo whose thread has a tie that the
+convention did not yet decide is not recorded.
+
 Any difference falls back to the ordinary walk: a census that differs (a local change, a
 sync that stored something since) before the first page is compared; a first page whose body
-differs is parsed where it is; a later page that differs restarts the walk without the memo,
-because the pages before it were not parsed. So the memo can cost requests (at most the pages
-of the thread, only when a thread changed between two reconciles) and never correctness: it
-only ever answers "nothing to write", and only for inputs identical to those of a walk that
-found nothing to write.
+differs is parsed where it is (oldest-first memos; a newest-first one restarts oldest-first,
+one request more); a later page that differs restarts the walk without the memo, because the
+pages before it were not parsed. So the memo can cost requests (at most the pages of the
+thread, only when a thread changed between two reconciles) and never correctness: it only ever
+answers "nothing to write", and only for inputs identical to those of a walk that found, or
+proved, nothing to write.
 
 The memo is kept in ``sync_state.walk_memo`` and written with the pass's closing state. A walk
-that wrote something, asked whether a cursor's message still exists, or had no census (a thread
-above ``Census.LIMIT``) records none (a walk restarted after a lost cursor starts a new record,
-from a census read afresh). :data:`VERSION` is part of it: a change
-to what a walk decides must bump it, so a memo from older code is never trusted.
+that asked whether a cursor's message still exists, or had no census (a thread above
+``Census.LIMIT``) records none (a walk restarted after a lost cursor starts a new record, from
+a census read afresh). :data:`VERSION` is part of it: a change to what a walk decides must bump
+it, so a memo from older code is never trusted.
 """
 
 from __future__ import annotations
@@ -37,11 +51,20 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker.logs import get_logger
 from worker.store.db import Mirror
-from worker.sync.apply import load_census
+from worker.sync.apply import Census, Incoming, Stored, census_of, load_census
+from worker.sync.order import (
+    Place,
+    TieOrder,
+    ascending_of,
+    place_ascending,
+    place_descending,
+)
 
 log = get_logger()
 
-VERSION = 1
+Order = Literal["asc", "desc"]
+
+VERSION = 2  # 2: order and end
 
 
 class MemoPage(NamedTuple):
@@ -59,6 +82,8 @@ class WalkMemo:
     ties: str | None  # the tie order it compared under
     pages: tuple[MemoPage, ...]
     fresh: frozenset[str]  # the messages it listed as in progress
+    order: Order  # the order it listed in
+    end: str | None  # the newest message listed: the cursor a full walk ends with
 
     def fits(self, census: bytes, limit: int, ties: str | None) -> bool:
         return self.census == census and self.limit == limit and self.ties == ties
@@ -72,6 +97,8 @@ class WalkMemo:
                 "ties": self.ties,
                 "pages": [[p.sha.hex(), p.next, p.has_more] for p in self.pages],
                 "fresh": sorted(self.fresh),
+                "order": self.order,
+                "end": self.end,
             }
         ).decode()
 
@@ -93,15 +120,18 @@ class WalkMemo:
             return None
         pages = tuple(MemoPage(bytes.fromhex(sha), nxt, more) for sha, nxt, more in value["pages"])
         limit, ties = value["limit"], value["ties"]
-        fresh = value["fresh"]
+        fresh, order, end = value["fresh"], value["order"], value["end"]
         if (
-            type(limit) is not int
+            order not in ("asc", "desc")
+            or not (end is None or (type(end) is str and end))
+            or type(limit) is not int
             or not (ties is None or type(ties) is str)
             or not all(type(m) is str for m in fresh)
             or not _well_formed(pages)
         ):
             raise ValueError("malformed walk memo")
-        return cls(bytes.fromhex(value["census"]), limit, ties, pages, frozenset(fresh))
+        census = bytes.fromhex(value["census"])
+        return cls(census, limit, ties, pages, frozenset(fresh), order, end)
 
 
 def _well_formed(pages: tuple[MemoPage, ...]) -> bool:
@@ -124,21 +154,73 @@ def _well_formed(pages: tuple[MemoPage, ...]) -> bool:
 class MemoRecorder:
     """Collects an ordinary full walk's pages; spoilt by anything a memo could not replay."""
 
+    order: Order = "asc"
     pages: list[MemoPage] = field(default_factory=list)
     fresh: set[str] = field(default_factory=set)
+    end: str | None = None  # the newest message listed so far
+    # What each listed message is compared by (id, created_at, digest), in listing order, kept
+    # for the proof of a walk that wrote; dropped (and the proof given up) past Census.LIMIT.
+    listed: list[tuple[str, int, str]] | None = field(default_factory=list)
     spoilt: bool = False
 
-    def page(self, sha: bytes, next_id: str | None, has_more: bool, fresh: list[str]) -> None:
-        self.pages.append(MemoPage(sha, next_id, has_more))
-        self.fresh.update(fresh)
+    def page(self, sha: bytes, msgs: Sequence[Incoming], has_more: bool) -> None:
+        self.pages.append(MemoPage(sha, msgs[-1].id if msgs else None, has_more))
+        self.fresh.update(m.id for m in msgs if m.status == "in_progress")
+        if msgs and (self.order == "asc" or self.end is None):
+            self.end = msgs[-1].id if self.order == "asc" else msgs[0].id
+        if self.listed is not None:
+            if len(self.listed) + len(msgs) > Census.LIMIT:
+                self.listed = None
+            else:
+                self.listed.extend((m.id, m.created_at, m.digest) for m in msgs)
 
     def memo(self, census: bytes, limit: int, ties: str | None) -> WalkMemo | None:
+        """The memo of a walk that wrote nothing against ``census`` (Census.sig)."""
         if self.spoilt or not self.pages:
             return None
         pages = tuple(self.pages)
         if not _well_formed(pages):
             return None
-        return WalkMemo(census, limit, ties, pages, frozenset(self.fresh))
+        return WalkMemo(census, limit, ties, pages, frozenset(self.fresh), self.order, self.end)
+
+    def proven(self, census: Census | None, limit: int, ties: TieOrder) -> WalkMemo | None:
+        """The memo of an oldest-first walk that wrote, if ``census`` (read after its writes) is
+        what its pages leave: judged as a walk over the same messages would judge it."""
+        if self.order != "asc" or census is None or self.listed is None:
+            return None
+        if not census.unchanged_by(self.listed):
+            return None
+        return self.memo(census.sig, limit, ties)
+
+    def first_sync(self, limit: int, ties: TieOrder | None, *, sqlite: bool) -> WalkMemo | None:
+        """The memo of a first sync from the start (newest-first), keyed by the census of what
+        it stored: every message it listed, ranked as it ranked them (``ties``: the tie order
+        learned, None if none yet), and nothing else.
+
+        Not read back: if the mirror holds anything else (rows from before, a page that found
+        some of its messages stored already), its census has another signature and the memo
+        never fits. Against that census an oldest-first walk would write nothing if it keeps
+        every rank, which is checked here (order.py proves it always does).
+        """
+        if self.order != "desc" or self.listed is None:
+            return None
+        ranked: list[Stored] = []
+        prev: Place | None = None
+        for mid, at, digest in self.listed:
+            rank = place_descending(prev, at, None, ties or "reverse")
+            prev = Place(at, rank)
+            ranked.append(Stored(mid, at, rank, digest, False))
+        rows = ascending_of(ranked, ties)  # in census order, if the walk keeps every rank
+        if rows is None:
+            return None
+        prev = None
+        for row in rows:
+            if prev is not None and row.created_at < prev.created_at:
+                return None  # not a descending listing
+            if place_ascending(prev, row.created_at, row.rank) != row.rank:
+                return None
+            prev = Place(row.created_at, row.rank)
+        return self.memo(census_of(rows, sqlite=sqlite).sig, limit, ties or "reverse")
 
 
 class CensusAhead:

@@ -17,7 +17,8 @@ second follow on. This converges to the server's order on every walk.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, TypeVar
 
 TieOrder = Literal["reverse", "stable"]
 
@@ -64,3 +65,28 @@ def first_tie_pair(
             return last_id, msg_id
         last_id, last_at = msg_id, created_at
     return None
+
+
+_Item = TypeVar("_Item", bound=tuple[Any, ...])
+
+
+def ascending_of(descending: Sequence[_Item], ties: TieOrder | None) -> list[_Item] | None:
+    """A descending listing's ``(id, created_at, ...)`` items in ascending listing order.
+
+    Across seconds, the reverse; within one second, the reverse too where descending order is
+    the exact reverse of ascending (``reverse``), and the same order where ties keep creation
+    order both ways (``stable``). None when a second holds several messages and the convention
+    is not known.
+    """
+    ascending = list(reversed(descending))
+    if ties == "reverse":
+        return ascending
+    start = 0
+    for end in range(1, len(ascending) + 1):
+        if end == len(ascending) or ascending[end][1] != ascending[start][1]:
+            if end - start > 1:
+                if ties is None:
+                    return None
+                ascending[start:end] = ascending[start:end][::-1]
+            start = end
+    return ascending
