@@ -296,5 +296,5 @@ def test_a_census_computed_from_rows_signs_as_the_mirror_reads_it(
         read = apply.load_census(session, THREAD)
     assert read is not None
     rows = sorted(read.stored.values(), key=lambda r: (r.created_at, r.rank, r.id))
-    assert apply.census_of(rows, sqlite=mirror.is_sqlite).sig == read.sig, read_form
-    assert apply.census_of(rows[1:], sqlite=mirror.is_sqlite).sig != read.sig
+    assert apply.census_sig(rows, sqlite=mirror.is_sqlite) == read.sig, read_form
+    assert apply.census_sig(rows[1:], sqlite=mirror.is_sqlite) != read.sig

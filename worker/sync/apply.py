@@ -614,17 +614,16 @@ def _census_of(rows: list[Stored]) -> Census:
     return Census(sig, lambda: rows)
 
 
-def census_of(rows: list[Stored], *, sqlite: bool) -> Census:
-    """The census :func:`load_census` would read if the mirror held exactly ``rows`` (in census
-    order) of the thread, with the same signature, computed without reading anything.
+def census_sig(rows: Sequence[tuple[str, int, int, str, bool]], *, sqlite: bool) -> bytes:
+    """The signature :func:`load_census` would read if the mirror held exactly ``rows`` of the
+    thread (``Stored`` fields, in census order), computed without reading anything.
 
     If the mirror holds anything else, its census has another signature: a memo keyed by this
     one is then never replayed.
     """
     if sqlite and _SQLITE_JSON:  # the bytes of SQLite's json_group_array, as load_census hashes
-        text = orjson.dumps([[r.id, r.created_at, r.rank, r.digest, int(r.deleted)] for r in rows])
-        return Census(sha256(text).digest(), lambda: rows)
-    return _census_of(rows)
+        return sha256(orjson.dumps([(*r[:4], 1 if r[4] else 0) for r in rows])).digest()
+    return sha256(orjson.dumps([tuple(r) for r in rows])).digest()
 
 
 def load_census(session: Session, thread_id: str, limit: int | None = None) -> Census | None:

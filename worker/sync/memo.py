@@ -40,8 +40,9 @@ it, so a memo from older code is never trusted.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Literal, NamedTuple
 
 import anyio
@@ -51,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker.logs import get_logger
 from worker.store.db import Mirror
-from worker.sync.apply import Census, Incoming, Stored, census_of, load_census
+from worker.sync.apply import Census, Incoming, census_sig, load_census
 from worker.sync.order import (
     Place,
     TieOrder,
@@ -63,6 +64,8 @@ from worker.sync.order import (
 log = get_logger()
 
 Order = Literal["asc", "desc"]
+# What a full walk compares a listed message by: (id, created_at, digest) of an Incoming.
+_COMPARED: Callable[[Incoming], tuple[str, int, str]] = itemgetter(0, 1, 3)
 
 VERSION = 2  # 2: order and end
 
@@ -172,7 +175,7 @@ class MemoRecorder:
             if len(self.listed) + len(msgs) > Census.LIMIT:
                 self.listed = None
             else:
-                self.listed.extend((m.id, m.created_at, m.digest) for m in msgs)
+                self.listed.extend(map(_COMPARED, msgs))
 
     def memo(self, census: bytes, limit: int, ties: str | None) -> WalkMemo | None:
         """The memo of a walk that wrote nothing against ``census`` (Census.sig)."""
@@ -204,23 +207,23 @@ class MemoRecorder:
         """
         if self.order != "desc" or self.listed is None:
             return None
-        ranked: list[Stored] = []
+        ranked: list[tuple[str, int, int, str, bool]] = []  # Stored's fields, for census_sig
         prev: Place | None = None
         for mid, at, digest in self.listed:
             rank = place_descending(prev, at, None, ties or "reverse")
             prev = Place(at, rank)
-            ranked.append(Stored(mid, at, rank, digest, False))
+            ranked.append((mid, at, rank, digest, False))
         rows = ascending_of(ranked, ties)  # in census order, if the walk keeps every rank
         if rows is None:
             return None
         prev = None
-        for row in rows:
-            if prev is not None and row.created_at < prev.created_at:
+        for _, at, rank, _, _ in rows:
+            if prev is not None and at < prev.created_at:
                 return None  # not a descending listing
-            if place_ascending(prev, row.created_at, row.rank) != row.rank:
+            if place_ascending(prev, at, rank) != rank:
                 return None
-            prev = Place(row.created_at, row.rank)
-        return self.memo(census_of(rows, sqlite=sqlite).sig, limit, ties or "reverse")
+            prev = Place(at, rank)
+        return self.memo(census_sig(rows, sqlite=sqlite), limit, ties or "reverse")
 
 
 class CensusAhead:
