@@ -24,7 +24,7 @@ from tests.sync.test_sync import exported, seeded, sync, truth
 from worker.emulator import Emulator, ManualClock, WireError
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState
-from worker.sync.apply import apply_page, digest_of, prepare
+from worker.sync.apply import Census, apply_page, digest_of, prepare
 from worker.sync.memo import VERSION, CensusAhead, MemoPage, WalkMemo
 
 pytestmark = pytest.mark.anyio
@@ -378,6 +378,12 @@ async def test_a_first_sync_proves_its_walk_under_either_tie_order(
     report = await sync(emulator, mirror, full=True)
     assert report.counts.writes == 0
     assert parsed["n"] == 0
+    # It ends as an oldest-first walk does: on the newest message in server order (under
+    # "stable" ties not the first one a newest-first listing shows).
+    with mirror.read() as session:
+        state = session.get(SyncState, thread_id)
+        assert state is not None
+    assert state.high_water_id == truth(emulator, thread_id)[-1]["id"]
     forget_memo(mirror, thread_id)
     report = await sync(emulator, mirror, full=True)
     assert report.counts.writes == 0
@@ -432,3 +438,50 @@ async def test_a_resumed_first_sync_records_no_memo(emulator: Emulator, mirror: 
     assert (await sync(emulator, mirror)).ok
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
     assert memo_of(mirror, thread_id) is None
+
+
+async def test_a_first_sync_above_the_census_limit_stops_hashing_and_records_no_memo(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Such a thread is compared page by page, never replayed: its pages need no hash."""
+    monkeypatch.setattr(Census, "LIMIT", 100)
+    (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
+    hashed = {"n": 0}
+    real = engine.ThreadPass._list_unless
+
+    async def counted(self: engine.ThreadPass, **kwargs: Any) -> Any:
+        hashed["n"] += 1
+        return await real(self, **kwargs)
+
+    monkeypatch.setattr(engine.ThreadPass, "_list_unless", counted)
+    report = await sync(emulator, mirror, page_limit=20)  # 13 pages
+    assert report.ok
+    assert memo_of(mirror, thread_id) is None
+    # Past 100 messages (page 6) it stops; page 7 was asked for before it knew.
+    assert hashed["n"] == 7
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)
+
+
+async def test_a_failed_read_after_a_walk_that_wrote_only_loses_its_memo(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
+    assert (await sync(emulator, mirror)).ok
+    forget_memo(mirror, thread_id)
+    emulator.delete_message(thread_id, truth(emulator, thread_id)[7]["id"])
+    reads = {"n": 0}
+    real = engine.ThreadPass._census
+
+    async def second_fails(self: engine.ThreadPass) -> Any:
+        reads["n"] += 1
+        if reads["n"] == 2:  # the one after the walk's writes (the first is the walk's own)
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(self)
+
+    monkeypatch.setattr(engine.ThreadPass, "_census", second_fails)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert report.counts.deleted == 1
+    assert reads["n"] == 2
+    assert memo_of(mirror, thread_id) is None
+    assert exported(mirror, thread_id) == truth(emulator, thread_id)

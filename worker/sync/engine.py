@@ -22,6 +22,7 @@ loses nothing and duplicates nothing.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -32,6 +33,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
@@ -132,7 +134,7 @@ class _Ahead:
         self._page: _Page | _Hit | None = None
         self._error: Exception | None = None
         self._after: str | None = None
-        self._hashed = False
+        self.hashed = False  # whether the pages fetched next are hashed (see fetch)
 
     def fetch(
         self, after: str | None, *, hashed: bool = False, unless: bytes | None = None
@@ -141,8 +143,8 @@ class _Ahead:
         and the following ones), and left unparsed if that is ``unless``."""
         self._done = anyio.Event()
         self._page, self._error, self._after = None, None, after
-        self._hashed = hashed or unless is not None
-        self._tg.start_soon(self._run, after, self._hashed, unless)
+        self.hashed = hashed or unless is not None
+        self._tg.start_soon(self._run, after, self.hashed, unless)
 
     async def _run(self, after: str | None, hashed: bool, unless: bytes | None) -> None:
         try:
@@ -188,7 +190,7 @@ class _Ahead:
         assert page is not None
         self._page = None
         if follow and isinstance(page, _Page) and page.has_more and page.msgs:
-            self.fetch(page.msgs[-1].id, hashed=self._hashed)
+            self.fetch(page.msgs[-1].id, hashed=self.hashed)
         return page
 
     def adopt(self, hit: _Hit) -> _Page:
@@ -510,6 +512,9 @@ class ThreadPass:
                 if record is not None:
                     assert taken.sha is not None
                     record.page(taken.sha, msgs, has_more)
+                    if record.listed is None:  # above the census limit: no memo to prove
+                        record = None
+                        ahead.hashed = False
                 if done:
                     if record is not None and not record.spoilt:
                         found = record.first_sync(
@@ -747,7 +752,12 @@ class ThreadPass:
         if record.spoilt:
             self._memo_out = None
             return
-        found = record.proven(await self._census(), self.limit, self.ties.effective)
+        try:
+            census = await self._census()
+        except (SQLAlchemyError, sqlite3.Error) as exc:  # the walk is done: only its memo is lost
+            log.warning("sync.walk_memo_unproven", thread=self.thread_id, error=type(exc).__name__)
+            census = None
+        found = record.proven(census, self.limit, self.ties.effective)
         self._memo_out = None if found is None else found.dumps()
         if found is not None:
             log.debug("sync.walk_memo_proven", thread=self.thread_id, order=found.order)

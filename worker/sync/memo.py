@@ -160,7 +160,7 @@ class MemoRecorder:
     order: Order = "asc"
     pages: list[MemoPage] = field(default_factory=list)
     fresh: set[str] = field(default_factory=set)
-    end: str | None = None  # the newest message listed so far
+    end: str | None = None  # the last message listed so far (oldest-first walks)
     # What each listed message is compared by (id, created_at, digest), in listing order, kept
     # for the proof of a walk that wrote; dropped (and the proof given up) past Census.LIMIT.
     listed: list[tuple[str, int, str]] | None = field(default_factory=list)
@@ -169,22 +169,28 @@ class MemoRecorder:
     def page(self, sha: bytes, msgs: Sequence[Incoming], has_more: bool) -> None:
         self.pages.append(MemoPage(sha, msgs[-1].id if msgs else None, has_more))
         self.fresh.update(m.id for m in msgs if m.status == "in_progress")
-        if msgs and (self.order == "asc" or self.end is None):
-            self.end = msgs[-1].id if self.order == "asc" else msgs[0].id
+        if msgs and self.order == "asc":
+            self.end = msgs[-1].id
         if self.listed is not None:
             if len(self.listed) + len(msgs) > Census.LIMIT:
                 self.listed = None
             else:
                 self.listed.extend(map(_COMPARED, msgs))
 
-    def memo(self, census: bytes, limit: int, ties: str | None) -> WalkMemo | None:
-        """The memo of a walk that wrote nothing against ``census`` (Census.sig)."""
+    def memo(
+        self, census: bytes, limit: int, ties: str | None, *, end: str | None = None
+    ) -> WalkMemo | None:
+        """The memo of a walk that wrote nothing against ``census`` (Census.sig); ``end``: the
+        newest message in server order, where it is not the last listed (newest-first walks)."""
         if self.spoilt or not self.pages:
             return None
         pages = tuple(self.pages)
         if not _well_formed(pages):
             return None
-        return WalkMemo(census, limit, ties, pages, frozenset(self.fresh), self.order, self.end)
+        if self.order == "asc":
+            end = self.end
+        fresh = frozenset(self.fresh)
+        return WalkMemo(census, limit, ties, pages, fresh, self.order, end)
 
     def proven(self, census: Census | None, limit: int, ties: TieOrder) -> WalkMemo | None:
         """The memo of an oldest-first walk that wrote, if ``census`` (read after its writes) is
@@ -223,7 +229,10 @@ class MemoRecorder:
             if place_ascending(prev, at, rank) != rank:
                 return None
             prev = Place(at, rank)
-        return self.memo(census_sig(rows, sqlite=sqlite), limit, ties or "reverse")
+        # The newest in server order ends an oldest-first walk: under "stable" ties it is the
+        # last of the newest second, which a newest-first listing shows first of its second.
+        end = rows[-1][0] if rows else None
+        return self.memo(census_sig(rows, sqlite=sqlite), limit, ties or "reverse", end=end)
 
 
 class CensusAhead:
