@@ -27,6 +27,7 @@ import orjson
 
 from worker.client import profiles
 from worker.client.models import Listed, MessagePage, page_unless, parse_object, parse_page
+from worker.client.network import pooled_transport
 from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
 from worker.config import ApiSettings, Profile, RetrySettings
@@ -150,15 +151,16 @@ class ApiClient:
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._clock = clock
+        limits = httpx.Limits(
+            max_connections=api.max_connections,
+            max_keepalive_connections=api.max_connections,
+        )
         self._http = httpx.AsyncClient(
             base_url=target.base_url,
             params=target.params,
             headers=target.headers,
-            transport=transport,
-            limits=httpx.Limits(
-                max_connections=api.max_connections,
-                max_keepalive_connections=api.max_connections,
-            ),
+            transport=transport if transport is not None else pooled_transport(limits),
+            limits=limits,
             timeout=httpx.Timeout(api.read_timeout, connect=api.connect_timeout),
             http1=True,
             http2=False,
