@@ -57,6 +57,18 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return calls
 
 
+async def compared_in_full(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """A reconcile that replays no memo: every page requested once and parsed once."""
+    parsed = parses(monkeypatch)
+    report = await sync(emulator, mirror, full=True)
+    assert report.ok
+    assert parsed["n"] == PAGES
+    assert report.requests == PAGES
+    return report
+
+
 def memo_of(mirror: Mirror, thread_id: str) -> WalkMemo | None:
     with mirror.read() as session:
         state = session.get(SyncState, thread_id)
@@ -221,11 +233,8 @@ async def test_a_new_message_stored_by_an_ordinary_pass_defeats_the_memo(
     clock.advance(5)
     emulator.append_messages(thread_id, messages=[{"role": "user", "content": "one more"}])
     assert (await sync(emulator, mirror)).counts.added == 1
-    parsed = parses(monkeypatch)
-    report = await sync(emulator, mirror, full=True)
+    report = await compared_in_full(emulator, mirror, monkeypatch)
     assert report.counts.writes == 0
-    assert parsed["n"] == PAGES
-    assert report.requests == PAGES
     assert exported(mirror, thread_id) == truth(emulator, thread_id)
 
 
@@ -241,11 +250,8 @@ async def test_an_unreadable_or_foreign_memo_is_ignored_and_replaced(
                 text("UPDATE sync_state SET walk_memo = :m WHERE thread_id = :t"),
                 {"m": stored, "t": thread_id},
             )
-        parsed = parses(monkeypatch)
-        report = await sync(emulator, mirror, full=True)
-        assert report.ok
+        report = await compared_in_full(emulator, mirror, monkeypatch)
         assert report.counts.writes == 0
-        assert parsed["n"] == PAGES
         assert memo_of(mirror, thread_id) == good
 
 
@@ -274,11 +280,7 @@ async def test_a_message_stored_in_progress_but_not_listed_so_defeats_the_memo(
         session.execute(
             update(Message).where(col(Message.id) == victim).values(status="in_progress")
         )
-    parsed = parses(monkeypatch)
-    report = await sync(emulator, mirror, full=True)
-    assert report.ok
-    assert parsed["n"] == PAGES
-    assert report.requests == PAGES  # listed final: no GET of it
+    await compared_in_full(emulator, mirror, monkeypatch)  # listed final: no GET of it
 
 
 def test_memo_round_trip_and_shape_checks() -> None:
@@ -410,11 +412,8 @@ async def test_a_first_sync_over_rows_it_did_not_list_is_not_replayed(
             now=datetime.now(UTC),
         )
     assert (await sync(emulator, mirror)).counts.added == 260
-    parsed = parses(monkeypatch)
-    report = await sync(emulator, mirror, full=True)
+    report = await compared_in_full(emulator, mirror, monkeypatch)
     assert report.counts.deleted == 1
-    assert parsed["n"] == PAGES
-    assert report.requests == PAGES
     memo = memo_of(mirror, thread_id)
     assert memo is not None
     assert memo.order == "asc"
