@@ -24,7 +24,8 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Start the emulator on $URL (5 seeded threads x 300 messages, 5 ms latency)"
 "$TS" --log-level warning emulator --port "$PORT" --api-key "$KEY" --seed 42 --threads 5 \
-  --messages 300 --latency-ms 5 --state "$DEMO/emulator-state.json" >"$DEMO/emulator.log" 2>&1 &
+  --messages 300 --latency-ms 5 --state "$DEMO/emulator-state.json" \
+  --threads-file "$DEMO/threads.txt" >"$DEMO/emulator.log" 2>&1 &
 EMU=$!
 trap 'kill $EMU 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
@@ -35,25 +36,27 @@ control GET behaviour >/dev/null
 
 export AZURE_OPENAI_ENDPOINT="$URL" AZURE_OPENAI_API_KEY="$KEY" OPENAI_API_VERSION=2024-08-01-preview
 export THREADSYNC_DATABASE_URL="sqlite:///$DEMO/threadsync.db" THREADSYNC_LOG__FORMAT=console
-THREADS=$(control GET truth | "$BIN/python" -c 'import json,sys; print(" ".join(json.load(sys.stdin)["threads"]))')
-FIRST=${THREADS%% *}
+FIRST=$(head -n 1 "$DEMO/threads.txt")
 
-step "threadsync threads add (the API cannot list threads: you name them)"
-"$TS" threads add $THREADS
+step "threadsync threads add --from-file (the emulator wrote its thread ids; the API cannot list them)"
+"$TS" threads add --from-file "$DEMO/threads.txt"
 
 step "threadsync sync (first sync: newest first, resumable)"
 "$TS" --log-level warning sync
 
-step "New messages arrive, one is deleted, one is edited on the server"
+step "On the server: 25 new messages, one deleted, one's metadata edited"
 control POST "threads/$FIRST/messages" '{"n": 25}' >/dev/null
-VICTIM=$(control GET truth | "$BIN/python" -c "import json,sys; print(json.load(sys.stdin)['threads']['$FIRST'][3]['id'])")
+pick() { control GET truth | "$BIN/python" -c "import json,sys; print(json.load(sys.stdin)['threads']['$FIRST'][$1]['id'])"; }
+VICTIM=$(pick 3)
+EDITED=$(pick 5)
 control DELETE "threads/$FIRST/messages/$VICTIM" >/dev/null
-echo "appended 25 messages to $FIRST, deleted $VICTIM"
+control POST "threads/$FIRST/messages/$EDITED/metadata" '{"metadata": {"topic": "edited on the server"}}' >/dev/null
+echo "appended 25 messages to $FIRST, deleted $VICTIM, edited the metadata of $EDITED"
 
 step "threadsync sync (ordinary pass: one small request per idle thread)"
 "$TS" --log-level warning sync
 
-step "threadsync sync --full (reconcile: notices the deletion)"
+step "threadsync sync --full (reconcile: notices the deletion and the edit)"
 "$TS" --log-level warning sync --full
 
 step "threadsync status"

@@ -109,6 +109,9 @@ class SyncSettings(BaseModel):
 
     concurrency: int = Field(default=8, ge=1, le=256)
     page_limit: int = Field(default=100, ge=1, le=100)
+    progress_interval: float = Field(
+        default=30.0, gt=0, description="Off a terminal: seconds between sync.progress events."
+    )
 
 
 class PushSettings(BaseModel):

@@ -47,12 +47,36 @@ def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a record is written, not when logging was set up: a
+    progress display that redirects stderr then prints log lines above itself, not through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_json_logs = True
+
+
+def is_json() -> bool:
+    """Whether records are JSON lines (then every line on stderr must be one: see the CLI)."""
+    return _json_logs
+
+
 def configure(
     *, level: str = "info", json: bool | None = None, stream: TextIO | None = None
 ) -> None:
     """Set up structlog for the whole process; safe to call more than once."""
-    out = stream if stream is not None else sys.stderr
+    global _json_logs  # noqa: PLW0603 - one logging set-up per process, like structlog's own
+    out: Any = stream if stream is not None else _Stderr()
     use_json = (not out.isatty()) if json is None else json
+    _json_logs = use_json
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if use_json

@@ -75,7 +75,7 @@ def test_add_sync_export_status(served: tuple[Emulator, str], tmp_path: Path) ->
     env = user_env(url, tmp_path / "m.db")
     run(["threads", "add", *ids], env, tmp_path)
     sync = run(["sync"], env, tmp_path)
-    assert "3/3 threads ok" in sync.stderr
+    assert "3/3 threads ok" in sync.stdout
     out = tmp_path / "messages.jsonl"
     run(["export", "--format", "jsonl", "--out", str(out)], env, tmp_path)
     lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
@@ -97,9 +97,9 @@ def test_failed_thread_gives_exit_1_and_a_summary(
     run(["threads", "add", good, "thread_missing0"], env, tmp_path)
     proc = run(["sync"], env, tmp_path, check=False)
     assert proc.returncode == 1
-    assert "thread_missing0: failed" in proc.stderr
-    assert "not found" in proc.stderr
-    assert "1/2 threads ok" in proc.stderr
+    assert "thread_missing0: failed" in proc.stdout
+    assert "not found" in proc.stdout
+    assert "1/2 threads ok" in proc.stdout
 
 
 def test_faulty_run_never_leaks_the_key(served: tuple[Emulator, str], tmp_path: Path) -> None:

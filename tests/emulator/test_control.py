@@ -157,7 +157,7 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_cli_registers_with_env_twins() -> None:
-    """register() adds `emulator`; every option shows its THREADSYNC_EMULATOR_* twin in help."""
+    """register() adds `emulator`; every option shows its THREADSYNC_EMULATOR__* twin in help."""
     app = typer.Typer()
 
     @app.callback()
@@ -179,8 +179,9 @@ def test_cli_registers_with_env_twins() -> None:
         "CURSOR_MISSING",
         "METADATA",
         "TIES",
+        "THREADS_FILE",
     ):
-        assert f"THREADSYNC_EMULATOR_{twin}" in result.output
+        assert f"THREADSYNC_EMULATOR__{twin}" in result.output
 
 
 def test_cli_serves_and_prints_the_endpoint(tmp_path: Path) -> None:

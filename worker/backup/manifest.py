@@ -93,3 +93,24 @@ def parse_threads(document: dict[str, Any]) -> dict[str, ThreadCount]:
         thread_id: ThreadCount(int(t["messages"]), int(t["deleted"]), t.get("newest_message_id"))
         for thread_id, t in document["threads"].items()
     }
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a snapshot's manifest says it holds (as written; ``backup verify`` checks it)."""
+
+    threads: int
+    messages: int
+    deleted: int
+    bytes: int
+
+
+def read_totals(snapshot: Path) -> Totals | None:
+    """The totals of ``snapshot``'s manifest, or None when it has none or it cannot be read."""
+    try:
+        document = orjson.loads((snapshot / MANIFEST).read_bytes())
+        totals = document["totals"]
+        size = sum(int(f["bytes"]) for f in document["files"].values())
+        return Totals(int(totals["threads"]), int(totals["messages"]), int(totals["deleted"]), size)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

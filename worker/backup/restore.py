@@ -7,6 +7,7 @@ Rows are copied in one transaction on the target, so a failed restore leaves it 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,10 +31,16 @@ class RestoreResult:
     target: str
     rows: dict[str, int]
     replaced: bool
+    deleted: int = 0  # of the message rows, those the server no longer lists (tombstones)
 
     @property
     def messages(self) -> int:
+        """Message rows restored, tombstones included (``live`` leaves them out)."""
         return self.rows.get("message", 0)
+
+    @property
+    def live(self) -> int:
+        return self.messages - self.deleted
 
 
 def restore(path: Path, database_url: str, force: bool = False) -> RestoreResult:
@@ -42,7 +49,8 @@ def restore(path: Path, database_url: str, force: bool = False) -> RestoreResult
     if not report.ok:
         raise StoreError(f"refusing to restore {path}: {report.problem}")
     with tempfile.TemporaryDirectory(prefix="threadsync-restore-") as scratch:
-        return _restore(Path(path) / DATABASE, database_url, force, Path(scratch))
+        result = _restore(Path(path) / DATABASE, database_url, force, Path(scratch))
+    return dataclasses.replace(result, deleted=report.deleted)
 
 
 def _restore(database: Path, database_url: str, force: bool, scratch: Path) -> RestoreResult:

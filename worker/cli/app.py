@@ -9,9 +9,11 @@ import typer
 
 from worker import __version__
 from worker.cli.common import Globals, setup_logging
+from worker.cli.say import set_quiet
 from worker.memory import limit_malloc_arenas, tune_collector
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="threadsync",
     help="Keep a faithful local mirror of Assistants thread messages; export, back up, write back.",
     no_args_is_help=True,
@@ -55,16 +57,41 @@ def root(
             help="auto (JSON lines unless stderr is a terminal) | json | console",
         ),
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            envvar="THREADSYNC_QUIET",
+            help="Only problems: no progress, no summaries, logs from warning up.",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            envvar="THREADSYNC_VERBOSE",
+            help="Everything: logs from debug up (idle threads, empty pushes).",
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     """threadsync: mirror, export, back up and write back Assistants thread messages."""
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other; pick one")
+    implied = "warning" if quiet else "debug" if verbose else None
     g = Globals(
-        config=config, database_url=database_url, log_level=log_level, log_format=log_format
+        config=config,
+        database_url=database_url,
+        log_level=log_level or implied,
+        log_format=log_format,
     )
     ctx.obj = g
+    set_quiet(quiet)
     setup_logging(g)
 
 
@@ -77,11 +104,12 @@ def _register() -> None:
         emulator,
         export,
         metadata,
+        runs,
         sync,
         threads,
     )
 
-    for module in (threads, sync, export, metadata, daemon, backup, db, emulator):
+    for module in (threads, sync, runs, export, metadata, daemon, backup, db, emulator):
         module.register(app)
 
 

@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from worker import logs
 from worker.client import ApiClient
+from worker.client.api import ClientEvents
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError, ThreadsyncError
 from worker.store.db import Mirror
@@ -30,6 +31,7 @@ T = TypeVar("T")
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
@@ -84,8 +86,8 @@ def setup_logging(g: Globals) -> None:
 
 
 @asynccontextmanager
-async def api_client(settings: Settings) -> Any:
-    async with ApiClient(settings.api, settings.retry) as client:
+async def api_client(settings: Settings, events: ClientEvents | None = None) -> Any:
+    async with ApiClient(settings.api, settings.retry, events=events) as client:
         yield client
 
 

@@ -8,7 +8,7 @@ from worker.cli.common import command, globals_of, out_console
 from worker.store import schema
 from worker.store.db import Mirror
 
-db_app = typer.Typer(help="The mirror database's schema.")
+db_app = typer.Typer(rich_markup_mode=None, help="The mirror database's schema.")
 
 
 def register(app: typer.Typer) -> None:

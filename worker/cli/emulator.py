@@ -10,9 +10,10 @@ import typer
 
 from worker.emulator import Behaviour, Emulator, serve
 from worker.emulator.behaviour import CURSOR_MISSING_CHOICES, METADATA_CHOICES, TIES_CHOICES
+from worker.export.output import atomic_output
 from worker.logs import get_logger, register_secret
 
-_ENV = "THREADSYNC_EMULATOR_"
+_ENV = "THREADSYNC_EMULATOR__"
 
 
 def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
@@ -59,6 +60,15 @@ def emulator(
         str,
         typer.Option(envvar=_ENV + "TIES", help=f"Order within one second: {TIES_CHOICES}."),
     ] = "reverse",
+    threads_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--threads-file",
+            envvar=_ENV + "THREADS_FILE",
+            help="Write the seeded thread ids here, one per line (for `threads add --from-file`)"
+            " instead of printing them.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Assistants messages API emulator (Azure, OpenAI and Foundry paths)."""
     behaviour = Behaviour().updated(
@@ -78,6 +88,7 @@ def emulator(
     emu.faults.latency_ms = latency_ms
     if threads and not loaded:
         emu.seed(seed=seed, threads=threads, messages=messages)
+    thread_ids = [t.id for t in emu.threads.live_asc()]
     base = f"http://{host}:{port}"
     # The key is printed on purpose: it is the emulator's own, made for the user to copy.
     typer.echo(f"AZURE_OPENAI_ENDPOINT={base}")
@@ -85,6 +96,7 @@ def emulator(
     typer.echo("OPENAI_API_VERSION=2024-08-01-preview")
     typer.echo(f"# OpenAI platform: OPENAI_BASE_URL={base}/v1 (Bearer key, OpenAI-Beta header)")
     typer.echo(f"# Foundry classic: {base}/api/projects/<project>?api-version=2025-05-01")
+    _announce_threads(thread_ids, threads_file)
     get_logger().info(
         "emulator.start",
         host=host,
@@ -93,6 +105,21 @@ def emulator(
         state=str(state) if state else None,
     )
     serve(emu, host=host, port=port)
+
+
+def _announce_threads(thread_ids: list[str], threads_file: Path | None) -> None:
+    """The seeded ids, so a new user can track them: `threads add --from-file FILE`."""
+    if threads_file is None:
+        typer.echo(f"# {len(thread_ids)} threads (track them with `threadsync threads add ID...`):")
+        for thread_id in thread_ids:
+            typer.echo(thread_id)
+        return
+    with atomic_output(str(threads_file)) as stream:
+        stream.write("".join(f"{t}\n" for t in thread_ids).encode())
+    typer.echo(
+        f"# {len(thread_ids)} thread ids written to {threads_file}:"
+        f" threadsync threads add --from-file {threads_file}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from typing import IO, Annotated
 import typer
 
 from worker.cli.common import EXIT_FAILED, api_client, command, err_console, globals_of, run_async
+from worker.cli.say import notice, result
 from worker.cli.sync import print_report
 from worker.errors import ConfigError
 from worker.export.csv_format import write_csv
@@ -54,6 +55,27 @@ SUFFIX = {
 
 def register(app: typer.Typer) -> None:
     app.command("export")(export)
+
+
+def format_of_name(out: str) -> Format | None:
+    """The format a file name asks for (``x.csv``, ``x.md.gz``), or None if it names none."""
+    name = out.lower().removesuffix(".gz")
+    for fmt, suffix in SUFFIX.items():
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def choose_format(out: str, given: Format | None) -> Format:
+    """``--format`` if given, else what the output name says, else JSONL; a contradiction is an
+    error rather than a file whose name lies about its content."""
+    named = None if out == "-" or is_directory_target(out) else format_of_name(out)
+    if given is not None and named is not None and given is not named:
+        raise ConfigError(
+            f"--out {out} names a {named.value} file but --format is {given.value};"
+            f" drop --format or give the file a {SUFFIX[given]} name"
+        )
+    return given or named or Format.JSONL
 
 
 def parse_when(value: str | None, option: str) -> int | None:
@@ -121,21 +143,27 @@ def export(
         typer.Option(
             "--out",
             "-o",
-            envvar="THREADSYNC_EXPORT_OUT",
+            envvar="THREADSYNC_EXPORT__OUT",
             help="A file (.gz compresses), an existing directory or a path ending in / (one file"
             " per thread), or - for stdout.",
         ),
     ],
     fmt: Annotated[
-        Format,
-        typer.Option("--format", "-f", envvar="THREADSYNC_EXPORT_FORMAT", help="Output format."),
-    ] = Format.JSONL,
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            envvar="THREADSYNC_EXPORT__FORMAT",
+            help="Output format (default: from the --out name, .jsonl .csv .md .parquet with"
+            " optional .gz; else jsonl).",
+        ),
+    ] = None,
     thread: Annotated[
         list[str] | None,
         typer.Option(
             "--thread",
             "-t",
-            envvar="THREADSYNC_EXPORT_THREAD",
+            envvar="THREADSYNC_EXPORT__THREAD",
             help="Only these threads (repeatable).",
         ),
     ] = None,
@@ -143,27 +171,27 @@ def export(
         str | None,
         typer.Option(
             "--since",
-            envvar="THREADSYNC_EXPORT_SINCE",
+            envvar="THREADSYNC_EXPORT__SINCE",
             help="Messages created at or after this (date, ISO 8601 time or unix seconds; UTC).",
         ),
     ] = None,
     until: Annotated[
         str | None,
         typer.Option(
-            "--until", envvar="THREADSYNC_EXPORT_UNTIL", help="Messages created before this."
+            "--until", envvar="THREADSYNC_EXPORT__UNTIL", help="Messages created before this."
         ),
     ] = None,
     role: Annotated[
         list[Role] | None,
         typer.Option(
-            "--role", envvar="THREADSYNC_EXPORT_ROLE", help="Only this role (repeatable)."
+            "--role", envvar="THREADSYNC_EXPORT__ROLE", help="Only this role (repeatable)."
         ),
     ] = None,
     include_deleted: Annotated[
         bool,
         typer.Option(
             "--include-deleted",
-            envvar="THREADSYNC_EXPORT_INCLUDE_DELETED",
+            envvar="THREADSYNC_EXPORT__INCLUDE_DELETED",
             help='Also write messages the server no longer lists (JSONL: "_threadsync":'
             ' {"deleted_at": ...} appended; CSV: deleted_at column; Markdown: marked deleted).',
         ),
@@ -172,17 +200,18 @@ def export(
         bool,
         typer.Option(
             "--gzip",
-            envvar="THREADSYNC_EXPORT_GZIP",
+            envvar="THREADSYNC_EXPORT__GZIP",
             help="Directory output: compress each file (.gz). For a file, name it *.gz instead.",
         ),
     ] = False,
     sync_first: Annotated[
         bool,
-        typer.Option("--sync", envvar="THREADSYNC_EXPORT_SYNC", help="Sync the threads first."),
+        typer.Option("--sync", envvar="THREADSYNC_EXPORT__SYNC", help="Sync the threads first."),
     ] = False,
 ) -> None:
     """Write the mirrored messages, each thread in server order (oldest first)."""
     g = globals_of(ctx)
+    chosen = choose_format(out, fmt)
     selection = Selection(
         thread_ids=thread or None,
         include_deleted=include_deleted,
@@ -205,13 +234,13 @@ def export(
                 )
 
         report = run_async(go)
-        print_report(report)
+        print_report(report, stderr=out == "-")
         synced = report.ok
     else:
         synced = True
-    count = export_rows(mirror, selection, fmt, out, gzip=gzip)
+    count = export_rows(mirror, selection, chosen, out, gzip=gzip)
     if out != "-":
-        err_console.print(f"exported {count} messages to {out}")
+        result(f"exported {count} messages to {out}")
     if not synced:
-        err_console.print("[red]some threads did not sync; the export holds what the mirror had[/]")
+        notice("some threads did not sync; the export holds what the mirror had", level="error")
         raise typer.Exit(EXIT_FAILED)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -12,16 +11,18 @@ from worker.cli.common import (
     EXIT_FAILED,
     api_client,
     command,
-    err_console,
     globals_of,
     out_console,
     run_async,
 )
+from worker.cli.say import result
+from worker.cli.tables import iso_utc
 from worker.errors import ConfigError
 from worker.outbox import MetadataView, PushReport, push_pending, set_metadata, show_metadata
 from worker.outbox.merge import POLICIES
 
 metadata_app = typer.Typer(
+    rich_markup_mode=None,
     help="Edit message metadata locally; `threadsync push` sends the edits.",
     no_args_is_help=True,
 )
@@ -57,7 +58,7 @@ def set_(
         typer.Option(
             "--unset",
             "-u",
-            envvar="THREADSYNC_METADATA_UNSET",
+            envvar="THREADSYNC_METADATA__UNSET",
             help="A key to unset (repeatable); it is sent blank.",
         ),
     ] = None,
@@ -70,19 +71,12 @@ def set_(
         mirror, thread_id, message_id, set=parse_pairs(pairs or []), unset=unset or []
     )
     if edit.state == "unchanged":
-        err_console.print(f"{message_id}: metadata already as asked; nothing queued")
+        result(f"{message_id}: metadata already as asked; nothing queued")
     else:
-        err_console.print(
+        result(
             f"{message_id}: queued ({', '.join(edit.keys) or 'no key differs any more'});"
             " run `threadsync push` to send"
         )
-
-
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def view_json(view: MetadataView) -> dict[str, Any]:
@@ -118,7 +112,7 @@ def show(
     thread_id: Annotated[str, typer.Argument(help="The message's thread.")],
     message_id: Annotated[str, typer.Argument(help="The message.")],
     as_json: Annotated[
-        bool, typer.Option("--json", envvar="THREADSYNC_METADATA_JSON", help="One JSON object.")
+        bool, typer.Option("--json", envvar="THREADSYNC_METADATA__JSON", help="One JSON object.")
     ] = False,
 ) -> None:
     """The mirrored metadata, the queued edit, its state and any conflict."""
@@ -140,7 +134,7 @@ def show(
     if view.last_error:
         out_console.print(f"last error ({view.attempts} attempts): {view.last_error}")
     if view.state == "applied":
-        out_console.print(f"applied at {_when(view.applied_at)}")
+        out_console.print(f"applied at {iso_utc(view.applied_at, empty='never')}")
 
 
 @command
@@ -158,7 +152,7 @@ def push(
         bool,
         typer.Option(
             "--retry-failed",
-            envvar="THREADSYNC_PUSH_RETRY_FAILED",
+            envvar="THREADSYNC_PUSH__RETRY_FAILED",
             help="Try edits that failed permanently (400/404/401/403) again.",
         ),
     ] = False,
@@ -199,18 +193,18 @@ def push(
 
 def print_report(report: PushReport) -> None:
     written = sum(o.written for o in report.applied)
-    err_console.print(
+    result(
         f"push: {len(report.outcomes)} edits; {len(report.applied)} applied ({written} written),"
         f" {len(report.conflicted)} conflicted, {len(report.failed)} failed,"
         f" {len(report.deferred)} left pending; {report.requests} requests in"
         f" {report.seconds:.1f}s"
     )
     for o in report.conflicted:
-        err_console.print(
-            f"  [yellow]{o.message_id}[/]: conflict on {', '.join(o.keys)}; see `threadsync"
+        result(
+            f"  {o.message_id}: conflict on {', '.join(o.keys)}; see `threadsync"
             f" metadata show {o.thread_id} {o.message_id}`, or push with --policy local|remote"
         )
     for o in report.failed + report.deferred:
-        err_console.print(f"  [red]{o.message_id}: {o.result}[/]: {o.error}")
+        result(f"  {o.message_id}: {o.result}: {o.error}")
     if report.aborted:
-        err_console.print(f"  [red]stopped[/]: {report.aborted}")
+        result(f"  stopped: {report.aborted}")

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated
+import functools
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
-import orjson
+import anyio
 import typer
-from rich.table import Table
 
 from worker.cli.common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     api_client,
     command,
     err_console,
     globals_of,
     out_console,
-    run_async,
 )
+from worker.cli.progress import RunWatch, show_progress
+from worker.cli.say import is_quiet, notice, result
+from worker.cli.signals import run_interruptible
+from worker.cli.tables import iso_utc, print_json_lines, print_table
 from worker.outbox import edit_counts
-from worker.store.repo import thread_statuses
+from worker.store.db import Mirror
+from worker.store.repo import any_tracked, thread_statuses
 from worker.sync.runner import RunReport, sync_threads
+
+T = TypeVar("T")
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +42,7 @@ def sync(
         bool,
         typer.Option(
             "--full",
-            envvar="THREADSYNC_SYNC_FULL",
+            envvar="THREADSYNC_SYNC__FULL",
             help="Reconcile: walk every thread completely, notice deletions and remote edits.",
         ),
     ] = False,
@@ -44,7 +51,7 @@ def sync(
         typer.Option(
             "--thread",
             "-t",
-            envvar="THREADSYNC_SYNC_THREAD",
+            envvar="THREADSYNC_SYNC__THREAD",
             help="Only these tracked threads (repeatable; the variable: space-separated).",
         ),
     ] = None,
@@ -63,45 +70,76 @@ def sync(
     g = globals_of(ctx)
     settings = g.settings(sync={"concurrency": concurrency})
     mirror = g.mirror()
+    if not thread and not _anything_tracked(mirror):
+        notice(
+            "no threads are tracked, so there is nothing to sync; track some with"
+            " `threadsync threads add THREAD_ID...` (or `threads add --from-file FILE`)"
+        )
+        return
+    watch = RunWatch()
 
     async def go() -> RunReport:
-        async with api_client(settings) as client:
-            return await sync_threads(
-                client,
-                mirror,
-                thread_ids=thread or None,
-                full=full,
-                concurrency=settings.sync.concurrency,
-                page_limit=settings.sync.page_limit,
+        async with api_client(settings, events=watch) as client:
+            return await _with_progress(
+                watch,
+                settings.sync.progress_interval,
+                sync_threads(
+                    client,
+                    mirror,
+                    thread_ids=thread or None,
+                    full=full,
+                    concurrency=settings.sync.concurrency,
+                    page_limit=settings.sync.page_limit,
+                    on_thread_done=watch.thread_done,
+                    on_run_started=watch.run_started,
+                ),
             )
 
-    report = run_async(go)
+    report = run_interruptible(go)
+    if report is None:
+        saved = watch.report.saved if watch.report is not None else 0
+        notice(
+            f"interrupted: {saved} messages saved; run again to resume", level="error", prefix=False
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     print_report(report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def print_report(report: RunReport) -> None:
+def _anything_tracked(mirror: Mirror) -> bool:
+    with mirror.read() as session:
+        return any_tracked(session)
+
+
+async def _with_progress(watch: RunWatch, interval: float, work: Awaitable[T]) -> T:
+    """``work``'s value, with the progress display (or periodic log) running beside it."""
+    if is_quiet():
+        return await work
+    value: list[T] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(show_progress, watch, err_console, interval=interval))
+        value.append(await work)
+        tg.cancel_scope.cancel()
+    return value[0]
+
+
+def print_report(report: RunReport, *, stderr: bool = False) -> None:
+    """The run's summary; ``stderr`` when stdout carries data (``export --sync -o -``)."""
+    say = functools.partial(result, stderr=stderr)
     c = report.counts
     total = len(report.outcomes)
     failed = report.failed
-    err_console.print(
+    say(
         f"{report.kind} run {report.run_id}: {total - len(failed)}/{total} threads ok;"
         f" {c.added} added, {c.changed} changed, {c.deleted} deleted, {c.restored} restored;"
         f" {report.requests} requests in {report.seconds:.1f}s"
     )
     for o in report.outcomes:
         if o.result == "gone":
-            err_console.print(f"  {o.thread_id}: gone ({o.error})")
+            say(f"  {o.thread_id}: gone ({o.error})")
     for o in failed:
-        err_console.print(f"  [red]{o.thread_id}: {o.result}[/]: {o.error}")
-
-
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return "never"
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        say(f"  {o.thread_id}: {o.result}: {o.error}")
 
 
 @command
@@ -109,7 +147,7 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[
         bool,
-        typer.Option("--json", envvar="THREADSYNC_STATUS_JSON", help="One JSON object per line."),
+        typer.Option("--json", envvar="THREADSYNC_STATUS__JSON", help="One JSON object per line."),
     ] = False,
 ) -> None:
     """Per thread: messages, last sync, state, last error."""
@@ -117,39 +155,38 @@ def status(
     with mirror.read() as session:
         rows = thread_statuses(session)
     if as_json:
-        for r in rows:
-            out_console.out(
-                orjson.dumps(
-                    {
-                        "thread_id": r.thread_id,
-                        "state": r.state,
-                        "messages": r.messages,
-                        "deleted": r.deleted,
-                        "in_progress": r.in_progress,
-                        "first_sync_done": r.initial_done,
-                        "last_sync_at": r.last_sync_at,
-                        "last_success_at": r.last_success_at,
-                        "gone_at": r.gone_at,
-                        "last_error": r.last_error,
-                    },
-                    option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z,
-                ).decode()
-            )
-        return
-    table = Table(
-        "thread", "state", "messages", "deleted", "last sync", "last success", "last error"
-    )
-    for r in rows:
-        table.add_row(
-            r.thread_id,
-            r.state if r.initial_done or r.state != "active" else "active (first sync pending)",
-            str(r.messages),
-            str(r.deleted),
-            _when(r.last_sync_at),
-            _when(r.last_success_at),
-            r.last_error or "",
+        print_json_lines(
+            {
+                "thread_id": r.thread_id,
+                "state": r.state,
+                "messages": r.messages,
+                "deleted": r.deleted,
+                "in_progress": r.in_progress,
+                "first_sync_done": r.initial_done,
+                "last_sync_at": r.last_sync_at,
+                "last_success_at": r.last_success_at,
+                "gone_at": r.gone_at,
+                "last_error": r.last_error,
+            }
+            for r in rows
         )
-    out_console.print(table)
+        return
+    print_table(
+        ("thread", "state", "messages", "deleted", "last sync", "last success", "last error"),
+        (
+            (
+                r.thread_id,
+                r.state if r.initial_done or r.state != "active" else "active (first sync pending)",
+                str(r.messages),
+                str(r.deleted),
+                iso_utc(r.last_sync_at, empty="never"),
+                iso_utc(r.last_success_at, empty="never"),
+                r.last_error or "",
+            )
+            for r in rows
+        ),
+        keys=("thread", "last sync", "last success"),
+    )
     with mirror.read() as session:
         edits = edit_counts(session)
     out_console.print(

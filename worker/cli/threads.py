@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-import orjson
 import typer
-from rich.table import Table
 
 from worker.cli.common import command, fail, globals_of, out_console
+from worker.cli.tables import iso_utc, print_json_lines, print_table
 from worker.store.repo import add_threads, remove_threads, thread_statuses
 
-threads_app = typer.Typer(help="Choose the threads to mirror (the API cannot list them).")
+threads_app = typer.Typer(
+    rich_markup_mode=None, help="Choose the threads to mirror (the API cannot list them)."
+)
 THREAD_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
 
@@ -66,7 +67,7 @@ def list_(
     ctx: typer.Context,
     as_json: Annotated[
         bool,
-        typer.Option("--json", envvar="THREADSYNC_THREADS_JSON", help="One JSON object per line."),
+        typer.Option("--json", envvar="THREADSYNC_THREADS__JSON", help="One JSON object per line."),
     ] = False,
 ) -> None:
     """Tracked threads and their state (active, paused, gone)."""
@@ -74,21 +75,18 @@ def list_(
     with mirror.read() as session:
         rows = thread_statuses(session)
     if as_json:
-        for r in rows:
-            out_console.out(
-                orjson.dumps(
-                    {
-                        "thread_id": r.thread_id,
-                        "state": r.state,
-                        "gone_at": r.gone_at,
-                        "messages": r.messages,
-                    }
-                ).decode()
-            )
-        return
-    table = Table("thread", "state", "messages", "gone at")
-    for r in rows:
-        table.add_row(
-            r.thread_id, r.state, str(r.messages), r.gone_at.isoformat() if r.gone_at else ""
+        print_json_lines(
+            {
+                "thread_id": r.thread_id,
+                "state": r.state,
+                "gone_at": r.gone_at,
+                "messages": r.messages,
+            }
+            for r in rows
         )
-    out_console.print(table)
+        return
+    print_table(
+        ("thread", "state", "messages", "gone at"),
+        ((r.thread_id, r.state, str(r.messages), iso_utc(r.gone_at)) for r in rows),
+        keys=("thread", "gone at"),
+    )

@@ -160,8 +160,10 @@ class Dispatcher:
         result.failed = sum(not o.ok for o in done.values())
         result.requests = sum(o.requests for o in done.values())
         result.seconds = time.monotonic() - started
-        log.info(
+        changed = sum(o.counts.writes for o in done.values())
+        (log.info if changed or result.failed else log.debug)(
             "daemon.batch_finished",
+            changed=changed,
             kind="full" if full else "sync",
             claimed=result.claimed,
             failed=result.failed,

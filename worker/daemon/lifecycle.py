@@ -63,6 +63,7 @@ class Daemon:
         self.mirror = mirror
         self.metrics = metrics
         self.now = now
+        self.warned_idle = False
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.dispatcher = Dispatcher(
@@ -130,6 +131,14 @@ class Daemon:
         )
         return specs
 
+    async def _last_beat(self) -> None:
+        """Say in the mirror that this daemon stopped (a probe reports it at once)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.mirror.run_write(write_beat, self.mirror, self.now(), stopped=True)
+            except (ThreadsyncError, SQLAlchemyError) as exc:  # the beat then ages out as before
+                log.warning("daemon.last_beat_failed", error=type(exc).__name__)
+
     async def beat(self) -> None:
         """Write the heartbeat and refresh the database-backed gauges (all in worker threads)."""
         try:
@@ -141,9 +150,20 @@ class Daemon:
             counts = await self.mirror.run(self._read_counts, now)
             self.metrics.set_threads(counts[0])
             self.metrics.set_edits(counts[1])
+            self._warn_if_idle(sum(counts[0].values()))
         except (ThreadsyncError, SQLAlchemyError) as exc:
             self.beat_error = type(exc).__name__ + ": " + str(exc).splitlines()[0][:200]
             log.warning("daemon.heartbeat_failed", error=self.beat_error)
+
+    def _warn_if_idle(self, tracked: int) -> None:
+        """Say once (again after threads come and go) that there is nothing to mirror."""
+        if tracked == 0 and not self.warned_idle:
+            log.warning(
+                "daemon.no_threads",
+                hint="no thread is tracked: `threadsync threads add ID...` (the daemon picks"
+                " them up at its next dispatch)",
+            )
+        self.warned_idle = tracked == 0
 
     def _read_counts(self, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
         with self.mirror.read() as session:
@@ -200,6 +220,7 @@ class Daemon:
             clean = await self.runner.wait_idle(d.shutdown_timeout)
             schedule.shutdown()
             beats.cancel()
+            await self._last_beat()
             if self.health is not None:
                 self.health.stop()
         if not clean:

@@ -288,7 +288,9 @@ async def push_pending(
     report = PushReport()
     limiter = anyio.CapacityLimiter(concurrency)
     started = time.monotonic()
-    log.info("push.started", edits=len(snaps), policy=policy, concurrency=concurrency)
+    # Nothing to push is the daemon's usual minute: not worth a line at info level.
+    speak = log.info if snaps else log.debug
+    speak("push.started", edits=len(snaps), policy=policy, concurrency=concurrency)
 
     async def one(snap: Snapshot) -> None:
         async with limiter:
@@ -302,7 +304,7 @@ async def push_pending(
                 edits.start_soon(one, snap)
     report.seconds = time.monotonic() - started
     report.aborted = push.aborted
-    log.info(
+    speak(
         "push.finished",
         edits=len(snaps),
         applied=len(report.applied),

@@ -114,6 +114,8 @@ class SyncRun(SQLModel, table=True):
     kind: str = Field(max_length=16)  # sync | full
     started_at: datetime = _ts(default_factory=utcnow)
     finished_at: datetime | None = _ts(default=None)
+    # ok | failed | interrupted; NULL while running (and for runs recorded before 0009).
+    outcome: str | None = Field(default=None, max_length=16)
     threads_ok: int = 0
     threads_failed: int = 0
     added: int = 0

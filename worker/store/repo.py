@@ -53,6 +53,11 @@ def active_thread_ids(session: Session) -> list[str]:
     return [row[0] for row in session.execute(query.order_by(col(TrackedThread.added_at)))]
 
 
+def any_tracked(session: Session) -> bool:
+    """Whether any thread is tracked at all (active, paused or gone)."""
+    return session.execute(select(col(TrackedThread.thread_id)).limit(1)).first() is not None
+
+
 def tracked(session: Session, thread_ids: Sequence[str]) -> dict[str, TrackedThread]:
     rows = session.exec(
         select(TrackedThread).where(col(TrackedThread.thread_id).in_(thread_ids))  # type: ignore[call-overload]

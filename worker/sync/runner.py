@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from worker.client import ApiClient
@@ -41,6 +41,8 @@ class RunReport:
     kind: str
     outcomes: list[ThreadOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
+    saved: int = 0  # of an interrupted run: messages stored before it stopped
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,7 @@ async def sync_threads(
     page_limit: int = 100,
     now: Callable[[], datetime] = utcnow,
     on_thread_done: Callable[[ThreadOutcome], None] | None = None,
+    on_run_started: Callable[[RunReport, int], None] | None = None,
 ) -> RunReport:
     """Sync ``thread_ids`` (default: every active tracked thread) and record the run."""
     kind = "full" if full else "sync"
@@ -85,7 +88,9 @@ async def sync_threads(
     limiter = anyio.CapacityLimiter(concurrency)
     censuses = CensusAhead(mirror, _memoised(planned, ids, page_limit) if full else [])
     started = time.monotonic()
-    log.info("sync.run_started", run=run_id, kind=kind, threads=len(ids))
+    log.debug("sync.run_started", run=run_id, kind=kind, threads=len(ids))
+    if on_run_started is not None:
+        on_run_started(report, len(ids))
 
     async def one(thread_id: str) -> None:
         async with limiter:
@@ -124,12 +129,15 @@ async def sync_threads(
             await mirror.flush_grouped()
         except Exception as exc:  # the run's own error is the one to raise
             log.warning("sync.closing_states_lost", error=describe(exc))
+        await _record_interrupted(mirror, report, started, now())
         raise
     await mirror.flush_grouped()
     report.seconds = time.monotonic() - started
     await mirror.run_write(_close_run, mirror, report, now())
     c = report.counts
-    log.info(
+    # A run that changed nothing and failed nowhere is the daemon's steady state: debug only.
+    speak = log.info if c.writes or report.failed else log.debug
+    speak(
         "sync.run_finished",
         run=run_id,
         kind=kind,
@@ -143,6 +151,37 @@ async def sync_threads(
         seconds=round(report.seconds, 3),
     )
     return report
+
+
+async def _record_interrupted(
+    mirror: Mirror, report: RunReport, started: float, when: datetime
+) -> None:
+    """A run stopped by a signal or a crash is closed as interrupted, not left open forever.
+
+    Shielded: the cancellation that stopped the run must not stop its record. The pages each
+    pass committed stay; ``report.saved`` counts the messages they added.
+    """
+    report.seconds = time.monotonic() - started
+    report.interrupted = True
+    with anyio.CancelScope(shield=True):
+        try:
+            report.saved = await mirror.run(_saved_since, mirror, report.run_id)
+            await mirror.run_write(_close_run, mirror, report, when)
+        except Exception as exc:  # never hide why the run stopped
+            log.warning("sync.run_record_lost", run=report.run_id, error=describe(exc))
+    log.warning("sync.run_interrupted", run=report.run_id, saved=report.saved)
+
+
+def _saved_since(mirror: Mirror, run_id: int) -> int:
+    """Messages first stored since the run began (by it, or by a process beside it)."""
+    with mirror.read() as session:
+        run = session.get(SyncRun, run_id)
+        if run is None:
+            return 0
+        return int(
+            session.scalar(select(func.count()).where(col(Message.first_seen_at) >= run.started_at))
+            or 0
+        )
 
 
 @dataclass
@@ -249,6 +288,7 @@ def _close_run(mirror: Mirror, report: RunReport, now: datetime) -> None:
         assert run is not None
         c = report.counts
         run.finished_at = now
+        run.outcome = "interrupted" if report.interrupted else "ok" if report.ok else "failed"
         run.threads_ok = len(report.outcomes) - len(report.failed)
         run.threads_failed = len(report.failed)
         run.added, run.changed, run.deleted, run.restored = (
@@ -287,6 +327,6 @@ def _log_outcome(o: ThreadOutcome) -> None:
         "seconds": round(o.seconds, 3),
     }
     if o.ok:
-        log.info("sync.thread_done", **fields)
+        (log.info if o.counts.writes else log.debug)("sync.thread_done", **fields)
     else:
         log.warning("sync.thread_failed", error=o.error, **fields)

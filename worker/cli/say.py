@@ -1,0 +1,48 @@
+"""Where a command's words go: results on stdout, problems on stderr, never mixed with logs.
+
+Logs are on stderr, as JSON lines whenever stderr is not a terminal; so a human line written to
+stderr then would break a ``2>log.jsonl`` file. :func:`notice` therefore speaks through the log
+(one ``cli.notice`` record holding the same sentence) when logs are JSON, and as a plain line on a
+terminal. :func:`result` is what a command did, on stdout, silenced by ``--quiet``.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+
+from worker import logs
+
+_state = {"quiet": False}
+_stdout = Console(highlight=False, soft_wrap=True)
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def set_quiet(quiet: bool) -> None:
+    _state["quiet"] = quiet
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def result(text: str, *, stderr: bool = False) -> None:
+    """A line saying what the command did (``stderr=True`` when stdout carries data, e.g.
+    ``export -o -``); nothing with ``--quiet``."""
+    if _state["quiet"]:
+        return
+    if stderr:
+        notice(text, level="info")
+    else:
+        _stdout.print(escape(text))
+
+
+def notice(text: str, *, level: str = "warning", prefix: bool = True) -> None:
+    """A problem or caveat for whoever reads stderr: a log record when logs are JSON lines."""
+    if level == "info" and _state["quiet"]:
+        return
+    if logs.is_json():
+        getattr(logs.get_logger(), level)("cli.notice", message=logs.scrub(text))
+        return
+    label = {"error": "[bold red]error:[/] ", "warning": "[yellow]warning:[/] "}.get(level, "")
+    _stderr.print((label if prefix else "") + escape(logs.scrub(text)))
