@@ -17,7 +17,7 @@ import anyio
 import orjson
 
 from worker.emulator import api, control, routes
-from worker.emulator.faults import FaultRule
+from worker.emulator.faults import HOSTILE, FaultRule, hostile
 from worker.emulator.state import Emulator
 from worker.emulator.wire import WireError, bad_request, dumps
 from worker.logs import get_logger
@@ -196,6 +196,8 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
             applied=applied,
             fault=None if rule is None else rule.fault,
         )
+    if rule is not None and rule.fault in HOSTILE and status == 200:
+        payload = hostile(payload, rule, listing=route.kind in ("list", "thread.list"))
     if rule is not None and rule.fault == "drop":
         await _drop(send, status, payload, headers)
     if rule is not None and rule.fault == "truncate":

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
-from worker.client.models import Listed, parse_page
+from worker.client.models import Listed, message_page
 from worker.errors import (
     ApiError,
     AuthError,
@@ -195,7 +195,7 @@ class _Ahead:
 
     def adopt(self, hit: _Hit) -> _Page:
         """Parse a page that came back unparsed after all, and fetch the one after it."""
-        page = parse_page(hit.body)
+        page = message_page(self._walk.thread_id)(hit.body)
         taken = _Page(page.has_more, self._walk._prepare(page), hit.sha)
         if taken.has_more and taken.msgs:
             self.fetch(taken.msgs[-1].id, hashed=True)
@@ -482,10 +482,11 @@ class ThreadPass:
                     break
                 assert isinstance(taken, _Page)  # nothing was fetched ``unless``
                 has_more, msgs = taken.has_more, taken.msgs
+                fresh = _past_relisted(self.thread_id, msgs, previous_ids)
                 if (
                     after is not None
                     and msgs
-                    and not _advances_desc(prev, previous_ids, msgs, high_water)
+                    and not (fresh and _advances_desc(prev, previous_ids, fresh, high_water))
                 ):
                     reason = "first-sync cursor ignored by the server"
                     break
@@ -583,7 +584,10 @@ class ThreadPass:
                     if may_be_idle and await self._exists(after):
                         return
                     raise _CursorLost("empty page after the cursor although newer messages exist")
-                if msgs and not await self._advances_asc(prev, previous_ids, msgs[0], first):
+                fresh = _past_relisted(self.thread_id, msgs, previous_ids)
+                if msgs and not (
+                    fresh and await self._advances_asc(prev, previous_ids, fresh[0], first)
+                ):
                     raise _CursorLost("the server ignored the cursor")
                 first = False
 
@@ -668,13 +672,14 @@ class ThreadPass:
                     census = await self._census()  # the first page differs: compare it
                 replay = None
                 has_more, msgs = taken.has_more, taken.msgs
+                fresh = _past_relisted(self.thread_id, msgs, previous_ids)
                 if (
                     after is not None
                     and msgs
                     and (
-                        msgs[0].id in previous_ids
-                        or msgs[0].id in seen
-                        or (prev is not None and msgs[0].created_at < prev.created_at)
+                        not fresh
+                        or fresh[0].id in seen
+                        or (prev is not None and fresh[0].created_at < prev.created_at)
                     )
                 ):
                     raise _CursorLost("the server ignored the cursor")
@@ -1121,6 +1126,29 @@ def _newest_listed(msgs: list[Incoming], has_more: bool, ties: TieOrder | None) 
     if len(group) == len(msgs) and has_more:
         return None
     return group[-1]
+
+
+def _past_relisted(thread_id: str, msgs: list[Incoming], previous_ids: set[str]) -> list[Incoming]:
+    """``msgs`` from the first message the previous page of the walk did not list.
+
+    A page that starts by listing again messages the previous page ended with has still moved
+    on: those messages are duplicates across the seam (stored again, the later copy wins), and
+    whether the walk advanced is judged from the first new message. Each duplicate is warned
+    about once. Empty when the page lists nothing new at all: the server ignored the cursor.
+    """
+    if not previous_ids or not msgs:
+        return msgs
+    skip = 0
+    while skip < len(msgs) and msgs[skip].id in previous_ids:
+        skip += 1
+    if skip == len(msgs):
+        return []
+    for m in msgs:
+        if m.id in previous_ids:
+            log.warning(
+                "sync.duplicate_message", thread=thread_id, message=m.id, kept="the later copy"
+            )
+    return msgs[skip:]
 
 
 def _advances_desc(
