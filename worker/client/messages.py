@@ -18,7 +18,8 @@ parsing the body costs (see ``bench`` figures in the README's hardening notes).
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, cast
+from itertools import repeat
+from typing import Any, cast
 
 from worker.errors import MalformedError
 from worker.logs import get_logger
@@ -51,7 +52,7 @@ def _bad(thread_id: str, index: int | None, message_id: str | None, what: str) -
     """The error for a malformed message, built only when one is found (never on the hot path)."""
     who = f"message {message_id}" if message_id is not None else "a message"
     place = f" (item {index} of a page)" if index is not None else ""
-    return MalformedError(f"thread {thread_id}: the server's {who}{place} is malformed: {what}")
+    return MalformedError(f"thread {thread_id}: {who}{place} from the server is malformed: {what}")
 
 
 def is_valid(obj: Any, thread_id: str) -> bool:
@@ -71,7 +72,7 @@ def is_valid(obj: Any, thread_id: str) -> bool:
     ):
         return False
     role = get("role")
-    if role != "user" and role != "assistant":
+    if role not in ROLES:  # a tuple: compared by ==, so an unhashable role is no error
         return False
     content = get("content")
     if type(content) is not list:
@@ -89,9 +90,9 @@ def is_valid(obj: Any, thread_id: str) -> bool:
                 type(notes) is not list or (notes and not _DICTS.issuperset(map(type, notes)))
             ):
                 return False
-        elif type(kind) is not str:
-            return False
-        elif kind in _PAYLOADS and type(part.get(kind)) is not _PAYLOADS[kind]:
+        elif type(kind) is not str or (
+            kind in _PAYLOADS and type(part.get(kind)) is not _PAYLOADS[kind]
+        ):
             return False
     metadata = get("metadata")
     if metadata is not None:
@@ -119,89 +120,94 @@ def check_message(obj: Any, thread_id: str, *, message_id: str | None = None) ->
     answers a request for one message, the id it must carry."""
     if is_valid(obj, thread_id) and (message_id is None or obj["id"] == message_id):
         return cast(str, obj["id"])
-    explain(obj, thread_id, None, message_id)
+    raise explain(obj, thread_id, None, message_id)
 
 
-def explain(obj: Any, thread_id: str, index: int | None, message_id: str | None) -> NoReturn:
-    """Raise the error saying what is wrong with a message :func:`is_valid` rejected.
+def explain(obj: Any, thread_id: str, index: int | None, message_id: str | None) -> MalformedError:
+    """The error saying what is wrong with a message :func:`is_valid` rejected.
 
     Slow and thorough, since it only runs for a message already found malformed; it must reject
     exactly what :func:`is_valid` rejects (a property test holds them together).
     """
     where = (thread_id, index)
     if type(obj) is not dict:
-        raise _bad(*where, message_id, f"object is {_kind(obj)}, not an object")
+        return _bad(*where, message_id, f"object is {_kind(obj)}, not an object")
     get = obj.get
     mid = get("id")
     if type(mid) is not str or not mid:
-        raise _bad(*where, message_id, f"id is {_kind(mid) if mid != '' else 'empty'}")
+        return _bad(*where, message_id, f"id is {_kind(mid) if mid != '' else 'empty'}")
     if message_id is not None and mid != message_id:
-        raise _bad(*where, message_id, f"id is {mid}, not the message asked for")
+        return _bad(*where, message_id, f"id is {mid}, not the message asked for")
     if get("object") != "thread.message":
-        raise _bad(*where, mid, 'object is not "thread.message"')
+        return _bad(*where, mid, 'object is not "thread.message"')
     if type(get("created_at")) is not int:  # bool is not int here, as it should be
-        raise _bad(*where, mid, f"created_at is {_kind(get('created_at'))}, not an integer")
+        return _bad(*where, mid, f"created_at is {_kind(get('created_at'))}, not an integer")
     owner = get("thread_id")
     if owner != thread_id:
         what = f"is {_kind(owner)}" if type(owner) is not str else f"names thread {owner}"
-        raise _bad(*where, mid, f"thread_id {what}, not {thread_id}")
+        return _bad(*where, mid, f"thread_id {what}, not {thread_id}")
     role = get("role")
     if type(role) is not str or role not in ROLES:
         what = f"is {_kind(role)}" if type(role) is not str else "is not user or assistant"
-        raise _bad(*where, mid, f"role {what}")
+        return _bad(*where, mid, f"role {what}")
     content = get("content")
     if type(content) is not list:
-        raise _bad(*where, mid, f"content is {_kind(content)}, not a list of parts")
+        return _bad(*where, mid, f"content is {_kind(content)}, not a list of parts")
     for n, part in enumerate(content):
         if type(part) is not dict:
-            raise _bad(*where, mid, f"content[{n}] is {_kind(part)}, not an object")
+            return _bad(*where, mid, f"content[{n}] is {_kind(part)}, not an object")
         kind = part.get("type")
         if type(kind) is not str:
-            raise _bad(*where, mid, f"content[{n}].type is {_kind(kind)}, not a string")
+            return _bad(*where, mid, f"content[{n}].type is {_kind(kind)}, not a string")
         if kind in _PAYLOADS:
-            _check_part(part, kind, f"content[{n}]", where, mid)
+            error = _check_part(part, kind, f"content[{n}]", where, mid)
+            if error is not None:
+                return error
     metadata = get("metadata")
     if metadata is not None:
         if type(metadata) is not dict:
-            raise _bad(*where, mid, f"metadata is {_kind(metadata)}, not an object or null")
+            return _bad(*where, mid, f"metadata is {_kind(metadata)}, not an object or null")
         for value in metadata.values():
             if type(value) is not str:
-                raise _bad(*where, mid, f"metadata holds {_kind(value)} value, not a string")
+                return _bad(*where, mid, f"metadata holds {_kind(value)} value, not a string")
     for name in _OPTIONAL_STRINGS:
         value = get(name)
         if value is not None and type(value) is not str:
-            raise _bad(*where, mid, f"{name} is {_kind(value)}, not a string or null")
+            return _bad(*where, mid, f"{name} is {_kind(value)}, not a string or null")
     attachments = get("attachments")
     if attachments is not None and type(attachments) is not list:
-        raise _bad(*where, mid, f"attachments is {_kind(attachments)}, not a list or null")
+        return _bad(*where, mid, f"attachments is {_kind(attachments)}, not a list or null")
     raise AssertionError("explain() found nothing wrong with a message is_valid() rejected")
 
 
 def _check_part(
     part: dict[str, Any], kind: str, name: str, where: tuple[str, int | None], mid: str
-) -> None:
+) -> MalformedError | None:
     """A part of a type the contract defines: its payload has the defined shape."""
-    value, wanted = part.get(kind), _PAYLOADS[kind]
+    value = part.get(kind)
+    wanted = _PAYLOADS[kind]
     if type(value) is not wanted:
-        raise _bad(*where, mid, f"{name}.{kind} is {_kind(value)}, not {_kind(wanted())}")
+        return _bad(*where, mid, f"{name}.{kind} is {_kind(value)}, not {_kind(wanted())}")
     if kind != "text":
-        return
-    if type(value.get("value")) is not str:
-        raise _bad(*where, mid, f"{name}.text.value is {_kind(value.get('value'))}, not a string")
-    notes = value.get("annotations")
-    if notes is None:
-        return
-    if type(notes) is not list or any(type(note) is not dict for note in notes):
-        raise _bad(*where, mid, f"{name}.text.annotations is not a list of objects")
+        return None
+    text = cast(dict[str, Any], value)
+    if type(text.get("value")) is not str:
+        return _bad(*where, mid, f"{name}.text.value is {_kind(text.get('value'))}, not a string")
+    notes = text.get("annotations")
+    if notes is not None and (
+        type(notes) is not list or any(type(note) is not dict for note in notes)
+    ):
+        return _bad(*where, mid, f"{name}.text.annotations is not a list of objects")
+    return None
 
 
 def check_page(data: list[Any], thread_id: str) -> list[dict[str, Any]]:
     """Check every message of a listed page; returns the page with each id once (the later copy,
     at its own place), warning once per id listed more than once."""
-    ids = [
-        obj["id"] if is_valid(obj, thread_id) else explain(obj, thread_id, index, None)
-        for index, obj in enumerate(data)
-    ]
+    if not all(map(is_valid, data, repeat(thread_id))):
+        index, obj = next((i, o) for i, o in enumerate(data) if not is_valid(o, thread_id))
+        raise explain(obj, thread_id, index, None)
+    ids = [obj["id"] for obj in data]
     if len(set(ids)) == len(ids):
         return data
     last = {mid: index for index, mid in enumerate(ids)}

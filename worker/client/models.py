@@ -58,12 +58,19 @@ def _optional_id(value: Any, name: str) -> str | None:
     raise _invalid(f"{name} is {type(value).__name__}, wanted a string or null")
 
 
-def parse_page(body: bytes) -> MessagePage:
-    """A list answer: ``data`` (objects with string ids), ``has_more``, optional ids."""
+def parse_page(
+    body: bytes, check: Callable[[list[Any]], list[dict[str, Any]]] | None = None
+) -> MessagePage:
+    """A list answer: ``data`` (objects with string ids), ``has_more``, optional ids.
+
+    ``check`` first judges (and may reduce) ``data``: a message listing's contract check.
+    """
     value = parse_object(body)
     data = value.get("data")
     if not isinstance(data, list):
         raise _invalid("data is missing or not a list")
+    if check is not None:
+        data = check(data)
     for item in data:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             raise _invalid("an item of data is not an object with a string id")
@@ -87,12 +94,11 @@ def message_page(thread_id: str) -> Callable[[bytes], MessagePage]:
     """A parser of ``thread_id``'s message listings: each message checked against the contract
     (:func:`~worker.client.messages.check_page`), each id once."""
 
+    def check(data: list[Any]) -> list[dict[str, Any]]:
+        return check_page(data, thread_id)
+
     def parse(body: bytes) -> MessagePage:
-        page = parse_page(body)
-        data = check_page(page.data, thread_id)
-        if data is page.data:
-            return page
-        return MessagePage(data, page.first_id, page.last_id, page.has_more)
+        return parse_page(body, check)
 
     return parse
 

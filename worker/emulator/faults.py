@@ -1,7 +1,8 @@
 """Faults on demand: scripted ("the next 3 list calls on thread X answer 503"), probabilistic
 (seeded), added latency, a per-key token-bucket rate limit, and hostile answers: a 200 whose
 message objects break the contract (``malform``: fields set or removed, or the whole item
-replaced) or list one message twice (``duplicate``).
+replaced) or list one message twice (``duplicate`` within a page; ``relist``: a listing after a
+cursor also lists the cursor's own message first, as a server whose cursor is inclusive would).
 
 This module only decides *which* fault a request meets; the ASGI layer acts it out.
 """
@@ -16,7 +17,16 @@ from typing import Any, Literal, get_args
 import orjson
 
 FaultKind = Literal[
-    "429", "500", "503", "500_after_apply", "drop", "truncate", "latency", "malform", "duplicate"
+    "429",
+    "500",
+    "503",
+    "500_after_apply",
+    "drop",
+    "truncate",
+    "latency",
+    "malform",
+    "duplicate",
+    "relist",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # Route kinds a rule can match; message routes are bare, thread routes carry a prefix.
@@ -48,7 +58,8 @@ class FaultRule:
     last; a page without that item is answered as it is), or on the message a get, create or
     modify answers. ``malform`` sets ``fields`` on it, removes the keys in ``drop``, or, with
     ``item``, replaces it whole by that JSON value; ``duplicate`` lists a copy of it right after
-    it (``fields`` then apply to the copy only: the same id with other content).
+    it (``fields`` then apply to the copy only: the same id with other content). ``relist``
+    needs the emulator's state, so the ASGI layer acts it out (:func:`relisted`).
     """
 
     fault: FaultKind
@@ -67,13 +78,13 @@ class FaultRule:
 
     def __post_init__(self) -> None:
         if self.fields is not None and not isinstance(self.fields, dict):
-            raise ValueError("fields must be an object of the message fields to set")
+            raise TypeError("fields must be an object of the message fields to set")
         if self.drop is not None and not (
             isinstance(self.drop, list) and all(isinstance(k, str) for k in self.drop)
         ):
-            raise ValueError("drop must be a list of field names")
+            raise TypeError("drop must be a list of field names")
         if not isinstance(self.index, int) or isinstance(self.index, bool):
-            raise ValueError("index must be an integer")
+            raise TypeError("index must be an integer")
         if self.fault not in FAULT_KINDS:
             raise ValueError(f"fault must be one of {FAULT_KINDS}, not {self.fault!r}")
         if self.route is not None and self.route not in ROUTE_KINDS:
@@ -104,6 +115,15 @@ class FaultRule:
 
 
 HOSTILE: frozenset[str] = frozenset({"malform", "duplicate"})
+
+
+def relisted(payload: bytes, cursor: dict[str, Any]) -> bytes:
+    """A list answer with the message its ``after`` cursor names listed again, first."""
+    body = orjson.loads(payload)
+    body["data"].insert(0, cursor)
+    if body.get("first_id") is not None:
+        body["first_id"] = cursor["id"]
+    return orjson.dumps(body)
 
 
 def hostile(payload: bytes, rule: FaultRule, *, listing: bool) -> bytes:

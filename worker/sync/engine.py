@@ -305,9 +305,11 @@ class TieConvention:
             # Without the answer a page's ties cannot be ranked, and a guess would be stored as
             # fact: a failed probe fails this pass of the thread, which resumes on the next.
             try:
-                page = await client.list_messages(thread_id, limit=1, order="asc", after=pair[1])
-                if page.data:
-                    learned: TieOrder = "reverse" if page.data[0].get("id") == pair[0] else "stable"
+                page = await client.list_messages(thread_id, limit=2, order="asc", after=pair[1])
+                # A server whose cursor is inclusive lists pair[1] itself first: skipped.
+                following = [m for m in page.data if m["id"] != pair[1]]
+                if following:
+                    learned: TieOrder = "reverse" if following[0]["id"] == pair[0] else "stable"
                 else:
                     # Nothing follows pair[1] ascending: it is the newest message, so ties keep
                     # creation order in descending listings too (unless it was just deleted).
@@ -329,7 +331,7 @@ class TieConvention:
 
             await self._mirror.run_write(write)
             log.info("sync.tie_order_learned", thread=thread_id, tie_order=learned)
-            return 1 if page.data else 2
+            return 1 if following else 2
 
     @property
     def effective(self) -> TieOrder:
@@ -467,7 +469,9 @@ class ThreadPass:
         after = state.initial_after
         prev = await self._place(after) if after else None
         prev_id = after
-        previous_ids: set[str] = set()
+        # The cursor's own message counts as listed: a page that starts with it again (a server
+        # whose cursor is inclusive) has not lost the cursor.
+        previous_ids: set[str] = {after} if after else set()
         high_water = state.high_water_id
         # A first sync from the start walks the whole thread: it may leave a walk memo (proven
         # once it is done) that spares the next reconcile parsing it all again.
@@ -496,7 +500,7 @@ class ThreadPass:
                     if not await self._exists(after):
                         reason = "first-sync cursor names a deleted message"
                         break
-                await self._learn_ties(prev, prev_id, msgs)
+                await self._learn_ties(prev, prev_id, fresh)  # neighbours, not a re-listing
                 done = not has_more or not msgs
                 if high_water is None and msgs:
                     high_water = msgs[0].id
@@ -575,7 +579,7 @@ class ThreadPass:
         cursor's message still exists (one GET tells), and a lost cursor when it does not.
         """
         first = True
-        previous_ids: set[str] = set()
+        previous_ids = {after}  # as in _first_sync: the cursor's message listed again is no loss
         async with _prefetching(self, "asc") as ahead:
             ahead.fetch(after)
             while True:
