@@ -9,6 +9,7 @@ thread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from hashlib import sha256
 from typing import Any
 
@@ -47,7 +48,7 @@ def fingerprint(mirror: Mirror, thread_id: str | None = None) -> str:
     return sha256(orjson.dumps([[str(v) for v in row] for row in rows])).hexdigest()
 
 
-def warnings_about(logs: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
+def warnings_about(logs: Sequence[Mapping[str, Any]], message_id: str) -> list[Mapping[str, Any]]:
     return [
         e
         for e in logs
