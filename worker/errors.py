@@ -71,5 +71,12 @@ class NotFoundError(PermanentError):
     """404: the thread or message does not exist (or no longer exists)."""
 
 
+class MalformedError(PermanentError):
+    """An answer that parses but breaks the wire contract: a message without an id, ``content``
+    that is not a list of parts, a ``thread_id`` naming another thread. The same request would get
+    the same answer, so it is not retried; the message names the field and the message id, never
+    a value (values can be conversation content)."""
+
+
 class PagingError(ThreadsyncError):
     """The server's pages do not advance (a repeated cursor, a page of already-seen ids)."""

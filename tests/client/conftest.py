@@ -63,7 +63,24 @@ def status(code: int, body: Any = None, **headers: str) -> httpx.Response:
     return httpx.Response(code, content=content, headers=headers)
 
 
-MESSAGE = {"id": "msg_1", "object": "thread.message", "thread_id": "thread_1", "metadata": {}}
+def message(message_id: str, thread_id: str = "thread_1") -> dict[str, Any]:
+    """A message object with the fields the contract guarantees (the client checks them)."""
+    return {
+        "id": message_id,
+        "object": "thread.message",
+        "created_at": 1699016383,
+        "thread_id": thread_id,
+        "status": "completed",
+        "role": "user",
+        "content": [{"type": "text", "text": {"value": "hi", "annotations": []}}],
+        "assistant_id": None,
+        "run_id": None,
+        "attachments": [],
+        "metadata": {},
+    }
+
+
+MESSAGE = message("msg_1")
 
 
 class RecordingEvents(ClientEvents):
@@ -117,10 +134,10 @@ def list_slice(
     return seq[:limit], len(seq) > limit
 
 
-def page_body(page: list[str], has_more: bool) -> dict[str, Any]:
+def page_body(page: list[str], has_more: bool, thread_id: str = "thread_1") -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [{"id": i, "object": "thread.message"} for i in page],
+        "data": [message(i, thread_id) for i in page],
         "first_id": page[0] if page else None,
         "last_id": page[-1] if page else None,
         "has_more": has_more,

@@ -152,7 +152,7 @@ async def test_walk_through_the_real_client(order: Order) -> None:
             before=p.get("before"),
             limit=int(p["limit"]),
         )
-        return httpx.Response(200, content=orjson.dumps(page_body(page, more)))
+        return httpx.Response(200, content=orjson.dumps(page_body(page, more, "t")))
 
     async with make_client(handler, FakeClock()) as client:
         ids = [

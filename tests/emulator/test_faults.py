@@ -187,3 +187,67 @@ def test_fault_rules_reject_nonsense() -> None:
         FaultRule(fault="500", route="lists")
     with pytest.raises(ValueError):
         FaultRule.from_dict({"fault": "500", "nope": 1})
+
+
+async def _seeded_thread(client: httpx.AsyncClient, n: int) -> str:
+    tid = await _thread(client)
+    for i in range(n):
+        r = await client.post(
+            f"/openai/threads/{tid}/messages",
+            params=AZURE_Q,
+            json={"role": "user", "content": f"m{i}"},
+        )
+        assert r.status_code == 200
+    return tid
+
+
+async def test_hostile_answers_through_the_control_plane(
+    client: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    """malform (fields set and dropped), duplicate (a changed copy after the original) and
+    relist (an inclusive cursor), added with PATCH /_emulator/faults; the state is untouched."""
+    tid = await _seeded_thread(client, 3)
+    listed = f"/openai/threads/{tid}/messages"
+    rules = [
+        {"fault": "malform", "route": "list", "index": -1, "fields": {"content": "x"},
+         "drop": ["created_at"]},
+        {"fault": "duplicate", "route": "list", "index": 0, "fields": {"metadata": {"c": "2"}}},
+        {"fault": "relist", "route": "list"},
+    ]  # fmt: skip
+    for rule in rules:
+        assert (await client.patch("/_emulator/faults", json=rule)).status_code == 200
+    truth = emulator.truth()["threads"][tid]
+    asc = {**AZURE_Q, "order": "asc"}
+
+    malformed = (await client.get(listed, params=asc)).json()["data"]
+    assert malformed[:2] == truth[:2]
+    assert malformed[2]["content"] == "x"
+    assert "created_at" not in malformed[2]
+
+    doubled = (await client.get(listed, params=asc)).json()["data"]
+    assert [m["id"] for m in doubled] == [truth[0]["id"], *(m["id"] for m in truth)]
+    assert doubled[1]["metadata"] == {"c": "2"}
+    assert doubled[0] == truth[0]
+
+    after = (await client.get(listed, params={**asc, "after": truth[0]["id"]})).json()
+    assert [m["id"] for m in after["data"]] == [m["id"] for m in truth]
+    assert after["first_id"] == truth[0]["id"]
+    assert emulator.truth()["threads"][tid] == truth  # only answers were changed
+    assert (await client.get(listed, params=asc)).json()["data"] == truth  # rules used up
+
+
+async def test_a_malformed_single_message_answer(
+    client: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    tid = await _seeded_thread(client, 1)
+    mid = emulator.truth()["threads"][tid][0]["id"]
+    emulator.add_fault(FaultRule("malform", route="get", item="not a message"))
+    r = await client.get(f"/openai/threads/{tid}/messages/{mid}", params=AZURE_Q)
+    assert r.json() == "not a message"
+
+
+async def test_a_hostile_rule_is_checked_when_added(client: httpx.AsyncClient) -> None:
+    bad = {"fault": "malform", "fields": ["content"]}
+    r = await client.patch("/_emulator/faults", json=bad)
+    assert r.status_code == 400
+    assert "fields must be an object" in r.json()["error"]["message"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -262,3 +263,44 @@ async def test_an_edit_made_during_the_push_is_kept(world: World) -> None:
     assert view.state == "pending"
     assert view.pending_keys == ["b"]
     assert view.mirrored == pushed["metadata"]
+
+
+def stored_raw(mirror: Mirror, message_id: str) -> str:
+    with mirror.read() as session:
+        row = session.get(Message, message_id)
+        assert row is not None
+        return row.raw
+
+
+async def test_a_malformed_modify_answer_never_becomes_the_mirrors_copy(world: World) -> None:
+    """The modify is applied but answered with content of the wrong shape: that object is not
+    stored; the push reads the message again, finds the wish there and records the read one."""
+    thread = world.thread_ids[0]
+    msg = world.messages(thread)[0]["id"]
+    set_metadata(world.mirror, thread, msg, set={"reviewed": "yes"})
+    world.emulator.add_fault(
+        FaultRule("malform", route="modify", fields={"content": "the text itself"})
+    )
+    report = await push(world)
+    assert report.ok, report.outcomes
+    assert_landed_once(world, {msg: {**world.remote_metadata(thread, msg)}})
+    assert mirrored(world.mirror, msg) == world.remote_metadata(thread, msg)
+    assert orjson.loads(stored_raw(world.mirror, msg)) == world.emulator.message(thread, msg).data
+
+
+async def test_a_malformed_read_fails_the_edit_naming_the_field(world: World) -> None:
+    """The push's read answers metadata as a list: the edit fails with the field and the message
+    named, nothing is written to the server or to the mirror's copy."""
+    thread = world.thread_ids[0]
+    msg = world.messages(thread)[0]["id"]
+    before = stored_raw(world.mirror, msg)
+    set_metadata(world.mirror, thread, msg, set={"reviewed": "yes"})
+    world.emulator.add_fault(FaultRule("malform", route="get", fields={"metadata": ["x"]}))
+    report = await push(world)
+    assert [o.message_id for o in report.failed] == [msg]
+    error = report.failed[0].error or ""
+    assert "metadata is a list" in error
+    assert msg in error
+    assert world.emulator.stats()["modify_calls"] == []
+    assert stored_raw(world.mirror, msg) == before
+    assert show_metadata(world.mirror, thread, msg).state == "failed"

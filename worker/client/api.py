@@ -2,7 +2,9 @@
 
 This is the boundary where httpx and the server's answers become the project's own errors, exactly
 once: 401/403 -> AuthError, 404 -> NotFoundError, other 4xx -> PermanentError, transient failures
-that outlast the retries -> TransientError, a server wait above the cap -> ParkedError.
+that outlast the retries -> TransientError, a server wait above the cap -> ParkedError. Every
+message answered is checked against the contract (``models``, ``messages``): one that breaks it
+-> MalformedError, not retried (the same request would get the same answer).
 
 Only requests that are safe to repeat are retried: GET, DELETE and the metadata modify (a POST that
 sets a map, so sending it twice leaves the same state). A create is never repeated blindly once it
@@ -26,7 +28,15 @@ import httpx
 import orjson
 
 from worker.client import profiles
-from worker.client.models import Listed, MessagePage, page_unless, parse_object, parse_page
+from worker.client.models import (
+    Listed,
+    MessagePage,
+    message_object,
+    message_page,
+    page_unless,
+    parse_object,
+    parse_page,
+)
 from worker.client.network import pooled_transport
 from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
@@ -201,7 +211,7 @@ class ApiClient:
     ) -> MessagePage:
         params = _query(limit=limit, order=order, after=after, before=before, run_id=run_id)
         ids = {"thread_id": thread_id}
-        return await self._call("GET", MESSAGES, ids, parse_page, params=params)
+        return await self._call("GET", MESSAGES, ids, message_page(thread_id), params=params)
 
     async def list_messages_unless(
         self,
@@ -216,11 +226,12 @@ class ApiClient:
         ``expected`` is returned as it is, unparsed (any other is parsed and checked as usual)."""
         params = _query(limit=limit, order=order, after=after)
         ids = {"thread_id": thread_id}
-        return await self._call("GET", MESSAGES, ids, page_unless(expected), params=params)
+        parse = page_unless(expected, thread_id)
+        return await self._call("GET", MESSAGES, ids, parse, params=params)
 
     async def get_message(self, thread_id: str, message_id: str) -> dict[str, Any]:
         ids = {"thread_id": thread_id, "message_id": message_id}
-        return await self._call("GET", MESSAGE, ids, parse_object)
+        return await self._call("GET", MESSAGE, ids, message_object(thread_id, message_id))
 
     async def modify_message(
         self, thread_id: str, message_id: str, metadata: dict[str, str], *, repeat: bool = True
@@ -230,7 +241,8 @@ class ApiClient:
         that re-read the message and decide afresh (the outbox: no redundant write)."""
         ids = {"thread_id": thread_id, "message_id": message_id}
         payload = {"metadata": metadata}
-        return await self._call("POST", MESSAGE, ids, parse_object, json=payload, repeatable=repeat)
+        parse = message_object(thread_id, message_id)
+        return await self._call("POST", MESSAGE, ids, parse, json=payload, repeatable=repeat)
 
     async def create_message(
         self,
@@ -247,7 +259,8 @@ class ApiClient:
         if metadata is not None:
             payload["metadata"] = metadata
         ids = {"thread_id": thread_id}
-        return await self._call("POST", MESSAGES, ids, parse_object, json=payload, repeatable=False)
+        parse = message_object(thread_id)
+        return await self._call("POST", MESSAGES, ids, parse, json=payload, repeatable=False)
 
     async def delete_message(self, thread_id: str, message_id: str) -> dict[str, Any]:
         ids = {"thread_id": thread_id, "message_id": message_id}

@@ -17,7 +17,7 @@ import anyio
 import orjson
 
 from worker.emulator import api, control, routes
-from worker.emulator.faults import FaultRule
+from worker.emulator.faults import HOSTILE, FaultRule, hostile, relisted
 from worker.emulator.state import Emulator
 from worker.emulator.wire import WireError, bad_request, dumps
 from worker.logs import get_logger
@@ -196,11 +196,30 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
             applied=applied,
             fault=None if rule is None else rule.fault,
         )
+    if rule is not None and rule.fault in HOSTILE and status == 200:
+        payload = hostile(payload, rule, listing=route.kind in ("list", "thread.list"))
+    if rule is not None and rule.fault == "relist" and status == 200 and route.kind == "list":
+        payload = _relist(emulator, route, query, payload)
     if rule is not None and rule.fault == "drop":
         await _drop(send, status, payload, headers)
     if rule is not None and rule.fault == "truncate":
         payload = payload[: max(1, len(payload) // 2)]
     await _send(send, status, payload, headers)
+
+
+def _relist(
+    emulator: Emulator, route: routes.Route, query: dict[str, str], payload: bytes
+) -> bytes:
+    """The ``relist`` fault: the message named by ``after`` listed again (if it still exists)."""
+    after = query.get("after")
+    if not after:
+        return payload
+    try:
+        with emulator.lock:
+            cursor = orjson.loads(emulator.message(route.thread_id or "", after).json())
+    except WireError:
+        return payload
+    return relisted(payload, cursor)
 
 
 async def _drop(

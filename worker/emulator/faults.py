@@ -1,16 +1,33 @@
 """Faults on demand: scripted ("the next 3 list calls on thread X answer 503"), probabilistic
-(seeded), added latency, and a per-key token-bucket rate limit.
+(seeded), added latency, a per-key token-bucket rate limit, and hostile answers: a 200 whose
+message objects break the contract (``malform``: fields set or removed, or the whole item
+replaced) or list one message twice (``duplicate`` within a page; ``relist``: a listing after a
+cursor also lists the cursor's own message first, as a server whose cursor is inclusive would).
 
 This module only decides *which* fault a request meets; the ASGI layer acts it out.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-FaultKind = Literal["429", "500", "503", "500_after_apply", "drop", "truncate", "latency"]
+import orjson
+
+FaultKind = Literal[
+    "429",
+    "500",
+    "503",
+    "500_after_apply",
+    "drop",
+    "truncate",
+    "latency",
+    "malform",
+    "duplicate",
+    "relist",
+]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # Route kinds a rule can match; message routes are bare, thread routes carry a prefix.
 ROUTE_KINDS = frozenset(
@@ -36,6 +53,13 @@ class FaultRule:
     ``times``: answer the next N matching requests, then retire (None: unlimited).
     ``probability``: hit a matching request with this chance (None: always).
     ``method``/``route``/``thread_id``: None matches anything.
+
+    Hostile answers act on the ``index``-th message of a list answer (Python indexing: -1 is the
+    last; a page without that item is answered as it is), or on the message a get, create or
+    modify answers. ``malform`` sets ``fields`` on it, removes the keys in ``drop``, or, with
+    ``item``, replaces it whole by that JSON value; ``duplicate`` lists a copy of it right after
+    it (``fields`` then apply to the copy only: the same id with other content). ``relist``
+    needs the emulator's state, so the ASGI layer acts it out (:func:`relisted`).
     """
 
     fault: FaultKind
@@ -47,8 +71,20 @@ class FaultRule:
     retry_after: float = 1.0
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
+    index: int = 0
+    fields: dict[str, Any] | None = None
+    drop: list[str] | None = None
+    item: Any = None
 
     def __post_init__(self) -> None:
+        if self.fields is not None and not isinstance(self.fields, dict):
+            raise TypeError("fields must be an object of the message fields to set")
+        if self.drop is not None and not (
+            isinstance(self.drop, list) and all(isinstance(k, str) for k in self.drop)
+        ):
+            raise TypeError("drop must be a list of field names")
+        if not isinstance(self.index, int) or isinstance(self.index, bool):
+            raise TypeError("index must be an integer")
         if self.fault not in FAULT_KINDS:
             raise ValueError(f"fault must be one of {FAULT_KINDS}, not {self.fault!r}")
         if self.route is not None and self.route not in ROUTE_KINDS:
@@ -76,6 +112,48 @@ class FaultRule:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+HOSTILE: frozenset[str] = frozenset({"malform", "duplicate"})
+
+
+def relisted(payload: bytes, cursor: dict[str, Any]) -> bytes:
+    """A list answer with the message its ``after`` cursor names listed again, first."""
+    body = orjson.loads(payload)
+    body["data"].insert(0, cursor)
+    if body.get("first_id") is not None:
+        body["first_id"] = cursor["id"]
+    return orjson.dumps(body)
+
+
+def hostile(payload: bytes, rule: FaultRule, *, listing: bool) -> bytes:
+    """A 200 answer's body with ``rule``'s hostile change made (see :class:`FaultRule`)."""
+    body = orjson.loads(payload)
+    if listing:
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or not -len(data) <= rule.index < len(data):
+            return payload
+        at = rule.index % len(data)
+        if rule.fault == "duplicate":
+            data.insert(at + 1, _changed(copy.deepcopy(data[at]), rule))
+        else:
+            data[at] = _changed(data[at], rule)
+    elif rule.fault == "duplicate":
+        return payload  # one message answered: nothing to list twice
+    else:
+        body = _changed(body, rule)
+    return orjson.dumps(body)
+
+
+def _changed(obj: Any, rule: FaultRule) -> Any:
+    if rule.item is not None:
+        return copy.deepcopy(rule.item)
+    if not isinstance(obj, dict):
+        return obj
+    obj.update(copy.deepcopy(rule.fields or {}))
+    for key in rule.drop or ():
+        obj.pop(key, None)
+    return obj
 
 
 @dataclass(slots=True)

@@ -16,7 +16,15 @@ from typing import IO
 import orjson
 
 from worker.export.source import Row
-from worker.export.text import iso_datetime, iso_utc, plain_text
+from worker.export.text import (
+    as_list,
+    field_text,
+    iso_datetime,
+    iso_utc,
+    message_of,
+    plain_text,
+    seconds_of,
+)
 
 COLUMNS = (
     "thread_id",
@@ -34,19 +42,19 @@ COLUMNS = (
 
 
 def csv_record(row: Row) -> list[str]:
-    """The CSV cells of one message."""
-    message = orjson.loads(row.raw)
+    """The CSV cells of one message (any stored shape: see ``worker.export.text``)."""
+    message = message_of(row.raw)
     metadata = message.get("metadata")
     return [
         row.thread_id,
         row.id,
-        iso_utc(message.get("created_at", row.created_at)),
-        message.get("role") or "",
-        message.get("status") or "",
-        message.get("assistant_id") or "",
-        message.get("run_id") or "",
+        iso_utc(seconds_of(message, row.created_at)),
+        field_text(message.get("role")),
+        field_text(message.get("status")),
+        field_text(message.get("assistant_id")),
+        field_text(message.get("run_id")),
         plain_text(message),
-        str(len(message.get("attachments") or [])),
+        str(len(as_list(message.get("attachments")))),
         orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode() if metadata else "{}",
         iso_datetime(row.deleted_at),
     ]

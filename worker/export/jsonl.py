@@ -22,9 +22,14 @@ def text_of(row: Row) -> str:
         return row.raw
     when = row.deleted_at if row.deleted_at.tzinfo else row.deleted_at.replace(tzinfo=UTC)
     stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    mark = f'"{DELETED_KEY}":{{"deleted_at":"{stamp}"}}'
     body = row.raw.rstrip()
-    assert body.endswith("}")
-    return f'{body[:-1]},"{DELETED_KEY}":{{"deleted_at":"{stamp}"}}}}'
+    if not body.endswith("}"):
+        # Not an object (nothing the client stores, but the mirror could hold one): kept whole
+        # under the mark, since no key can be appended to it.
+        return f'{{{mark},"value":{body}}}'
+    inner = body[:-1].rstrip()
+    return f"{inner}{mark}}}" if inner.endswith("{") else f"{inner},{mark}}}"
 
 
 def line_of(row: Row) -> bytes:

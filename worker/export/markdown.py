@@ -11,14 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import IO, Any
 
-import orjson
-
 from worker.export.source import Row
 from worker.export.text import (
     Footnote,
+    as_dict,
+    as_list,
+    field_text,
     iso_datetime,
     iso_utc,
+    message_of,
     part_placeholder,
+    parts_of,
+    seconds_of,
+    text_of_part,
     with_footnotes,
 )
 
@@ -30,36 +35,39 @@ def thread_header(thread_id: str) -> str:
 
 
 def _who(message: dict[str, Any]) -> str:
-    role = str(message.get("role") or "unknown")
+    role = field_text(message.get("role")) or "unknown"
     if role == "assistant" and message.get("assistant_id"):
-        return f"assistant ({message['assistant_id']})"
+        return f"assistant ({field_text(message['assistant_id'])})"
     return role
 
 
 def _body(message: dict[str, Any], prefix: str) -> tuple[list[str], list[Footnote]]:
+    """The message's blocks and footnotes; any stored shape reads (see ``worker.export.text``)."""
     blocks: list[str] = []
     notes: list[Footnote] = []
-    for part in message.get("content") or []:
-        if part.get("type") == "text":
-            text = part.get("text") or {}
-            value, more = with_footnotes(
-                str(text.get("value", "")),
-                list(text.get("annotations") or []),
-                len(notes) + 1,
-                prefix=prefix,
-            )
+    for part in parts_of(message):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text, annotations = text_of_part(part)
+            value, more = with_footnotes(text, annotations, len(notes) + 1, prefix=prefix)
             blocks.append(value)
             notes.extend(more)
-        elif part.get("type") == "image_file":
-            file_id = (part.get("image_file") or {}).get("file_id", "?")
+        elif kind == "image_file":
+            file_id = field_text(as_dict(part.get("image_file")).get("file_id", "?"))
             blocks.append(f"*Image:* file `{file_id}`")
-        elif part.get("type") == "image_url":
-            blocks.append(f"*Image:* <{(part.get('image_url') or {}).get('url', '?')}>")
+        elif kind == "image_url":
+            url = field_text(as_dict(part.get("image_url")).get("url", "?"))
+            blocks.append(f"*Image:* <{url}>")
+        elif isinstance(part, str):
+            blocks.append(part)
         else:
             blocks.append(f"*{part_placeholder(part)}*")
-    for attachment in message.get("attachments") or []:
-        tools = ", ".join(str(t.get("type")) for t in attachment.get("tools") or [])
-        blocks.append(f"*Attachment:* file `{attachment.get('file_id', '?')}` ({tools})")
+    for attachment in map(as_dict, as_list(message.get("attachments"))):
+        tools = ", ".join(
+            field_text(as_dict(t).get("type")) for t in as_list(attachment.get("tools"))
+        )
+        file_id = field_text(attachment.get("file_id", "?"))
+        blocks.append(f"*Attachment:* file `{file_id}` ({tools})")
     return blocks, notes
 
 
@@ -69,11 +77,11 @@ def message_markdown(row: Row, index: int = 1) -> str:
     Footnote labels are document-global in Markdown, so they carry the message's position in the
     file: ``[^3.1]`` is the first citation of the third message.
     """
-    message = orjson.loads(row.raw)
-    heading = f"## {_who(message)} · {iso_utc(message.get('created_at', row.created_at))}"
+    message = message_of(row.raw)
+    heading = f"## {_who(message)} · {iso_utc(seconds_of(message, row.created_at))}"
     status = message.get("status")
     if status and status != "completed":
-        heading += f" · {status}"
+        heading += f" · {field_text(status)}"
     if row.deleted_at is not None:
         heading += f" · (deleted {iso_datetime(row.deleted_at)})"
     blocks, notes = _body(message, f"{index}.")

@@ -8,14 +8,14 @@ memory stays flat.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import IO, Any
 
 import orjson
 
 from worker.errors import ConfigError
 from worker.export.source import Row
-from worker.export.text import plain_text
+from worker.export.text import as_list, field_text, message_of, plain_text, seconds_of, utc_of
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -30,8 +30,16 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _text_or_null(value: Any) -> str | None:
+    """A string column: null stays null, any other odd value is written as its JSON."""
+    return None if value is None else field_text(value)
+
+
 def _record(row: Row) -> dict[str, Any]:
-    message = orjson.loads(row.raw)
+    message = message_of(row.raw)
     metadata = message.get("metadata")
     deleted = row.deleted_at
     if deleted is not None and deleted.tzinfo is None:
@@ -39,13 +47,13 @@ def _record(row: Row) -> dict[str, Any]:
     return {
         "thread_id": row.thread_id,
         "message_id": row.id,
-        "created_at": datetime.fromtimestamp(message.get("created_at", row.created_at), UTC),
-        "role": message.get("role"),
-        "status": message.get("status"),
-        "assistant_id": message.get("assistant_id"),
-        "run_id": message.get("run_id"),
+        "created_at": utc_of(seconds_of(message, row.created_at)),
+        "role": _text_or_null(message.get("role")),
+        "status": _text_or_null(message.get("status")),
+        "assistant_id": _text_or_null(message.get("assistant_id")),
+        "run_id": _text_or_null(message.get("run_id")),
         "text": plain_text(message),
-        "attachments": len(message.get("attachments") or []),
+        "attachments": min(len(as_list(message.get("attachments"))), _INT32_MAX),
         "metadata": orjson.dumps(metadata or {}, option=orjson.OPT_SORT_KEYS).decode(),
         "deleted_at": deleted,
         "raw": row.raw,

@@ -9,7 +9,9 @@ if the server does not already hold it. That last check is what makes the effect
 - a modify answered by a 5xx, a dropped connection or a cut body may have been applied, so it is
   never repeated blindly: the push reads the message again and decides afresh.
 
-Only a 429 (which proves nothing was done) is retried by the client itself. Permanent errors (400,
+Only a 429 (which proves nothing was done) is retried by the client itself. A modify answered
+with a malformed message is treated like a cut body (read again); a read answering one fails the
+edit, naming the field, and nothing of it reaches the mirror. Permanent errors (400,
 401/403, 404) mark the edit failed with the server's message; 401/403 also stop the push, since
 every other edit would fail the same way. An edit that keeps failing transiently stays pending.
 """
@@ -32,6 +34,7 @@ from worker.config import RetrySettings
 from worker.errors import (
     AuthError,
     ConfigError,
+    MalformedError,
     ParkedError,
     PermanentError,
     TransientError,
@@ -108,8 +111,16 @@ async def modify_once(
     client: ApiClient, thread_id: str, message_id: str, metadata: dict[str, str]
 ) -> dict[str, Any]:
     """POST the metadata without the client repeating it after an answer it cannot trust;
-    the caller re-reads the message instead, so a write is never sent twice."""
-    return await client.modify_message(thread_id, message_id, metadata, repeat=False)
+    the caller re-reads the message instead, so a write is never sent twice.
+
+    A malformed answer is one not to trust either: the modify may have been applied, but that
+    object must not become the mirror's copy. It is handled like a cut body: the message is read
+    again (and checked again) before anything is recorded.
+    """
+    try:
+        return await client.modify_message(thread_id, message_id, metadata, repeat=False)
+    except MalformedError as exc:
+        raise TransientError(f"{exc.message}; reading the message again") from exc
 
 
 @dataclass

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
-from worker.client.models import Listed, parse_page
+from worker.client.models import Listed, message_page
 from worker.errors import (
     ApiError,
     AuthError,
@@ -195,7 +195,7 @@ class _Ahead:
 
     def adopt(self, hit: _Hit) -> _Page:
         """Parse a page that came back unparsed after all, and fetch the one after it."""
-        page = parse_page(hit.body)
+        page = message_page(self._walk.thread_id)(hit.body)
         taken = _Page(page.has_more, self._walk._prepare(page), hit.sha)
         if taken.has_more and taken.msgs:
             self.fetch(taken.msgs[-1].id, hashed=True)
@@ -305,9 +305,11 @@ class TieConvention:
             # Without the answer a page's ties cannot be ranked, and a guess would be stored as
             # fact: a failed probe fails this pass of the thread, which resumes on the next.
             try:
-                page = await client.list_messages(thread_id, limit=1, order="asc", after=pair[1])
-                if page.data:
-                    learned: TieOrder = "reverse" if page.data[0].get("id") == pair[0] else "stable"
+                page = await client.list_messages(thread_id, limit=2, order="asc", after=pair[1])
+                # A server whose cursor is inclusive lists pair[1] itself first: skipped.
+                following = [m for m in page.data if m["id"] != pair[1]]
+                if following:
+                    learned: TieOrder = "reverse" if following[0]["id"] == pair[0] else "stable"
                 else:
                     # Nothing follows pair[1] ascending: it is the newest message, so ties keep
                     # creation order in descending listings too (unless it was just deleted).
@@ -329,7 +331,7 @@ class TieConvention:
 
             await self._mirror.run_write(write)
             log.info("sync.tie_order_learned", thread=thread_id, tie_order=learned)
-            return 1 if page.data else 2
+            return 1 if following else 2
 
     @property
     def effective(self) -> TieOrder:
@@ -467,7 +469,9 @@ class ThreadPass:
         after = state.initial_after
         prev = await self._place(after) if after else None
         prev_id = after
-        previous_ids: set[str] = set()
+        # The cursor's own message counts as listed: a page that starts with it again (a server
+        # whose cursor is inclusive) has not lost the cursor.
+        previous_ids: set[str] = {after} if after else set()
         high_water = state.high_water_id
         # A first sync from the start walks the whole thread: it may leave a walk memo (proven
         # once it is done) that spares the next reconcile parsing it all again.
@@ -482,10 +486,11 @@ class ThreadPass:
                     break
                 assert isinstance(taken, _Page)  # nothing was fetched ``unless``
                 has_more, msgs = taken.has_more, taken.msgs
+                fresh = _past_relisted(self.thread_id, msgs, previous_ids)
                 if (
                     after is not None
                     and msgs
-                    and not _advances_desc(prev, previous_ids, msgs, high_water)
+                    and not (fresh and _advances_desc(prev, previous_ids, fresh, high_water))
                 ):
                     reason = "first-sync cursor ignored by the server"
                     break
@@ -495,7 +500,7 @@ class ThreadPass:
                     if not await self._exists(after):
                         reason = "first-sync cursor names a deleted message"
                         break
-                await self._learn_ties(prev, prev_id, msgs)
+                await self._learn_ties(prev, prev_id, fresh)  # neighbours, not a re-listing
                 done = not has_more or not msgs
                 if high_water is None and msgs:
                     high_water = msgs[0].id
@@ -574,7 +579,7 @@ class ThreadPass:
         cursor's message still exists (one GET tells), and a lost cursor when it does not.
         """
         first = True
-        previous_ids: set[str] = set()
+        previous_ids = {after}  # as in _first_sync: the cursor's message listed again is no loss
         async with _prefetching(self, "asc") as ahead:
             ahead.fetch(after)
             while True:
@@ -583,7 +588,10 @@ class ThreadPass:
                     if may_be_idle and await self._exists(after):
                         return
                     raise _CursorLost("empty page after the cursor although newer messages exist")
-                if msgs and not await self._advances_asc(prev, previous_ids, msgs[0], first):
+                fresh = _past_relisted(self.thread_id, msgs, previous_ids)
+                if msgs and not (
+                    fresh and await self._advances_asc(prev, previous_ids, fresh[0], first)
+                ):
                     raise _CursorLost("the server ignored the cursor")
                 first = False
 
@@ -668,13 +676,14 @@ class ThreadPass:
                     census = await self._census()  # the first page differs: compare it
                 replay = None
                 has_more, msgs = taken.has_more, taken.msgs
+                fresh = _past_relisted(self.thread_id, msgs, previous_ids)
                 if (
                     after is not None
                     and msgs
                     and (
-                        msgs[0].id in previous_ids
-                        or msgs[0].id in seen
-                        or (prev is not None and msgs[0].created_at < prev.created_at)
+                        not fresh
+                        or fresh[0].id in seen
+                        or (prev is not None and fresh[0].created_at < prev.created_at)
                     )
                 ):
                     raise _CursorLost("the server ignored the cursor")
@@ -1121,6 +1130,29 @@ def _newest_listed(msgs: list[Incoming], has_more: bool, ties: TieOrder | None) 
     if len(group) == len(msgs) and has_more:
         return None
     return group[-1]
+
+
+def _past_relisted(thread_id: str, msgs: list[Incoming], previous_ids: set[str]) -> list[Incoming]:
+    """``msgs`` from the first message the previous page of the walk did not list.
+
+    A page that starts by listing again messages the previous page ended with has still moved
+    on: those messages are duplicates across the seam (stored again, the later copy wins), and
+    whether the walk advanced is judged from the first new message. Each duplicate is warned
+    about once. Empty when the page lists nothing new at all: the server ignored the cursor.
+    """
+    if not previous_ids or not msgs:
+        return msgs
+    skip = 0
+    while skip < len(msgs) and msgs[skip].id in previous_ids:
+        skip += 1
+    if skip == len(msgs):
+        return []
+    for m in msgs:
+        if m.id in previous_ids:
+            log.warning(
+                "sync.duplicate_message", thread=thread_id, message=m.id, kept="the later copy"
+            )
+    return msgs[skip:]
 
 
 def _advances_desc(
