@@ -1,5 +1,6 @@
 """Faults on demand: scripted ("the next 3 list calls on thread X answer 503"), probabilistic
-(seeded), added latency, and a per-key token-bucket rate limit.
+(seeded), added latency, an answer trickled a byte at a time, and a per-key token-bucket rate
+limit.
 
 This module only decides *which* fault a request meets; the ASGI layer acts it out.
 """
@@ -10,7 +11,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-FaultKind = Literal["429", "500", "503", "500_after_apply", "drop", "truncate", "latency"]
+FaultKind = Literal[
+    "429", "500", "503", "500_after_apply", "drop", "truncate", "latency", "trickle"
+]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # Route kinds a rule can match; message routes are bare, thread routes carry a prefix.
 ROUTE_KINDS = frozenset(
@@ -36,6 +39,8 @@ class FaultRule:
     ``times``: answer the next N matching requests, then retire (None: unlimited).
     ``probability``: hit a matching request with this chance (None: always).
     ``method``/``route``/``thread_id``: None matches anything.
+    ``trickle``: the headers at once, then the body one byte every ``byte_interval_ms`` (a slow
+    or wedged proxy: each read succeeds long before any read timeout, the answer never ends).
     """
 
     fault: FaultKind
@@ -47,8 +52,11 @@ class FaultRule:
     retry_after: float = 1.0
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
+    byte_interval_ms: float = 2000.0
 
     def __post_init__(self) -> None:
+        if self.byte_interval_ms <= 0:
+            raise ValueError("byte_interval_ms must be positive")
         if self.fault not in FAULT_KINDS:
             raise ValueError(f"fault must be one of {FAULT_KINDS}, not {self.fault!r}")
         if self.route is not None and self.route not in ROUTE_KINDS:
