@@ -113,13 +113,43 @@ _ADVICE = {
 }
 
 
-def write_failure(path: str | Path, exc: OSError, *, kept: bool = False) -> OutputError:
+def write_failure(
+    path: str | Path, exc: OSError, *, kept: bool = False, after: str = ""
+) -> OutputError:
     """One line for a file system failure while writing ``path`` (``kept``: nothing was replaced,
-    the previous file, if any, is as it was)."""
+    the previous file, if any, is as it was; ``after``: what else the user should know)."""
     advice = _ADVICE.get(exc.errno or 0, "choose another place")
     reason = exc.strerror or type(exc).__name__
     tail = "; nothing was replaced" if kept else ""
-    return OutputError(f"cannot write {path}: {reason}; {advice}{tail}")
+    return OutputError(f"cannot write {path}: {reason}; {advice}{tail}{after}")
+
+
+# SQLite's primary result codes for a destination that cannot take the file, as the errno the
+# same trouble has on a plain file (sqlite3.h: SQLITE_READONLY 8, IOERR 10, FULL 13, CANTOPEN 14).
+_SQLITE_AS_ERRNO = {8: errno.EROFS, 10: errno.EIO, 13: errno.ENOSPC, 14: errno.EACCES}
+
+
+def disk_trouble(exc: BaseException) -> OSError | None:
+    """The file system failure behind ``exc``, if any: an OSError, or SQLite's (possibly
+    wrapped by SQLAlchemy or the store) turned into the OSError it stands for."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        code = getattr(current, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _SQLITE_AS_ERRNO:
+            err = _SQLITE_AS_ERRNO[code & 0xFF]
+            return OSError(err, os.strerror(err))
+        orig = getattr(current, "orig", None)
+        todo += [current.__cause__, current.__context__]
+        if isinstance(orig, BaseException):
+            todo.append(orig)
+    return None
 
 
 def _descriptor(path: str) -> int | None:
