@@ -107,3 +107,16 @@ def test_emulator_state_saved_through_a_link_keeps_the_link(tmp_path: Path) -> N
     persistence.save(emulator, link)
     assert link.is_symlink()
     assert (tmp_path / "state" / "v1.json").stat().st_size > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another user")
+def test_a_replaced_file_keeps_its_owner_and_mode(tmp_path: Path) -> None:
+    target = tmp_path / "theirs.jsonl"
+    target.write_bytes(b"old")
+    os.chown(target, 1234, 5678)
+    target.chmod(0o644)
+    with files.output_file(target) as out:
+        out.write(b"new")
+    after = target.stat()
+    assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (1234, 5678, 0o644)
+    assert target.read_bytes() == b"new"

@@ -23,7 +23,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -212,7 +212,7 @@ def _kind(path: str) -> str:
     except FileNotFoundError:
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
-            raise OSError(errno.ENOENT, f"the directory {parent} does not exist", path) from None
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
         return "file"
     if stat.S_ISREG(st.st_mode):
         return "file"
@@ -258,16 +258,16 @@ def _in_place(path: str) -> Iterator[BinaryIO]:
 def _atomic(name: str, path: Path, mode: int) -> Iterator[BinaryIO]:
     """A temporary file beside ``path``, fsynced and renamed over it when the block finishes."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)  # replacing a file keeps its permissions
+        old: os.stat_result | None = path.stat()
     except FileNotFoundError:
-        pass
+        old = None
     except OSError as exc:
         raise write_failure(name, exc, kept=True) from None
     tmp: Path | None = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         tmp = Path(tmp_name)
-        os.fchmod(fd, mode)
+        _like(fd, old, mode)
         with open_flushing(fd) as stream:
             yield stream
             stream.flush()
@@ -280,6 +280,19 @@ def _atomic(name: str, path: Path, mode: int) -> Iterator[BinaryIO]:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def _like(fd: int, old: os.stat_result | None, mode: int) -> None:
+    """A replacement keeps the replaced file's permissions, and its owner when this process
+    may set it (root); a new file gets ``mode``."""
+    if old is None:
+        os.fchmod(fd, mode)
+        return
+    if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+        # Not root: the file becomes this user's, as any rewrite by them would.
+        with suppress(PermissionError):
+            os.fchown(fd, old.st_uid, old.st_gid)
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))
 
 
 def fsync_directory(path: Path) -> None:
