@@ -3,7 +3,9 @@ is written (so the closing fsync only waits for the tail)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import stat
 import sys
 from pathlib import Path
@@ -120,3 +122,19 @@ def test_a_replaced_file_keeps_its_owner_and_mode(tmp_path: Path) -> None:
     after = target.stat()
     assert (after.st_uid, after.st_gid, stat.S_IMODE(after.st_mode)) == (1234, 5678, 0o644)
     assert target.read_bytes() == b"new"
+
+
+def test_disk_trouble_is_found_behind_wrappers_and_only_there() -> None:
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = 13
+    try:
+        try:
+            raise full
+        except sqlite3.Error as exc:
+            raise RuntimeError("the copy failed") from exc
+    except RuntimeError as wrapped:
+        found = files.disk_trouble(wrapped)
+    assert found is not None
+    assert found.errno == errno.ENOSPC
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    assert files.disk_trouble(refused) is None

@@ -129,6 +129,13 @@ def write_failure(
 _SQLITE_AS_ERRNO = {8: errno.EROFS, 10: errno.EIO, 13: errno.ENOSPC, 14: errno.EACCES}
 
 
+# What a destination's file system answers when it cannot take a file (a refused connection
+# somewhere below a database error is no such thing).
+_DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+)
+
+
 def disk_trouble(exc: BaseException) -> OSError | None:
     """The file system failure behind ``exc``, if any: an OSError, or SQLite's (possibly
     wrapped by SQLAlchemy or the store) turned into the OSError it stands for."""
@@ -139,7 +146,7 @@ def disk_trouble(exc: BaseException) -> OSError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno is not None:
+        if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
             return current
         code = getattr(current, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF in _SQLITE_AS_ERRNO:
