@@ -13,7 +13,9 @@ the key, where it came from and what is wanted.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +29,36 @@ from worker.errors import ConfigError
 
 ENV_PREFIX = "THREADSYNC_"
 DEFAULT_DATABASE_URL = "sqlite:///threadsync.db"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from ``90``, ``90s``, ``2.5s``, ``30m``, ``1h30m`` or ``500ms`` (a number alone is
+    seconds); raises ValueError naming the accepted forms."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(
+                    f"{value!r} is not a duration; wanted e.g. 90s, 30m, 1h30m or seconds"
+                ) from None
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{value!r} is not a positive duration; wanted e.g. 90s, 30m or 1h")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``120 s``, ``0.5 s``: how a duration is named back to the user."""
+    return f"{seconds:g} s"
 
 
 class Profile(StrEnum):
@@ -67,7 +99,19 @@ class ApiSettings(BaseModel):
     )
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
+    request_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Overall bound on one request attempt: connect, send and the whole body"
+        " (seconds, or a duration such as 2m). A server trickling bytes never trips"
+        " read_timeout, which bounds each read only.",
+    )
     max_connections: int = Field(default=32, ge=1, le=1000)
+
+    @field_validator("request_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     def effective_api_version(self) -> str | None:
         return self.api_version or DEFAULT_API_VERSION[self.profile]

@@ -16,6 +16,11 @@ class ConfigError(ThreadsyncError):
     """The user's configuration, arguments or environment are wrong; retrying will not help."""
 
 
+class OutputError(ConfigError):
+    """A file or directory the user named could not be written (disk full, read-only, no
+    permission, not a kind of file threadsync writes): choose another place or make room."""
+
+
 class SchemaOutdatedError(ConfigError):
     """The mirror database was made by an older threadsync; `threadsync db upgrade` fixes it."""
 

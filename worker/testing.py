@@ -53,13 +53,16 @@ async def emulated_client(
     profile: Profile = Profile.AZURE,
     retry: RetrySettings | None = None,
     sleep: SleepRecorder | None = None,
+    request_timeout: float | None = None,
 ) -> AsyncIterator[ApiClient]:
-    """An :class:`ApiClient` talking to ``emulator`` in-process."""
+    """An :class:`ApiClient` talking to ``emulator`` in-process (``request_timeout``: the
+    ``api.request_timeout`` setting, default as configured)."""
     api = ApiSettings(
         profile=profile,
         endpoint="http://127.0.0.1:1",
         project="demo" if profile is Profile.FOUNDRY else None,
         api_key=SecretStr(emulator.api_key),
+        **({} if request_timeout is None else {"request_timeout": request_timeout}),
     )
     async with ApiClient(
         api,

@@ -251,3 +251,44 @@ async def test_a_hostile_rule_is_checked_when_added(client: httpx.AsyncClient) -
     r = await client.patch("/_emulator/faults", json=bad)
     assert r.status_code == 400
     assert "fields must be an object" in r.json()["error"]["message"]
+
+
+async def test_trickle_sends_the_whole_answer_a_byte_at_a_time(
+    client: httpx.AsyncClient, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers at once, then one byte per interval: the same bytes a normal answer has."""
+    [tid] = emulator.seed(seed=1, threads=1, messages=3)
+    whole = await client.get(f"/openai/threads/{tid}/messages", params=AZURE_Q)
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", fake_sleep)
+    emulator.add_fault(FaultRule(fault="trickle", route="list", byte_interval_ms=250))
+    async with client.stream("GET", f"/openai/threads/{tid}/messages", params=AZURE_Q) as r:
+        assert r.headers["content-length"] == str(len(whole.content))
+        chunks = [chunk async for chunk in r.aiter_raw()]
+    assert b"".join(chunks) == whole.content
+    assert slept == [0.25] * len(whole.content)
+
+
+def test_trickle_over_a_socket_then_a_normal_answer(emulator: Emulator) -> None:
+    """Over a socket: the client reads a byte and hangs up; the next request is answered
+    normally (a scripted trickle retires like any rule)."""
+    [tid] = emulator.seed(seed=1, threads=1, messages=30)
+    emulator.add_fault(FaultRule(fault="trickle", route="list", byte_interval_ms=5))
+    with (
+        serve_in_thread(emulator, log_level="critical") as url,
+        httpx.Client(base_url=url, headers={"api-key": KEY}) as http,
+    ):
+        with http.stream("GET", f"/openai/threads/{tid}/messages", params=AZURE_Q) as r:
+            assert r.status_code == 200
+            first = next(r.iter_raw(1))
+        assert first == b"{"
+        assert http.get(f"/openai/threads/{tid}/messages", params=AZURE_Q).status_code == 200
+
+
+def test_trickle_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="byte_interval_ms"):
+        FaultRule(fault="trickle", byte_interval_ms=0)

@@ -20,7 +20,14 @@ from worker.backup.lock import BackupBusyError, backup_lock
 from worker.backup.manifest import MANIFEST
 from worker.backup.restore import RestoreResult, restore
 from worker.backup.retention import plan_retention
-from worker.backup.snapshot import PARTIAL_SUFFIX, PREFIX, Snapshot, take_snapshot, taken_at_of
+from worker.backup.snapshot import (
+    PARTIAL_SUFFIX,
+    PREFIX,
+    Snapshot,
+    backup_failure,
+    take_snapshot,
+    taken_at_of,
+)
 from worker.backup.verify import VerifyReport, verify
 from worker.client import ApiClient
 from worker.config import BackupSettings, Settings
@@ -112,7 +119,10 @@ def _destination(settings: Settings, dest: Path | None) -> Path:
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise ConfigError(f"backup destination {target} is not a directory")
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise backup_failure(target, exc) from None
     return target
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker.errors import ThreadsyncError
+from worker.files import write_failure
 
 LOCK_NAME = ".threadsync-backup.lock"
 
@@ -27,7 +28,10 @@ class BackupBusyError(ThreadsyncError):
 def backup_lock(dest: Path) -> Iterator[None]:
     """Hold the destination's backup lock for the block, or raise :class:`BackupBusyError`."""
     path = dest / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise write_failure(dest, exc, after="; no backup was taken") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

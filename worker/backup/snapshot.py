@@ -40,10 +40,10 @@ from worker.backup.manifest import (
     sha256_of,
 )
 from worker.backup.tables import copy_tables
-from worker.errors import ConfigError, StoreError
+from worker.errors import ConfigError, OutputError, StoreError
 from worker.export.jsonl import deleted_line, text_of
 from worker.export.source import Row, Selection, iter_rows, sqlite_raw_batches
-from worker.files import open_flushing
+from worker.files import disk_trouble, open_flushing, write_failure
 from worker.logs import get_logger
 from worker.store.db import Mirror, sqlite_path
 from worker.store.schema import current_revision
@@ -329,7 +329,10 @@ def copy_and_export(mirror: Mirror, db: Path, target: Path) -> Written:
 def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
     """Build a complete snapshot of ``mirror`` in ``dest``; nothing named ``threadsync-*`` appears
     unless every file is written, synced and listed in the manifest."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}", suffix=PARTIAL_SUFFIX, dir=dest))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}", suffix=PARTIAL_SUFFIX, dir=dest))
+    except OSError as exc:
+        raise backup_failure(dest, exc) from None
     try:
         db = tmp / DATABASE
         written = copy_and_export(mirror, db, tmp / MESSAGES)
@@ -352,8 +355,11 @@ def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
         final = _free_name(dest, now)
         tmp.rename(final)
         _fsync_dir(dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        trouble = disk_trouble(exc) if isinstance(exc, Exception) else None
+        if trouble is not None:
+            raise backup_failure(dest, trouble) from exc
         raise
     size = sum(f.stat().st_size for f in final.iterdir())
     taken = taken_at_of(final.name)
@@ -365,6 +371,13 @@ def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
         sum(t.messages for t in threads.values()),
         sum(t.deleted for t in threads.values()),
         size,
+    )
+
+
+def backup_failure(dest: Path, exc: OSError) -> OutputError:
+    """The destination could not take the snapshot: one line; nothing was deleted."""
+    return write_failure(
+        dest, exc, after="; no snapshot was written and none was deleted (the older ones stand)"
     )
 
 

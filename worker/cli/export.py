@@ -18,10 +18,11 @@ from worker.errors import ConfigError
 from worker.export.csv_format import write_csv
 from worker.export.jsonl import write_jsonl, write_sqlite_jsonl
 from worker.export.markdown import write_markdown
-from worker.export.output import atomic_output
+from worker.export.output import atomic_output, directory_output, new_output
 from worker.export.parquet import write_parquet
 from worker.export.progress import with_progress
 from worker.export.source import Row, Selection, count_rows, iter_rows, thread_order
+from worker.files import is_stdout
 from worker.store.db import Mirror
 from worker.sync.runner import RunReport, sync_threads
 
@@ -100,6 +101,18 @@ def is_directory_target(out: str) -> bool:
     return out != "-" and (out.endswith("/") or Path(out).is_dir())
 
 
+def file_name(thread_id: str, suffix: str) -> str:
+    """A thread's file in a directory export; an id that is no plain file name is refused (it
+    would write outside the directory, or hide among the files being built)."""
+    name = f"{thread_id}{suffix}"
+    if thread_id in ("", ".", "..") or thread_id.startswith(".") or Path(name).name != name:
+        raise ConfigError(
+            f"--thread {thread_id!r} cannot name a file in a directory export; thread ids are"
+            " letters, digits, - and _"
+        )
+    return name
+
+
 def export_rows(
     mirror: Mirror, selection: Selection, fmt: Format, out: str, *, gzip: bool = False
 ) -> int:
@@ -118,20 +131,20 @@ def export_rows(
         )
         with atomic_output(out) as stream:
             return writer(rows, stream)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     total = 0
     suffix = SUFFIX[fmt] + (".gz" if gzip else "")
-    for thread_id in thread_order(mirror, selection):
-        one = Selection(
-            thread_ids=[thread_id],
-            include_deleted=selection.include_deleted,
-            since=selection.since,
-            until=selection.until,
-            roles=selection.roles,
-        )
-        with atomic_output(folder / f"{thread_id}{suffix}") as stream:
-            total += writer(iter_rows(mirror, one), stream)
+    # Built aside, published at the end: a failure part-way leaves no partial set.
+    with directory_output(Path(out)) as folder:
+        for thread_id in thread_order(mirror, selection):
+            one = Selection(
+                thread_ids=[thread_id],
+                include_deleted=selection.include_deleted,
+                since=selection.since,
+                until=selection.until,
+                roles=selection.roles,
+            )
+            with new_output(folder / file_name(thread_id, suffix)) as stream:
+                total += writer(iter_rows(mirror, one), stream)
     return total
 
 
@@ -234,12 +247,12 @@ def export(
                 )
 
         report = run_async(go)
-        print_report(report, stderr=out == "-")
+        print_report(report, stderr=is_stdout(out))
         synced = report.ok
     else:
         synced = True
     count = export_rows(mirror, selection, chosen, out, gzip=gzip)
-    if out != "-":
+    if not is_stdout(out):
         result(f"exported {count} messages to {out}")
     if not synced:
         notice("some threads did not sync; the export holds what the mirror had", level="error")

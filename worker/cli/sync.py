@@ -22,10 +22,12 @@ from worker.cli.progress import RunWatch, show_progress
 from worker.cli.say import is_quiet, notice, result
 from worker.cli.signals import run_interruptible
 from worker.cli.tables import iso_utc, print_json_lines, print_table
+from worker.config import format_duration, parse_duration
+from worker.errors import ConfigError
 from worker.outbox import edit_counts
 from worker.store.db import Mirror
 from worker.store.repo import any_tracked, thread_statuses
-from worker.sync.runner import RunReport, sync_threads
+from worker.sync.runner import NOT_REACHED, STOPPED, RunReport, sync_threads
 
 T = TypeVar("T")
 
@@ -65,8 +67,19 @@ def sync(
             help="Threads synced at once (default 8).",
         ),
     ] = None,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            "--deadline",
+            envvar="THREADSYNC_SYNC__DEADLINE",
+            metavar="DURATION",
+            help="Bound the whole run (e.g. 90s, 30m, 1h30m): no thread starts after it, passes"
+            " still running stop (what they wrote is kept); exit 1 when threads were left.",
+        ),
+    ] = None,
 ) -> None:
     """Mirror every tracked thread once, then exit (0 only if every thread synced)."""
+    limit = deadline_seconds(deadline)
     g = globals_of(ctx)
     settings = g.settings(sync={"concurrency": concurrency})
     mirror = g.mirror()
@@ -92,6 +105,7 @@ def sync(
                     page_limit=settings.sync.page_limit,
                     on_thread_done=watch.thread_done,
                     on_run_started=watch.run_started,
+                    deadline=limit,
                 ),
             )
 
@@ -103,6 +117,7 @@ def sync(
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     print_report(report)
+    print_deadline(report, limit)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -122,6 +137,30 @@ async def _with_progress(watch: RunWatch, interval: float, work: Awaitable[T]) -
         value.append(await work)
         tg.cancel_scope.cancel()
     return value[0]
+
+
+def deadline_seconds(value: str | None) -> float | None:
+    """``--deadline`` in seconds (None: no deadline); a bad value is a usage error."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"--deadline: {exc}") from None
+
+
+def print_deadline(report: RunReport, deadline: float | None) -> None:
+    """One line saying what the deadline left undone, when it left anything."""
+    if deadline is None:
+        return
+    left = [o for o in report.outcomes if o.result == NOT_REACHED]
+    stopped = [o for o in report.outcomes if o.result == STOPPED]
+    if left or stopped:
+        result(
+            f"deadline {format_duration(deadline)} reached: {len(left)} threads not reached,"
+            f" {len(stopped)} stopped mid-pass (their pages so far are kept); run"
+            " `threadsync sync` again to continue"
+        )
 
 
 def print_report(report: RunReport, *, stderr: bool = False) -> None:

@@ -40,7 +40,7 @@ from worker.client.models import (
 from worker.client.network import pooled_transport
 from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
-from worker.config import ApiSettings, Profile, RetrySettings
+from worker.config import ApiSettings, Profile, RetrySettings, format_duration
 from worker.errors import (
     ApiError,
     AuthError,
@@ -161,6 +161,7 @@ class ApiClient:
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._clock = clock
+        self._request_timeout = api.request_timeout
         limits = httpx.Limits(
             max_connections=api.max_connections,
             max_keepalive_connections=api.max_connections,
@@ -326,10 +327,13 @@ class ApiClient:
                 request = self._request(
                     method, url, params, content, {**headers, **profiles.request_headers()}
                 )
-                response = await self._http.send(request)
+                response = await self._send(request)
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 self._events.on_response(method, route, None, self._clock() - started)
                 failure = _transport_failure(exc, method, route)
+            except _Overdue:
+                self._events.on_response(method, route, None, self._clock() - started)
+                failure = self._overdue(method, route)
             else:
                 try:
                     self._events.on_response(
@@ -368,6 +372,32 @@ class ApiClient:
             )
             self._events.on_retry(route, failure.status, wait)
             await self._sleep(wait)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send and read the whole body within ``api.request_timeout``, or raise :class:`_Overdue`.
+
+        httpx's read timeout bounds each read only: a server sending a byte every few seconds
+        never trips it, and held a sync forever. This deadline covers the attempt whole
+        (connection, request, every byte of the answer); httpcore closes a connection whose
+        request was cancelled, so nothing half-read goes back to the pool.
+        """
+        with anyio.move_on_after(self._request_timeout):
+            return await self._http.send(request)
+        raise _Overdue  # only the deadline's own cancellation ends the block without a return
+
+    def _overdue(self, method: str, route: str) -> _Failure:
+        limit = format_duration(self._request_timeout)
+        return _Failure(
+            kind="request_timeout",
+            status=None,
+            code=None,
+            message=f"{method} {route}: request exceeded api.request_timeout ({limit}): the"
+            " server answered too slowly (connect, send and the whole body must fit in it;"
+            " raise api.request_timeout for a slow link)",
+            request_id=None,
+            server_wait=None,
+            sent=True,
+        )
 
     def _request(
         self,
@@ -454,6 +484,10 @@ class ApiClient:
         if wait:
             return wait
         return backoff_delay(attempt, self._retry.initial_delay, self._retry.max_delay, self._rng)
+
+
+class _Overdue(Exception):
+    """An attempt outlasted ``api.request_timeout`` (raised by ``ApiClient._send``)."""
 
 
 def _transport_failure(

@@ -202,6 +202,9 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
         payload = _relist(emulator, route, query, payload)
     if rule is not None and rule.fault == "drop":
         await _drop(send, status, payload, headers)
+    if rule is not None and rule.fault == "trickle":
+        await _trickle(receive, send, status, payload, headers, rule.byte_interval_ms / 1000)
+        return
     if rule is not None and rule.fault == "truncate":
         payload = payload[: max(1, len(payload) // 2)]
     await _send(send, status, payload, headers)
@@ -220,6 +223,35 @@ def _relist(
     except WireError:
         return payload
     return relisted(payload, cursor)
+
+
+async def _trickle(
+    receive: Receive,
+    send: Send,
+    status: int,
+    payload: bytes,
+    headers: list[tuple[bytes, bytes]],
+    every: float,
+) -> None:
+    """Headers promising the whole body at once, then the body one byte every ``every`` s,
+    until it is all sent or the client hangs up (a server does not trickle into a closed socket
+    for hours)."""
+    full = [_JSON, (b"content-length", str(len(payload)).encode()), *headers]
+
+    async def until_hung_up(scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    await send({"type": "http.response.start", "status": status, "headers": full})
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(until_hung_up, tg.cancel_scope)
+        for i in range(len(payload)):
+            await anyio.sleep(every)
+            more = i + 1 < len(payload)
+            chunk = payload[i : i + 1]
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        tg.cancel_scope.cancel()
 
 
 async def _drop(

@@ -1,8 +1,9 @@
 """Faults on demand: scripted ("the next 3 list calls on thread X answer 503"), probabilistic
-(seeded), added latency, a per-key token-bucket rate limit, and hostile answers: a 200 whose
-message objects break the contract (``malform``: fields set or removed, or the whole item
-replaced) or list one message twice (``duplicate`` within a page; ``relist``: a listing after a
-cursor also lists the cursor's own message first, as a server whose cursor is inclusive would).
+(seeded), added latency, an answer trickled a byte at a time, a per-key token-bucket rate limit,
+and hostile answers: a 200 whose message objects break the contract (``malform``: fields set or
+removed, or the whole item replaced) or list one message twice (``duplicate`` within a page;
+``relist``: a listing after a cursor also lists the cursor's own message first, as a server whose
+cursor is inclusive would).
 
 This module only decides *which* fault a request meets; the ASGI layer acts it out.
 """
@@ -27,6 +28,7 @@ FaultKind = Literal[
     "malform",
     "duplicate",
     "relist",
+    "trickle",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # Route kinds a rule can match; message routes are bare, thread routes carry a prefix.
@@ -60,6 +62,8 @@ class FaultRule:
     ``item``, replaces it whole by that JSON value; ``duplicate`` lists a copy of it right after
     it (``fields`` then apply to the copy only: the same id with other content). ``relist``
     needs the emulator's state, so the ASGI layer acts it out (:func:`relisted`).
+    ``trickle``: the headers at once, then the body one byte every ``byte_interval_ms`` (a slow
+    or wedged proxy: each read succeeds long before any read timeout, the answer never ends).
     """
 
     fault: FaultKind
@@ -75,6 +79,7 @@ class FaultRule:
     fields: dict[str, Any] | None = None
     drop: list[str] | None = None
     item: Any = None
+    byte_interval_ms: float = 2000.0
 
     def __post_init__(self) -> None:
         if self.fields is not None and not isinstance(self.fields, dict):
@@ -85,6 +90,8 @@ class FaultRule:
             raise TypeError("drop must be a list of field names")
         if not isinstance(self.index, int) or isinstance(self.index, bool):
             raise TypeError("index must be an integer")
+        if self.byte_interval_ms <= 0:
+            raise ValueError("byte_interval_ms must be positive")
         if self.fault not in FAULT_KINDS:
             raise ValueError(f"fault must be one of {FAULT_KINDS}, not {self.fault!r}")
         if self.route is not None and self.route not in ROUTE_KINDS:

@@ -6,8 +6,6 @@ half-written state. Faults and statistics are deliberately not persisted: they b
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +13,7 @@ import orjson
 
 from worker.emulator.behaviour import Behaviour
 from worker.emulator.timeline import Record, Timeline
+from worker.files import output_file
 
 if TYPE_CHECKING:
     from worker.emulator.state import Emulator
@@ -60,14 +59,8 @@ def restore(emulator: Emulator, state: dict[str, Any]) -> None:
 def save(emulator: Emulator, path: Path) -> None:
     payload = orjson.dumps(snapshot(emulator))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with output_file(path) as handle:  # atomic for a file; a symlink followed, a FIFO streamed
+        handle.write(payload)
 
 
 def load(emulator: Emulator, path: Path) -> None:

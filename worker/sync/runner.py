@@ -2,10 +2,13 @@
 
 The one-shot `threadsync sync` and the daemon's dispatcher both call :func:`sync_threads`. One
 thread failing never stops the others: each pass catches its own API errors and reports them.
+A run given a deadline starts no pass after it and stops the passes still running at it (their
+committed pages stay; a page being written commits first, see :meth:`Mirror.run_write`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from worker.client import ApiClient
+from worker.config import format_duration
 from worker.logs import get_logger
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
@@ -75,8 +79,15 @@ async def sync_threads(
     now: Callable[[], datetime] = utcnow,
     on_thread_done: Callable[[ThreadOutcome], None] | None = None,
     on_run_started: Callable[[RunReport, int], None] | None = None,
+    deadline: float | None = None,
 ) -> RunReport:
-    """Sync ``thread_ids`` (default: every active tracked thread) and record the run."""
+    """Sync ``thread_ids`` (default: every active tracked thread) and record the run.
+
+    ``deadline``: seconds the run may take from here. Threads not begun by then are reported
+    ``not reached``, passes still running are stopped and reported ``stopped``; both count as
+    work left (the report is not ok).
+    """
+    stop_at = math.inf if deadline is None else anyio.current_time() + deadline
     kind = "full" if full else "sync"
     planned = await mirror.run(_plan, mirror, thread_ids, now())
     ids = planned.runnable
@@ -95,16 +106,21 @@ async def sync_threads(
     async def one(thread_id: str) -> None:
         async with limiter:
             try:
-                outcome = await ThreadPass(
-                    client,
-                    mirror,
-                    thread_id,
-                    ties=ties,
-                    page_limit=page_limit,
-                    now=now,
-                    known=planned.known.pop(thread_id, None),
-                    censuses=censuses,
-                ).run(full=full)
+                known = planned.known.pop(thread_id, None)
+                if anyio.current_time() >= stop_at:
+                    outcome = not_reached(thread_id, deadline)
+                else:
+                    one_pass = ThreadPass(
+                        client,
+                        mirror,
+                        thread_id,
+                        ties=ties,
+                        page_limit=page_limit,
+                        now=now,
+                        known=known,
+                        censuses=censuses,
+                    )
+                    outcome = await run_until(one_pass, full, stop_at, deadline)
             finally:
                 censuses.passed(thread_id)
         report.outcomes.append(outcome)
@@ -182,6 +198,41 @@ def _saved_since(mirror: Mirror, run_id: int) -> int:
             session.scalar(select(func.count()).where(col(Message.first_seen_at) >= run.started_at))
             or 0
         )
+
+
+# -- the run's deadline -----------------------------------------------------------------------
+
+NOT_REACHED = "not reached"
+STOPPED = "stopped"
+
+
+def not_reached(thread_id: str, deadline: float | None) -> ThreadOutcome:
+    """A thread the run's deadline passed before its pass began."""
+    limit = "" if deadline is None else f" ({format_duration(deadline)})"
+    return ThreadOutcome(
+        thread_id, NOT_REACHED, error=f"deadline{limit}: the run ended before this thread began"
+    )
+
+
+async def run_until(
+    one_pass: ThreadPass, full: bool, stop_at: float, deadline: float | None
+) -> ThreadOutcome:
+    """Run the pass, stopping it at ``stop_at`` (anyio's clock) if it is still running then.
+
+    Every write the pass makes is shielded (committed or rolled back whole), so stopping it
+    leaves its thread exactly as a killed sync would: the pages committed so far, the cursor
+    with them; the next pass resumes from there.
+    """
+    with anyio.CancelScope(deadline=stop_at):
+        return await one_pass.run(full=full)
+    outcome = one_pass.outcome
+    limit = "" if deadline is None else f" ({format_duration(deadline)})"
+    outcome.result = STOPPED
+    outcome.error = (
+        f"deadline{limit}: stopped during its pass; what it wrote is kept, the next sync"
+        " continues from there"
+    )
+    return outcome
 
 
 @dataclass
