@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from worker import __version__
-from worker.cli.common import Globals, setup_logging
+from worker.cli.common import (
+    EXIT_INTERRUPTED,
+    Globals,
+    report_error,
+    reported_errors,
+    setup_logging,
+)
+from worker.cli.variables import check_variables
 from worker.memory import limit_malloc_arenas, tune_collector
 
 app = typer.Typer(
@@ -44,7 +52,9 @@ def root(
     log_level: Annotated[
         str | None,
         typer.Option(
-            "--log-level", envvar="THREADSYNC_LOG__LEVEL", help="debug|info|warning|error"
+            "--log-level",
+            envvar=["THREADSYNC_LOG__LEVEL", "THREADSYNC_LOG_LEVEL"],
+            help="debug|info|warning|error",
         ),
     ] = None,
     log_format: Annotated[
@@ -55,6 +65,15 @@ def root(
             help="auto (JSON lines unless stderr is a terminal) | json | console",
         ),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="THREADSYNC_DEBUG",
+            help="Log at debug level and print the traceback (message content redacted) of an"
+            " unexpected error.",
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -62,10 +81,16 @@ def root(
 ) -> None:
     """threadsync: mirror, export, back up and write back Assistants thread messages."""
     g = Globals(
-        config=config, database_url=database_url, log_level=log_level, log_format=log_format
+        config=config,
+        database_url=database_url,
+        log_level=log_level,
+        log_format=log_format,
+        debug=debug,
     )
     ctx.obj = g
-    setup_logging(g)
+    with reported_errors():
+        setup_logging(g)
+        check_variables(ctx.command)
 
 
 def _register() -> None:
@@ -92,4 +117,9 @@ def main() -> None:
     """Console-script entry point."""
     limit_malloc_arenas()
     tune_collector()
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # the one top-level handler: one line, never a traceback
+        sys.exit(report_error(exc))

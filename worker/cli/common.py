@@ -2,6 +2,9 @@
 
 Exit codes: 0 success; 1 the work ran but something failed (a thread did not sync, an edit
 failed); 2 bad configuration or arguments (nothing was done); 130 interrupted.
+
+Every failure is one line on stderr. Anything unexpected (a bug) is one line too, and exit 1; its
+traceback, with exception texts redacted (they may quote message content), only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from worker import logs
 from worker.client import ApiClient
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError, ThreadsyncError
-from worker.store.db import Mirror
+from worker.store.db import Mirror, translate_store_error
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
@@ -43,6 +47,7 @@ class Globals:
     database_url: str | None = None
     log_level: str | None = None
     log_format: str | None = None
+    debug: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
     _settings: Settings | None = None
 
@@ -66,6 +71,7 @@ class Globals:
         return self._settings
 
     def mirror(self, *, create: bool = True) -> Mirror:
+        """The mirror; ``create=False`` for commands that only read (they never make one)."""
         return Mirror(self.settings().database_url, create=create)
 
 
@@ -77,8 +83,12 @@ def globals_of(ctx: typer.Context) -> Globals:
     return obj
 
 
+_debug = {"on": False}  # set once per process by the root callback (--debug)
+
+
 def setup_logging(g: Globals) -> None:
-    level = g.log_level or "info"
+    level = "debug" if g.debug else (g.log_level or "info")
+    _debug["on"] = level.lower() == "debug"
     fmt = g.log_format or "auto"
     logs.configure(level=level, json=None if fmt == "auto" else fmt == "json")
 
@@ -95,18 +105,45 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn the project's errors into one clear line on stderr and an exit code."""
+    """Turn every error into one clear line on stderr and an exit code."""
     try:
         yield
-    except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(exc)))}")
-        raise typer.Exit(EXIT_CONFIG) from None
-    except ThreadsyncError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(exc)))}")
-        raise typer.Exit(EXIT_FAILED) from None
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise  # exits and usage errors: Typer reports them itself
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        raise typer.Exit(report_error(exc)) from None
+
+
+def _known(exc: BaseException) -> ThreadsyncError | None:
+    """The project's error behind ``exc``: itself, one inside a task group's exception group, or
+    a database failure translated at this boundary."""
+    if isinstance(exc, ThreadsyncError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _known(inner)
+            if found is not None:
+                return found
+    return translate_store_error(exc)
+
+
+def report_error(exc: BaseException) -> int:
+    """Print ``exc`` as one line (and, with --debug, its redacted traceback); its exit code."""
+    known = _known(exc)
+    if _debug["on"]:
+        err_console.out(logs.redacted_traceback(exc), highlight=False, end="")
+    if known is not None:
+        err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(known)))}")
+        return EXIT_CONFIG if isinstance(known, ConfigError) else EXIT_FAILED
+    hint = "" if _debug["on"] else "; run again with --debug for the traceback"
+    err_console.print(
+        f"[bold red]error:[/] unexpected {escape(logs.describe_exception(exc))}{hint};"
+        " please report it"
+    )
+    return EXIT_FAILED
 
 
 def command(fn: Callable[P, T]) -> Callable[P, T]:

@@ -18,8 +18,16 @@ from worker.cli.common import (
     run_async,
 )
 from worker.errors import ConfigError
-from worker.outbox import MetadataView, PushReport, push_pending, set_metadata, show_metadata
+from worker.outbox import (
+    MetadataView,
+    PushReport,
+    edit_counts,
+    push_pending,
+    set_metadata,
+    show_metadata,
+)
 from worker.outbox.merge import POLICIES
+from worker.store.db import Mirror
 
 metadata_app = typer.Typer(
     help="Edit message metadata locally; `threadsync push` sends the edits.",
@@ -122,7 +130,7 @@ def show(
     ] = False,
 ) -> None:
     """The mirrored metadata, the queued edit, its state and any conflict."""
-    view = show_metadata(globals_of(ctx).mirror(), thread_id, message_id)
+    view = show_metadata(globals_of(ctx).mirror(create=False), thread_id, message_id)
     if as_json:
         out_console.out(
             orjson.dumps(view_json(view), option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
@@ -193,8 +201,23 @@ def push(
 
     report = run_async(go)
     print_report(report)
+    if not retry_failed:
+        _mention_earlier_failures(mirror, report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _mention_earlier_failures(mirror: Mirror, report: PushReport) -> None:
+    """A push leaves edits that failed on an earlier push alone; say they are still there."""
+    with mirror.read() as session:
+        failed = edit_counts(session)["failed"]
+    earlier = failed - len(report.failed)
+    if earlier > 0:
+        err_console.print(
+            f"[yellow]note:[/] {earlier} edit{'s' if earlier != 1 else ''} failed on an earlier"
+            " push and stay unsent; `threadsync status` counts them, `threadsync metadata show"
+            " THREAD MSG` gives the error; retry with `threadsync push --retry-failed`"
+        )
 
 
 def print_report(report: PushReport) -> None:

@@ -113,7 +113,7 @@ def status(
     ] = False,
 ) -> None:
     """Per thread: messages, last sync, state, last error."""
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)
     with mirror.read() as session:
         rows = thread_statuses(session)
     if as_json:

@@ -70,7 +70,7 @@ def list_(
     ] = False,
 ) -> None:
     """Tracked threads and their state (active, paused, gone)."""
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)
     with mirror.read() as session:
         rows = thread_statuses(session)
     if as_json:
