@@ -289,6 +289,18 @@ def test_an_unexpected_error_is_one_line_and_the_debug_traceback_is_redacted(
     assert marker not in via_variable.output
 
 
+def test_a_file_system_refusal_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = sqlite_url(tmp_path / "m.db")
+    Mirror(url).dispose()
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/out/x.jsonl")
+
+    monkeypatch.setattr("worker.cli.threads.thread_statuses", refuse)
+    line = one_error(invoke("--database-url", url, "threads", "list"), 1)
+    assert line == "error: Permission denied: /srv/out/x.jsonl"
+
+
 def test_the_entry_point_handles_what_escapes_the_commands(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -482,6 +494,17 @@ def test_read_only_commands_never_create_a_mirror(
     else:
         assert _tables(mirror_url) == []
         assert "postgresql+psycopg://postgres@127.0.0.1" in line
+
+
+def test_db_current_creates_no_mirror(mirror_url: str, tmp_path: Path) -> None:
+    result = invoke("--database-url", mirror_url, "db", "current")
+    if mirror_url.startswith("sqlite"):
+        assert "error: no mirror at " in one_error(result, 2)
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert result.exit_code == 0, result.output
+        assert "mirror: empty" in result.stdout
+        assert _tables(mirror_url) == []
 
 
 def test_backup_list_opens_no_mirror(tmp_path: Path) -> None:

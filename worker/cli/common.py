@@ -138,6 +138,11 @@ def report_error(exc: BaseException) -> int:
     if known is not None:
         err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(known)))}")
         return EXIT_CONFIG if isinstance(known, ConfigError) else EXIT_FAILED
+    if isinstance(exc, OSError) and exc.strerror:
+        # The file system said no (a path, a permission, a full disk): the user's to fix.
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] {escape(exc.strerror)}{escape(str(where))}")
+        return EXIT_FAILED
     hint = "" if _debug["on"] else "; run again with --debug for the traceback"
     err_console.print(
         f"[bold red]error:[/] unexpected {escape(logs.describe_exception(exc))}{hint};"

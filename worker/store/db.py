@@ -441,8 +441,6 @@ def _translate_one(orig: BaseException) -> ThreadsyncError | None:
     sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str):
         return _from_sqlstate(sqlstate, orig)
-    if isinstance(orig, OSError) and orig.errno == errno.ENOSPC:
-        return StoreError(f"the disk is full; {_INTACT}; free space and run again")
     return None
 
 
