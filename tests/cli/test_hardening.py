@@ -231,6 +231,13 @@ def test_disk_full_during_a_sync_says_the_mirror_is_intact(
     assert thread in listed.stdout
 
 
+def test_a_wrong_postgresql_url_is_a_configuration_error(pg_url: str) -> None:
+    wrong = pg_url.replace("/postgres?", "/threadsync_no_such_database?")
+    line = one_error(invoke("--database-url", wrong, "status"), 2)
+    assert 'database "threadsync_no_such_database" does not exist' in line
+    assert "postgresql://postgres@127.0.0.1" in line
+
+
 def test_disk_full_on_postgresql_is_translated() -> None:
     """PostgreSQL's disk_full (53100), as psycopg raises it, inside a task group's group."""
     failure = ExceptionGroup("task group", [psycopg.errors.DiskFull("could not extend file")])
@@ -284,9 +291,11 @@ def test_an_unexpected_error_is_one_line_and_the_debug_traceback_is_redacted(
     assert "Traceback (most recent call last)" in debug.stderr
     assert "in explode" in debug.stderr  # the frames are all there
     assert marker not in debug.output
-    via_variable = invoke("--database-url", url, "threads", "list", env={"THREADSYNC_DEBUG": "1"})
-    assert "Traceback (most recent call last)" in via_variable.stderr
-    assert marker not in via_variable.output
+    for variable, value in (("THREADSYNC_DEBUG", "1"), ("THREADSYNC_LOG_LEVEL", "debug")):
+        via_variable = invoke("--database-url", url, "threads", "list", env={variable: value})
+        assert via_variable.exit_code == 1
+        assert "Traceback (most recent call last)" in via_variable.stderr
+        assert marker not in via_variable.output
 
 
 def test_a_file_system_refusal_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -493,7 +502,7 @@ def test_read_only_commands_never_create_a_mirror(
         assert str(tmp_path / "mirror.db") in line
     else:
         assert _tables(mirror_url) == []
-        assert "postgresql+psycopg://postgres@127.0.0.1" in line
+        assert "no mirror at postgresql://postgres@127.0.0.1:5432/postgres?" in line
 
 
 def test_db_current_creates_no_mirror(mirror_url: str, tmp_path: Path) -> None:

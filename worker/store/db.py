@@ -251,7 +251,9 @@ class Mirror:
 
     @property
     def safe_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        """The URL as the user writes it (no driver name), password hidden."""
+        plain = self.url.set(drivername=self.url.get_backend_name())
+        return plain.render_as_string(hide_password=True)
 
     @property
     def dialect(self) -> str:
@@ -405,9 +407,18 @@ def opening_error(safe_url: str, exc: DBAPIError) -> ThreadsyncError:
             f"database_url: cannot open the mirror {safe_url} ({_first_line(orig)}); check that"
             " the file and its directory exist and are writable"
         )
+    reason = _first_line(orig).removeprefix("connection failed: ")
+    if any(said in reason for said in _WRONG_URL):
+        return ConfigError(f"database_url: cannot open the mirror at {safe_url}: {reason}")
     return translate_store_error(exc) or StoreError(
-        f"cannot open the mirror at {safe_url}: {_first_line(orig)}"
+        f"cannot open the mirror at {safe_url}: {reason}; check that the server runs and that"
+        " database_url names it"
     )
+
+
+# What a PostgreSQL server says when the URL itself is wrong (the connection error carries no
+# SQLSTATE): no retry helps, so it is a configuration error (exit 2).
+_WRONG_URL = ("does not exist", "authentication failed", "no password supplied")
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
