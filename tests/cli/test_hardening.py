@@ -29,7 +29,13 @@ from worker import logs
 from worker.cli import common
 from worker.cli.app import app
 from worker.cli.variables import HARNESS_PREFIXES, unknown_variables
-from worker.config import ApiSettings, Settings, load_settings, setting_variables
+from worker.config import (
+    ApiSettings,
+    Settings,
+    load_settings,
+    setting_paths,
+    setting_variables,
+)
 from worker.daemon.jobs import JobRunner
 from worker.emulator import Emulator, serve_in_thread
 from worker.errors import ConfigError, StoreError
@@ -413,6 +419,22 @@ def test_unknown_config_keys_are_named(tmp_path: Path) -> None:
     line = one_error(invoke("--config", str(config), "status"), 2)
     assert "unknown setting snyc" in line
     assert "did you mean sync?" in line
+
+
+def test_every_settings_section_refuses_unknown_keys() -> None:
+    """A section added later must subclass ``worker.config.Section`` (pydantic would otherwise
+    drop a misspelt key in it silently)."""
+    for path in setting_paths(Settings):
+        kind = _annotation(path)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            assert kind.model_config.get("extra") == "forbid", ".".join(path)
+
+
+def _annotation(path: tuple[str, ...]) -> Any:
+    model: Any = Settings
+    for part in path:
+        model = model.model_fields[part].annotation
+    return model
 
 
 def test_known_and_harness_variables_pass(tmp_path: Path) -> None:
