@@ -364,6 +364,29 @@ async def test_job_failed_never_logs_message_content_or_sql_parameters(mirror_ur
     assert marker not in log
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["sync", "--concurrency", "0"], "Invalid value for '--concurrency'"),
+        (["sync", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["metadata", "set"], "Missing argument 'thread_id'"),
+        (["emulator", "--ties", "sideways"], "--ties must be one of"),
+    ],
+)
+def test_a_usage_error_is_one_line(args: list[str], said: str) -> None:
+    line = one_error(invoke(*args), 2)
+    assert said in line
+    assert line.endswith("--help`")
+
+
+def test_no_arguments_still_prints_the_help() -> None:
+    result = invoke()
+    assert result.exit_code == 2
+    assert "Usage" in result.output
+    assert "threads" in result.output
+
+
 # -- point 9: misspelt variables and unknown keys -------------------------------------------------
 
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from worker import __version__
 from worker.cli.common import (
+    EXIT_CONFIG,
     EXIT_INTERRUPTED,
     Globals,
+    err_console,
     report_error,
     reported_errors,
     setup_logging,
@@ -19,7 +25,44 @@ from worker.cli.common import (
 from worker.cli.variables import check_variables
 from worker.memory import limit_malloc_arenas, tune_collector
 
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """A usage error (unknown option, bad value, missing argument) as one line and exit 2,
+    instead of Typer's framed panel."""
+    try:
+        yield
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help itself: Typer prints it
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        message = message.rstrip(".")
+        err_console.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}")
+        raise typer.Exit(getattr(exc, "exit_code", EXIT_CONFIG)) from None
+
+
+class _Root(TyperGroup):
+    """The root command: usage errors anywhere below it are reported by the handler above."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: Any = None,
+        **extra: Any,
+    ) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Root,
     name="threadsync",
     help="Keep a faithful local mirror of Assistants thread messages; export, back up, write back.",
     no_args_is_help=True,
