@@ -515,12 +515,17 @@ def test_valid_names_are_derived_from_settings_and_options() -> None:
 # -- point 9: read-only commands never create a mirror --------------------------------------------
 
 
-READ_ONLY = [
+NEEDS_A_MIRROR = [
     ["status"],
     ["threads", "list"],
     ["export", "--out", "out.jsonl"],
     ["export", "--out", "out.jsonl", "--sync"],
     ["metadata", "show", "thread_abc", "msg_abc"],
+    # Commands that write, but only to what a mirror already holds:
+    ["metadata", "set", "thread_abc", "msg_abc", "k=v"],
+    ["threads", "remove", "thread_abc"],
+    ["push"],
+    ["backup", "--dest", "backups", "--no-sync"],
 ]
 
 
@@ -532,18 +537,19 @@ def _tables(url: str) -> list[str]:
         engine.dispose()
 
 
-@pytest.mark.parametrize("args", READ_ONLY, ids=lambda a: " ".join(a[:2]))
-def test_read_only_commands_never_create_a_mirror(
+@pytest.mark.parametrize("args", NEEDS_A_MIRROR, ids=" ".join)
+def test_commands_that_need_a_mirror_never_create_one(
     mirror_url: str, tmp_path: Path, args: list[str]
 ) -> None:
     env = {"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9", "AZURE_OPENAI_API_KEY": KEY}
+    (tmp_path / "backups").mkdir()
     result = invoke("--database-url", mirror_url, *args, env=env)
     line = one_error(result, 2)
     assert "error: no mirror at " in line
     assert "`threadsync threads add ID`" in line
     assert "`threadsync sync`" in line
     if mirror_url.startswith("sqlite"):
-        assert list(tmp_path.iterdir()) == []
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["backups"]
         assert str(tmp_path / "mirror.db") in line
     else:
         assert _tables(mirror_url) == []

@@ -73,7 +73,7 @@ def set_(
     """Record a metadata edit locally and queue it for `threadsync push`."""
     if not pairs and not unset:
         raise ConfigError("nothing to do: give KEY=VALUE pairs and/or --unset KEY")
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)  # an edit needs a mirrored message
     edit = set_metadata(
         mirror, thread_id, message_id, set=parse_pairs(pairs or []), unset=unset or []
     )
@@ -186,7 +186,7 @@ def push(
         raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     g = globals_of(ctx)
     settings = g.settings(push={"conflict_policy": policy, "concurrency": concurrency})
-    mirror = g.mirror()
+    mirror = g.mirror(create=False)  # no mirror, no edits: the URL is wrong
 
     async def go() -> PushReport:
         async with api_client(settings) as client:

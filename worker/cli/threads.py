@@ -53,7 +53,7 @@ def remove(
 ) -> None:
     """Stop syncing threads; what is mirrored is kept and stays exportable."""
     _check_ids(thread_ids)
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)  # nothing to stop in a mirror never made
     with mirror.write() as session:
         removed = remove_threads(session, thread_ids)
     for thread_id in thread_ids:
