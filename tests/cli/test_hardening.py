@@ -304,6 +304,20 @@ def test_an_unexpected_error_is_one_line_and_the_debug_traceback_is_redacted(
         assert marker not in via_variable.output
 
 
+def test_the_config_files_log_level_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[log] level = "debug"` in the TOML file is not ignored: the traceback is shown."""
+    url = sqlite_url(tmp_path / "m.db")
+    Mirror(url).dispose()
+    config = tmp_path / "threadsync.toml"
+    config.write_text('[log]\nlevel = "debug"\n')
+    monkeypatch.setattr("worker.cli.threads.thread_statuses", _exploding("zq"))
+    result = invoke("--database-url", url, "--config", str(config), "threads", "list")
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.stderr
+
+
 def test_a_file_system_refusal_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = sqlite_url(tmp_path / "m.db")
     Mirror(url).dispose()

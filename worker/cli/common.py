@@ -68,6 +68,8 @@ class Globals:
             if more:
                 return settings
             self._settings = settings
+            # The config file's [log] applies too (options and variables were applied already).
+            setup_logging(self, settings)
         return self._settings
 
     def mirror(self, *, create: bool = True) -> Mirror:
@@ -86,10 +88,11 @@ def globals_of(ctx: typer.Context) -> Globals:
 _debug = {"on": False}  # set once per process by the root callback (--debug)
 
 
-def setup_logging(g: Globals) -> None:
-    level = "debug" if g.debug else (g.log_level or "info")
+def setup_logging(g: Globals, settings: Settings | None = None) -> None:
+    """Logging from --debug, then the options (and their variables), then the settings."""
+    level = "debug" if g.debug else (g.log_level or (settings.log.level if settings else "info"))
     _debug["on"] = level.lower() == "debug"
-    fmt = g.log_format or "auto"
+    fmt = g.log_format or (settings.log.format if settings else "auto")
     logs.configure(level=level, json=None if fmt == "auto" else fmt == "json")
 
 
