@@ -73,7 +73,8 @@ class Globals:
         return self._settings
 
     def mirror(self, *, create: bool = True) -> Mirror:
-        """The mirror; ``create=False`` for commands that only read (they never make one)."""
+        """The mirror; ``create=False`` for commands that need one already (they never make one:
+        a mistyped URL must not leave an empty mirror behind)."""
         return Mirror(self.settings().database_url, create=create)
 
 
@@ -85,7 +86,7 @@ def globals_of(ctx: typer.Context) -> Globals:
     return obj
 
 
-_debug = {"on": False}  # set once per process by the root callback (--debug)
+_debug = {"on": False}  # whether the level is debug; set by setup_logging
 
 
 def setup_logging(g: Globals, settings: Settings | None = None) -> None:
