@@ -12,17 +12,19 @@ the key, where it came from and what is wanted.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -76,7 +78,13 @@ DEFAULT_API_VERSION: dict[Profile, str | None] = {
 }
 
 
-class ApiSettings(BaseModel):
+class Section(BaseModel):
+    """A ``[section]`` of the settings: an unknown key is a mistake, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiSettings(Section):
     """Where the Assistants API is and how to authenticate."""
 
     profile: Profile = Profile.AZURE
@@ -113,6 +121,18 @@ class ApiSettings(BaseModel):
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _clean_key(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value
+        text = text.strip()  # a key pasted with a newline, or read from a file, still works
+        problem = key_problem(text)
+        if problem is not None:
+            raise ValueError(f"the API key {problem}; copy the key again (it is never printed)")
+        return text or None
+
     def effective_api_version(self) -> str | None:
         return self.api_version or DEFAULT_API_VERSION[self.profile]
 
@@ -133,11 +153,33 @@ class ApiSettings(BaseModel):
                     f"api.api_key_file: cannot read {self.api_key_file}: {exc.strerror};"
                     " name a readable file holding only the key"
                 ) from exc
+            problem = key_problem(text)
+            if problem is not None:
+                raise ConfigError(
+                    f"api.api_key_file: the key in {self.api_key_file} {problem}; the file must"
+                    " hold only the key (it is never printed)"
+                )
             return SecretStr(text) if text else None
         return None
 
 
-class RetrySettings(BaseModel):
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be sent in an HTTP header (it never says what the key is), or None.
+
+    Keys are printable ASCII; anything else is a copy-and-paste accident (a smart quote, a
+    non-breaking space, a line break) that would otherwise fail deep inside the HTTP client.
+    """
+    for position, char in enumerate(key, start=1):
+        if not char.isascii():
+            return f"has a non-ASCII character (character {position})"
+        if not char.isprintable():
+            return f"has a control character (character {position})"
+        if char.isspace():
+            return f"has a space inside it (character {position})"
+    return None
+
+
+class RetrySettings(Section):
     """Exponential backoff with jitter for requests that are safe to repeat."""
 
     max_attempts: int = Field(default=6, ge=1, le=50)
@@ -148,7 +190,7 @@ class RetrySettings(BaseModel):
     )
 
 
-class SyncSettings(BaseModel):
+class SyncSettings(Section):
     """How threads are paged and how many sync at once."""
 
     concurrency: int = Field(default=8, ge=1, le=256)
@@ -158,14 +200,14 @@ class SyncSettings(BaseModel):
     )
 
 
-class PushSettings(BaseModel):
+class PushSettings(Section):
     """Metadata write-back."""
 
     conflict_policy: Literal["fail", "local", "remote"] = "fail"
     concurrency: int = Field(default=8, ge=1, le=256)
 
 
-class DaemonSettings(BaseModel):
+class DaemonSettings(Section):
     """The long-running `threadsync run`."""
 
     dispatch_interval: float = Field(default=5.0, gt=0)
@@ -183,7 +225,7 @@ class DaemonSettings(BaseModel):
     health_port: int | None = Field(default=None, ge=0, le=65535)
 
 
-class BackupSettings(BaseModel):
+class BackupSettings(Section):
     """Snapshots and their retention (restic's meaning)."""
 
     dest: Path | None = None
@@ -193,7 +235,7 @@ class BackupSettings(BaseModel):
     keep_monthly: int = Field(default=12, ge=0)
 
 
-class LogSettings(BaseModel):
+class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
@@ -271,6 +313,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist; pass an existing --config") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(
+            f"config file {path} is a directory; pass the TOML file itself to --config"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path} cannot be read ({exc.strerror}); pass a readable TOML file"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     api = data.get("api", {})
@@ -296,13 +346,73 @@ def _describe_source(
         node = node[part]
     else:
         return f"config file {path}"
-    sdk: dict[tuple[int | str, ...], str] = {
-        ("api", "endpoint"): "AZURE_OPENAI_ENDPOINT",
-        ("api", "api_version"): "OPENAI_API_VERSION",
-    }
-    if tuple(loc) in sdk and sdk[tuple(loc)] in os.environ:
-        return f"environment variable {sdk[tuple(loc)]}"
+    for name in _SDK_VARIABLES.get(tuple(loc), ()):
+        if os.environ.get(name):
+            return f"environment variable {name}"
     return "command line or default"
+
+
+# The openai SDK's variables each setting is read from, in the order _SdkEnvSource tries them.
+_SDK_VARIABLES: dict[tuple[int | str, ...], tuple[str, ...]] = {
+    ("api", "endpoint"): ("AZURE_OPENAI_ENDPOINT", "OPENAI_BASE_URL"),
+    ("api", "api_key"): ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY"),
+    ("api", "api_version"): ("OPENAI_API_VERSION",),
+}
+
+
+def setting_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
+    """Every settings key, sections included: ``("sync",)``, ``("sync", "concurrency")``..."""
+    for name, info in model.model_fields.items():
+        path = (*prefix, name)
+        yield path
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield from setting_paths(kind, path)
+
+
+def setting_variable(path: tuple[int | str, ...]) -> str:
+    """The environment variable of a settings key: ``THREADSYNC_SYNC__CONCURRENCY``."""
+    return ENV_PREFIX + "__".join(str(p) for p in path).upper()
+
+
+def setting_variables(model: type[BaseModel] | None = None) -> set[str]:
+    """Every ``THREADSYNC_*`` variable the settings read (derived from the fields)."""
+    return {setting_variable(path) for path in setting_paths(model or Settings)}
+
+
+def closest(name: str, candidates: Iterator[str] | list[str] | set[str]) -> str | None:
+    """The valid name ``name`` was most likely meant to be, if any is close."""
+    found = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _section(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model holding the key at ``loc`` (None when a section in the path is unknown)."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        info = model.model_fields.get(str(part))
+        kind = info.annotation if info is not None else None
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return None
+        model = kind
+    return model
+
+
+def _unknown_key(loc: tuple[int | str, ...], file_data: dict[str, Any], path: Path | None) -> str:
+    """One sentence for a key no settings model has, with the closest valid name."""
+    key = ".".join(str(p) for p in loc)
+    model = _section(loc)
+    names = list(model.model_fields) if model is not None else []
+    guess = closest(str(loc[-1]), names)
+    where = _describe_source(loc, file_data, path)
+    if where.startswith("environment variable"):
+        variable = setting_variable(loc)
+        hint = f"; did you mean {setting_variable((*loc[:-1], guess))}?" if guess else ""
+        return f"unknown variable {variable}{hint}"
+    hint = f"; did you mean {'.'.join((*map(str, loc[:-1]), guess))}?" if guess else ""
+    return f"unknown setting {key} (from {where}){hint}"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -315,11 +425,15 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         settings = _SettingsWithFile(_file_data=file_data, **cli)
     except ValidationError as exc:
+        # Not chained: pydantic's own text repeats the input, which may be the API key.
         err = exc.errors()[0]
         loc = tuple(p for p in err["loc"] if p != "_file_data")
+        if err["type"] == "extra_forbidden" and loc:
+            raise ConfigError(_unknown_key(loc, file_data, path)) from None
         key = ".".join(str(p) for p in loc)
         where = _describe_source(loc, file_data, path)
-        raise ConfigError(f"{key} (from {where}): {err['msg']}") from exc
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{key} (from {where}): {msg}") from None
     check_endpoint(settings.api)
     return settings
 

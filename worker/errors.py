@@ -25,6 +25,10 @@ class SchemaOutdatedError(ConfigError):
     """The mirror database was made by an older threadsync; `threadsync db upgrade` fixes it."""
 
 
+class NoMirrorError(ConfigError):
+    """A command that only reads found no mirror at the configured URL (and made none)."""
+
+
 class StoreError(ThreadsyncError):
     """The mirror database failed in a way that is not the user's configuration."""
 

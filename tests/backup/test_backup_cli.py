@@ -51,6 +51,7 @@ def test_backup_list_verify_restore_and_a_busy_lock(tmp_path: Path) -> None:
 def test_backup_without_a_destination_is_a_configuration_error(tmp_path: Path) -> None:
     """No --dest and no backup.dest: exit 2 and the option to set."""
     url = f"sqlite:///{tmp_path / 'm.db'}"
+    Mirror(url).dispose()  # a backup needs a mirror to exist
     code, out = invoke("--database-url", url, "backup", "--no-sync")
     assert code == 2
     assert "--dest" in out

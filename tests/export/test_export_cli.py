@@ -128,6 +128,7 @@ def test_parquet_without_pyarrow_says_how_to_get_it(
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` now raises ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     url = f"sqlite:///{tmp_path / 'm.db'}"
+    Mirror(url).dispose()  # export only reads: it needs a mirror to exist
     result = CliRunner().invoke(
         app, ["--database-url", url, "export", "-f", "parquet", "-o", str(tmp_path / "x.parquet")]
     )

@@ -2,18 +2,67 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from worker import __version__
-from worker.cli.common import Globals, setup_logging
-from worker.cli.say import set_quiet
+from worker.cli.common import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    Globals,
+    report_error,
+    reported_errors,
+    setup_logging,
+)
+from worker.cli.say import notice, set_quiet
+from worker.cli.variables import check_variables
 from worker.memory import limit_malloc_arenas, tune_collector
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """A usage error (unknown option, bad value, missing argument) as one line and exit 2,
+    instead of Typer's framed panel."""
+    try:
+        yield
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help itself: Typer prints it
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        message = message.rstrip(".")
+        notice(f"{message}{hint}", level="error")
+        raise typer.Exit(getattr(exc, "exit_code", EXIT_CONFIG)) from None
+
+
+class _Root(TyperGroup):
+    """The root command: usage errors anywhere below it are reported by the handler above."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: Any = None,
+        **extra: Any,
+    ) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
     rich_markup_mode=None,
+    cls=_Root,
     name="threadsync",
     help="Keep a faithful local mirror of Assistants thread messages; export, back up, write back.",
     no_args_is_help=True,
@@ -46,7 +95,9 @@ def root(
     log_level: Annotated[
         str | None,
         typer.Option(
-            "--log-level", envvar="THREADSYNC_LOG__LEVEL", help="debug|info|warning|error"
+            "--log-level",
+            envvar=["THREADSYNC_LOG__LEVEL", "THREADSYNC_LOG_LEVEL"],
+            help="debug|info|warning|error",
         ),
     ] = None,
     log_format: Annotated[
@@ -75,6 +126,15 @@ def root(
             help="Everything: logs from debug up (idle threads, empty pushes).",
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="THREADSYNC_DEBUG",
+            help="Log at debug level and print the traceback (message content redacted) of an"
+            " unexpected error.",
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -89,10 +149,13 @@ def root(
         database_url=database_url,
         log_level=log_level or implied,
         log_format=log_format,
+        debug=debug,
     )
     ctx.obj = g
     set_quiet(quiet)
-    setup_logging(g)
+    with reported_errors():
+        setup_logging(g)
+        check_variables(ctx.command)
 
 
 def _register() -> None:
@@ -120,4 +183,9 @@ def main() -> None:
     """Console-script entry point."""
     limit_malloc_arenas()
     tune_collector()
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # the one top-level handler: one line, never a traceback
+        sys.exit(report_error(exc))

@@ -72,7 +72,7 @@ def backup(
         return
     g = globals_of(ctx)
     settings = g.settings()
-    mirror = g.mirror()
+    mirror = g.mirror(create=False)  # backing up nothing means the URL is wrong
 
     async def go() -> BackupResult:
         if no_sync:

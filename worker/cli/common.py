@@ -2,6 +2,9 @@
 
 Exit codes: 0 success; 1 the work ran but something failed (a thread did not sync, an edit
 failed); 2 bad configuration or arguments (nothing was done); 130 interrupted.
+
+Every failure is one line on stderr. Anything unexpected (a bug) is one line too, and exit 1; its
+traceback, with exception texts redacted (they may quote message content), only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from worker import logs
+from worker.cli.say import notice
 from worker.client import ApiClient
 from worker.client.api import ClientEvents
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError, ThreadsyncError
-from worker.store.db import Mirror
+from worker.store.db import Mirror, translate_store_error
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -45,6 +48,7 @@ class Globals:
     database_url: str | None = None
     log_level: str | None = None
     log_format: str | None = None
+    debug: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
     _settings: Settings | None = None
 
@@ -65,9 +69,13 @@ class Globals:
             if more:
                 return settings
             self._settings = settings
+            # The config file's [log] applies too (options and variables were applied already).
+            setup_logging(self, settings)
         return self._settings
 
     def mirror(self, *, create: bool = True) -> Mirror:
+        """The mirror; ``create=False`` for commands that need one already (they never make one:
+        a mistyped URL must not leave an empty mirror behind)."""
         return Mirror(self.settings().database_url, create=create)
 
 
@@ -79,9 +87,14 @@ def globals_of(ctx: typer.Context) -> Globals:
     return obj
 
 
-def setup_logging(g: Globals) -> None:
-    level = g.log_level or "info"
-    fmt = g.log_format or "auto"
+_debug = {"on": False}  # whether the level is debug; set by setup_logging
+
+
+def setup_logging(g: Globals, settings: Settings | None = None) -> None:
+    """Logging from --debug, then the options (and their variables), then the settings."""
+    level = "debug" if g.debug else (g.log_level or (settings.log.level if settings else "info"))
+    _debug["on"] = level.lower() == "debug"
+    fmt = g.log_format or (settings.log.format if settings else "auto")
     logs.configure(level=level, json=None if fmt == "auto" else fmt == "json")
 
 
@@ -97,18 +110,50 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn the project's errors into one clear line on stderr and an exit code."""
+    """Turn every error into one clear line on stderr and an exit code."""
     try:
         yield
-    except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(exc)))}")
-        raise typer.Exit(EXIT_CONFIG) from None
-    except ThreadsyncError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(logs.scrub(str(exc)))}")
-        raise typer.Exit(EXIT_FAILED) from None
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise  # exits and usage errors: Typer reports them itself
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        raise typer.Exit(130) from None
+        notice("interrupted", level="error", prefix=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        raise typer.Exit(report_error(exc)) from None
+
+
+def _known(exc: BaseException) -> ThreadsyncError | None:
+    """The project's error behind ``exc``: itself, one inside a task group's exception group, or
+    a database failure translated at this boundary."""
+    if isinstance(exc, ThreadsyncError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _known(inner)
+            if found is not None:
+                return found
+    return translate_store_error(exc)
+
+
+def report_error(exc: BaseException) -> int:
+    """Print ``exc`` as one line (and, with --debug, its redacted traceback); its exit code."""
+    known = _known(exc)
+    if _debug["on"]:
+        if logs.is_json():
+            logs.get_logger().debug("cli.traceback", traceback=logs.redacted_traceback(exc))
+        else:
+            err_console.out(logs.redacted_traceback(exc), highlight=False, end="")
+    if known is not None:
+        notice(str(known), level="error")
+        return EXIT_CONFIG if isinstance(known, ConfigError) else EXIT_FAILED
+    if isinstance(exc, OSError) and exc.strerror:
+        # The file system said no (a path, a permission, a full disk): the user's to fix.
+        where = f": {exc.filename}" if exc.filename else ""
+        notice(f"{exc.strerror}{where}", level="error")
+        return EXIT_FAILED
+    hint = "" if _debug["on"] else "; run again with --debug for the traceback"
+    notice(f"unexpected {logs.describe_exception(exc)}{hint}; please report it", level="error")
+    return EXIT_FAILED
 
 
 def command(fn: Callable[P, T]) -> Callable[P, T]:
@@ -123,7 +168,7 @@ def command(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    notice(message, level="error")
     return typer.Exit(code)
 
 

@@ -14,7 +14,8 @@ from typing import Annotated
 import anyio
 import typer
 
-from worker.cli.common import command, err_console, globals_of, out_console
+from worker.cli.common import command, globals_of, out_console
+from worker.cli.say import notice
 from worker.daemon.heartbeat import decode, judge, read_beat
 from worker.errors import ThreadsyncError
 from worker.logs import scrub
@@ -107,12 +108,12 @@ def check(ctx: typer.Context) -> None:
         finally:
             mirror.dispose()
     except ThreadsyncError as exc:
-        err_console.print(f"unhealthy: {scrub(str(exc))}")
+        notice(f"unhealthy: {scrub(str(exc))}", level="error", prefix=False)
         raise typer.Exit(EXIT_UNHEALTHY) from None
     now = datetime.now(UTC)
     reason = judge(value, now, settings.daemon.heartbeat_interval)
     if reason is not None:
-        err_console.print(f"unhealthy: {reason}")
+        notice(f"unhealthy: {reason}", level="error", prefix=False)
         raise typer.Exit(EXIT_UNHEALTHY)
     beat = decode(value or "")
     assert beat is not None

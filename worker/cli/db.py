@@ -30,6 +30,7 @@ def upgrade(ctx: typer.Context) -> None:
 @command
 def current(ctx: typer.Context) -> None:
     """Print the mirror's schema revision and the one this threadsync needs."""
-    mirror = Mirror(globals_of(ctx).settings().database_url, check=False)
+    # A question about the mirror never makes one.
+    mirror = Mirror(globals_of(ctx).settings().database_url, create=False, check=False)
     current_rev = schema.current_revision(mirror.engine) or "empty"
     out_console.print(f"mirror: {current_rev}; needed: {schema.head_revision()}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Annotated
 
 import typer
+from sqlmodel import col, select
 
 from worker.cli.common import EXIT_FAILED, api_client, command, err_console, globals_of, run_async
 from worker.cli.say import notice, result
@@ -24,6 +25,7 @@ from worker.export.progress import with_progress
 from worker.export.source import Row, Selection, count_rows, iter_rows, thread_order
 from worker.files import is_stdout
 from worker.store.db import Mirror
+from worker.store.models import Message, TrackedThread
 from worker.sync.runner import RunReport, sync_threads
 
 
@@ -232,7 +234,9 @@ def export(
         until=parse_when(until, "--until"),
         roles=[r.value for r in role] if role else None,
     )
-    mirror = g.mirror()
+    mirror = g.mirror(create=False)
+    if thread:
+        _check_held(mirror, thread)
     if sync_first:
         settings = g.settings()
 
@@ -257,3 +261,30 @@ def export(
     if not synced:
         notice("some threads did not sync; the export holds what the mirror had", level="error")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _check_held(mirror: Mirror, thread_ids: list[str]) -> None:
+    """Refuse ``--thread`` naming a thread the mirror neither tracks nor holds messages of: an
+    empty export would look like a thread with nothing in it."""
+    with mirror.read() as session:
+        held = set(
+            session.scalars(
+                select(col(TrackedThread.thread_id)).where(
+                    col(TrackedThread.thread_id).in_(thread_ids)
+                )
+            )
+        )
+        held.update(
+            session.scalars(
+                select(col(Message.thread_id))
+                .where(col(Message.thread_id).in_(thread_ids))
+                .distinct()
+            )
+        )
+    missing = [t for t in dict.fromkeys(thread_ids) if t not in held]
+    if missing:
+        raise ConfigError(
+            f"--thread {missing[0]}: the mirror holds no such thread"
+            + (f" (nor {len(missing) - 1} other named)" if len(missing) > 1 else "")
+            + "; `threadsync threads list` shows the threads it holds"
+        )

@@ -15,11 +15,19 @@ from worker.cli.common import (
     out_console,
     run_async,
 )
-from worker.cli.say import result
+from worker.cli.say import notice, result
 from worker.cli.tables import iso_utc
 from worker.errors import ConfigError
-from worker.outbox import MetadataView, PushReport, push_pending, set_metadata, show_metadata
+from worker.outbox import (
+    MetadataView,
+    PushReport,
+    edit_counts,
+    push_pending,
+    set_metadata,
+    show_metadata,
+)
 from worker.outbox.merge import POLICIES
+from worker.store.db import Mirror
 
 metadata_app = typer.Typer(
     rich_markup_mode=None,
@@ -66,7 +74,7 @@ def set_(
     """Record a metadata edit locally and queue it for `threadsync push`."""
     if not pairs and not unset:
         raise ConfigError("nothing to do: give KEY=VALUE pairs and/or --unset KEY")
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)  # an edit needs a mirrored message
     edit = set_metadata(
         mirror, thread_id, message_id, set=parse_pairs(pairs or []), unset=unset or []
     )
@@ -116,7 +124,7 @@ def show(
     ] = False,
 ) -> None:
     """The mirrored metadata, the queued edit, its state and any conflict."""
-    view = show_metadata(globals_of(ctx).mirror(), thread_id, message_id)
+    view = show_metadata(globals_of(ctx).mirror(create=False), thread_id, message_id)
     if as_json:
         out_console.out(
             orjson.dumps(view_json(view), option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
@@ -172,7 +180,7 @@ def push(
         raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     g = globals_of(ctx)
     settings = g.settings(push={"conflict_policy": policy, "concurrency": concurrency})
-    mirror = g.mirror()
+    mirror = g.mirror(create=False)  # no mirror, no edits: the URL is wrong
 
     async def go() -> PushReport:
         async with api_client(settings) as client:
@@ -187,8 +195,23 @@ def push(
 
     report = run_async(go)
     print_report(report)
+    if not retry_failed:
+        _mention_earlier_failures(mirror, report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _mention_earlier_failures(mirror: Mirror, report: PushReport) -> None:
+    """A push leaves edits that failed on an earlier push alone; say they are still there."""
+    with mirror.read() as session:
+        failed = edit_counts(session)["failed"]
+    earlier = failed - len(report.failed)
+    if earlier > 0:
+        notice(
+            f"{earlier} edit{'s' if earlier != 1 else ''} failed on an earlier"
+            " push and stay unsent; `threadsync status` counts them, `threadsync metadata show"
+            " THREAD MSG` gives the error; retry with `threadsync push --retry-failed`"
+        )
 
 
 def print_report(report: PushReport) -> None:

@@ -8,6 +8,10 @@ terminal. :func:`result` is what a command did, on stdout, silenced by ``--quiet
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
+
+import orjson
 from rich.console import Console
 from rich.markup import escape
 
@@ -42,7 +46,16 @@ def notice(text: str, *, level: str = "warning", prefix: bool = True) -> None:
     if level == "info" and _state["quiet"]:
         return
     if logs.is_json():
-        getattr(logs.get_logger(), level)("cli.notice", message=logs.scrub(text))
+        # Written here, not through the logger: a notice is for the user, so no log level
+        # filters it and it lands on stderr even before logging is set up (a usage error).
+        record = {
+            "message": logs.scrub(text),
+            "event": "cli.notice",
+            "level": level,
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        sys.stderr.write(orjson.dumps(record).decode() + "\n")
+        sys.stderr.flush()
         return
     label = {"error": "[bold red]error:[/] ", "warning": "[yellow]warning:[/] "}.get(level, "")
     _stderr.print((label if prefix else "") + escape(logs.scrub(text)))

@@ -190,7 +190,7 @@ def status(
     ] = False,
 ) -> None:
     """Per thread: messages, last sync, state, last error."""
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)
     with mirror.read() as session:
         rows = thread_statuses(session)
     if as_json:
@@ -233,4 +233,4 @@ def status(
         f" {edits['failed']} failed"
     )
     if not rows:
-        err_console.print("no tracked threads; add some with `threadsync threads add THREAD_ID`")
+        notice("no tracked threads; add some with `threadsync threads add THREAD_ID`")

@@ -54,7 +54,7 @@ def remove(
 ) -> None:
     """Stop syncing threads; what is mirrored is kept and stays exportable."""
     _check_ids(thread_ids)
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)  # nothing to stop in a mirror never made
     with mirror.write() as session:
         removed = remove_threads(session, thread_ids)
     for thread_id in thread_ids:
@@ -71,7 +71,7 @@ def list_(
     ] = False,
 ) -> None:
     """Tracked threads and their state (active, paused, gone)."""
-    mirror = globals_of(ctx).mirror()
+    mirror = globals_of(ctx).mirror(create=False)
     with mirror.read() as session:
         rows = thread_statuses(session)
     if as_json:

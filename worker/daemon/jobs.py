@@ -22,8 +22,9 @@ import anyio
 from worker.client import ApiClient
 from worker.config import Settings
 from worker.daemon.metrics import DaemonMetrics
-from worker.logs import get_logger
-from worker.store.db import Mirror
+from worker.errors import ThreadsyncError
+from worker.logs import get_logger, redact_message
+from worker.store.db import Mirror, translate_store_error
 from worker.store.models import utcnow
 from worker.store.repo import PRUNE_BATCH, prune_runs
 
@@ -61,7 +62,7 @@ class JobRunner:
                     await body()
                 except Exception as exc:
                     outcome = "error"
-                    log.exception("daemon.job_failed", job=name, error=type(exc).__name__)
+                    _log_failure(name, exc)
                 finally:
                     self._scopes.discard(scope)
                     if not self._scopes:
@@ -93,6 +94,20 @@ class JobRunner:
             await self._idle.wait()
             return True
         return False
+
+
+def _log_failure(job: str, exc: Exception) -> None:
+    """What failed, in words safe for a log: an exception's own text may quote a message's
+    JSON (a SQL parameter, a value read from the service), so only the translated sentence or
+    a redacted one is logged; the (redacted) traceback only at debug level."""
+    known = exc if isinstance(exc, ThreadsyncError) else translate_store_error(exc)
+    log.error(
+        "daemon.job_failed",
+        job=job,
+        error=type(exc).__name__,
+        message=redact_message(known or exc),
+    )
+    log.debug("daemon.job_traceback", job=job, exc_info=exc)
 
 
 async def _settle(result: object) -> None:

@@ -35,7 +35,7 @@ from worker.daemon.lock import daemon_lock
 from worker.daemon.metrics import DaemonMetrics
 from worker.daemon.scheduler import Cron, Every, JobSpec, Schedule
 from worker.errors import ConfigError, ThreadsyncError
-from worker.logs import get_logger
+from worker.logs import describe_exception, get_logger
 from worker.store.db import Mirror
 from worker.store.models import utcnow
 
@@ -152,7 +152,7 @@ class Daemon:
             self.metrics.set_edits(counts[1])
             self._warn_if_idle(sum(counts[0].values()))
         except (ThreadsyncError, SQLAlchemyError) as exc:
-            self.beat_error = type(exc).__name__ + ": " + str(exc).splitlines()[0][:200]
+            self.beat_error = describe_exception(exc)
             log.warning("daemon.heartbeat_failed", error=self.beat_error)
 
     def _warn_if_idle(self, tracked: int) -> None:

@@ -14,7 +14,9 @@ out: work a rerun converges from, such as a sync page, needs no savepoint).
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,10 +27,10 @@ import anyio
 import anyio.to_thread
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session
 
-from worker.errors import ConfigError, StoreError
+from worker.errors import ConfigError, NoMirrorError, StoreError, ThreadsyncError
 from worker.store.schema import ensure_schema
 
 READERS = 2  # read transactions running at once (see Mirror.run)
@@ -49,6 +51,12 @@ def normalise_url(url: str) -> URL:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"database_url: {url!r} is not a database URL") from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.host:
+        raise ConfigError(
+            f"database_url: {url!r} has two slashes, so {parsed.host!r} reads as a host name; a"
+            f" file is sqlite:///{parsed.host} (relative to the current directory) or"
+            " sqlite:////absolute/path.db"
+        )
     if parsed.drivername in {"postgresql", "postgres"}:
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -64,21 +72,38 @@ def _create_private_file(path: Path) -> None:
     """Create the SQLite file owner-only before SQLite does (it would follow the umask)."""
     if path.exists():
         return
-    if not path.parent.exists():
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
         raise ConfigError(
-            f"database_url: the directory {path.parent} does not exist; create it or choose another"
+            f"database_url: {parent} is a file, not a directory; choose a path in a directory"
         )
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    if not parent.exists():
+        raise ConfigError(
+            f"database_url: the directory {parent} does not exist; create it or choose another"
+        )
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        why = "the directory is read-only" if exc.errno in {errno.EACCES, errno.EROFS} else None
+        raise ConfigError(
+            f"database_url: cannot create the mirror {path} ({why or exc.strerror}); choose a"
+            " path in a directory you can write to"
+        ) from exc
     os.close(fd)
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, *, create: bool = True) -> Engine:
     path = sqlite_path(url)
     if path is not None:
-        _create_private_file(path)
+        if create:
+            _create_private_file(path)
+        elif not path.is_file():
+            # SQLite would create it on connect: a command that only reads must not.
+            raise NoMirrorError(f"no mirror at {url.render_as_string(hide_password=True)}")
     engine = create_engine(
         url,
         connect_args={"isolation_level": None, "check_same_thread": False, "timeout": 30},
+        hide_parameters=True,  # a statement's parameters are message content: never in errors
     )
 
     @event.listens_for(engine, "connect")
@@ -196,10 +221,21 @@ class Mirror:
     def __init__(self, url: str, *, create: bool = True, check: bool = True) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        try:
+            self._open(create=create, check=check)
+        except NoMirrorError:
+            raise NoMirrorError(
+                f"no mirror at {self.safe_url}; track a thread with `threadsync threads add ID`"
+                " and run `threadsync sync` to create one"
+            ) from None
+
+    def _open(self, *, create: bool, check: bool) -> None:
         if self.is_sqlite:
-            self.engine = _sqlite_engine(self.url)
+            self.engine = _sqlite_engine(self.url, create=create)
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = create_engine(
+                self.url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+            )
         self._writers = anyio.CapacityLimiter(1) if self.is_sqlite else None
         # Reads are short; a few at a time keep both cores busy. Without a bound, a full walk's
         # eight passes spread their page reads over as many threads, each holding its own
@@ -209,12 +245,15 @@ class Mirror:
         if check:
             try:
                 ensure_schema(self.engine, create=create)
-            except OperationalError as exc:
-                raise StoreError(f"cannot open the mirror at {self.safe_url}: {exc.orig}") from exc
+            except DBAPIError as exc:
+                self.engine.dispose()
+                raise opening_error(self.safe_url, exc) from exc
 
     @property
     def safe_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        """The URL as the user writes it (no driver name), password hidden."""
+        plain = self.url.set(drivername=self.url.get_backend_name())
+        return plain.render_as_string(hide_password=True)
 
     @property
     def dialect(self) -> str:
@@ -335,3 +374,132 @@ class Mirror:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# SQLite's primary result codes (https://sqlite.org/rescode.html) the boundary translates.
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT = 8, 10, 11
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 5, 6, 13, 14, 26
+_INTACT = "the mirror is intact (its last transaction rolled back)"
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own sentence, without SQL, parameters or a server's DETAIL (row content)."""
+    text = str(exc).strip().splitlines()
+    return text[0].strip() if text else type(exc).__name__
+
+
+def opening_error(safe_url: str, exc: DBAPIError) -> ThreadsyncError:
+    """One sentence for a mirror that cannot be opened at all."""
+    orig = _driver_error(exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _SQLITE_NOTADB:
+        return ConfigError(
+            f"database_url: {safe_url} is not a SQLite database ({_first_line(orig)}); point"
+            " it at a threadsync mirror or at a new file name"
+        )
+    if primary in {_SQLITE_CANTOPEN, _SQLITE_READONLY}:
+        return ConfigError(
+            f"database_url: cannot open the mirror {safe_url} ({_first_line(orig)}); check that"
+            " the file and its directory exist and are writable"
+        )
+    reason = _first_line(orig).removeprefix("connection failed: ")
+    if any(said in reason for said in _WRONG_URL):
+        return ConfigError(f"database_url: cannot open the mirror at {safe_url}: {reason}")
+    return translate_store_error(exc) or StoreError(
+        f"cannot open the mirror at {safe_url}: {reason}; check that the server runs and that"
+        " database_url names it"
+    )
+
+
+# What a PostgreSQL server says when the URL itself is wrong (the connection error carries no
+# SQLSTATE): no retry helps, so it is a configuration error (exit 2).
+_WRONG_URL = ("does not exist", "authentication failed", "no password supplied")
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def translate_store_error(exc: BaseException) -> ThreadsyncError | None:
+    """The project's error for a database failure the user can act on, or None.
+
+    Used at the boundaries (the CLI, the daemon's jobs): a disk filling up in the middle of a
+    sync arrives from the driver, possibly inside a task group's exception group.
+    """
+    for leaf in _leaves(exc):
+        found = _translate_one(_driver_error(leaf))
+        if found is not None:
+            return found
+    return None
+
+
+def _translate_one(orig: BaseException) -> ThreadsyncError | None:
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if primary is None and "database or disk is full" in str(orig):
+            primary = _SQLITE_FULL
+        return _from_sqlite(primary, orig)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return _from_sqlstate(sqlstate, orig)
+    return None
+
+
+def _from_sqlite(primary: int | None, orig: BaseException) -> ThreadsyncError | None:
+    if primary == _SQLITE_FULL:
+        return StoreError(
+            f"the disk holding the mirror is full; {_INTACT}; free space and run again"
+        )
+    if primary == _SQLITE_READONLY:
+        return ConfigError(
+            f"the mirror is read-only ({_first_line(orig)}); {_INTACT}; make the file and its"
+            " directory writable, then run again"
+        )
+    if primary == _SQLITE_IOERR:
+        return StoreError(
+            f"the disk failed while writing the mirror ({_first_line(orig)}); check the disk,"
+            " then run again (SQLite rolls an unfinished transaction back)"
+        )
+    if primary in {_SQLITE_CORRUPT, _SQLITE_NOTADB}:
+        return StoreError(
+            f"the mirror database is damaged ({_first_line(orig)}); restore it from a backup"
+            " with `threadsync restore`"
+        )
+    if primary in {_SQLITE_BUSY, _SQLITE_LOCKED}:
+        return StoreError(
+            "the mirror stayed locked by another process; run again when it has finished"
+        )
+    return None
+
+
+def _from_sqlstate(sqlstate: str, orig: BaseException) -> ThreadsyncError | None:
+    if sqlstate == "53100":  # disk_full
+        return StoreError(
+            f"the PostgreSQL server's disk is full; {_INTACT}; free space on the server and"
+            " run again"
+        )
+    if sqlstate.startswith("53"):  # insufficient resources: memory, connections
+        return StoreError(
+            f"the PostgreSQL server is out of resources ({_first_line(orig)}); {_INTACT}; run"
+            " again later"
+        )
+    if sqlstate.startswith("08"):  # connection exceptions
+        return StoreError(
+            f"lost the connection to PostgreSQL ({_first_line(orig)}); {_INTACT}; run again"
+        )
+    if sqlstate == "25006":  # read_only_sql_transaction: a standby
+        return ConfigError(
+            "the PostgreSQL server accepts no writes (a read-only standby?); point database_url"
+            " at the primary"
+        )
+    return None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect, text
 
-from worker.errors import SchemaOutdatedError, StoreError
+from worker.errors import NoMirrorError, SchemaOutdatedError, StoreError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -78,7 +78,7 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
                 " made by threadsync. Point THREADSYNC_DATABASE_URL at a new database."
             )
         if not create:
-            raise StoreError("the mirror database is empty; run `threadsync sync` to create it")
+            raise NoMirrorError("the mirror database is empty")
         upgrade(engine)
         return
     if current in scripted_revisions():

@@ -48,7 +48,7 @@ from worker.errors import (
     ThreadsyncError,
     TransientError,
 )
-from worker.logs import get_logger
+from worker.logs import get_logger, redact_message
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState, utcnow
 from worker.store.repo import get_meta, mark_gone, set_meta, state_of
@@ -1115,7 +1115,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ApiError) and exc.status is not None:
         code = f" {exc.code}" if exc.code else ""
         return f"HTTP {exc.status}{code}: {exc.message}"
-    return str(exc) or type(exc).__name__
+    return redact_message(exc) or type(exc).__name__  # never a SQL parameter or message text
 
 
 def _newest_listed(msgs: list[Incoming], has_more: bool, ties: TieOrder | None) -> Incoming | None:
