@@ -109,6 +109,11 @@ class SyncSettings(BaseModel):
 
     concurrency: int = Field(default=8, ge=1, le=256)
     page_limit: int = Field(default=100, ge=1, le=100)
+    gone_recheck_interval: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds between two looks at a thread marked gone (it resumes if it answers).",
+    )
 
 
 class PushSettings(BaseModel):

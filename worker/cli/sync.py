@@ -20,6 +20,7 @@ from worker.cli.common import (
 )
 from worker.outbox import edit_counts
 from worker.store.repo import thread_statuses
+from worker.sync.engine import ThreadOutcome
 from worker.sync.runner import RunReport, sync_threads
 
 
@@ -73,6 +74,7 @@ def sync(
                 full=full,
                 concurrency=settings.sync.concurrency,
                 page_limit=settings.sync.page_limit,
+                gone_recheck=settings.sync.gone_recheck_interval,
             )
 
     report = run_async(go)
@@ -82,19 +84,41 @@ def sync(
 
 
 def print_report(report: RunReport) -> None:
+    """The run's summary on stderr: one line of figures, then gone and failed threads."""
+    for line in summary_lines(report):
+        err_console.print(line, markup=False)
+
+
+SHOWN_PER_CAUSE = 3  # thread ids named under each failure cause; the rest are counted
+
+
+def summary_lines(report: RunReport) -> list[str]:
+    """``sync run 7: 4/6 threads ok, 1 gone, 1 failed; 12 added, ...; 40 requests in 1.2s``,
+    then one line per gone thread and per failure cause ("4,998 threads: HTTP 401")."""
     c = report.counts
     total = len(report.outcomes)
-    failed = report.failed
-    err_console.print(
-        f"{report.kind} run {report.run_id}: {total - len(failed)}/{total} threads ok;"
-        f" {c.added} added, {c.changed} changed, {c.deleted} deleted, {c.restored} restored;"
-        f" {report.requests} requests in {report.seconds:.1f}s"
-    )
-    for o in report.outcomes:
-        if o.result == "gone":
-            err_console.print(f"  {o.thread_id}: gone ({o.error})")
+    ok = sum(o.ok for o in report.outcomes)
+    gone, failed = report.gone, report.failed
+    lines = [
+        f"{report.kind} run {report.run_id}: {ok:,}/{total:,} threads ok, {len(gone):,} gone,"
+        f" {len(failed):,} failed; {c.added:,} added, {c.changed:,} changed,"
+        f" {c.deleted:,} deleted, {c.restored:,} restored;"
+        f" {report.requests:,} requests in {report.seconds:.1f}s"
+    ]
+    for o in gone:
+        since = "" if o.was_gone else " (new)"
+        lines.append(f"  {o.thread_id}: gone{since}: {o.error}")
+    causes: dict[str, list[ThreadOutcome]] = {}
     for o in failed:
-        err_console.print(f"  [red]{o.thread_id}: {o.result}[/]: {o.error}")
+        causes.setdefault(o.cause or o.result, []).append(o)
+    for cause, outcomes in sorted(causes.items(), key=lambda item: -len(item[1])):
+        noun = "thread" if len(outcomes) == 1 else "threads"
+        lines.append(f"  failed: {len(outcomes):,} {noun}: {cause}")
+        for o in outcomes[:SHOWN_PER_CAUSE]:
+            lines.append(f"    {o.thread_id}: {o.error}")
+        if len(outcomes) > SHOWN_PER_CAUSE:
+            lines.append(f"    ... and {len(outcomes) - SHOWN_PER_CAUSE:,} more (threadsync status)")
+    return lines
 
 
 def _when(value: datetime | None) -> str:

@@ -2,6 +2,20 @@
 
 The one-shot `threadsync sync` and the daemon's dispatcher both call :func:`sync_threads`. One
 thread failing never stops the others: each pass catches its own API errors and reports them.
+
+Two kinds of answer are about the run, not the thread, and the run decides them:
+
+- an answer no other thread can do better with (401/403, no connection on any attempt, an error
+  naming the path or the api-version) stops the run at once: no new pass starts, and
+  :class:`MisconfiguredError` names the setting to check;
+- a 404 is a thread gone only when the service is otherwise answering: some request of this run
+  (or one probe of another tracked thread) got a 2xx. A 404 whose body says the thread does not
+  exist is then confirmed; a generic one ("Resource not found", no body) needs a second 404 on a
+  later pass. When no request was answered at all, every 404 points at the configuration (a
+  wrong endpoint, api-version or profile): nothing is marked and the run stops the same way.
+
+A thread marked gone is re-checked every ``gone_recheck`` seconds and resumes by itself when it
+answers again.
 """
 
 from __future__ import annotations
@@ -15,18 +29,29 @@ import anyio
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from worker.client import ApiClient
+from worker.client import ApiClient, profiles
+from worker.errors import ApiError, MisconfiguredError
 from worker.logs import get_logger
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
-from worker.store.repo import active_thread_ids, tracked
+from worker.store.repo import active_thread_ids, mark_gone, tracked
 from worker.sync.apply import Counts
-from worker.sync.engine import Known, ThreadOutcome, ThreadPass, TieConvention, describe
+from worker.sync.engine import (
+    Known,
+    ThreadOutcome,
+    ThreadPass,
+    TieConvention,
+    cause_of,
+    describe,
+)
 from worker.sync.memo import CensusAhead, WalkMemo
 
 log = get_logger()
 
 QUEUED_CLOSINGS = 64  # threads' closing states kept waiting for a transaction, at most
+GONE_RECHECK = 86400.0  # seconds between two looks at a thread marked gone (sync.gone_recheck_interval)
+PROBES = 2  # other threads asked, at most, whether the service answers when no request of a run did
+NOT_FOUND_KIND = "not_found"  # sync_state.last_error_kind of a 404 waiting for its confirmation
 
 
 def _nothing(_: Session) -> None:
@@ -44,7 +69,12 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes)
+        """Every thread synced, but for threads already known gone (a new gone is news)."""
+        return all(o.ok or (o.result == "gone" and o.was_gone) for o in self.outcomes)
+
+    @property
+    def gone(self) -> list[ThreadOutcome]:
+        return [o for o in self.outcomes if o.result == "gone"]
 
     @property
     def counts(self) -> Counts:
@@ -59,7 +89,7 @@ class RunReport:
 
     @property
     def failed(self) -> list[ThreadOutcome]:
-        return [o for o in self.outcomes if not o.ok]
+        return [o for o in self.outcomes if not o.ok and o.result != "gone"]
 
 
 async def sync_threads(
@@ -72,10 +102,13 @@ async def sync_threads(
     page_limit: int = 100,
     now: Callable[[], datetime] = utcnow,
     on_thread_done: Callable[[ThreadOutcome], None] | None = None,
+    gone_recheck: float = GONE_RECHECK,
 ) -> RunReport:
-    """Sync ``thread_ids`` (default: every active tracked thread) and record the run."""
+    """Sync ``thread_ids`` (default: every active tracked thread, and the gone ones due for a
+    re-check) and record the run. Raises :class:`MisconfiguredError`, having marked nothing, when
+    the answers point at the configuration (see the module's docstring)."""
     kind = "full" if full else "sync"
-    planned = await mirror.run(_plan, mirror, thread_ids, now())
+    planned = await mirror.run(_plan, mirror, thread_ids, now(), gone_recheck)
     ids = planned.runnable
     run_id = await mirror.run_write(_open_run, mirror, kind)
     report = RunReport(run_id, kind)
@@ -87,8 +120,13 @@ async def sync_threads(
     started = time.monotonic()
     log.info("sync.run_started", run=run_id, kind=kind, threads=len(ids))
 
+    stopped: list[ThreadOutcome] = []  # the answer that stopped the run, once one did
+
     async def one(thread_id: str) -> None:
         async with limiter:
+            if stopped:
+                censuses.passed(thread_id)
+                return  # passes already under way finish; no new one starts
             try:
                 outcome = await ThreadPass(
                     client,
@@ -102,6 +140,10 @@ async def sync_threads(
                 ).run(full=full)
             finally:
                 censuses.passed(thread_id)
+        outcome.was_gone = thread_id in planned.rechecks
+        if outcome.result == "stopped":
+            stopped.append(outcome)
+            return
         report.outcomes.append(outcome)
         _log_outcome(outcome)
         if on_thread_done is not None:
@@ -126,6 +168,10 @@ async def sync_threads(
             log.warning("sync.closing_states_lost", error=describe(exc))
         raise
     await mirror.flush_grouped()
+    if stopped:
+        await mirror.run_write(_close_run, mirror, report, now())
+        raise _misconfigured(stopped[0])
+    await _judge_missing(client, mirror, report, now())
     report.seconds = time.monotonic() - started
     await mirror.run_write(_close_run, mirror, report, now())
     c = report.counts
@@ -133,8 +179,9 @@ async def sync_threads(
         "sync.run_finished",
         run=run_id,
         kind=kind,
-        threads_ok=len(report.outcomes) - len(report.failed),
+        threads_ok=sum(o.ok for o in report.outcomes),
         threads_failed=len(report.failed),
+        threads_gone=len(report.gone),
         added=c.added,
         changed=c.changed,
         deleted=c.deleted,
@@ -155,16 +202,20 @@ class _Planned:
     # as still in progress. A thread is in one run at a time (the daemon's gate and leases), so
     # this read stays true until its pass begins; it saves two queries per thread per pass.
     known: dict[str, Known] = field(default_factory=dict)
+    rechecks: set[str] = field(default_factory=set)  # threads marked gone, due for a re-check
 
 
 _CHUNK = 500  # ids per IN (...) list, far below every backend's limit on bound parameters
 
 
-def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _Planned:
-    """Which threads to sync (parked threads wait until their time), read in one transaction."""
+def _plan(
+    mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime, gone_recheck: float
+) -> _Planned:
+    """Which threads to sync (parked threads wait until their time, gone ones until their
+    re-check), read in one transaction."""
     planned = _Planned()
     with mirror.read() as session:
-        ids = list(thread_ids) if thread_ids is not None else active_thread_ids(session)
+        ids = list(thread_ids) if thread_ids is not None else active_thread_ids(session, gone=True)
         threads: dict[str, TrackedThread] = {}
         states: dict[str, SyncState] = {}
         busy: dict[str, set[str]] = {}
@@ -193,9 +244,11 @@ def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _P
                         error="not tracked; add it with `threadsync threads add`",
                     )
                 )
-            elif thread.state == "gone":
+            elif thread.state == "gone" and not _recheck_due(thread, state, now, gone_recheck):
                 planned.skipped.append(
-                    ThreadOutcome(thread_id, "gone", error="gone from the server")
+                    ThreadOutcome(
+                        thread_id, "gone", error="gone from the server", was_gone=True
+                    )
                 )
             elif (
                 state is not None
@@ -212,7 +265,156 @@ def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _P
             else:
                 planned.runnable.append(thread_id)
                 planned.known[thread_id] = Known(state, busy.get(thread_id, set()))
+                if thread.state == "gone":
+                    planned.rechecks.add(thread_id)
     return planned
+
+
+def _recheck_due(
+    thread: TrackedThread, state: SyncState | None, now: datetime, interval: float
+) -> bool:
+    """A gone thread is asked again once ``interval`` has passed since it was last asked."""
+    last = (state.last_sync_at if state is not None else None) or thread.gone_at
+    return last is None or (now - _aware(last)).total_seconds() >= interval
+
+
+def _misconfigured(outcome: ThreadOutcome) -> MisconfiguredError:
+    exc = outcome.fatal
+    assert exc is not None
+    setting = exc.suspect or "the configuration"
+    return MisconfiguredError(
+        f"sync stopped, nothing was marked: {describe(exc)}; check {setting}", setting=setting
+    )
+
+
+async def _judge_missing(
+    client: ApiClient, mirror: Mirror, report: RunReport, now: datetime
+) -> None:
+    """Decide what each 404 of the run means, then write those threads' states (see the module's
+    docstring); raises :class:`MisconfiguredError`, writing nothing, when no request was answered."""
+    missing = [o for o in report.outcomes if o.result == "missing"]
+    revived = [o.thread_id for o in report.outcomes if o.was_gone and o.result == "synced"]
+    fresh = [o for o in missing if not o.was_gone]
+    if fresh and not any(o.answered for o in report.outcomes):
+        proof = await _probe(client, mirror, {o.thread_id for o in missing})
+        if isinstance(proof, ApiError) and proof.fatal:
+            raise _misconfigured(ThreadOutcome("", "stopped", fatal=proof))
+        if proof is not True:
+            raise _every_thread_missing(client, fresh)
+    if not missing and not revived:
+        return
+    previous = await mirror.run(_last_error_kinds, mirror, [o.thread_id for o in missing])
+    for outcome in missing:
+        _settle_missing(outcome, previous.get(outcome.thread_id))
+    await mirror.run_write(_write_missing, mirror, missing, revived, now)
+
+
+def _every_thread_missing(client: ApiClient, missing: list[ThreadOutcome]) -> MisconfiguredError:
+    setting = f"{profiles.ENDPOINT_SETTING[client.profile]}, {profiles.VERSION_SETTING}"
+    sample = missing[0]
+    assert sample.not_found is not None
+    what = (
+        "every thread answered 404"
+        if len(missing) > 1
+        else f"the only thread asked answered 404 and no other tracked thread answered"
+    )
+    return MisconfiguredError(
+        f"sync stopped, nothing was marked: {what} ({describe(sample.not_found)}); the service"
+        f" is not answering for these threads here: check {setting} (a thread really deleted"
+        " upstream is marked gone once another thread answers)",
+        setting=setting,
+    )
+
+
+async def _probe(client: ApiClient, mirror: Mirror, missing: set[str]) -> bool | ApiError:
+    """Does the service answer for another tracked thread that synced before? True if one
+    answered 2xx; else the last error (None when there was no thread to ask)."""
+    candidates = await mirror.run(_probe_candidates, mirror, missing)
+    last: bool | ApiError = False
+    for thread_id in candidates:
+        try:
+            await client.list_messages(thread_id, limit=1, order="desc")
+        except ApiError as exc:
+            if exc.fatal:
+                return exc
+            last = exc
+            continue
+        return True
+    return last
+
+
+def _probe_candidates(mirror: Mirror, missing: set[str]) -> list[str]:
+    with mirror.read() as session:
+        query = (
+            select(col(SyncState.thread_id))
+            .join(TrackedThread, col(TrackedThread.thread_id) == col(SyncState.thread_id))
+            .where(
+                col(TrackedThread.state) == "active",
+                col(SyncState.last_success_at).is_not(None),
+            )
+            .order_by(col(SyncState.last_success_at).desc())
+            .limit(PROBES + len(missing))
+        )
+        return [t for t in session.execute(query).scalars() if t not in missing][:PROBES]
+
+
+def _last_error_kinds(mirror: Mirror, thread_ids: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    with mirror.read() as session:
+        for start in range(0, len(thread_ids), _CHUNK):
+            chunk = thread_ids[start : start + _CHUNK]
+            query = select(col(SyncState.thread_id), col(SyncState.last_error_kind)).where(
+                col(SyncState.thread_id).in_(chunk)
+            )
+            out.update({row[0]: row[1] for row in session.execute(query)})
+    return out
+
+
+def _settle_missing(outcome: ThreadOutcome, previous_kind: str | None) -> None:
+    """A 404 in a run where the service answers: gone, waiting for confirmation, or failed."""
+    exc = outcome.not_found
+    assert exc is not None
+    if outcome.was_gone:
+        outcome.result, outcome.error = "gone", "still gone from the server; its mirror is kept"
+    elif not outcome.synced_before:
+        outcome.result = "failed"
+        outcome.error = f"thread not found; check the id (threadsync threads list) ({describe(exc)})"
+    elif exc.subject == "thread" or previous_kind == NOT_FOUND_KIND:
+        outcome.result = "gone"
+        outcome.error = "the server no longer has this thread; its mirror is kept"
+        log.warning("sync.thread_gone", thread=outcome.thread_id)
+    else:
+        outcome.result = "failed"
+        outcome.error = (
+            f"{describe(exc)}; not marked gone on one 404 that does not name the thread: marked"
+            " gone if the next pass answers 404 again"
+        )
+    outcome.cause = cause_of(exc) if outcome.result == "failed" else None
+
+
+def _write_missing(
+    mirror: Mirror, missing: list[ThreadOutcome], revived: list[str], now: datetime
+) -> None:
+    with mirror.write() as session:
+        for thread_id in revived:
+            row = session.get(TrackedThread, thread_id)
+            if row is not None and row.state == "gone":
+                row.state, row.gone_at = "active", None
+                log.info("sync.thread_back", thread=thread_id)
+        for outcome in missing:
+            state = session.get(SyncState, outcome.thread_id)
+            if state is None:
+                continue
+            state.last_sync_at = now
+            state.last_error = outcome.error
+            if outcome.result == "gone":
+                mark_gone(session, outcome.thread_id, now)
+                state.last_error_kind = "gone"
+                state.consecutive_failures = 0
+            else:
+                unconfirmed = outcome.synced_before and outcome.cause is not None
+                state.last_error_kind = NOT_FOUND_KIND if unconfirmed else "failed"
+                state.consecutive_failures += 1
 
 
 def _memoised(planned: _Planned, ids: list[str], page_limit: int) -> list[str]:
@@ -249,8 +451,9 @@ def _close_run(mirror: Mirror, report: RunReport, now: datetime) -> None:
         assert run is not None
         c = report.counts
         run.finished_at = now
-        run.threads_ok = len(report.outcomes) - len(report.failed)
-        run.threads_failed = len(report.failed)
+        ok = sum(o.ok for o in report.outcomes)
+        run.threads_ok = ok
+        run.threads_failed = len(report.outcomes) - ok
         run.added, run.changed, run.deleted, run.restored = (
             c.added,
             c.changed,
@@ -288,5 +491,8 @@ def _log_outcome(o: ThreadOutcome) -> None:
     }
     if o.ok:
         log.info("sync.thread_done", **fields)
+    elif o.result == "missing":
+        # Not yet a failure: the run decides what this 404 means (and logs a gone thread).
+        log.info("sync.thread_not_found", **fields)
     else:
         log.warning("sync.thread_failed", error=o.error, **fields)
