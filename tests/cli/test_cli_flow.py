@@ -97,8 +97,8 @@ def test_failed_thread_gives_exit_1_and_a_summary(
     run(["threads", "add", good, "thread_missing0"], env, tmp_path)
     proc = run(["sync"], env, tmp_path, check=False)
     assert proc.returncode == 1
-    assert "thread_missing0: failed" in proc.stderr
-    assert "not found" in proc.stderr
+    assert "failed: 1 thread: HTTP 404" in proc.stderr
+    assert "thread_missing0: thread not found; check the id" in proc.stderr
     assert "1/2 threads ok" in proc.stderr
 
 

@@ -117,7 +117,9 @@ def summary_lines(report: RunReport) -> list[str]:
         for o in outcomes[:SHOWN_PER_CAUSE]:
             lines.append(f"    {o.thread_id}: {o.error}")
         if len(outcomes) > SHOWN_PER_CAUSE:
-            lines.append(f"    ... and {len(outcomes) - SHOWN_PER_CAUSE:,} more (threadsync status)")
+            lines.append(
+                f"    ... and {len(outcomes) - SHOWN_PER_CAUSE:,} more (threadsync status)"
+            )
     return lines
 
 

@@ -33,12 +33,11 @@ from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
 from worker.config import ApiSettings, Profile, RetrySettings
 from worker.errors import (
-    ApiError,
     AuthError,
     ConfigError,
     NotFoundError,
-    ParkedError,
     NotFoundSubject,
+    ParkedError,
     PermanentError,
     TransientError,
     UnreachableError,

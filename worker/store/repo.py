@@ -90,6 +90,10 @@ def set_meta(session: Session, key: str, value: str) -> None:
         row.value, row.updated_at = value, utcnow()
 
 
+def delete_meta(session: Session, key: str) -> None:
+    session.execute(delete(MirrorMeta).where(col(MirrorMeta.key) == key))
+
+
 @dataclass(frozen=True)
 class ThreadStatus:
     """One line of `threadsync status` / `threads list`."""

@@ -1152,7 +1152,7 @@ def cause_of(exc: BaseException) -> str:
         )
     if isinstance(exc, ApiError):
         # The client names a transport failure by its kind: "... no usable answer (ConnectError)".
-        head, _, kind = exc.message.partition("no usable answer (")
+        _, _, kind = exc.message.partition("no usable answer (")
         return kind.split(")")[0] if kind else "no usable answer"
     return type(exc).__name__
 

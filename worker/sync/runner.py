@@ -49,7 +49,9 @@ from worker.sync.memo import CensusAhead, WalkMemo
 log = get_logger()
 
 QUEUED_CLOSINGS = 64  # threads' closing states kept waiting for a transaction, at most
-GONE_RECHECK = 86400.0  # seconds between two looks at a thread marked gone (sync.gone_recheck_interval)
+GONE_RECHECK = (
+    86400.0  # seconds between two looks at a thread marked gone (sync.gone_recheck_interval)
+)
 PROBES = 2  # other threads asked, at most, whether the service answers when no request of a run did
 NOT_FOUND_KIND = "not_found"  # sync_state.last_error_kind of a 404 waiting for its confirmation
 
@@ -246,9 +248,7 @@ def _plan(
                 )
             elif thread.state == "gone" and not _recheck_due(thread, state, now, gone_recheck):
                 planned.skipped.append(
-                    ThreadOutcome(
-                        thread_id, "gone", error="gone from the server", was_gone=True
-                    )
+                    ThreadOutcome(thread_id, "gone", error="gone from the server", was_gone=True)
                 )
             elif (
                 state is not None
@@ -290,8 +290,9 @@ def _misconfigured(outcome: ThreadOutcome) -> MisconfiguredError:
 async def _judge_missing(
     client: ApiClient, mirror: Mirror, report: RunReport, now: datetime
 ) -> None:
-    """Decide what each 404 of the run means, then write those threads' states (see the module's
-    docstring); raises :class:`MisconfiguredError`, writing nothing, when no request was answered."""
+    """Decide what each 404 of the run means, then write those threads' states (see the
+    module's docstring); raises :class:`MisconfiguredError`, writing nothing, when no request
+    was answered."""
     missing = [o for o in report.outcomes if o.result == "missing"]
     revived = [o.thread_id for o in report.outcomes if o.was_gone and o.result == "synced"]
     fresh = [o for o in missing if not o.was_gone]
@@ -316,7 +317,7 @@ def _every_thread_missing(client: ApiClient, missing: list[ThreadOutcome]) -> Mi
     what = (
         "every thread answered 404"
         if len(missing) > 1
-        else f"the only thread asked answered 404 and no other tracked thread answered"
+        else "the only thread asked answered 404 and no other tracked thread answered"
     )
     return MisconfiguredError(
         f"sync stopped, nothing was marked: {what} ({describe(sample.not_found)}); the service"
@@ -378,7 +379,9 @@ def _settle_missing(outcome: ThreadOutcome, previous_kind: str | None) -> None:
         outcome.result, outcome.error = "gone", "still gone from the server; its mirror is kept"
     elif not outcome.synced_before:
         outcome.result = "failed"
-        outcome.error = f"thread not found; check the id (threadsync threads list) ({describe(exc)})"
+        outcome.error = (
+            f"thread not found; check the id (threadsync threads list) ({describe(exc)})"
+        )
     elif exc.subject == "thread" or previous_kind == NOT_FOUND_KIND:
         outcome.result = "gone"
         outcome.error = "the server no longer has this thread; its mirror is kept"
