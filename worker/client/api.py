@@ -195,7 +195,8 @@ class ApiClient:
         target = profiles.build_target(api, key)
         self.profile = api.profile
         self._api = api
-        self._host = f"the host {profiles.host_of(api)} ({profiles.ENDPOINT_SETTING[api.profile]})"
+        host = profiles.host_of(api)
+        self._host = f"the host {host} ({profiles.ENDPOINT_VARIABLE[api.profile]}) and the network"
         self._retry = retry
         self._pacer = pacer if pacer is not None else Pacer(None, clock=clock, sleep=sleep)
         self._events = events if events is not None else ClientEvents()
@@ -398,7 +399,7 @@ class ApiClient:
             except TransientError as exc:
                 if refused == attempt + 1 and not isinstance(exc, ParkedError):
                     raise UnreachableError(
-                        f"{exc.message}; no connection to {self._host}", suspect=self._host
+                        f"{exc.message}, none connected", suspect=self._host
                     ) from exc
                 raise
             attempt += 1

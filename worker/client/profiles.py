@@ -38,6 +38,11 @@ ENDPOINT_SETTING = {
     " https://<aiservices>.services.ai.azure.com/api/projects/<name>) and api.profile",
 }
 VERSION_SETTING = "OPENAI_API_VERSION (api.api_version)"
+ENDPOINT_VARIABLE = {
+    Profile.AZURE: "AZURE_OPENAI_ENDPOINT",
+    Profile.OPENAI: "OPENAI_BASE_URL",
+    Profile.FOUNDRY: "api.endpoint",
+}
 
 _PROJECT_PATH = re.compile(r"/api/projects/[^/]+")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 from sqlalchemy import select
@@ -248,7 +248,12 @@ def _plan(
                 )
             elif thread.state == "gone" and not _recheck_due(thread, state, now, gone_recheck):
                 planned.skipped.append(
-                    ThreadOutcome(thread_id, "gone", error="gone from the server", was_gone=True)
+                    ThreadOutcome(
+                        thread_id,
+                        "gone",
+                        error=_gone_since(thread, state, gone_recheck),
+                        was_gone=True,
+                    )
                 )
             elif (
                 state is not None
@@ -268,6 +273,15 @@ def _plan(
                 if thread.state == "gone":
                     planned.rechecks.add(thread_id)
     return planned
+
+
+def _gone_since(thread: TrackedThread, state: SyncState | None, interval: float) -> str:
+    last = (state.last_sync_at if state is not None else None) or thread.gone_at
+    if last is None:
+        return "gone from the server"
+    since = f" since {_aware(thread.gone_at):%Y-%m-%d %H:%MZ}" if thread.gone_at else ""
+    again = _aware(last) + timedelta(seconds=interval)
+    return f"gone from the server{since}; asked again after {again:%Y-%m-%d %H:%MZ}"
 
 
 def _recheck_due(
