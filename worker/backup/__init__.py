@@ -135,7 +135,12 @@ async def run_backup(
     with backup_lock(target):
         report: RunReport | None = None
         if sync_first and client is not None:
-            report = await sync_threads(client, mirror, concurrency=settings.sync.concurrency)
+            report = await sync_threads(
+                client,
+                mirror,
+                concurrency=settings.sync.concurrency,
+                gone_recheck=settings.sync.gone_recheck_interval,
+            )
         elif sync_first:
             log.warning("backup.sync_skipped", reason="no API client")
         log.info("backup.started", dest=str(target))

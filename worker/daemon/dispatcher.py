@@ -165,9 +165,8 @@ class Dispatcher:
             for outcome in report.outcomes:
                 done.setdefault(outcome.thread_id, outcome)
         except MisconfiguredError as exc:
-            # Nothing was marked; only the threads that synced get their next time, the others
-            # stay due and are tried again once the back-off has passed.
-            done = {t: o for t, o in done.items() if o.ok}
+            # Nothing was marked; only the threads whose pass ended get their next time, the
+            # others stay due and are tried again once the back-off has passed.
             result.problem = str(exc)
         finally:
             # Shielded: on shutdown the finished threads still get their next time and the rest

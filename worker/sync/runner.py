@@ -68,6 +68,7 @@ class RunReport:
     kind: str
     outcomes: list[ThreadOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    probes: int = 0  # requests asking another thread whether the service answers (see _probe)
 
     @property
     def ok(self) -> bool:
@@ -87,7 +88,7 @@ class RunReport:
 
     @property
     def requests(self) -> int:
-        return sum(o.requests for o in self.outcomes)
+        return sum(o.requests for o in self.outcomes) + self.probes
 
     @property
     def failed(self) -> list[ThreadOutcome]:
@@ -148,8 +149,8 @@ async def sync_threads(
             return
         report.outcomes.append(outcome)
         _log_outcome(outcome)
-        if on_thread_done is not None:
-            on_thread_done(outcome)
+        if on_thread_done is not None and outcome.result != "missing":
+            on_thread_done(outcome)  # a 404's outcome is reported once the run has decided it
         if mirror.grouped_waiting >= QUEUED_CLOSINGS:
             # Idle passes write nothing else to carry their closing states: a kill loses at
             # most this many threads' counters and backoff, never mirrored messages.
@@ -174,6 +175,10 @@ async def sync_threads(
         await mirror.run_write(_close_run, mirror, report, now())
         raise _misconfigured(stopped[0])
     await _judge_missing(client, mirror, report, now())
+    if on_thread_done is not None:
+        for outcome in report.outcomes:
+            if outcome.not_found is not None:
+                on_thread_done(outcome)
     report.seconds = time.monotonic() - started
     await mirror.run_write(_close_run, mirror, report, now())
     c = report.counts
@@ -311,7 +316,8 @@ async def _judge_missing(
     revived = [o.thread_id for o in report.outcomes if o.was_gone and o.result == "synced"]
     fresh = [o for o in missing if not o.was_gone]
     if fresh and not any(o.answered for o in report.outcomes):
-        proof = await _probe(client, mirror, {o.thread_id for o in missing})
+        proof, asked = await _probe(client, mirror, {o.thread_id for o in missing})
+        report.probes += asked
         if isinstance(proof, ApiError) and proof.fatal:
             raise _misconfigured(ThreadOutcome("", "stopped", fatal=proof))
         if proof is not True:
@@ -341,21 +347,24 @@ def _every_thread_missing(client: ApiClient, missing: list[ThreadOutcome]) -> Mi
     )
 
 
-async def _probe(client: ApiClient, mirror: Mirror, missing: set[str]) -> bool | ApiError:
+async def _probe(
+    client: ApiClient, mirror: Mirror, missing: set[str]
+) -> tuple[bool | ApiError, int]:
     """Does the service answer for another tracked thread that synced before? True if one
-    answered 2xx; else the last error (None when there was no thread to ask)."""
+    answered 2xx, else the last error (False when there was no thread to ask); and how many
+    requests that took."""
     candidates = await mirror.run(_probe_candidates, mirror, missing)
     last: bool | ApiError = False
-    for thread_id in candidates:
+    for asked, thread_id in enumerate(candidates, 1):
         try:
             await client.list_messages(thread_id, limit=1, order="desc")
         except ApiError as exc:
             if exc.fatal:
-                return exc
+                return exc, asked
             last = exc
             continue
-        return True
-    return last
+        return True, asked
+    return last, len(candidates)
 
 
 def _probe_candidates(mirror: Mirror, missing: set[str]) -> list[str]:
