@@ -110,9 +110,14 @@ async def test_a_wrong_key_says_its_status_once_and_names_the_variable(
     assert exc.suspect == "AZURE_OPENAI_API_KEY"
 
 
-async def test_no_connection_on_any_attempt_names_the_host() -> None:
+@pytest.mark.parametrize("error", [httpx.ConnectError, httpx.ConnectTimeout])
+async def test_no_connection_on_any_attempt_names_the_host(
+    error: type[httpx.TransportError],
+) -> None:
+    """Refused, a DNS failure, or no handshake in time, on every attempt."""
+
     def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        raise error("[Errno 111] Connection refused", request=request)
 
     sleep = SleepRecorder()
     api = ApiSettings(

@@ -370,7 +370,8 @@ class ApiClient:
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 self._events.on_response(method, route, None, self._clock() - started)
                 failure = _transport_failure(exc, method, route)
-                refused += isinstance(exc, httpx.ConnectError)
+                # Refused, DNS failure, or no handshake within connect_timeout: no server heard.
+                refused += isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             else:
                 try:
                     self._events.on_response(
