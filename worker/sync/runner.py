@@ -49,9 +49,7 @@ from worker.sync.memo import CensusAhead, WalkMemo
 log = get_logger()
 
 QUEUED_CLOSINGS = 64  # threads' closing states kept waiting for a transaction, at most
-GONE_RECHECK = (
-    86400.0  # seconds between two looks at a thread marked gone (sync.gone_recheck_interval)
-)
+GONE_RECHECK = 86400.0  # seconds between two looks at a gone thread (sync.gone_recheck_interval)
 PROBES = 2  # other threads asked, at most, whether the service answers when no request of a run did
 NOT_FOUND_KIND = "not_found"  # sync_state.last_error_kind of a 404 waiting for its confirmation
 
@@ -321,7 +319,7 @@ async def _judge_missing(
         if isinstance(proof, ApiError) and proof.fatal:
             raise _misconfigured(ThreadOutcome("", "stopped", fatal=proof))
         if proof is not True:
-            raise _every_thread_missing(client, fresh)
+            raise _every_thread_missing(client, fresh, everyone=len(fresh) == len(report.outcomes))
     if not missing and not revived:
         return
     previous = await mirror.run(_last_error_kinds, mirror, [o.thread_id for o in missing])
@@ -330,15 +328,18 @@ async def _judge_missing(
     await mirror.run_write(_write_missing, mirror, missing, revived, now)
 
 
-def _every_thread_missing(client: ApiClient, missing: list[ThreadOutcome]) -> MisconfiguredError:
+def _every_thread_missing(
+    client: ApiClient, missing: list[ThreadOutcome], *, everyone: bool
+) -> MisconfiguredError:
     setting = f"{profiles.ENDPOINT_SETTING[client.profile]}, {profiles.VERSION_SETTING}"
     sample = missing[0]
     assert sample.not_found is not None
-    what = (
-        "every thread answered 404"
-        if len(missing) > 1
-        else "the only thread asked answered 404 and no other tracked thread answered"
-    )
+    if everyone and len(missing) > 1:
+        what = "every thread answered 404"
+    elif everyone:
+        what = "the only thread asked answered 404 and no other tracked thread answered"
+    else:
+        what = f"{len(missing):,} threads answered 404 and no request of the run was answered"
     return MisconfiguredError(
         f"sync stopped, nothing was marked: {what} ({describe(sample.not_found)}); the service"
         f" is not answering for these threads here: check {setting} (a thread really deleted"
