@@ -89,6 +89,7 @@ class Dispatcher:
         # /readyz and `threadsync check` report it. Until then dispatches back off, so a wrong
         # key costs a handful of requests per interval, not a batch every few seconds.
         self.problem: str | None = None
+        self._problem_stored = False  # until a first batch ends, one a previous daemon left may be
         self._problems = 0
         self._retry_at = 0.0
         self.clock: Callable[[], float] = time.monotonic
@@ -191,10 +192,11 @@ class Dispatcher:
 
     async def _note_problem(self, problem: str | None) -> None:
         """Remember (and persist, for `threadsync check`) a configuration error, or its end."""
-        if problem is None and self.problem is None:
+        if problem is None and self.problem is None and self._problem_stored:
             return
         if problem is None:
-            log.info("daemon.recovered", problem=self.problem)
+            if self.problem is not None:
+                log.info("daemon.recovered", problem=self.problem)
             self._problems = 0
         else:
             self._problems += 1
@@ -206,6 +208,7 @@ class Dispatcher:
         self.problem = problem
         with anyio.CancelScope(shield=True):
             await self.mirror.run_write(write_problem, self.mirror, problem, self.now())
+        self._problem_stored = True
 
     def _claim(self, now: datetime, full: bool, after: str | None) -> list[str]:
         with self.mirror.write() as session:
