@@ -8,6 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from worker.client import ApiClient
+from worker.client.api import blamed_setting, not_found_subject
 from worker.config import ApiSettings, Profile, RetrySettings
 from worker.emulator import Emulator
 from worker.errors import (
@@ -155,3 +156,54 @@ async def test_a_connection_that_fails_once_is_not_unreachable() -> None:
             await client.list_messages("thread_a")
     assert not isinstance(caught.value, UnreachableError)
     assert not caught.value.fatal
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "param", "blamed"),
+    [
+        ("404", "Resource not found", "api-version", "OPENAI_API_VERSION"),
+        (
+            "UnsupportedApiVersion",
+            "The HTTP resource ... does not support the API version '1'",
+            None,
+            "OPENAI_API_VERSION",
+        ),
+        (
+            "MissingApiVersionParameter",
+            "Missing required query parameter",
+            None,
+            "OPENAI_API_VERSION",
+        ),
+        (
+            None,
+            "Invalid URL (GET /v1/openai/threads/thread_a/messages)",
+            None,
+            "AZURE_OPENAI_ENDPOINT",
+        ),
+        ("unknown_url", "Unknown request URL: GET /x", None, "AZURE_OPENAI_ENDPOINT"),
+        ("404", "Resource not found", None, None),
+        (None, "No thread found with id 'thread_a'.", None, None),
+        ("invalid_value", "Invalid 'image_url': not a valid URL.", "content", None),
+    ],
+)
+def test_which_answers_blame_a_setting(
+    code: str | None, message: str, param: str | None, blamed: str | None
+) -> None:
+    api = ApiSettings(profile=Profile.AZURE, endpoint="https://res.example", api_key=SecretStr(KEY))
+    found = blamed_setting(api, code, message, param)
+    assert (found is None) if blamed is None else (found is not None and blamed in found)
+
+
+@pytest.mark.parametrize(
+    ("message", "subject"),
+    [
+        ("No thread found with id 'thread_a'.", "thread"),
+        ("Thread not found.", "thread"),
+        ("'thread_a' does not exist", "thread"),
+        ("No message found with id 'msg_1'.", "message"),
+        ("Resource not found", "unknown"),
+        (None, "unknown"),
+    ],
+)
+def test_what_a_404_says_is_missing(message: str | None, subject: str) -> None:
+    assert not_found_subject({"thread_id": "thread_a"}, message) == subject

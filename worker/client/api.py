@@ -136,7 +136,8 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
 
 
 _NAMES_VERSION = re.compile(r"api[-_ ]?version", re.IGNORECASE)
-_NAMES_PATH = re.compile(r"invalid url|unknown[_ ]url|\burl\b|\bpath\b|\broute\b", re.IGNORECASE)
+# Not a bare "url": a 400 about an ``image_url`` part's value is about data, not the endpoint.
+_NAMES_PATH = re.compile(r"invalid url|unknown[_ ]url|\bpath\b|\broute\b", re.IGNORECASE)
 _NAMES_THREAD = re.compile(r"\bthread", re.IGNORECASE)
 _NAMES_MESSAGE = re.compile(r"\bmessage\b", re.IGNORECASE)
 
