@@ -205,3 +205,22 @@ async def test_a_wrong_key_stops_the_run_within_the_concurrency(
     assert str(caught.value).count("HTTP 401") == 1
     assert requests(emulator) <= 4  # the passes already under way, not one per thread
     assert fingerprint(mirror) == before
+
+
+async def test_a_wrong_endpoint_stops_after_a_few_404s_not_one_per_thread(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """A generic 404 blames nothing by itself; eight of them with nothing answered, and a probe
+    of another thread answering 404 too, stop the run."""
+    ids = emulator.seed(seed=2, threads=60, messages=2)
+    track(mirror, *ids)
+    assert (await sync(emulator, mirror)).ok
+    emulator.set_behaviour(unknown_route="resource")
+    before = fingerprint(mirror)
+    emulator.reset_stats()
+    with pytest.raises(MisconfiguredError, match="threads answered 404"):
+        await sync(emulator, mirror, WRONG_PATH, concurrency=4)
+    # At most two requests (the probe and an early GET) per pass started: the eight that
+    # triggered the probe and the three beside the last of them; then the two probes.
+    assert requests(emulator) <= 2 * (8 + 3) + 2
+    assert fingerprint(mirror) == before

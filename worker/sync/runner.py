@@ -50,6 +50,7 @@ log = get_logger()
 
 QUEUED_CLOSINGS = 64  # threads' closing states kept waiting for a transaction, at most
 GONE_RECHECK = 86400.0  # seconds between two looks at a gone thread (sync.gone_recheck_interval)
+EARLY_404S = 8  # 404s with nothing answered after which a run asks whether the service answers
 PROBES = 2  # other threads asked, at most, whether the service answers when no request of a run did
 NOT_FOUND_KIND = "not_found"  # sync_state.last_error_kind of a 404 waiting for its confirmation
 
@@ -121,11 +122,13 @@ async def sync_threads(
     started = time.monotonic()
     log.info("sync.run_started", run=run_id, kind=kind, threads=len(ids))
 
-    stopped: list[ThreadOutcome] = []  # the answer that stopped the run, once one did
+    watch = _Watch(
+        client, mirror, report, early=min(len(ids), max(concurrency, EARLY_404S)), total=len(ids)
+    )
 
     async def one(thread_id: str) -> None:
         async with limiter:
-            if stopped:
+            if watch.stop is not None:
                 censuses.passed(thread_id)
                 return  # passes already under way finish; no new one starts
             try:
@@ -141,10 +144,10 @@ async def sync_threads(
                 ).run(full=full)
             finally:
                 censuses.passed(thread_id)
-        outcome.was_gone = thread_id in planned.rechecks
-        if outcome.result == "stopped":
-            stopped.append(outcome)
-            return
+            outcome.was_gone = thread_id in planned.rechecks
+            # Judged before the slot is given back, so a stop holds the very next pass.
+            if not await watch.saw(outcome):
+                return
         report.outcomes.append(outcome)
         _log_outcome(outcome)
         if on_thread_done is not None and outcome.result != "missing":
@@ -169,10 +172,10 @@ async def sync_threads(
             log.warning("sync.closing_states_lost", error=describe(exc))
         raise
     await mirror.flush_grouped()
-    if stopped:
+    if watch.stop is not None:
         await mirror.run_write(_close_run, mirror, report, now())
-        raise _misconfigured(stopped[0])
-    await _judge_missing(client, mirror, report, now())
+        raise watch.stop
+    await _judge_missing(client, mirror, report, now(), proven=watch.proven)
     if on_thread_done is not None:
         for outcome in report.outcomes:
             if outcome.not_found is not None:
@@ -304,8 +307,57 @@ def _misconfigured(outcome: ThreadOutcome) -> MisconfiguredError:
     )
 
 
+class _Watch:
+    """What the run has seen so far, to stop it as soon as its answers blame the configuration.
+
+    A fatal answer stops it at once. 404s are weighed early too: after ``early`` of them with no
+    request of the run answered, one probe of another tracked thread asks whether the service
+    answers at all (so a wrong endpoint costs a few requests, not one per thread).
+    """
+
+    def __init__(
+        self, client: ApiClient, mirror: Mirror, report: RunReport, *, early: int, total: int
+    ) -> None:
+        self.client, self.mirror, self.report = client, mirror, report
+        self.early, self.total = early, total
+        self.stop: MisconfiguredError | None = None
+        self.proven = False  # some request of the run (or the probe) was answered with a 2xx
+        self._missing: list[ThreadOutcome] = []
+        self._probing = anyio.Lock()
+
+    async def saw(self, outcome: ThreadOutcome) -> bool:
+        """Take one pass's outcome; False when it stopped the run (the run drops it)."""
+        if outcome.result == "stopped":
+            if self.stop is None:
+                self.stop = _misconfigured(outcome)
+            return False
+        self.proven = self.proven or outcome.answered
+        if outcome.result == "missing" and not outcome.was_gone:
+            self._missing.append(outcome)
+            if not self.proven and len(self._missing) >= self.early:
+                await self._probe()
+        return True
+
+    async def _probe(self) -> None:
+        async with self._probing:
+            if self.proven or self.stop is not None:
+                return
+            proof, asked = await _probe(
+                self.client, self.mirror, {o.thread_id for o in self._missing}
+            )
+            self.report.probes += asked
+            if proof is True:
+                self.proven = True
+            elif isinstance(proof, ApiError) and proof.fatal:
+                self.stop = _misconfigured(ThreadOutcome("", "stopped", fatal=proof))
+            else:
+                self.stop = _every_thread_missing(
+                    self.client, self._missing, everyone=len(self._missing) == self.total
+                )
+
+
 async def _judge_missing(
-    client: ApiClient, mirror: Mirror, report: RunReport, now: datetime
+    client: ApiClient, mirror: Mirror, report: RunReport, now: datetime, *, proven: bool
 ) -> None:
     """Decide what each 404 of the run means, then write those threads' states (see the
     module's docstring); raises :class:`MisconfiguredError`, writing nothing, when no request
@@ -313,7 +365,7 @@ async def _judge_missing(
     missing = [o for o in report.outcomes if o.result == "missing"]
     revived = [o.thread_id for o in report.outcomes if o.was_gone and o.result == "synced"]
     fresh = [o for o in missing if not o.was_gone]
-    if fresh and not any(o.answered for o in report.outcomes):
+    if fresh and not proven and not any(o.answered for o in report.outcomes):
         proof, asked = await _probe(client, mirror, {o.thread_id for o in missing})
         report.probes += asked
         if isinstance(proof, ApiError) and proof.fatal:
