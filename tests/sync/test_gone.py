@@ -7,12 +7,15 @@ row of the tables a sync may change; a misconfigured run must leave it exactly a
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from worker.backup import run_backup
+from worker.config import Settings
 from worker.emulator import Emulator, ManualClock
 from worker.errors import MisconfiguredError
 from worker.store.db import Mirror
@@ -223,4 +226,23 @@ async def test_a_wrong_endpoint_stops_after_a_few_404s_not_one_per_thread(
     # At most two requests (the probe and an early GET) per pass started: the eight that
     # triggered the probe and the three beside the last of them; then the two probes.
     assert requests(emulator) <= 2 * (8 + 3) + 2
+    assert fingerprint(mirror) == before
+
+
+async def test_a_backup_still_snapshots_when_every_thread_404s(
+    emulator: Emulator, mirror: Mirror, tmp_path: Path
+) -> None:
+    """After a shutdown the API may answer 404 everywhere: nothing is marked, and the backup
+    that syncs first still keeps the mirror, saying why it was not synced."""
+    ids = await synced(emulator, mirror)
+    for thread_id in ids:
+        emulator.delete_thread(thread_id)
+    before = fingerprint(mirror)
+    settings = Settings(database_url=mirror.safe_url)
+    async with emulated_client(emulator) as client:
+        result = await run_backup(settings, mirror, client, dest=tmp_path / "b")
+    assert not result.sync_ok
+    assert result.sync_error is not None
+    assert "every thread answered 404" in result.sync_error
+    assert result.snapshot.threads == 3
     assert fingerprint(mirror) == before

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from worker.backup import (
@@ -86,6 +87,11 @@ def backup(
         f"backup {s.path}: {s.threads} threads, {s.messages} messages ({s.deleted} deleted),"
         f" {s.bytes / 1e6:.1f} MB; {len(result.removed)} old snapshots removed"
     )
+    if result.sync_error is not None:
+        err_console.print(
+            f"[red]error:[/] the sync before the backup stopped: {escape(result.sync_error)}"
+        )
+        raise typer.Exit(EXIT_FAILED)
     if not result.sync_ok:
         err_console.print("[red]error:[/] the sync before the backup failed for some threads")
         raise typer.Exit(EXIT_FAILED)
