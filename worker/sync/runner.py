@@ -395,7 +395,8 @@ def _every_thread_missing(
     return MisconfiguredError(
         f"sync stopped, nothing was marked: {what} ({describe(sample.not_found)}); the service"
         f" is not answering for these threads here: check {setting} (a thread really deleted"
-        " upstream is marked gone once another thread answers)",
+        " upstream is marked gone once another thread answers; a service shut down answers"
+        " 404 everywhere too: the mirror is kept as it is)",
         setting=setting,
     )
 
