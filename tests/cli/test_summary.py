@@ -29,8 +29,8 @@ def test_failures_of_one_cause_are_one_group_and_gone_is_not_ok() -> None:
     )
     lines = summary_lines(report)
     assert lines[0] == (
-        "sync run 7: 1/5,001 threads ok, 1 gone, 4,999 failed; 12 added, 0 changed, 0 deleted,"
-        " 0 restored; 5,001 requests in 41.2s"
+        "sync run 7: 1/5001 threads ok, 1 gone, 4999 failed; 12 added, 0 changed, 0 deleted,"
+        " 0 restored; 5001 requests in 41.2s"
     )
     assert "  thread_gone: gone (new): the server no longer has this thread" in lines
     assert "  failed: 4,998 threads: HTTP 500" in lines

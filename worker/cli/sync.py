@@ -99,11 +99,12 @@ def summary_lines(report: RunReport) -> list[str]:
     total = len(report.outcomes)
     ok = sum(o.ok for o in report.outcomes)
     gone, failed = report.gone, report.failed
+    # Plain numbers on the figures line: scripts (and bench/) read them with `(\d+) added`.
     lines = [
-        f"{report.kind} run {report.run_id}: {ok:,}/{total:,} threads ok, {len(gone):,} gone,"
-        f" {len(failed):,} failed; {c.added:,} added, {c.changed:,} changed,"
-        f" {c.deleted:,} deleted, {c.restored:,} restored;"
-        f" {report.requests:,} requests in {report.seconds:.1f}s"
+        f"{report.kind} run {report.run_id}: {ok}/{total} threads ok, {len(gone)} gone,"
+        f" {len(failed)} failed; {c.added} added, {c.changed} changed,"
+        f" {c.deleted} deleted, {c.restored} restored;"
+        f" {report.requests} requests in {report.seconds:.1f}s"
     ]
     for o in gone:
         since = "" if o.was_gone else " (new)"
