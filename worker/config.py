@@ -198,6 +198,11 @@ class SyncSettings(Section):
     progress_interval: float = Field(
         default=30.0, gt=0, description="Off a terminal: seconds between sync.progress events."
     )
+    gone_recheck_interval: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Seconds between two looks at a thread marked gone (it resumes if it answers).",
+    )
 
 
 class PushSettings(Section):

@@ -7,6 +7,8 @@ sees these classes, and the CLI turns them into exit codes and one clear sentenc
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 
 class ThreadsyncError(Exception):
     """Base of every error threadsync raises on purpose."""
@@ -48,12 +50,21 @@ class ApiError(ThreadsyncError):
         status: int | None = None,
         code: str | None = None,
         request_id: str | None = None,
+        suspect: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
         self.request_id = request_id
+        # The setting to check when the answer points at the configuration rather than at one
+        # thread (the key, the endpoint, the api-version, the host), else None.
+        self.suspect = suspect
+
+    @property
+    def fatal(self) -> bool:
+        """True when no other thread can do better: the whole run stops at this answer."""
+        return False
 
 
 class TransientError(ApiError):
@@ -68,16 +79,53 @@ class ParkedError(TransientError):
         self.retry_after = retry_after
 
 
+class UnreachableError(TransientError):
+    """No connection on any attempt (refused, DNS failure): the host itself is wrong or down."""
+
+    @property
+    def fatal(self) -> bool:
+        return True
+
+
 class PermanentError(ApiError):
-    """A failure retrying cannot fix: 400, 401, 403, 404, 422 and other 4xx."""
+    """A failure retrying cannot fix: 400, 401, 403, 404, 422 and other 4xx.
+
+    One that names the path or the api-version (``suspect`` set) is the configuration's fault,
+    not the thread's, and stops the run.
+    """
+
+    @property
+    def fatal(self) -> bool:
+        return self.suspect is not None
 
 
 class AuthError(PermanentError):
     """401 or 403: the credential is missing, wrong or lacks the role."""
 
+    @property
+    def fatal(self) -> bool:
+        return True
+
+
+NotFoundSubject = Literal["thread", "message", "unknown"]
+
 
 class NotFoundError(PermanentError):
-    """404: the thread or message does not exist (or no longer exists)."""
+    """404: the thread or message does not exist (or no longer exists).
+
+    ``subject`` is what the body says is missing: ``thread`` or ``message`` when it names one (or
+    the thread's id), ``unknown`` for a generic "Resource not found" or no body at all, which a
+    wrong endpoint answers too. A 404 naming the path or the api-version is a configuration
+    error instead (a :class:`PermanentError` with ``suspect`` set), never a NotFoundError.
+    """
+
+    def __init__(self, message: str, *, subject: NotFoundSubject = "unknown", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.subject: NotFoundSubject = subject
+
+    @property
+    def fatal(self) -> bool:
+        return False
 
 
 class MalformedError(PermanentError):
@@ -89,3 +137,14 @@ class MalformedError(PermanentError):
 
 class PagingError(ThreadsyncError):
     """The server's pages do not advance (a repeated cursor, a page of already-seen ids)."""
+
+
+class MisconfiguredError(ConfigError):
+    """A run stopped because the service's answers point at the configuration: nothing marked.
+
+    ``setting`` names what to check (an environment variable or config key, or the host).
+    """
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting

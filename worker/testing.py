@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -53,19 +54,20 @@ async def emulated_client(
     profile: Profile = Profile.AZURE,
     retry: RetrySettings | None = None,
     sleep: SleepRecorder | None = None,
-    request_timeout: float | None = None,
+    **api: Any,
 ) -> AsyncIterator[ApiClient]:
-    """An :class:`ApiClient` talking to ``emulator`` in-process (``request_timeout``: the
-    ``api.request_timeout`` setting, default as configured)."""
-    api = ApiSettings(
-        profile=profile,
-        endpoint="http://127.0.0.1:1",
-        project="demo" if profile is Profile.FOUNDRY else None,
-        api_key=SecretStr(emulator.api_key),
-        **({} if request_timeout is None else {"request_timeout": request_timeout}),
-    )
+    """An :class:`ApiClient` talking to ``emulator`` in-process; ``api`` overrides settings
+    (``endpoint="http://127.0.0.1:1/openai"``, ``api_version=...``, ``api_key=...``)."""
+    values: dict[str, Any] = {
+        "profile": profile,
+        "endpoint": "http://127.0.0.1:1",
+        "project": "demo" if profile is Profile.FOUNDRY else None,
+        "api_key": SecretStr(emulator.api_key),
+    }
+    values.update(api)
+    settings = ApiSettings(**values)
     async with ApiClient(
-        api,
+        settings,
         retry or RetrySettings(max_attempts=8),
         transport=EmulatorTransport(emulator),
         sleep=sleep or SleepRecorder(),

@@ -97,8 +97,8 @@ def test_failed_thread_gives_exit_1_and_a_summary(
     run(["threads", "add", good, "thread_missing0"], env, tmp_path)
     proc = run(["sync"], env, tmp_path, check=False)
     assert proc.returncode == 1
-    assert "thread_missing0: failed" in proc.stdout
-    assert "not found" in proc.stdout
+    assert "failed: 1 thread: HTTP 404" in proc.stdout
+    assert "thread_missing0: thread not found; check the id" in proc.stdout
     assert "1/2 threads ok" in proc.stdout
 
 

@@ -59,8 +59,9 @@ def test_deadline_ends_the_run_and_names_threads_not_reached(
     )
     assert proc.returncode == 1, proc.stderr
     assert "deadline 1 s reached: 2 threads not reached, 1 stopped mid-pass" in proc.stdout
+    assert "failed: 2 threads: not reached" in proc.stdout  # grouped by cause
     for thread_id in ids[1:]:
-        assert f"{thread_id}: not reached" in proc.stdout
+        assert f"{thread_id}: deadline (1 s): the run ended before this thread began" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 

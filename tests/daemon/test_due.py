@@ -183,3 +183,26 @@ def test_threads_by_state_counts_every_fixed_label(mirror: Mirror) -> None:
         "failing": 1,
         "never_synced": 1,
     }
+
+
+def test_a_gone_thread_is_claimed_again_only_for_its_recheck(mirror: Mirror) -> None:
+    """Gone: rescheduled a re-check interval on, then claimed by a dispatch (not a reconcile)."""
+    _track(mirror, "thread_ok", "thread_gone")
+    _claim(mirror)
+    with mirror.write() as session:
+        row = session.get(TrackedThread, "thread_gone")
+        assert row is not None
+        row.state, row.gone_at = "gone", NOW
+    with mirror.write() as session:
+        plan = reschedule(
+            session,
+            ["thread_ok", "thread_gone"],
+            now=NOW,
+            cadence=CADENCE,
+            rand={},
+            gone_recheck=86400.0,
+        )
+    assert plan["thread_gone"] == NOW + timedelta(days=1)
+    assert _claim(mirror, now=NOW + timedelta(hours=1)) == ["thread_ok"]
+    assert _claim(mirror, now=NOW + timedelta(days=1), due_only=False) == ["thread_ok"]
+    assert _claim(mirror, now=NOW + timedelta(days=1)) == ["thread_gone"]

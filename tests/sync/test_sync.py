@@ -487,9 +487,12 @@ async def test_a_deleted_thread_is_marked_gone_and_kept(emulator: Emulator, mirr
     emulator.delete_thread(a)
     emulator.append_messages(b, n=2)
     report = await sync(emulator, mirror)
-    assert report.ok
+    assert not report.ok  # a thread newly gone is news: the run says so (exit 1)
+    assert [o.thread_id for o in report.gone] == [a]
+    assert not report.failed
     results = {o.thread_id: o.result for o in report.outcomes}
     assert results == {a: "gone", b: "synced"}
+    assert (await sync(emulator, mirror)).ok  # known gone, not due for its re-check
     assert exported(mirror, a) == kept
     assert exported(mirror, b) == truth(emulator, b)
 

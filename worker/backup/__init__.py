@@ -31,7 +31,7 @@ from worker.backup.snapshot import (
 from worker.backup.verify import VerifyReport, verify
 from worker.client import ApiClient
 from worker.config import BackupSettings, Settings
-from worker.errors import ConfigError
+from worker.errors import ConfigError, MisconfiguredError
 from worker.logs import get_logger
 from worker.store.db import Mirror
 from worker.store.models import utcnow
@@ -68,10 +68,11 @@ class BackupResult:
     snapshot: Snapshot
     sync: RunReport | None = None
     removed: list[Path] = field(default_factory=list)
+    sync_error: str | None = None  # why the sync before it stopped (a configuration error)
 
     @property
     def sync_ok(self) -> bool:
-        return self.sync is None or self.sync.ok
+        return self.sync_error is None and (self.sync is None or self.sync.ok)
 
 
 def list_backups(dest: Path) -> list[BackupInfo]:
@@ -144,8 +145,20 @@ async def run_backup(
     target = _destination(settings, dest)
     with backup_lock(target):
         report: RunReport | None = None
+        sync_error: str | None = None
         if sync_first and client is not None:
-            report = await sync_threads(client, mirror, concurrency=settings.sync.concurrency)
+            try:
+                report = await sync_threads(
+                    client,
+                    mirror,
+                    concurrency=settings.sync.concurrency,
+                    gone_recheck=settings.sync.gone_recheck_interval,
+                )
+            except MisconfiguredError as exc:
+                # The mirror is unchanged and still worth a snapshot (the API may be gone for
+                # good, answering 404 everywhere): back it up, and say why it was not synced.
+                sync_error = str(exc)
+                log.warning("backup.sync_stopped", error=sync_error)
         elif sync_first:
             log.warning("backup.sync_skipped", reason="no API client")
         log.info("backup.started", dest=str(target))
@@ -165,4 +178,4 @@ async def run_backup(
         bytes=snapshot.bytes,
         removed=len(removed),
     )
-    return BackupResult(snapshot, report, removed)
+    return BackupResult(snapshot, report, removed, sync_error)

@@ -88,6 +88,9 @@ def backup(
         f"backup {s.path}: {s.threads} threads, {s.messages} messages ({s.deleted} deleted),"
         f" {s.bytes / 1e6:.1f} MB; {len(done.removed)} old snapshots removed"
     )
+    if done.sync_error is not None:
+        notice(f"the sync before the backup stopped: {done.sync_error}", level="error")
+        raise typer.Exit(EXIT_FAILED)
     if not done.sync_ok:
         notice("the sync before the backup failed for some threads", level="error")
         raise typer.Exit(EXIT_FAILED)

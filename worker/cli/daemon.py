@@ -3,7 +3,8 @@
 Exit codes of `run`: 0 stopped by SIGTERM/SIGINT after a graceful shutdown; 1 the shutdown took
 longer than ``daemon.shutdown_timeout``; 2 configuration, including "another daemon already runs
 on this mirror" (restarting will not help until that one stops); 130 a second signal forced exit.
-`check`: 0 the mirror opens and the daemon's heartbeat is fresh, else 1 with the reason.
+`check`: 0 the mirror opens, the daemon's heartbeat is fresh and its passes are not stopped by a
+configuration error, else 1 with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 
 from worker.cli.common import command, globals_of, out_console
 from worker.cli.say import notice
-from worker.daemon.heartbeat import decode, judge, read_beat
+from worker.daemon.heartbeat import decode, judge, read_beat, read_problem
 from worker.errors import ThreadsyncError
 from worker.logs import scrub
 from worker.store.db import Mirror, normalise_url, sqlite_path
@@ -105,6 +106,7 @@ def check(ctx: typer.Context) -> None:
         mirror = _open_existing(settings.database_url)
         try:
             value = read_beat(mirror)
+            problem = read_problem(mirror)
         finally:
             mirror.dispose()
     except ThreadsyncError as exc:
@@ -112,6 +114,8 @@ def check(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_UNHEALTHY) from None
     now = datetime.now(UTC)
     reason = judge(value, now, settings.daemon.heartbeat_interval)
+    if reason is None and problem is not None:
+        reason = f"the daemon runs but its passes stop on a configuration error: {problem}"
     if reason is not None:
         notice(f"unhealthy: {reason}", level="error", prefix=False)
         raise typer.Exit(EXIT_UNHEALTHY)

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from worker.emulator import Behaviour, Emulator, serve
-from worker.emulator.behaviour import CURSOR_MISSING_CHOICES, METADATA_CHOICES, TIES_CHOICES
+from worker.emulator.behaviour import (
+    CURSOR_MISSING_CHOICES,
+    METADATA_CHOICES,
+    TIES_CHOICES,
+    UNKNOWN_ROUTE_CHOICES,
+    UNKNOWN_THREAD_CHOICES,
+    UNKNOWN_VERSION_CHOICES,
+)
 from worker.export.output import atomic_output
 from worker.logs import get_logger, register_secret
 
@@ -69,6 +76,27 @@ def emulator(
             " instead of printing them.",
         ),
     ] = None,
+    unknown_route: Annotated[
+        str,
+        typer.Option(
+            envvar=_ENV + "UNKNOWN_ROUTE",
+            help=f"Answer to a path nothing lives at: {UNKNOWN_ROUTE_CHOICES}.",
+        ),
+    ] = "family",
+    unknown_version: Annotated[
+        str,
+        typer.Option(
+            envvar=_ENV + "UNKNOWN_VERSION",
+            help=f"Answer to an api-version Azure does not serve: {UNKNOWN_VERSION_CHOICES}.",
+        ),
+    ] = "resource",
+    unknown_thread: Annotated[
+        str,
+        typer.Option(
+            envvar=_ENV + "UNKNOWN_THREAD",
+            help=f"Answer to a thread id that does not exist: {UNKNOWN_THREAD_CHOICES}.",
+        ),
+    ] = "named",
 ) -> None:
     """Serve the Assistants messages API emulator (Azure, OpenAI and Foundry paths)."""
     behaviour = Behaviour().updated(
@@ -76,6 +104,11 @@ def emulator(
             "cursor_missing": _choice(cursor_missing, CURSOR_MISSING_CHOICES, "--cursor-missing"),
             "metadata": _choice(metadata, METADATA_CHOICES, "--metadata"),
             "ties": _choice(ties, TIES_CHOICES, "--ties"),
+            "unknown_route": _choice(unknown_route, UNKNOWN_ROUTE_CHOICES, "--unknown-route"),
+            "unknown_version": _choice(
+                unknown_version, UNKNOWN_VERSION_CHOICES, "--unknown-version"
+            ),
+            "unknown_thread": _choice(unknown_thread, UNKNOWN_THREAD_CHOICES, "--unknown-thread"),
         }
     )
     key = api_key or "emu-" + secrets.token_urlsafe(18)

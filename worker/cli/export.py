@@ -248,6 +248,7 @@ def export(
                     thread_ids=selection.thread_ids,
                     concurrency=settings.sync.concurrency,
                     page_limit=settings.sync.page_limit,
+                    gone_recheck=settings.sync.gone_recheck_interval,
                 )
 
         report = run_async(go)

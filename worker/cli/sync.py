@@ -27,6 +27,7 @@ from worker.errors import ConfigError
 from worker.outbox import edit_counts
 from worker.store.db import Mirror
 from worker.store.repo import any_tracked, thread_statuses
+from worker.sync.engine import ThreadOutcome
 from worker.sync.runner import NOT_REACHED, STOPPED, RunReport, sync_threads
 
 T = TypeVar("T")
@@ -106,6 +107,7 @@ def sync(
                     on_thread_done=watch.thread_done,
                     on_run_started=watch.run_started,
                     deadline=limit,
+                    gone_recheck=settings.sync.gone_recheck_interval,
                 ),
             )
 
@@ -164,21 +166,45 @@ def print_deadline(report: RunReport, deadline: float | None) -> None:
 
 
 def print_report(report: RunReport, *, stderr: bool = False) -> None:
-    """The run's summary; ``stderr`` when stdout carries data (``export --sync -o -``)."""
-    say = functools.partial(result, stderr=stderr)
+    """The run's summary (on stdout; on stderr when stdout carries data, ``export --sync -o -``):
+    one line of figures, then gone and failed threads."""
+    for line in summary_lines(report):
+        result(line, stderr=stderr)
+
+
+SHOWN_PER_CAUSE = 3  # thread ids named under each failure cause; the rest are counted
+
+
+def summary_lines(report: RunReport) -> list[str]:
+    """``sync run 7: 4/6 threads ok, 1 gone, 1 failed; 12 added, ...; 40 requests in 1.2s``,
+    then one line per gone thread and per failure cause ("4,998 threads: HTTP 401")."""
     c = report.counts
     total = len(report.outcomes)
-    failed = report.failed
-    say(
-        f"{report.kind} run {report.run_id}: {total - len(failed)}/{total} threads ok;"
-        f" {c.added} added, {c.changed} changed, {c.deleted} deleted, {c.restored} restored;"
+    ok = sum(o.ok for o in report.outcomes)
+    gone, failed = report.gone, report.failed
+    # Plain numbers on the figures line: scripts (and bench/) read them with `(\d+) added`.
+    lines = [
+        f"{report.kind} run {report.run_id}: {ok}/{total} threads ok, {len(gone)} gone,"
+        f" {len(failed)} failed; {c.added} added, {c.changed} changed,"
+        f" {c.deleted} deleted, {c.restored} restored;"
         f" {report.requests} requests in {report.seconds:.1f}s"
-    )
-    for o in report.outcomes:
-        if o.result == "gone":
-            say(f"  {o.thread_id}: gone ({o.error})")
+    ]
+    for o in gone:
+        since = "" if o.was_gone else " (new)"
+        lines.append(f"  {o.thread_id}: gone{since}: {o.error}")
+    causes: dict[str, list[ThreadOutcome]] = {}
     for o in failed:
-        say(f"  {o.thread_id}: {o.result}: {o.error}")
+        causes.setdefault(o.cause or o.result, []).append(o)
+    for cause, outcomes in sorted(causes.items(), key=lambda item: -len(item[1])):
+        noun = "thread" if len(outcomes) == 1 else "threads"
+        lines.append(f"  failed: {len(outcomes):,} {noun}: {cause}")
+        for o in outcomes[:SHOWN_PER_CAUSE]:
+            lines.append(f"    {o.thread_id}: {o.error}")
+        if len(outcomes) > SHOWN_PER_CAUSE:
+            lines.append(
+                f"    ... and {len(outcomes) - SHOWN_PER_CAUSE:,} more (threadsync status)"
+            )
+    return lines
 
 
 @command

@@ -9,7 +9,7 @@ import typer
 
 from worker.cli.common import command, fail, globals_of, out_console
 from worker.cli.tables import iso_utc, print_json_lines, print_table
-from worker.store.repo import add_threads, remove_threads, thread_statuses
+from worker.store.repo import add_threads, remove_threads, thread_statuses, tracked
 
 threads_app = typer.Typer(
     rich_markup_mode=None, help="Choose the threads to mirror (the API cannot list them)."
@@ -36,13 +36,21 @@ def add(
     ctx: typer.Context,
     thread_ids: Annotated[list[str], typer.Argument(help="Thread ids, e.g. thread_abc123.")],
 ) -> None:
-    """Track threads; they are synced by the next `threadsync sync` (or the running daemon)."""
+    """Track threads; they are synced by the next `threadsync sync` (or the running daemon).
+    A thread removed earlier, or marked gone, is tracked again and synced at once."""
     _check_ids(thread_ids)
     mirror = globals_of(ctx).mirror()
     with mirror.write() as session:
+        before = {t: row.state for t, row in tracked(session, thread_ids).items()}
         added = add_threads(session, thread_ids)
     for thread_id in thread_ids:
-        state = "added" if thread_id in added else "already tracked"
+        was = before.get(thread_id)
+        if thread_id not in added:
+            state = "already tracked"
+        elif was is None:
+            state = "added"
+        else:
+            state = f"reactivated (was {was})"
         out_console.print(f"{thread_id}: {state}")
 
 

@@ -16,6 +16,7 @@ were never established.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -42,13 +43,14 @@ from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
 from worker.config import ApiSettings, Profile, RetrySettings, format_duration
 from worker.errors import (
-    ApiError,
     AuthError,
     ConfigError,
     NotFoundError,
+    NotFoundSubject,
     ParkedError,
     PermanentError,
     TransientError,
+    UnreachableError,
 )
 from worker.logs import get_logger, register_secret, scrub
 
@@ -122,18 +124,66 @@ def request_id_of(headers: Mapping[str, str]) -> str | None:
 
 def vendor_error(body: bytes) -> tuple[str | None, str | None]:
     """``(error.code, error.message)`` from an ``{"error": {...}}`` body; tolerant of anything."""
+    code, message, _ = _error_fields(body)
+    return code, message
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """``(code, message, param)`` of a vendor error body, each None when absent."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, None, None
     error = value.get("error") if isinstance(value, dict) else None
     if not isinstance(error, dict):
-        return None, None
-    code, message = error.get("code"), error.get("message")
+        return None, None, None
+    code, message, param = error.get("code"), error.get("message"), error.get("param")
     return (
         str(code) if code is not None else None,
         scrub(str(message))[:500] if message is not None else None,
+        str(param) if param is not None else None,
     )
+
+
+_NAMES_VERSION = re.compile(r"api[-_ ]?version", re.IGNORECASE)
+# Not a bare "url": a 400 about an ``image_url`` part's value is about data, not the endpoint.
+_NAMES_PATH = re.compile(r"invalid url|unknown[_ ]url|\bpath\b|\broute\b", re.IGNORECASE)
+_NAMES_THREAD = re.compile(r"\bthread", re.IGNORECASE)
+_NAMES_MESSAGE = re.compile(r"\bmessage\b", re.IGNORECASE)
+
+
+def blamed_setting(
+    api: ApiSettings, code: str | None, message: str | None, param: str | None
+) -> str | None:
+    """The setting an error answer points at when it names the api-version or the path.
+
+    Vendors word these differently (Azure: 404 "Resource not found" with ``param`` api-version,
+    or 400 "UnsupportedApiVersion"; OpenAI: 404 "Invalid URL (GET /v1/...)"), so the body's
+    code, message and param are all looked at, never one exact string.
+    """
+    said = " ".join(part for part in (code, message) if part)
+    if param == "api-version" or _NAMES_VERSION.search(said):
+        return profiles.VERSION_SETTING
+    if _NAMES_PATH.search(said):
+        return profiles.ENDPOINT_SETTING[api.profile]
+    return None
+
+
+def not_found_subject(ids: Mapping[str, str], message: str | None) -> NotFoundSubject:
+    """What a 404's body says is missing (see :class:`NotFoundError`)."""
+    if not message:
+        return "unknown"
+    if _NAMES_MESSAGE.search(message) or ids.get("message_id", "\0") in message:
+        return "message"
+    if _NAMES_THREAD.search(message) or ids.get("thread_id", "\0") in message:
+        return "thread"
+    return "unknown"
+
+
+def status_text(status: int, code: str | None, message: str | None) -> str:
+    """``HTTP 404 unknown_url: ...``: the status once, the code only when it adds something."""
+    text = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")
+    return text + (f": {message}" if message else "")
 
 
 class ApiClient:
@@ -155,6 +205,9 @@ class ApiClient:
         register_secret(key)
         target = profiles.build_target(api, key)
         self.profile = api.profile
+        self._api = api
+        host = profiles.host_of(api)
+        self._host = f"the host {host} ({profiles.ENDPOINT_VARIABLE[api.profile]}) and the network"
         self._retry = retry
         self._pacer = pacer if pacer is not None else Pacer(None, clock=clock, sleep=sleep)
         self._events = events if events is not None else ClientEvents()
@@ -320,6 +373,7 @@ class ApiClient:
         content = orjson.dumps(json) if json is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else {}
         attempt = 0
+        refused = 0  # attempts that found no server at all (refused, DNS)
         while True:
             await self._pacer.acquire()
             started = self._clock()
@@ -331,6 +385,8 @@ class ApiClient:
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 self._events.on_response(method, route, None, self._clock() - started)
                 failure = _transport_failure(exc, method, route)
+                # Refused, DNS failure, or no handshake within connect_timeout: no server heard.
+                refused += isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             except _Overdue:
                 self._events.on_response(method, route, None, self._clock() - started)
                 failure = self._overdue(method, route)
@@ -339,7 +395,7 @@ class ApiClient:
                     self._events.on_response(
                         method, route, response.status_code, self._clock() - started
                     )
-                    judged = self._judge(method, route, response)
+                    judged = self._judge(method, route, ids, response)
                     if judged is not None:
                         failure = judged
                     else:
@@ -357,7 +413,14 @@ class ApiClient:
                             )
                 finally:
                     _release(response)
-            wait = self._plan_retry(failure, attempt, safe, method, route)
+            try:
+                wait = self._plan_retry(failure, attempt, safe, method, route)
+            except TransientError as exc:
+                if refused == attempt + 1 and not isinstance(exc, ParkedError):
+                    raise UnreachableError(
+                        f"{exc.message}, none connected", suspect=self._host
+                    ) from exc
+                raise
             attempt += 1
             log.info(
                 "api.retry",
@@ -430,26 +493,36 @@ class ApiClient:
             extensions={"timeout": dict(self._timeout)},
         )
 
-    def _judge(self, method: str, route: str, response: httpx.Response) -> _Failure | None:
+    def _judge(
+        self, method: str, route: str, ids: Mapping[str, str], response: httpx.Response
+    ) -> _Failure | None:
         """None for a 2xx answer; a retryable failure; or raise the permanent error."""
         status = response.status_code
         verdict = classify(status)
         if verdict == "ok":
             return None
         request_id = request_id_of(response.headers)
-        code, message = vendor_error(response.content)
-        text = f"{method} {route}: HTTP {status}" + (f" {code}" if code else "")
-        text += f": {message}" if message else ""
+        code, message, param = _error_fields(response.content)
+        text = f"{method} {route}: {status_text(status, code, message)}"
         if verdict == "retry":
             wait = parse_retry_after(response.headers)
             if status == 429:
                 self._events.on_throttled(wait or 0.0)
             # A 429 is the one refusal that proves the server did nothing with the request.
             return _Failure("http", status, code, text, request_id, wait, sent=status != 429)
-        error: type[ApiError] = {"auth": AuthError, "not_found": NotFoundError}.get(
-            verdict, PermanentError
-        )
-        raise error(text, status=status, code=code, request_id=request_id)
+        fields: dict[str, Any] = {"status": status, "code": code, "request_id": request_id}
+        if verdict == "auth":
+            raise AuthError(text, suspect=self._key_setting(status), **fields)
+        suspect = blamed_setting(self._api, code, message, param)
+        if verdict == "not_found" and suspect is None:
+            raise NotFoundError(text, subject=not_found_subject(ids, message), **fields)
+        raise PermanentError(text, suspect=suspect, **fields)
+
+    def _key_setting(self, status: int) -> str:
+        variable = profiles.KEY_ENV_VAR[self.profile]
+        if status == 403:
+            return f"{variable} (the key or identity lacks access to this resource)"
+        return variable
 
     def _plan_retry(
         self, failure: _Failure, attempt: int, safe: bool, method: str, route: str

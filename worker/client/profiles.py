@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from worker import __version__
 from worker.config import ApiSettings, Profile
@@ -27,6 +27,21 @@ KEY_ENV_VAR = {
     Profile.AZURE: "AZURE_OPENAI_API_KEY",
     Profile.OPENAI: "OPENAI_API_KEY",
     Profile.FOUNDRY: "AZURE_OPENAI_API_KEY (an Entra token) or THREADSYNC_API__API_KEY",
+}
+
+# Which settings a user checks when the service answers that the path or the version is wrong.
+ENDPOINT_SETTING = {
+    Profile.AZURE: "AZURE_OPENAI_ENDPOINT (api.endpoint: https://<resource>.openai.azure.com,"
+    " no path) and api.profile",
+    Profile.OPENAI: "OPENAI_BASE_URL (api.endpoint) and api.profile",
+    Profile.FOUNDRY: "api.endpoint and api.project (the project endpoint"
+    " https://<aiservices>.services.ai.azure.com/api/projects/<name>) and api.profile",
+}
+VERSION_SETTING = "OPENAI_API_VERSION (api.api_version)"
+ENDPOINT_VARIABLE = {
+    Profile.AZURE: "AZURE_OPENAI_ENDPOINT",
+    Profile.OPENAI: "OPENAI_BASE_URL",
+    Profile.FOUNDRY: "api.endpoint",
 }
 
 _PROJECT_PATH = re.compile(r"/api/projects/[^/]+")
@@ -62,6 +77,11 @@ def base_url(api: ApiSettings) -> str:
             )
         return f"{endpoint}/api/projects/{quote(api.project, safe='')}"
     return f"{endpoint}/openai"
+
+
+def host_of(api: ApiSettings) -> str:
+    """The host requests go to (named when no connection can be made), never with credentials."""
+    return urlsplit(base_url(api)).hostname or "?"
 
 
 def fixed_params(api: ApiSettings) -> dict[str, str]:

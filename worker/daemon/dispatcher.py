@@ -23,7 +23,9 @@ import anyio
 from worker.client import ApiClient
 from worker.config import Settings
 from worker.daemon.due import Cadence, claim, release, reschedule
+from worker.daemon.heartbeat import write_problem
 from worker.daemon.metrics import DaemonMetrics
+from worker.errors import MisconfiguredError
 from worker.logs import get_logger
 from worker.store.db import Mirror
 from worker.store.models import utcnow
@@ -48,6 +50,7 @@ class BatchResult:
     requests: int = 0
     seconds: float = 0.0
     outcomes: list[ThreadOutcome] = field(default_factory=list)
+    problem: str | None = None  # the configuration error that stopped the batch
 
 
 class Dispatcher:
@@ -82,10 +85,21 @@ class Dispatcher:
         self.gate = anyio.Lock()
         self.last_run_started: float | None = None
         self.last_run_finished: float | None = None
+        # The configuration error that stopped the last batch (None once a batch runs through):
+        # /readyz and `threadsync check` report it. Until then dispatches back off, so a wrong
+        # key costs a handful of requests per interval, not a batch every few seconds.
+        self.problem: str | None = None
+        self._problem_stored = False  # until a first batch ends, one a previous daemon left may be
+        self._problems = 0
+        self._retry_at = 0.0
+        self.clock: Callable[[], float] = time.monotonic
 
     async def dispatch_once(self) -> BatchResult:
         """One dispatcher run: the due threads (up to one batch), synced and rescheduled."""
         self.last_run_started = time.monotonic()
+        if self.problem is not None and self.clock() < self._retry_at:
+            self.last_run_finished = time.monotonic()
+            return BatchResult(problem=self.problem)
         if self.gate.locked():
             log.info("daemon.dispatch_skipped", reason="reconcile running")
             self.last_run_finished = time.monotonic()
@@ -105,7 +119,7 @@ class Dispatcher:
         async with self.gate:
             while True:
                 result = await self._batch(full=True, after=after)
-                if not result.claimed:
+                if not result.claimed or result.problem is not None:
                     break
                 total.claimed += result.claimed
                 total.finished += result.finished
@@ -146,15 +160,21 @@ class Dispatcher:
                 page_limit=self.settings.sync.page_limit,
                 now=self.now,
                 on_thread_done=on_done,
+                gone_recheck=self.settings.sync.gone_recheck_interval,
             )
             # Threads the runner skipped (parked, gone) get a next time too.
             for outcome in report.outcomes:
                 done.setdefault(outcome.thread_id, outcome)
+        except MisconfiguredError as exc:
+            # Nothing was marked; only the threads whose pass ended get their next time, the
+            # others stay due and are tried again once the back-off has passed.
+            result.problem = str(exc)
         finally:
             # Shielded: on shutdown the finished threads still get their next time and the rest
             # give their lease back (they stay due and the next daemon takes them first).
             with anyio.CancelScope(shield=True):
                 await self.mirror.run_write(self._settle, ids, list(done))
+        await self._note_problem(result.problem)
         result.outcomes = list(done.values())
         result.finished = len(done)
         result.failed = sum(not o.ok for o in done.values())
@@ -171,6 +191,26 @@ class Dispatcher:
             seconds=round(result.seconds, 3),
         )
         return result
+
+    async def _note_problem(self, problem: str | None) -> None:
+        """Remember (and persist, for `threadsync check`) a configuration error, or its end."""
+        if problem is None and self.problem is None and self._problem_stored:
+            return
+        if problem is None:
+            if self.problem is not None:
+                log.info("daemon.recovered", problem=self.problem)
+            self._problems = 0
+        else:
+            self._problems += 1
+            d = self.settings.daemon
+            cap = max(d.sync_interval, d.dispatch_interval)  # a fixed DNS is noticed soon enough
+            delay = min(cap, d.dispatch_interval * 2 ** min(self._problems, 20))
+            self._retry_at = self.clock() + delay
+            log.error("daemon.configuration_error", problem=problem, retry_in=round(delay, 3))
+        self.problem = problem
+        with anyio.CancelScope(shield=True):
+            await self.mirror.run_write(write_problem, self.mirror, problem, self.now())
+        self._problem_stored = True
 
     def _claim(self, now: datetime, full: bool, after: str | None) -> list[str]:
         with self.mirror.write() as session:
@@ -189,5 +229,12 @@ class Dispatcher:
         rand = {thread_id: self.rng.random() for thread_id in finished}
         finished_set = set(finished)
         with self.mirror.write() as session:
-            reschedule(session, finished, now=now, cadence=self.cadence, rand=rand)
+            reschedule(
+                session,
+                finished,
+                now=now,
+                cadence=self.cadence,
+                rand=rand,
+                gone_recheck=self.settings.sync.gone_recheck_interval,
+            )
             release(session, [t for t in claimed if t not in finished_set], self.owner)

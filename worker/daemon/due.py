@@ -70,7 +70,8 @@ def claim(
 ) -> list[str]:
     """Lease up to ``limit`` active, unleased, unparked threads and return their ids.
 
-    ``due_only``: threads whose time has come, most overdue first (never-synced ones first of all).
+    ``due_only``: threads whose time has come, most overdue first (never-synced ones first of all),
+    and threads marked gone whose re-check has come (:func:`reschedule` sets it).
     Otherwise every such thread in id order from ``after`` (exclusive): the reconcile walks the
     whole set in keyset batches this way.
     """
@@ -78,7 +79,7 @@ def claim(
         select(col(TrackedThread.thread_id))
         .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
         .where(
-            col(TrackedThread.state) == "active",
+            col(TrackedThread.state).in_(("active", "gone") if due_only else ("active",)),
             or_(col(TrackedThread.lease_until).is_(None), col(TrackedThread.lease_until) <= now),
             or_(col(SyncState.parked_until).is_(None), col(SyncState.parked_until) <= now),
         )
@@ -113,10 +114,12 @@ def reschedule(
     now: datetime,
     cadence: Cadence,
     rand: Mapping[str, float],
+    gone_recheck: float = 86400.0,
 ) -> dict[str, datetime]:
     """Set each finished thread's next time from its failure count and release its lease.
 
-    A parked thread (the server asked for a long wait) is not due before ``parked_until``.
+    A parked thread (the server asked for a long wait) is not due before ``parked_until``; a
+    thread marked gone comes back for its re-check after ``gone_recheck`` seconds.
     ``rand`` holds one uniform draw per thread (missing ids draw 0.5: no jitter).
     """
     ids = list(finished)
@@ -132,10 +135,19 @@ def reschedule(
             ).where(col(SyncState.thread_id).in_(ids))
         )
     }
+    gone = set(
+        session.execute(
+            select(col(TrackedThread.thread_id)).where(
+                col(TrackedThread.thread_id).in_(ids), col(TrackedThread.state) == "gone"
+            )
+        ).scalars()
+    )
     plan: dict[str, datetime] = {}
     for thread_id in ids:
         failures, parked_until = states.get(thread_id, (0, None))
         due = now + timedelta(seconds=next_delay(cadence, failures, rand.get(thread_id, 0.5)))
+        if thread_id in gone:
+            due = now + timedelta(seconds=gone_recheck)
         if parked_until is not None and parked_until > due:
             due = parked_until
         plan[thread_id] = due

@@ -13,9 +13,12 @@ from datetime import datetime
 
 from worker.daemon.due import aware
 from worker.store.db import Mirror
-from worker.store.repo import get_meta, set_meta
+from worker.store.repo import delete_meta, get_meta, set_meta
 
 HEARTBEAT_KEY = "daemon.heartbeat"
+# Why the daemon's last pass stopped (a configuration error), ``<ISO time> <reason>``; absent
+# while passes run normally. Read by `threadsync check` alongside the heartbeat.
+PROBLEM_KEY = "daemon.problem"
 # A beat older than this many intervals means the daemon is gone or stuck.
 STALE_AFTER_BEATS = 3
 
@@ -83,3 +86,22 @@ def write_beat(mirror: Mirror, now: datetime, *, stopped: bool = False) -> None:
 def read_beat(mirror: Mirror) -> str | None:
     with mirror.read() as session:
         return get_meta(session, HEARTBEAT_KEY)
+
+
+def write_problem(mirror: Mirror, reason: str | None, now: datetime) -> None:
+    """Record (or, with None, clear) why passes stop. Blocking: run it through ``run_write``."""
+    with mirror.write() as session:
+        if reason is None:
+            delete_meta(session, PROBLEM_KEY)
+        else:
+            set_meta(session, PROBLEM_KEY, f"{now.isoformat()} {reason}")
+
+
+def read_problem(mirror: Mirror) -> str | None:
+    """The recorded problem as ``reason (since <time>)``, or None."""
+    with mirror.read() as session:
+        value = get_meta(session, PROBLEM_KEY)
+    if value is None:
+        return None
+    stamp, _, reason = value.partition(" ")
+    return f"{reason} (since {stamp})" if reason else stamp

@@ -93,6 +93,8 @@ class Daemon:
         if self.runner.stopping:
             return "shutting down"
         d = self.dispatcher
+        if d.problem is not None:
+            return f"configuration error: {d.problem}"
         if d.last_run_started is None:
             return "the dispatcher has not run yet"
         running = d.last_run_finished is None or d.last_run_finished < d.last_run_started

@@ -150,7 +150,7 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     method: str = scope["method"]
     route = routes.parse(method, scope["path"])
     if route is None:
-        err = WireError(404, f"Invalid URL ({method} {scope['path']})", code="unknown_url")
+        err = routes.unknown_route(method, scope["path"], emulator.behaviour.unknown_route)
         emulator.record_request("unmatched", 404)
         await _send(send, 404, err.body(), _ids("openai"))
         return
@@ -161,7 +161,9 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     applied = False
     rule: FaultRule | None = None
     try:
-        key = routes.check_access(route, request_headers, query, emulator.api_key)
+        key = routes.check_access(
+            route, request_headers, query, emulator.api_key, emulator.behaviour.unknown_version
+        )
         with emulator.lock:
             wait = emulator.faults.throttle(key, emulator.monotonic())
             rule = emulator.faults.pick(method, route.kind, route.thread_id, emulator.fault_rng)

@@ -12,10 +12,16 @@ from typing import Any, Literal, get_args
 CursorMissing = Literal["404", "400", "empty", "ignore", "keep_place"]
 MetadataMode = Literal["merge", "replace"]
 Ties = Literal["reverse", "stable"]
+UnknownRoute = Literal["family", "resource", "invalid_url", "bare"]
+UnknownVersion = Literal["resource", "unsupported", "bare"]
+UnknownThread = Literal["named", "resource", "bare"]
 
 CURSOR_MISSING_CHOICES: tuple[str, ...] = get_args(CursorMissing)
 METADATA_CHOICES: tuple[str, ...] = get_args(MetadataMode)
 TIES_CHOICES: tuple[str, ...] = get_args(Ties)
+UNKNOWN_ROUTE_CHOICES: tuple[str, ...] = get_args(UnknownRoute)
+UNKNOWN_VERSION_CHOICES: tuple[str, ...] = get_args(UnknownVersion)
+UNKNOWN_THREAD_CHOICES: tuple[str, ...] = get_args(UnknownThread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +35,24 @@ class Behaviour:
     ``metadata``: modify merges the sent keys into the existing map, or replaces the map.
     ``ties``: within one ``created_at`` second, ``reverse`` makes a desc listing the exact reverse
     of the asc one; ``stable`` keeps the creation sequence in both orders.
+    ``unknown_route``: a path nothing lives at (an endpoint with ``/openai`` appended, the OpenAI
+    root under the azure profile): ``family`` answers as the family the path starts with does
+    (Azure: 404 "Resource not found" with code "404"; otherwise OpenAI's 404 "Invalid URL (GET
+    /...)"), or always ``resource``, ``invalid_url``, or ``bare`` (a 404 with no body, as a proxy
+    or a host that is not the API gives).
+    ``unknown_version``: an api-version the Azure family does not serve: 404 "Resource not found"
+    naming ``param`` api-version (``resource``), 400 "UnsupportedApiVersion" naming the version
+    (``unsupported``), or 404 "Resource not found" naming nothing (``bare``).
+    ``unknown_thread``: a thread id that does not exist: 404 "No thread found with id '...'."
+    (``named``), a generic 404 "Resource not found" (``resource``), or a 404 with no body.
     """
 
     cursor_missing: CursorMissing = "404"
     metadata: MetadataMode = "merge"
     ties: Ties = "reverse"
+    unknown_route: UnknownRoute = "family"
+    unknown_version: UnknownVersion = "resource"
+    unknown_thread: UnknownThread = "named"
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -44,6 +63,9 @@ class Behaviour:
             "cursor_missing": CURSOR_MISSING_CHOICES,
             "metadata": METADATA_CHOICES,
             "ties": TIES_CHOICES,
+            "unknown_route": UNKNOWN_ROUTE_CHOICES,
+            "unknown_version": UNKNOWN_VERSION_CHOICES,
+            "unknown_thread": UNKNOWN_THREAD_CHOICES,
         }
         for name, value in changes.items():
             if name not in allowed:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from worker.emulator.behaviour import UnknownRoute, UnknownVersion
 from worker.emulator.validation import Profile
-from worker.emulator.wire import WireError, bad_request
+from worker.emulator.wire import WireError, bad_request, bare_not_found, resource_not_found
 
 AZURE_VERSIONS = frozenset({"2024-05-01-preview", "2024-08-01-preview"})
 FOUNDRY_VERSIONS = frozenset({"2025-05-01"})
@@ -98,8 +99,23 @@ def credential(headers: dict[bytes, bytes]) -> Credential | None:
     return None
 
 
+def unknown_route(method: str, path: str, mode: UnknownRoute) -> WireError:
+    """The 404 for a path nothing lives at, in the form ``mode`` picks (see Behaviour)."""
+    if mode == "family":
+        mode = "resource" if path.startswith("/openai/") else "invalid_url"
+    if mode == "resource":
+        return resource_not_found()
+    if mode == "bare":
+        return bare_not_found()
+    return WireError(404, f"Invalid URL ({method} {path})")
+
+
 def check_access(
-    route: Route, headers: dict[bytes, bytes], query: dict[str, str], api_key: str
+    route: Route,
+    headers: dict[bytes, bytes],
+    query: dict[str, str],
+    api_key: str,
+    unknown_version: UnknownVersion = "resource",
 ) -> str:
     """Auth then version checks for the route's family; answers the caller's credential."""
     found = credential(headers)
@@ -118,7 +134,7 @@ def check_access(
             raise _azure_denied()
         raise WireError(401, "Incorrect API key provided.", code="invalid_api_key")
     if route.profile == "azure":
-        _check_version(query, AZURE_VERSIONS, unknown_status=404)
+        _check_version(query, AZURE_VERSIONS, unknown_status=404, mode=unknown_version)
     elif route.profile == "foundry":
         _check_version(query, FOUNDRY_VERSIONS, unknown_status=400)
     elif headers.get(b"openai-beta", b"").decode("latin-1") != BETA:
@@ -140,7 +156,13 @@ def _azure_denied() -> WireError:
     )
 
 
-def _check_version(query: dict[str, str], known: frozenset[str], *, unknown_status: int) -> None:
+def _check_version(
+    query: dict[str, str],
+    known: frozenset[str],
+    *,
+    unknown_status: int,
+    mode: UnknownVersion = "resource",
+) -> None:
     version = query.get("api-version")
     if not version:
         raise bad_request(
@@ -148,6 +170,14 @@ def _check_version(query: dict[str, str], known: frozenset[str], *, unknown_stat
             code="MissingApiVersionParameter",
             param="api-version",
         )
+    if version not in known and mode == "unsupported":
+        raise bad_request(
+            f"The HTTP resource that matches the request URI does not support the API version"
+            f" '{version}'.",
+            code="UnsupportedApiVersion",
+        )
+    if version not in known and mode == "bare" and unknown_status == 404:
+        raise resource_not_found()
     if version not in known:
         # Azure OpenAI answers an api-version it does not serve as a missing resource.
         message = "Resource not found" if unknown_status == 404 else "Unsupported api-version."

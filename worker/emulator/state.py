@@ -33,7 +33,13 @@ from worker.emulator.validation import (
     check_tool_resources,
     text_part,
 )
-from worker.emulator.wire import WireError, bad_request, not_found
+from worker.emulator.wire import (
+    WireError,
+    bad_request,
+    bare_not_found,
+    not_found,
+    resource_not_found,
+)
 
 DEFAULT_API_KEY = "emulator-key"
 _CONTROL_EXTRAS = ("status", "assistant_id", "run_id")
@@ -153,6 +159,11 @@ class Emulator:
     def thread(self, thread_id: str) -> Record:
         record = self.threads.live(thread_id)
         if record is None:
+            mode = self.behaviour.unknown_thread
+            if mode == "resource":
+                raise resource_not_found()
+            if mode == "bare":
+                raise bare_not_found()
             raise not_found(f"No thread found with id '{thread_id}'.")
         return record
 

@@ -19,8 +19,10 @@ class WireError(Exception):
         param: str | None = None,
         type_: str = "invalid_request_error",
         headers: dict[str, str] | None = None,
+        bare: bool = False,
     ) -> None:
         super().__init__(message)
+        self.bare = bare  # answered with an empty body (a proxy, a host that is not the API)
         self.status = status
         self.message = message
         self.code = code
@@ -29,6 +31,8 @@ class WireError(Exception):
         self.headers = headers or {}
 
     def body(self) -> bytes:
+        if self.bare:
+            return b""
         return dumps(
             {
                 "error": {
@@ -52,3 +56,12 @@ def bad_request(message: str, *, code: str | None = None, param: str | None = No
 def not_found(message: str) -> WireError:
     # The OpenAI platform answers unknown objects with type invalid_request_error and a null code.
     return WireError(404, message)
+
+
+def resource_not_found(*, param: str | None = None) -> WireError:
+    """Azure's answer to a path or api-version it does not serve: code "404", nothing named."""
+    return WireError(404, "Resource not found", code="404", param=param)
+
+
+def bare_not_found() -> WireError:
+    return WireError(404, "", bare=True)

@@ -48,8 +48,11 @@ def remove_threads(session: Session, thread_ids: Iterable[str]) -> list[str]:
     return removed
 
 
-def active_thread_ids(session: Session) -> list[str]:
-    query = select(col(TrackedThread.thread_id)).where(col(TrackedThread.state) == "active")
+def active_thread_ids(session: Session, *, gone: bool = False) -> list[str]:
+    """Tracked threads to sync, in the order they were added (``gone``: those marked gone too,
+    for their re-check)."""
+    states = ("active", "gone") if gone else ("active",)
+    query = select(col(TrackedThread.thread_id)).where(col(TrackedThread.state).in_(states))
     return [row[0] for row in session.execute(query.order_by(col(TrackedThread.added_at)))]
 
 
@@ -90,6 +93,10 @@ def set_meta(session: Session, key: str, value: str) -> None:
         session.add(MirrorMeta(key=key, value=value))
     else:
         row.value, row.updated_at = value, utcnow()
+
+
+def delete_meta(session: Session, key: str) -> None:
+    session.execute(delete(MirrorMeta).where(col(MirrorMeta.key) == key))
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from worker.errors import (
 from worker.logs import get_logger, redact_message
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState, utcnow
-from worker.store.repo import get_meta, mark_gone, set_meta, state_of
+from worker.store.repo import get_meta, set_meta, state_of
 from worker.sync.apply import (
     Census,
     Counts,
@@ -183,7 +183,12 @@ class _Ahead:
         if self._error is not None:
             exc = self._error
             # 400 or 404 to a request with a cursor: the message it names is gone.
-            if isinstance(exc, PermanentError) and exc.status in (400, 404) and self._after:
+            if (
+                isinstance(exc, PermanentError)
+                and exc.status in (400, 404)
+                and not exc.fatal
+                and self._after
+            ):
                 raise _CursorLost(f"cursor answered {exc.status}") from exc
             raise exc
         page = self._page
@@ -318,6 +323,8 @@ class TieConvention:
             except (ParkedError, AuthError):
                 raise
             except ApiError as exc:
+                if exc.fatal:
+                    raise
                 log.info("sync.tie_probe_failed", thread=thread_id, status=exc.status)
                 raise TransientError(
                     f"thread {thread_id}: could not learn how the server orders messages of one"
@@ -377,19 +384,31 @@ class Known(NamedTuple):
 
 @dataclass
 class ThreadOutcome:
-    """What one pass over one thread did."""
+    """What one pass over one thread did.
+
+    ``result``: synced | gone | parked | failed | skipped, or, until the run decides (see
+    ``worker/sync/runner.py``), ``missing`` (a 404: gone, a failure, or a sign of a wrong
+    configuration, depending on what the rest of the run saw) and ``stopped`` (an answer that
+    stops the whole run: a wrong key, no connection, a path or api-version the service rejects).
+    """
 
     thread_id: str
-    result: str  # synced | gone | parked | failed | skipped
+    result: str
     counts: Counts = field(default_factory=Counts)
     requests: int = 0
     error: str | None = None
     rescans: int = 0
     seconds: float = 0.0
+    cause: str | None = None  # what failed, without the thread's details: summaries group by it
+    answered: bool = False  # the service answered at least one of this pass's requests with 2xx
+    not_found: NotFoundError | None = None  # the 404 of a ``missing`` outcome
+    fatal: ApiError | None = None  # the answer of a ``stopped`` outcome
+    synced_before: bool = False  # the thread had synced before this pass (a 404 may mean gone)
+    was_gone: bool = False  # a re-check of a thread marked gone
 
     @property
     def ok(self) -> bool:
-        return self.result in {"synced", "gone", "skipped"}
+        return self.result in {"synced", "skipped"}
 
 
 class ThreadPass:
@@ -455,8 +474,13 @@ class ThreadPass:
         except ParkedError as exc:
             self._fail("parked", exc, parked=exc.retry_after)
         except NotFoundError as exc:
-            await self._not_found(state, exc)
-        except (AuthError, PermanentError, TransientError, PagingError) as exc:
+            self._not_found(state, exc)
+        except (AuthError, PermanentError, TransientError) as exc:
+            if exc.fatal:
+                self._stop(exc)
+            else:
+                self._fail("failed", exc)
+        except PagingError as exc:
             self._fail("failed", exc)
         self.outcome.seconds = time.monotonic() - started
         self._finish()
@@ -816,21 +840,27 @@ class ThreadPass:
         self, *, order: Literal["asc", "desc"], after: str | None = None, limit: int | None = None
     ) -> MessagePage:
         self.outcome.requests += 1
-        return await self.client.list_messages(
+        page = await self.client.list_messages(
             self.thread_id, limit=limit or self.limit, order=order, after=after
         )
+        self.outcome.answered = True
+        return page
 
     async def _list_unless(
         self, *, order: Literal["asc", "desc"], after: str | None, unless: bytes | None
     ) -> Listed:
         self.outcome.requests += 1
-        return await self.client.list_messages_unless(
+        listed = await self.client.list_messages_unless(
             self.thread_id, unless, limit=self.limit, order=order, after=after
         )
+        self.outcome.answered = True
+        return listed
 
     async def _get(self, message_id: str) -> dict[str, Any]:
         self.outcome.requests += 1
-        return await self.client.get_message(self.thread_id, message_id)
+        message = await self.client.get_message(self.thread_id, message_id)
+        self.outcome.answered = True
+        return message
 
     async def _exists(self, message_id: str) -> bool:
         try:
@@ -1034,23 +1064,21 @@ class ThreadPass:
         self._memo = WalkMemo.loads(state.walk_memo)
         return state
 
-    async def _not_found(self, state: SyncState, exc: NotFoundError) -> None:
-        """404 on a request without a cursor: the thread is gone (or never existed)."""
-        if state.last_success_at is None and state.high_water_id is None:
-            self._fail(
-                "failed", exc, detail="thread not found; check the id (threadsync threads list)"
-            )
-            return
-        now = self.now()
+    def _not_found(self, state: SyncState, exc: NotFoundError) -> None:
+        """404 on a request without a cursor: the thread may be gone, or never have existed, or
+        the configuration may point somewhere else. One 404 alone cannot tell: the run decides
+        (``worker/sync/runner.py``) from what the other threads answered, and writes the state."""
+        self.outcome.synced_before = not (
+            state.last_success_at is None and state.high_water_id is None
+        )
+        self._fail("missing", exc)
+        self.outcome.not_found = exc
 
-        def write() -> None:
-            with self.mirror.write() as session:
-                mark_gone(session, self.thread_id, now)
-
-        await self.mirror.run_write(write)
-        self.outcome.result = "gone"
-        self.outcome.error = "the server no longer has this thread; its mirror is kept"
-        log.warning("sync.thread_gone", thread=self.thread_id)
+    def _stop(self, exc: ApiError) -> None:
+        """An answer no other thread can do better with: the run stops, this pass writes no
+        closing state (the thread did not fail: the configuration or the network did)."""
+        self._fail("stopped", exc)
+        self.outcome.fatal = exc
 
     def _fail(
         self,
@@ -1062,9 +1090,12 @@ class ThreadPass:
     ) -> None:
         self.outcome.result = result
         self.outcome.error = describe(exc) if detail is None else f"{detail} ({describe(exc)})"
+        self.outcome.cause = cause_of(exc)
         self._parked = parked
 
     def _finish(self) -> None:
+        if self.outcome.result in ("missing", "stopped"):
+            return  # the run writes this thread's state once it knows what the 404 meant
         now = self.now()
         outcome = self.outcome
         parked = self._parked
@@ -1109,13 +1140,30 @@ class ThreadPass:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for status and summaries: never a credential (the client scrubs its messages)."""
+    """One line for status and summaries: never a credential (the client scrubs its messages).
+
+    An API error's message already says its status once (``GET /threads/...: HTTP 401: ...``).
+    """
     if isinstance(exc, ParkedError):
         return f"server asked to wait {exc.retry_after:.0f}s; parked for a later pass"
-    if isinstance(exc, ApiError) and exc.status is not None:
-        code = f" {exc.code}" if exc.code else ""
-        return f"HTTP {exc.status}{code}: {exc.message}"
+    if isinstance(exc, ApiError):
+        return exc.message
     return redact_message(exc) or type(exc).__name__  # never a SQL parameter or message text
+
+
+def cause_of(exc: BaseException) -> str:
+    """What failed, in words shared by every thread it failed: a run summary groups by it."""
+    if isinstance(exc, ParkedError):
+        return "parked: the server asked to wait"
+    if isinstance(exc, ApiError) and exc.status is not None:
+        return f"HTTP {exc.status}" + (
+            f" {exc.code}" if exc.code and exc.code != str(exc.status) else ""
+        )
+    if isinstance(exc, ApiError):
+        # The client names a transport failure by its kind: "... no usable answer (ConnectError)".
+        _, _, kind = exc.message.partition("no usable answer (")
+        return kind.split(")")[0] if kind else "no usable answer"
+    return type(exc).__name__
 
 
 def _newest_listed(msgs: list[Incoming], has_more: bool, ties: TieOrder | None) -> Incoming | None:

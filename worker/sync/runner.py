@@ -4,6 +4,20 @@ The one-shot `threadsync sync` and the daemon's dispatcher both call :func:`sync
 thread failing never stops the others: each pass catches its own API errors and reports them.
 A run given a deadline starts no pass after it and stops the passes still running at it (their
 committed pages stay; a page being written commits first, see :meth:`Mirror.run_write`).
+
+Two kinds of answer are about the run, not the thread, and the run decides them:
+
+- an answer no other thread can do better with (401/403, no connection on any attempt, an error
+  naming the path or the api-version) stops the run at once: no new pass starts, and
+  :class:`MisconfiguredError` names the setting to check;
+- a 404 is a thread gone only when the service is otherwise answering: some request of this run
+  (or one probe of another tracked thread) got a 2xx. A 404 whose body says the thread does not
+  exist is then confirmed; a generic one ("Resource not found", no body) needs a second 404 on a
+  later pass. When no request was answered at all, every 404 points at the configuration (a
+  wrong endpoint, api-version or profile): nothing is marked and the run stops the same way.
+
+A thread marked gone is re-checked every ``gone_recheck`` seconds and resumes by itself when it
+answers again.
 """
 
 from __future__ import annotations
@@ -12,25 +26,37 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from worker.client import ApiClient
+from worker.client import ApiClient, profiles
 from worker.config import format_duration
+from worker.errors import ApiError, MisconfiguredError
 from worker.logs import get_logger
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
-from worker.store.repo import active_thread_ids, tracked
+from worker.store.repo import active_thread_ids, mark_gone, tracked
 from worker.sync.apply import Counts
-from worker.sync.engine import Known, ThreadOutcome, ThreadPass, TieConvention, describe
+from worker.sync.engine import (
+    Known,
+    ThreadOutcome,
+    ThreadPass,
+    TieConvention,
+    cause_of,
+    describe,
+)
 from worker.sync.memo import CensusAhead, WalkMemo
 
 log = get_logger()
 
 QUEUED_CLOSINGS = 64  # threads' closing states kept waiting for a transaction, at most
+GONE_RECHECK = 86400.0  # seconds between two looks at a gone thread (sync.gone_recheck_interval)
+EARLY_404S = 8  # 404s with nothing answered after which a run asks whether the service answers
+PROBES = 2  # other threads asked, at most, whether the service answers when no request of a run did
+NOT_FOUND_KIND = "not_found"  # sync_state.last_error_kind of a 404 waiting for its confirmation
 
 
 def _nothing(_: Session) -> None:
@@ -47,10 +73,16 @@ class RunReport:
     seconds: float = 0.0
     interrupted: bool = False
     saved: int = 0  # of an interrupted run: messages stored before it stopped
+    probes: int = 0  # requests asking another thread whether the service answers (see _probe)
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes)
+        """Every thread synced, but for threads already known gone (a new gone is news)."""
+        return all(o.ok or (o.result == "gone" and o.was_gone) for o in self.outcomes)
+
+    @property
+    def gone(self) -> list[ThreadOutcome]:
+        return [o for o in self.outcomes if o.result == "gone"]
 
     @property
     def counts(self) -> Counts:
@@ -61,11 +93,11 @@ class RunReport:
 
     @property
     def requests(self) -> int:
-        return sum(o.requests for o in self.outcomes)
+        return sum(o.requests for o in self.outcomes) + self.probes
 
     @property
     def failed(self) -> list[ThreadOutcome]:
-        return [o for o in self.outcomes if not o.ok]
+        return [o for o in self.outcomes if not o.ok and o.result != "gone"]
 
 
 async def sync_threads(
@@ -80,8 +112,11 @@ async def sync_threads(
     on_thread_done: Callable[[ThreadOutcome], None] | None = None,
     on_run_started: Callable[[RunReport, int], None] | None = None,
     deadline: float | None = None,
+    gone_recheck: float = GONE_RECHECK,
 ) -> RunReport:
-    """Sync ``thread_ids`` (default: every active tracked thread) and record the run.
+    """Sync ``thread_ids`` (default: every active tracked thread, and the gone ones due for a
+    re-check) and record the run. Raises :class:`MisconfiguredError`, having marked nothing, when
+    the answers point at the configuration (see the module's docstring).
 
     ``deadline``: seconds the run may take from here. Threads not begun by then are reported
     ``not reached``, passes still running are stopped and reported ``stopped``; both count as
@@ -89,7 +124,7 @@ async def sync_threads(
     """
     stop_at = math.inf if deadline is None else anyio.current_time() + deadline
     kind = "full" if full else "sync"
-    planned = await mirror.run(_plan, mirror, thread_ids, now())
+    planned = await mirror.run(_plan, mirror, thread_ids, now(), gone_recheck)
     ids = planned.runnable
     run_id = await mirror.run_write(_open_run, mirror, kind)
     report = RunReport(run_id, kind)
@@ -103,8 +138,15 @@ async def sync_threads(
     if on_run_started is not None:
         on_run_started(report, len(ids))
 
+    watch = _Watch(
+        client, mirror, report, early=min(len(ids), max(concurrency, EARLY_404S)), total=len(ids)
+    )
+
     async def one(thread_id: str) -> None:
         async with limiter:
+            if watch.stop is not None:
+                censuses.passed(thread_id)
+                return  # passes already under way finish; no new one starts
             try:
                 known = planned.known.pop(thread_id, None)
                 if anyio.current_time() >= stop_at:
@@ -123,10 +165,14 @@ async def sync_threads(
                     outcome = await run_until(one_pass, full, stop_at, deadline)
             finally:
                 censuses.passed(thread_id)
+            outcome.was_gone = thread_id in planned.rechecks
+            # Judged before the slot is given back, so a stop holds the very next pass.
+            if not await watch.saw(outcome):
+                return
         report.outcomes.append(outcome)
         _log_outcome(outcome)
-        if on_thread_done is not None:
-            on_thread_done(outcome)
+        if on_thread_done is not None and outcome.result != "missing":
+            on_thread_done(outcome)  # a 404's outcome is reported once the run has decided it
         if mirror.grouped_waiting >= QUEUED_CLOSINGS:
             # Idle passes write nothing else to carry their closing states: a kill loses at
             # most this many threads' counters and backoff, never mirrored messages.
@@ -148,6 +194,14 @@ async def sync_threads(
         await _record_interrupted(mirror, report, started, now())
         raise
     await mirror.flush_grouped()
+    if watch.stop is not None:
+        await mirror.run_write(_close_run, mirror, report, now())
+        raise watch.stop
+    await _judge_missing(client, mirror, report, now(), proven=watch.proven)
+    if on_thread_done is not None:
+        for outcome in report.outcomes:
+            if outcome.not_found is not None:
+                on_thread_done(outcome)
     report.seconds = time.monotonic() - started
     await mirror.run_write(_close_run, mirror, report, now())
     c = report.counts
@@ -157,8 +211,9 @@ async def sync_threads(
         "sync.run_finished",
         run=run_id,
         kind=kind,
-        threads_ok=len(report.outcomes) - len(report.failed),
+        threads_ok=sum(o.ok for o in report.outcomes),
         threads_failed=len(report.failed),
+        threads_gone=len(report.gone),
         added=c.added,
         changed=c.changed,
         deleted=c.deleted,
@@ -203,7 +258,7 @@ def _saved_since(mirror: Mirror, run_id: int) -> int:
 # -- the run's deadline -----------------------------------------------------------------------
 
 NOT_REACHED = "not reached"
-STOPPED = "stopped"
+STOPPED = "cut short"  # by the deadline (not the "stopped" of a fatal answer)
 
 
 def not_reached(thread_id: str, deadline: float | None) -> ThreadOutcome:
@@ -245,16 +300,20 @@ class _Planned:
     # as still in progress. A thread is in one run at a time (the daemon's gate and leases), so
     # this read stays true until its pass begins; it saves two queries per thread per pass.
     known: dict[str, Known] = field(default_factory=dict)
+    rechecks: set[str] = field(default_factory=set)  # threads marked gone, due for a re-check
 
 
 _CHUNK = 500  # ids per IN (...) list, far below every backend's limit on bound parameters
 
 
-def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _Planned:
-    """Which threads to sync (parked threads wait until their time), read in one transaction."""
+def _plan(
+    mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime, gone_recheck: float
+) -> _Planned:
+    """Which threads to sync (parked threads wait until their time, gone ones until their
+    re-check), read in one transaction."""
     planned = _Planned()
     with mirror.read() as session:
-        ids = list(thread_ids) if thread_ids is not None else active_thread_ids(session)
+        ids = list(thread_ids) if thread_ids is not None else active_thread_ids(session, gone=True)
         threads: dict[str, TrackedThread] = {}
         states: dict[str, SyncState] = {}
         busy: dict[str, set[str]] = {}
@@ -283,9 +342,14 @@ def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _P
                         error="not tracked; add it with `threadsync threads add`",
                     )
                 )
-            elif thread.state == "gone":
+            elif thread.state == "gone" and not _recheck_due(thread, state, now, gone_recheck):
                 planned.skipped.append(
-                    ThreadOutcome(thread_id, "gone", error="gone from the server")
+                    ThreadOutcome(
+                        thread_id,
+                        "gone",
+                        error=_gone_since(thread, state, gone_recheck),
+                        was_gone=True,
+                    )
                 )
             elif (
                 state is not None
@@ -302,7 +366,225 @@ def _plan(mirror: Mirror, thread_ids: Sequence[str] | None, now: datetime) -> _P
             else:
                 planned.runnable.append(thread_id)
                 planned.known[thread_id] = Known(state, busy.get(thread_id, set()))
+                if thread.state == "gone":
+                    planned.rechecks.add(thread_id)
     return planned
+
+
+def _gone_since(thread: TrackedThread, state: SyncState | None, interval: float) -> str:
+    last = (state.last_sync_at if state is not None else None) or thread.gone_at
+    if last is None:
+        return "gone from the server"
+    since = f" since {_aware(thread.gone_at):%Y-%m-%d %H:%MZ}" if thread.gone_at else ""
+    again = _aware(last) + timedelta(seconds=interval)
+    return f"gone from the server{since}; asked again after {again:%Y-%m-%d %H:%MZ}"
+
+
+def _recheck_due(
+    thread: TrackedThread, state: SyncState | None, now: datetime, interval: float
+) -> bool:
+    """A gone thread is asked again once ``interval`` has passed since it was last asked."""
+    last = (state.last_sync_at if state is not None else None) or thread.gone_at
+    return last is None or (now - _aware(last)).total_seconds() >= interval
+
+
+def _misconfigured(outcome: ThreadOutcome) -> MisconfiguredError:
+    exc = outcome.fatal
+    assert exc is not None
+    setting = exc.suspect or "the configuration"
+    return MisconfiguredError(
+        f"sync stopped, nothing was marked: {describe(exc)}; check {setting}", setting=setting
+    )
+
+
+class _Watch:
+    """What the run has seen so far, to stop it as soon as its answers blame the configuration.
+
+    A fatal answer stops it at once. 404s are weighed early too: after ``early`` of them with no
+    request of the run answered, one probe of another tracked thread asks whether the service
+    answers at all (so a wrong endpoint costs a few requests, not one per thread).
+    """
+
+    def __init__(
+        self, client: ApiClient, mirror: Mirror, report: RunReport, *, early: int, total: int
+    ) -> None:
+        self.client, self.mirror, self.report = client, mirror, report
+        self.early, self.total = early, total
+        self.stop: MisconfiguredError | None = None
+        self.proven = False  # some request of the run (or the probe) was answered with a 2xx
+        self._missing: list[ThreadOutcome] = []
+        self._probing = anyio.Lock()
+
+    async def saw(self, outcome: ThreadOutcome) -> bool:
+        """Take one pass's outcome; False when it stopped the run (the run drops it)."""
+        if outcome.result == "stopped":
+            if self.stop is None:
+                self.stop = _misconfigured(outcome)
+            return False
+        self.proven = self.proven or outcome.answered
+        if outcome.result == "missing" and not outcome.was_gone:
+            self._missing.append(outcome)
+            if not self.proven and len(self._missing) >= self.early:
+                await self._probe()
+        return True
+
+    async def _probe(self) -> None:
+        async with self._probing:
+            if self.proven or self.stop is not None:
+                return
+            proof, asked = await _probe(
+                self.client, self.mirror, {o.thread_id for o in self._missing}
+            )
+            self.report.probes += asked
+            if proof is True:
+                self.proven = True
+            elif isinstance(proof, ApiError) and proof.fatal:
+                self.stop = _misconfigured(ThreadOutcome("", "stopped", fatal=proof))
+            else:
+                self.stop = _every_thread_missing(
+                    self.client, self._missing, everyone=len(self._missing) == self.total
+                )
+
+
+async def _judge_missing(
+    client: ApiClient, mirror: Mirror, report: RunReport, now: datetime, *, proven: bool
+) -> None:
+    """Decide what each 404 of the run means, then write those threads' states (see the
+    module's docstring); raises :class:`MisconfiguredError`, writing nothing, when no request
+    was answered."""
+    missing = [o for o in report.outcomes if o.result == "missing"]
+    revived = [o.thread_id for o in report.outcomes if o.was_gone and o.result == "synced"]
+    fresh = [o for o in missing if not o.was_gone]
+    if fresh and not proven and not any(o.answered for o in report.outcomes):
+        proof, asked = await _probe(client, mirror, {o.thread_id for o in missing})
+        report.probes += asked
+        if isinstance(proof, ApiError) and proof.fatal:
+            raise _misconfigured(ThreadOutcome("", "stopped", fatal=proof))
+        if proof is not True:
+            raise _every_thread_missing(client, fresh, everyone=len(fresh) == len(report.outcomes))
+    if not missing and not revived:
+        return
+    previous = await mirror.run(_last_error_kinds, mirror, [o.thread_id for o in missing])
+    for outcome in missing:
+        _settle_missing(outcome, previous.get(outcome.thread_id))
+    await mirror.run_write(_write_missing, mirror, missing, revived, now)
+
+
+def _every_thread_missing(
+    client: ApiClient, missing: list[ThreadOutcome], *, everyone: bool
+) -> MisconfiguredError:
+    setting = f"{profiles.ENDPOINT_SETTING[client.profile]}, {profiles.VERSION_SETTING}"
+    sample = missing[0]
+    assert sample.not_found is not None
+    if everyone and len(missing) > 1:
+        what = "every thread answered 404"
+    elif everyone:
+        what = "the only thread asked answered 404 and no other tracked thread answered"
+    else:
+        what = f"{len(missing):,} threads answered 404 and no request of the run was answered"
+    return MisconfiguredError(
+        f"sync stopped, nothing was marked: {what} ({describe(sample.not_found)}); the service"
+        f" is not answering for these threads here: check {setting} (a thread really deleted"
+        " upstream is marked gone once another thread answers; a service shut down answers"
+        " 404 everywhere too: the mirror is kept as it is)",
+        setting=setting,
+    )
+
+
+async def _probe(
+    client: ApiClient, mirror: Mirror, missing: set[str]
+) -> tuple[bool | ApiError, int]:
+    """Does the service answer for another tracked thread that synced before? True if one
+    answered 2xx, else the last error (False when there was no thread to ask); and how many
+    requests that took."""
+    candidates = await mirror.run(_probe_candidates, mirror, missing)
+    last: bool | ApiError = False
+    for asked, thread_id in enumerate(candidates, 1):
+        try:
+            await client.list_messages(thread_id, limit=1, order="desc")
+        except ApiError as exc:
+            if exc.fatal:
+                return exc, asked
+            last = exc
+            continue
+        return True, asked
+    return last, len(candidates)
+
+
+def _probe_candidates(mirror: Mirror, missing: set[str]) -> list[str]:
+    with mirror.read() as session:
+        query = (
+            select(col(SyncState.thread_id))
+            .join(TrackedThread, col(TrackedThread.thread_id) == col(SyncState.thread_id))
+            .where(
+                col(TrackedThread.state) == "active",
+                col(SyncState.last_success_at).is_not(None),
+            )
+            .order_by(col(SyncState.last_success_at).desc())
+            .limit(PROBES + len(missing))
+        )
+        return [t for t in session.execute(query).scalars() if t not in missing][:PROBES]
+
+
+def _last_error_kinds(mirror: Mirror, thread_ids: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    with mirror.read() as session:
+        for start in range(0, len(thread_ids), _CHUNK):
+            chunk = thread_ids[start : start + _CHUNK]
+            query = select(col(SyncState.thread_id), col(SyncState.last_error_kind)).where(
+                col(SyncState.thread_id).in_(chunk)
+            )
+            out.update({row[0]: row[1] for row in session.execute(query)})
+    return out
+
+
+def _settle_missing(outcome: ThreadOutcome, previous_kind: str | None) -> None:
+    """A 404 in a run where the service answers: gone, waiting for confirmation, or failed."""
+    exc = outcome.not_found
+    assert exc is not None
+    if outcome.was_gone:
+        outcome.result, outcome.error = "gone", "still gone from the server; its mirror is kept"
+    elif not outcome.synced_before:
+        outcome.result = "failed"
+        outcome.error = (
+            f"thread not found; check the id (threadsync threads list) ({describe(exc)})"
+        )
+    elif exc.subject == "thread" or previous_kind == NOT_FOUND_KIND:
+        outcome.result = "gone"
+        outcome.error = "the server no longer has this thread; its mirror is kept"
+        log.warning("sync.thread_gone", thread=outcome.thread_id)
+    else:
+        outcome.result = "failed"
+        outcome.error = (
+            f"{describe(exc)}; not marked gone on one 404 that does not name the thread: marked"
+            " gone if the next pass answers 404 again"
+        )
+    outcome.cause = cause_of(exc) if outcome.result == "failed" else None
+
+
+def _write_missing(
+    mirror: Mirror, missing: list[ThreadOutcome], revived: list[str], now: datetime
+) -> None:
+    with mirror.write() as session:
+        for thread_id in revived:
+            row = session.get(TrackedThread, thread_id)
+            if row is not None and row.state == "gone":
+                row.state, row.gone_at = "active", None
+                log.info("sync.thread_back", thread=thread_id)
+        for outcome in missing:
+            state = session.get(SyncState, outcome.thread_id)
+            if state is None:
+                continue
+            state.last_sync_at = now
+            state.last_error = outcome.error
+            if outcome.result == "gone":
+                mark_gone(session, outcome.thread_id, now)
+                state.last_error_kind = "gone"
+                state.consecutive_failures = 0
+            else:
+                unconfirmed = outcome.synced_before and outcome.cause is not None
+                state.last_error_kind = NOT_FOUND_KIND if unconfirmed else "failed"
+                state.consecutive_failures += 1
 
 
 def _memoised(planned: _Planned, ids: list[str], page_limit: int) -> list[str]:
@@ -340,8 +622,9 @@ def _close_run(mirror: Mirror, report: RunReport, now: datetime) -> None:
         c = report.counts
         run.finished_at = now
         run.outcome = "interrupted" if report.interrupted else "ok" if report.ok else "failed"
-        run.threads_ok = len(report.outcomes) - len(report.failed)
-        run.threads_failed = len(report.failed)
+        ok = sum(o.ok for o in report.outcomes)
+        run.threads_ok = ok
+        run.threads_failed = len(report.outcomes) - ok
         run.added, run.changed, run.deleted, run.restored = (
             c.added,
             c.changed,
@@ -379,5 +662,8 @@ def _log_outcome(o: ThreadOutcome) -> None:
     }
     if o.ok:
         (log.info if o.counts.writes else log.debug)("sync.thread_done", **fields)
+    elif o.result == "missing":
+        # Not yet a failure: the run decides what this 404 means (and logs a gone thread).
+        log.info("sync.thread_not_found", **fields)
     else:
         log.warning("sync.thread_failed", error=o.error, **fields)
