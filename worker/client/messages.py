@@ -11,9 +11,11 @@ the field and the message id, never a value (values can be conversation content)
 Within one page, a message listed twice is kept once: the later copy, at its own place, so the
 page's last id (the next cursor) is the server's. Each such id is logged once as a warning.
 
-This runs on every message of a first sync (100,000 for a large thread), so it is written as
-exact type checks on the parsed dicts, without helpers in the common path: about 10 % of what
-parsing the body costs (see ``bench`` figures in the README's hardening notes).
+This runs on every message of a first sync (100,000 for a large thread), so the common path is
+one function of short-circuiting exact type checks on the parsed dicts (:func:`is_valid`); the
+slow, thorough :func:`explain` runs only once something is wrong. Measured over 100,000 seeded
+messages, it adds about a fifth to the event loop's parsing and preparing of each page (about
+1.4 us a message on a loaded 2-core machine).
 """
 
 from __future__ import annotations
