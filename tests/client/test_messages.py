@@ -174,6 +174,17 @@ def test_a_malformed_message_is_named_by_field_and_id_never_by_value(case: str) 
     assert raised.value.status is None
 
 
+def test_ids_that_do_not_look_like_ids_are_not_quoted() -> None:
+    """An id field is named in errors, but a hostile server could put anything there."""
+    with pytest.raises(MalformedError) as raised:
+        check_page([_with(id=SECRET, content=SECRET)], THREAD)
+    assert SECRET not in str(raised.value)
+    assert f"<an id of {len(SECRET)} characters" in str(raised.value)
+    with pytest.raises(MalformedError) as raised:
+        check_page([_with(thread_id=SECRET)], THREAD)
+    assert SECRET not in str(raised.value)
+
+
 def test_a_fetched_message_must_be_the_one_asked_for() -> None:
     with pytest.raises(MalformedError, match="id is msg_abc123, not the message asked for"):
         check_message(AZURE_EXAMPLE, THREAD, message_id="msg_other")

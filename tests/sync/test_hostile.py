@@ -131,6 +131,21 @@ async def test_a_page_relisting_the_previous_pages_last_message_is_no_lost_curso
     assert not any(e["event"] == "sync.rescan_restart" for e in logs)
 
 
+async def test_a_changed_copy_on_a_later_page_wins(emulator: Emulator, mirror: Mirror) -> None:
+    """Across pages the later copy wins too: each relisted message is stored as relisted."""
+    (thread_id,) = seeded(emulator, mirror, seed=1, threads=1, messages=250)
+    later = {"metadata": {"copy": "later"}}
+    emulator.add_fault(FaultRule("relist", times=None, route="list", fields=later))
+    with capture_logs() as logs:
+        report = await sync(emulator, mirror)
+    assert report.ok, report.failed
+    relisted = {e["message"] for e in logs if e["event"] == "sync.duplicate_message"}
+    assert len(relisted) == 2
+    rows = exported(mirror, thread_id)
+    expected = [{**m, **later} if m["id"] in relisted else m for m in truth(emulator, thread_id)]
+    assert rows == expected
+
+
 async def test_an_ordinary_pass_whose_page_starts_with_the_cursor_again_is_no_lost_cursor(
     emulator: Emulator, mirror: Mirror
 ) -> None:

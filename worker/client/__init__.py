@@ -1,7 +1,8 @@
 """The Assistants API client: profiles, retries, pacing, page models and the pager.
 
 Map: ``profiles`` (URL, query and headers per service family), ``retry`` (pure retry policy),
-``pacer`` (shared rate and 429 pause), ``models`` (page and object parsing), ``api`` (the client and
+``pacer`` (shared rate and 429 pause), ``models`` (page and object parsing), ``messages`` (the
+message contract check, duplicates within a page), ``api`` (the client and
 its error translation), ``pager`` (loop-proof page walks), ``testing`` (a virtual clock for tests).
 """
 

@@ -11,13 +11,16 @@ the field and the message id, never a value (values can be conversation content)
 Within one page, a message listed twice is kept once: the later copy, at its own place, so the
 page's last id (the next cursor) is the server's. Each such id is logged once as a warning.
 
-This runs on every message of a first sync (100,000 for a large thread), so it is written as
-exact type checks on the parsed dicts, without helpers in the common path: about 10 % of what
-parsing the body costs (see ``bench`` figures in the README's hardening notes).
+This runs on every message of a first sync (100,000 for a large thread), so the common path is
+one function of short-circuiting exact type checks on the parsed dicts (:func:`is_valid`); the
+slow, thorough :func:`explain` runs only once something is wrong. Measured over 100,000 seeded
+messages, it adds about a fifth to the event loop's parsing and preparing of each page (about
+1.4 us a message on a loaded 2-core machine).
 """
 
 from __future__ import annotations
 
+import re
 from itertools import repeat
 from typing import Any, cast
 
@@ -30,6 +33,7 @@ ROLES = ("user", "assistant")
 _OPTIONAL_STRINGS = ("status", "assistant_id", "run_id")
 _STRINGS = frozenset((str,))
 _DICTS = frozenset((dict,))
+_ID_LIKE = re.compile(r"[\w.:@+=-]{1,200}", re.ASCII)
 # The part types the contract defines, and the type of the payload each carries under its name.
 _PAYLOADS: dict[str, type] = {"text": dict, "image_file": dict, "image_url": dict, "refusal": str}
 
@@ -48,9 +52,17 @@ def _kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _shown(value: str) -> str:
+    """An id from the server as an error shows it: as it is when it looks like an id, otherwise
+    only its length (a hostile server could put anything in an id field)."""
+    if _ID_LIKE.fullmatch(value):
+        return value
+    return f"<an id of {len(value)} characters that does not look like one>"
+
+
 def _bad(thread_id: str, index: int | None, message_id: str | None, what: str) -> MalformedError:
     """The error for a malformed message, built only when one is found (never on the hot path)."""
-    who = f"message {message_id}" if message_id is not None else "a message"
+    who = f"message {_shown(message_id)}" if message_id is not None else "a message"
     place = f" (item {index} of a page)" if index is not None else ""
     return MalformedError(f"thread {thread_id}: {who}{place} from the server is malformed: {what}")
 
@@ -137,14 +149,14 @@ def explain(obj: Any, thread_id: str, index: int | None, message_id: str | None)
     if type(mid) is not str or not mid:
         return _bad(*where, message_id, f"id is {_kind(mid) if mid != '' else 'empty'}")
     if message_id is not None and mid != message_id:
-        return _bad(*where, message_id, f"id is {mid}, not the message asked for")
+        return _bad(*where, message_id, f"id is {_shown(mid)}, not the message asked for")
     if get("object") != "thread.message":
         return _bad(*where, mid, 'object is not "thread.message"')
     if type(get("created_at")) is not int:  # bool is not int here, as it should be
         return _bad(*where, mid, f"created_at is {_kind(get('created_at'))}, not an integer")
     owner = get("thread_id")
     if owner != thread_id:
-        what = f"is {_kind(owner)}" if type(owner) is not str else f"names thread {owner}"
+        what = f"is {_kind(owner)}" if type(owner) is not str else f"names thread {_shown(owner)}"
         return _bad(*where, mid, f"thread_id {what}, not {thread_id}")
     role = get("role")
     if type(role) is not str or role not in ROLES:

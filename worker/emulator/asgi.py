@@ -201,7 +201,7 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     if rule is not None and rule.fault in HOSTILE and status == 200:
         payload = hostile(payload, rule, listing=route.kind in ("list", "thread.list"))
     if rule is not None and rule.fault == "relist" and status == 200 and route.kind == "list":
-        payload = _relist(emulator, route, query, payload)
+        payload = _relist(emulator, route, query, payload, rule)
     if rule is not None and rule.fault == "drop":
         await _drop(send, status, payload, headers)
     if rule is not None and rule.fault == "trickle":
@@ -213,7 +213,7 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
 
 
 def _relist(
-    emulator: Emulator, route: routes.Route, query: dict[str, str], payload: bytes
+    emulator: Emulator, route: routes.Route, query: dict[str, str], payload: bytes, rule: FaultRule
 ) -> bytes:
     """The ``relist`` fault: the message named by ``after`` listed again (if it still exists)."""
     after = query.get("after")
@@ -224,7 +224,7 @@ def _relist(
             cursor = orjson.loads(emulator.message(route.thread_id or "", after).json())
     except WireError:
         return payload
-    return relisted(payload, cursor)
+    return relisted(payload, cursor, rule)
 
 
 async def _trickle(

@@ -60,8 +60,9 @@ class FaultRule:
     last; a page without that item is answered as it is), or on the message a get, create or
     modify answers. ``malform`` sets ``fields`` on it, removes the keys in ``drop``, or, with
     ``item``, replaces it whole by that JSON value; ``duplicate`` lists a copy of it right after
-    it (``fields`` then apply to the copy only: the same id with other content). ``relist``
-    needs the emulator's state, so the ASGI layer acts it out (:func:`relisted`).
+    it (``fields`` then apply to the copy only: the same id with other content), and ``relist``
+    lists the cursor's message again (``fields`` apply to that copy). ``relist`` needs the
+    emulator's state, so the ASGI layer acts it out (:func:`relisted`).
     ``trickle``: the headers at once, then the body one byte every ``byte_interval_ms`` (a slow
     or wedged proxy: each read succeeds long before any read timeout, the answer never ends).
     """
@@ -124,9 +125,11 @@ class FaultRule:
 HOSTILE: frozenset[str] = frozenset({"malform", "duplicate"})
 
 
-def relisted(payload: bytes, cursor: dict[str, Any]) -> bytes:
-    """A list answer with the message its ``after`` cursor names listed again, first."""
+def relisted(payload: bytes, cursor: dict[str, Any], rule: FaultRule) -> bytes:
+    """A list answer with the message its ``after`` cursor names listed again, first (with
+    ``rule``'s ``fields`` and ``drop`` applied to that copy: the same id, other content)."""
     body = orjson.loads(payload)
+    cursor = _changed(cursor, rule)
     body["data"].insert(0, cursor)
     if body.get("first_id") is not None:
         body["first_id"] = cursor["id"]
