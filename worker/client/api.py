@@ -26,6 +26,7 @@ import httpx
 import orjson
 
 from worker.client import profiles
+from worker.client.auth import EntraTokens, TokenFetcher
 from worker.client.models import Listed, MessagePage, page_unless, parse_object, parse_page
 from worker.client.network import pooled_transport
 from worker.client.pacer import Pacer
@@ -111,11 +112,15 @@ def request_id_of(headers: Mapping[str, str]) -> str | None:
 
 
 def vendor_error(body: bytes) -> tuple[str | None, str | None]:
-    """``(error.code, error.message)`` from an ``{"error": {...}}`` body; tolerant of anything."""
+    """``(error.code, error.message)`` from an ``{"error": {...}}`` body, or from the
+    ``{"statusCode", "message"}`` body Azure's gateway gives for a refused token; tolerant of
+    anything."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None, None
+    if isinstance(value, dict) and "error" not in value and "statusCode" in value:
+        value = {"error": {"code": value.get("statusCode"), "message": value.get("message")}}
     error = value.get("error") if isinstance(value, dict) else None
     if not isinstance(error, dict):
         return None, None
@@ -140,8 +145,11 @@ class ApiClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        tokens: TokenFetcher | None = None,
     ) -> None:
-        key = profiles.api_key(api)
+        """``tokens`` replaces where Entra tokens come from (with ``api.auth = entra``)."""
+        self._tokens = _entra_tokens(api, tokens)
+        key = None if self._tokens is not None else profiles.api_key(api)
         register_secret(key)
         target = profiles.build_target(api, key)
         self.profile = api.profile
@@ -185,7 +193,16 @@ class ApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        try:
+            await self._http.aclose()
+        finally:
+            if self._tokens is not None:
+                await self._tokens.aclose()
+
+    @property
+    def tokens(self) -> EntraTokens | None:
+        """The process's Entra token (None when a static key is sent)."""
+        return self._tokens
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -306,12 +323,14 @@ class ApiClient:
         content = orjson.dumps(json) if json is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else {}
         attempt = 0
+        renewed = False  # a 401 renews the token once per call, never in a loop
         while True:
             await self._pacer.acquire()
+            bearer = await self._tokens.token() if self._tokens is not None else None
             started = self._clock()
             try:
                 request = self._request(
-                    method, url, params, content, {**headers, **profiles.request_headers()}
+                    method, url, params, content, self._headers(headers, bearer)
                 )
                 response = await self._http.send(request)
             except (httpx.TransportError, httpx.DecodingError) as exc:
@@ -322,7 +341,20 @@ class ApiClient:
                     self._events.on_response(
                         method, route, response.status_code, self._clock() - started
                     )
-                    judged = self._judge(method, route, response)
+                    try:
+                        judged = self._judge(method, route, response)
+                    except AuthError as exc:
+                        if bearer is None or renewed or exc.status != 401:
+                            raise self._explained(exc) from None
+                        renewed = True
+                        log.info(
+                            "auth.token_refused",
+                            method=method,
+                            route=route,
+                            request_id=exc.request_id,
+                        )
+                        await self._renew(bearer)
+                        continue  # the same request once more with a new token (not an attempt)
                     if judged is not None:
                         failure = judged
                     else:
@@ -355,6 +387,34 @@ class ApiClient:
             )
             self._events.on_retry(route, failure.status, wait)
             await self._sleep(wait)
+
+    def _headers(self, headers: dict[str, str], bearer: str | None) -> dict[str, str]:
+        out = {**headers, **profiles.request_headers()}
+        if bearer is not None:
+            out["Authorization"] = f"Bearer {bearer}"
+        return out
+
+    async def _renew(self, rejected: str) -> None:
+        assert self._tokens is not None
+        await self._tokens.renew(rejected)
+
+    def _explained(self, exc: AuthError) -> AuthError:
+        """With Entra tokens, say what the user can do about a 401 or 403."""
+        if self._tokens is None:
+            return exc
+        role = profiles.ENTRA_ROLE[self.profile]
+        scope = self._tokens.scope
+        if exc.status == 401:
+            hint = (
+                f"a new token from {self._tokens.description} was refused too: check that"
+                f" api.token_scope ({scope}) is the audience this endpoint wants and that the"
+                f" identity holds the {role} role"
+            )
+        else:
+            hint = f"grant the identity of {self._tokens.description} the {role} role"
+        return AuthError(
+            f"{exc.message}; {hint}", status=exc.status, code=exc.code, request_id=exc.request_id
+        )
 
     def _request(
         self,
@@ -441,6 +501,17 @@ class ApiClient:
         if wait:
             return wait
         return backoff_delay(attempt, self._retry.initial_delay, self._retry.max_delay, self._rng)
+
+
+def _entra_tokens(api: ApiSettings, fetcher: TokenFetcher | None) -> EntraTokens | None:
+    """The token source for ``api.auth = entra`` (azure-identity unless ``fetcher`` is given)."""
+    if api.effective_auth() != "entra":
+        return None
+    if fetcher is None:
+        from worker.client import entra  # noqa: PLC0415 - the optional azure extra
+
+        fetcher = entra.fetcher_for(api)
+    return EntraTokens(fetcher)
 
 
 def _transport_failure(
