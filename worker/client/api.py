@@ -145,9 +145,10 @@ class ApiClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
-        tokens: TokenFetcher | None = None,
+        tokens: EntraTokens | TokenFetcher | None = None,
     ) -> None:
-        """``tokens`` replaces where Entra tokens come from (with ``api.auth = entra``)."""
+        """``tokens`` replaces the Entra token source, or where its tokens come from (with
+        ``api.auth = entra``; tests give a stub)."""
         self._tokens = _entra_tokens(api, tokens)
         key = None if self._tokens is not None else profiles.api_key(api)
         register_secret(key)
@@ -503,10 +504,14 @@ class ApiClient:
         return backoff_delay(attempt, self._retry.initial_delay, self._retry.max_delay, self._rng)
 
 
-def _entra_tokens(api: ApiSettings, fetcher: TokenFetcher | None) -> EntraTokens | None:
+def _entra_tokens(
+    api: ApiSettings, fetcher: EntraTokens | TokenFetcher | None
+) -> EntraTokens | None:
     """The token source for ``api.auth = entra`` (azure-identity unless ``fetcher`` is given)."""
     if api.effective_auth() != "entra":
         return None
+    if isinstance(fetcher, EntraTokens):
+        return fetcher
     if fetcher is None:
         from worker.client import entra  # noqa: PLC0415 - the optional azure extra
 

@@ -80,6 +80,7 @@ class EntraTokens:
         self._clock = clock
         self._lock = anyio.Lock()
         self._held: Token | None = None
+        self._registered: str | None = None  # the token the log scrubber knows
         self._refresh_at = 0.0
         self._renewals = 0  # completed renewals, successful or not: a waiter sees it move
         self._failures = 0  # consecutive failed renewals
@@ -141,10 +142,11 @@ class EntraTokens:
             self.fetches += 1
         self._renewals += 1
         now = self._clock()
-        previous, self._held = self._held, token
+        self._held = token
         register_secret(token.value)
-        if previous is not None and previous.value != token.value:
-            forget_secret(previous.value)
+        if self._registered is not None and self._registered != token.value:
+            forget_secret(self._registered)
+        self._registered = token.value
         self._refresh_at = refresh_time(token, now)
         self._failures, self._failure, self._retry_at = 0, None, 0.0
         log.info(

@@ -19,6 +19,7 @@ Two choices live here and nowhere else:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,10 @@ def credential_factory(api: ApiSettings) -> CredentialFactory:
     """A function building the configured credential; checks the environment it needs now."""
     require_extra()
     from azure.identity import aio as identity  # noqa: PLC0415
+
+    # azure-identity logs each failure itself, on stderr when logging is not configured (several
+    # lines, breaking JSON logs); threadsync logs it once as auth.token_failed.
+    logging.getLogger("azure").addHandler(logging.NullHandler())
 
     kind = api.credential
     missing = [name for name in _REQUIRED_ENV.get(kind, ()) if not os.environ.get(name)]
@@ -138,7 +143,12 @@ def fetcher_for(api: ApiSettings, make: CredentialFactory | None = None) -> Azur
 
 
 def _one_line(exc: BaseException) -> str:
-    """azure-identity's messages span lines (DefaultAzureCredential lists every attempt)."""
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return scrub(" ".join(lines))[:600]
+    """One line from an azure-core error: its status when it has one, its message (whose lines
+    repeat themselves for HTTP errors, and list every attempt for DefaultAzureCredential)."""
+    text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    status = getattr(exc, "status_code", None)
+    if status is not None:
+        lines = lines[:1]
+    text = " ".join(lines).removeprefix("(None) ")
+    return scrub(f"HTTP {status}: {text}" if status is not None else text)[:600]
