@@ -122,6 +122,23 @@ async def test_azure_profile_takes_tokens_and_keys(served: str, emulator: Emulat
 
 
 @pytest.mark.anyio
+async def test_azure_v1_endpoint_with_tokens_through_the_openai_profile(
+    served: str, emulator: Emulator
+) -> None:
+    thread = emulator.seed(threads=1, messages=2)[0]
+    api = ApiSettings(
+        profile=Profile.OPENAI,
+        endpoint=served + "/openai/v1/",
+        auth="entra",
+        credential="managed-identity",
+    )
+    async with ApiClient(api) as client:
+        assert len((await client.list_messages(thread)).data) == 2
+    assert emulator.identity.issued == 1
+    assert "GET /openai/v1/threads/{thread_id}/messages" in emulator.stats()["routes"]
+
+
+@pytest.mark.anyio
 async def test_the_token_endpoint_down_is_a_clear_error_and_recovery_follows(
     served: str, emulator: Emulator
 ) -> None:
