@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class IdentityServer:
+    """The emulator's token endpoint on a port of its own, stopped and started at will."""
+
+    def __init__(self, emulator: Emulator, port: int) -> None:
+        self.emulator = emulator
+        self.port = port
+        self._running: AbstractContextManager[str] | None = None
+
+    def start(self) -> None:
+        running = serve_in_thread(self.emulator, port=self.port)
+        running.__enter__()
+        self._running = running
+
+    def stop(self) -> None:
+        if self._running is not None:
+            self._running.__exit__(None, None, None)
+            self._running = None
 
 
 def entra_env(served: str, emulator: Emulator, db_url: str, identity_port: int) -> dict[str, str]:
@@ -79,8 +99,8 @@ def test_daemon_outlives_token_lifetimes_and_recovers_from_a_token_endpoint_outa
         add_threads(session, ids)
     identity_port = free_port()
     env = entra_env(served, emulator, db_url, identity_port)
-    identity = serve_in_thread(emulator, port=identity_port)
-    identity.__enter__()
+    identity = IdentityServer(emulator, identity_port)
+    identity.start()
     daemon = DaemonProcess(env, tmp_path / "daemon.log")
     try:
         # 1. More than three lifetimes: tokens are renewed at half-life, so seven tokens span at
@@ -119,15 +139,13 @@ def test_daemon_outlives_token_lifetimes_and_recovers_from_a_token_endpoint_outa
         )
 
         # 3. It goes away altogether: connection refused, named as such.
-        identity.__exit__(None, None, None)
-        identity = None
+        identity.stop()
         wait_for(lambda: failed_with("Connection refused"), 60, "connection refused", daemon)
 
         # 4. It comes back: the daemon recovers on its own and the mirror catches up.
         emulator.configure_identity(outage=None)
         issued_before = emulator.identity.issued
-        identity = serve_in_thread(emulator, port=identity_port)
-        identity.__enter__()
+        identity.start()
         for thread_id in ids:
             emulator.append_messages(thread_id, n=2)
         wait_for(lambda: emulator.identity.issued > issued_before, 90, "a new token", daemon)
@@ -140,6 +158,5 @@ def test_daemon_outlives_token_lifetimes_and_recovers_from_a_token_endpoint_outa
         assert daemon.terminate(timeout=15) == 0
     finally:
         daemon.close()
-        if identity is not None:
-            identity.__exit__(None, None, None)
+        identity.stop()
         mirror.dispose()
