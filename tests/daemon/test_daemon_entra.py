@@ -155,6 +155,10 @@ def test_daemon_outlives_token_lifetimes_and_recovers_from_a_token_endpoint_outa
         log_text = daemon.log_file.read_text()
         assert emulator.identity.tokens
         assert not any(token in log_text for token in emulator.identity.tokens)
+        # azure-identity's own failure logging stays out of the JSON log (threadsync logs once).
+        lines = log_text.splitlines()
+        assert len(daemon.events()) == len(lines)
+        assert events(daemon, "auth.token_failed")
         assert daemon.terminate(timeout=15) == 0
     finally:
         daemon.close()

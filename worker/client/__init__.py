@@ -2,7 +2,9 @@
 
 Map: ``profiles`` (URL, query and headers per service family), ``retry`` (pure retry policy),
 ``pacer`` (shared rate and 429 pause), ``models`` (page and object parsing), ``api`` (the client and
-its error translation), ``pager`` (loop-proof page walks), ``testing`` (a virtual clock for tests).
+its error translation), ``pager`` (loop-proof page walks), ``testing`` (a virtual clock for tests),
+``auth`` (the process's Entra token), ``entra`` (the one seam to azure-identity, imported only
+with ``api.auth = entra``).
 """
 
 from worker.client.api import ApiClient, ClientEvents
