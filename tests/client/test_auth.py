@@ -13,7 +13,7 @@ import pytest
 
 from tests.client.conftest import MESSAGE, Script, make_client, ok, settings_for, status
 from worker import logs
-from worker.client import iter_pages
+from worker.client import ClientEvents, iter_pages
 from worker.client.auth import EntraTokens, Token, refresh_time
 from worker.client.entra import AzureIdentityFetcher
 from worker.client.testing import FakeClock
@@ -197,6 +197,37 @@ async def test_a_401_renews_once_and_retries_that_request_once() -> None:
     async with client:
         assert (await client.get_message("thread_1", "msg_1"))["id"] == "msg_1"
     assert [_bearer(r) for r in script.requests] == ["tok-1", "tok-2"]
+
+
+@pytest.mark.anyio
+async def test_token_events_reach_the_client_events() -> None:
+    clock = WallClock()
+
+    class Recorder(ClientEvents):
+        def __init__(self) -> None:
+            self.tokens: list[tuple[str, float | None]] = []
+
+        def on_token(self, outcome: str, expires_on: float | None) -> None:
+            self.tokens.append((outcome, expires_on))
+
+    recorder = Recorder()
+    fetcher = StubFetcher(clock)
+    script = Script(status(401), ok(MESSAGE))
+    client = make_client(
+        script, FakeClock(), api=entra(), events=recorder, tokens=EntraTokens(fetcher, clock=clock)
+    )
+    async with client:
+        await client.get_message("thread_1", "msg_1")
+        fetcher.fail = CredentialError("down")
+        clock.now += 3300  # renewal due; it fails and the held token serves on
+        assert client.tokens is not None
+        assert await client.tokens.token() == "tok-2"
+    assert recorder.tokens == [
+        ("renewed", T0 + 3600),
+        ("refused", None),
+        ("renewed", T0 + 3600),
+        ("failed", None),
+    ]
 
 
 @pytest.mark.anyio

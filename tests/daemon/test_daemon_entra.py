@@ -17,7 +17,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.harness import DaemonProcess, env_for, exported, truth, wait_for
 from worker.emulator import Emulator, serve_in_thread
@@ -99,6 +101,7 @@ def test_daemon_outlives_token_lifetimes_and_recovers_from_a_token_endpoint_outa
         add_threads(session, ids)
     identity_port = free_port()
     env = entra_env(served, emulator, db_url, identity_port)
+    env["THREADSYNC_DAEMON__HEALTH_PORT"] = "0"
     identity = IdentityServer(emulator, identity_port)
     identity.start()
     daemon = DaemonProcess(env, tmp_path / "daemon.log")
@@ -151,6 +154,17 @@ def test_daemon_outlives_token_lifetimes_and_recovers_from_a_token_endpoint_outa
         wait_for(lambda: emulator.identity.issued > issued_before, 90, "a new token", daemon)
         wait_for(lambda: exported(mirror) == truth(emulator), 60, "recovered", daemon)
         assert daemon.proc.poll() is None
+        port = daemon.wait_event("daemon.health_listening")["port"]
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        tokens = {
+            sample.labels["outcome"]: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "threadsync_entra_tokens_total"
+        }
+        assert tokens["renewed"] >= 8
+        assert tokens["failed"] >= 2
+        assert "threadsync_entra_token_expiry_timestamp_seconds" in metrics
 
         log_text = daemon.log_file.read_text()
         assert emulator.identity.tokens

@@ -88,6 +88,10 @@ class ClientEvents:
     def on_throttled(self, wait: float) -> None:
         """The server answered 429; ``wait`` is what it asked for (0.0 when it did not say)."""
 
+    def on_token(self, outcome: str, expires_on: float | None) -> None:
+        """Entra only: a token was ``renewed`` (``expires_on`` is its expiry, epoch seconds),
+        its renewal ``failed``, or the server ``refused`` one (a 401)."""
+
 
 @dataclass(frozen=True)
 class _Failure:
@@ -157,6 +161,8 @@ class ApiClient:
         self._retry = retry
         self._pacer = pacer if pacer is not None else Pacer(None, clock=clock, sleep=sleep)
         self._events = events if events is not None else ClientEvents()
+        if self._tokens is not None:
+            self._tokens.listener = self._events.on_token
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._clock = clock
@@ -348,6 +354,7 @@ class ApiClient:
                         if bearer is None or renewed or exc.status != 401:
                             raise self._explained(exc) from None
                         renewed = True
+                        self._events.on_token("refused", None)
                         log.info(
                             "auth.token_refused",
                             method=method,

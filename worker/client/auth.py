@@ -86,7 +86,9 @@ class EntraTokens:
         self._failures = 0  # consecutive failed renewals
         self._failure: CredentialError | None = None
         self._retry_at = 0.0
-        self.fetches = 0  # tokens asked of the fetcher (for tests and metrics)
+        self.fetches = 0  # tokens asked of the fetcher (for tests)
+        # Told of each renewal ("renewed" with the expiry, or "failed"): the client's metrics.
+        self.listener: Callable[[str, float | None], None] | None = None
 
     @property
     def description(self) -> str:
@@ -149,6 +151,8 @@ class EntraTokens:
         self._registered = token.value
         self._refresh_at = refresh_time(token, now)
         self._failures, self._failure, self._retry_at = 0, None, 0.0
+        if self.listener is not None:
+            self.listener("renewed", token.expires_on)
         log.info(
             "auth.token_renewed",
             credential=self.description,
@@ -164,6 +168,8 @@ class EntraTokens:
         self._retry_at = self._clock() + wait
         held = self._held
         valid = held is not None and self._clock() < held.expires_on
+        if self.listener is not None:
+            self.listener("failed", None)
         log.warning(
             "auth.token_failed",
             credential=self.description,
