@@ -128,7 +128,9 @@ class EntraTokens:
         if held is not None and self._clock() < held.expires_on:
             return held.value
         if self._failure is not None:
-            raise self._failure
+            # A fresh exception each time: one instance re-raised by every request of an outage
+            # would pile up their tracebacks.
+            raise CredentialError(self._failure.message)
         raise CredentialError(f"no Entra token from {self.description} yet; the next pass retries")
 
     async def _renew(self, *, forced: bool) -> None:
