@@ -3,6 +3,7 @@
 Precedence (highest first): explicit CLI options, ``THREADSYNC_*`` environment variables
 (nested keys with ``__``, e.g. ``THREADSYNC_API__PROFILE``), the openai SDK's conventional variables
 (``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY``, ``OPENAI_API_VERSION``, ``OPENAI_API_KEY``,
+``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``,
 ``OPENAI_BASE_URL``), the TOML file (``--config`` or ``THREADSYNC_CONFIG``), then defaults.
 
 Secrets are never read from the TOML file: ``api.api_key`` comes from the environment or from a file
@@ -71,6 +72,20 @@ class Profile(StrEnum):
     FOUNDRY = "foundry"
 
 
+Auth = Literal["api-key", "bearer", "entra"]
+CredentialKind = Literal[
+    "default", "managed-identity", "workload-identity", "client-secret", "azure-cli"
+]
+
+# The Entra audience each profile asks for (api.token_scope overrides). Azure OpenAI's classic
+# pages and Microsoft's own migration tool use the cognitiveservices audience for
+# *.openai.azure.com; Foundry projects (and the newest docs for .../openai/v1) use ai.azure.com.
+DEFAULT_TOKEN_SCOPE: dict[Profile, str] = {
+    Profile.AZURE: "https://cognitiveservices.azure.com/.default",
+    Profile.OPENAI: "https://cognitiveservices.azure.com/.default",
+    Profile.FOUNDRY: "https://ai.azure.com/.default",
+}
+
 DEFAULT_API_VERSION: dict[Profile, str | None] = {
     Profile.AZURE: "2024-08-01-preview",
     Profile.OPENAI: None,
@@ -99,8 +114,24 @@ class ApiSettings(Section):
     )
     api_key: SecretStr | None = Field(default=None, description="From the environment only.")
     api_key_file: Path | None = Field(default=None, description="A file holding the API key.")
-    auth: Literal["api-key", "bearer"] | None = Field(
-        default=None, description="How the key is sent; default api-key for azure, else bearer."
+    auth: Auth | None = Field(
+        default=None,
+        description="api-key or bearer: how the static key is sent (default api-key for azure,"
+        " else bearer); entra: Entra ID tokens from azure-identity (the azure extra).",
+    )
+    credential: CredentialKind = Field(
+        default="default",
+        description="With auth=entra, which azure-identity credential gets the tokens.",
+    )
+    token_scope: str | None = Field(
+        default=None,
+        description="With auth=entra, the scope asked for; defaults per profile.",
+    )
+    organization: str | None = Field(
+        default=None, description="openai profile: OpenAI-Organization header (OPENAI_ORG_ID)."
+    )
+    openai_project: str | None = Field(
+        default=None, description="openai profile: OpenAI-Project header (OPENAI_PROJECT_ID)."
     )
     allow_insecure_http: bool = Field(
         default=False, description="Allow plain http:// to a non-loopback host."
@@ -136,12 +167,15 @@ class ApiSettings(Section):
     def effective_api_version(self) -> str | None:
         return self.api_version or DEFAULT_API_VERSION[self.profile]
 
-    def effective_auth(self) -> Literal["api-key", "bearer"]:
+    def effective_auth(self) -> Auth:
         if self.auth is not None:
             return self.auth
         return "api-key" if self.profile is Profile.AZURE else "bearer"
 
-    def credential(self) -> SecretStr | None:
+    def effective_token_scope(self) -> str:
+        return self.token_scope or DEFAULT_TOKEN_SCOPE[self.profile]
+
+    def secret(self) -> SecretStr | None:
         """The API key, from the environment or the named key file."""
         if self.api_key is not None:
             return self.api_key
@@ -282,23 +316,48 @@ class Settings(BaseSettings):
 
 
 class _SdkEnvSource(PydanticBaseSettingsSource):
-    """The openai SDK's conventional variables, below ``THREADSYNC_*`` in precedence."""
+    """The openai SDK's conventional variables, below ``THREADSYNC_*`` in precedence.
+
+    Read as the SDK client of the chosen profile reads them: ``OpenAI()`` (the openai profile)
+    takes ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID``;
+    ``AzureOpenAI()`` (azure, foundry) takes ``AZURE_OPENAI_*`` and ``OPENAI_API_VERSION``. The
+    other family's variables are a fallback only, so a shell holding both never mixes them up.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], fallback: dict[str, Any] | None = None):
+        super().__init__(settings_cls)
+        self._fallback = fallback or {}
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
+    def _profile(self) -> str:
+        for source in (self.current_state, self._fallback):
+            api = source.get("api")
+            if isinstance(api, dict) and api.get("profile"):
+                return str(api["profile"]).lower()
+        return Profile.AZURE.value
+
     def __call__(self) -> dict[str, Any]:
         env = os.environ
+        openai = self._profile() == Profile.OPENAI.value
+        endpoints = ("OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT")
+        keys = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
+        if not openai:
+            endpoints, keys = endpoints[::-1], keys[::-1]
         api: dict[str, Any] = {}
-        if env.get("AZURE_OPENAI_ENDPOINT"):
-            api["endpoint"] = env["AZURE_OPENAI_ENDPOINT"]
-        elif env.get("OPENAI_BASE_URL"):
-            api["endpoint"] = env["OPENAI_BASE_URL"]
-        key = env.get("AZURE_OPENAI_API_KEY") or env.get("OPENAI_API_KEY")
+        endpoint = next((env[name] for name in endpoints if env.get(name)), None)
+        if endpoint:
+            api["endpoint"] = endpoint
+        key = next((env[name] for name in keys if env.get(name)), None)
         if key:
             api["api_key"] = key
         if env.get("OPENAI_API_VERSION"):
             api["api_version"] = env["OPENAI_API_VERSION"]
+        if openai and env.get("OPENAI_ORG_ID"):
+            api["organization"] = env["OPENAI_ORG_ID"]
+        if openai and env.get("OPENAI_PROJECT_ID"):
+            api["openai_project"] = env["OPENAI_PROJECT_ID"]
         return {"api": api} if api else {}
 
 
@@ -362,6 +421,8 @@ _SDK_VARIABLES: dict[tuple[int | str, ...], tuple[str, ...]] = {
     ("api", "endpoint"): ("AZURE_OPENAI_ENDPOINT", "OPENAI_BASE_URL"),
     ("api", "api_key"): ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY"),
     ("api", "api_version"): ("OPENAI_API_VERSION",),
+    ("api", "organization"): ("OPENAI_ORG_ID",),
+    ("api", "openai_project"): ("OPENAI_PROJECT_ID",),
 }
 
 
@@ -464,7 +525,7 @@ class _SettingsWithFile(Settings):
         return (
             init_settings,
             env_settings,
-            _SdkEnvSource(settings_cls),
+            _SdkEnvSource(settings_cls, cls._pending_file),
             _DictSource(settings_cls, cls._pending_file),
         )
 

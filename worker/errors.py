@@ -71,6 +71,11 @@ class TransientError(ApiError):
     """A failure that may pass: 408, 409, 429, 5xx, timeouts, dropped connections, broken JSON."""
 
 
+class CredentialError(TransientError):
+    """No Entra token could be had: the credential is unavailable or refused, or its token
+    endpoint is down. Transient for the thread that met it: the next pass asks again."""
+
+
 class ParkedError(TransientError):
     """The server asked to wait longer than the configured cap: try the thread on a later pass."""
 

@@ -27,6 +27,11 @@ def register_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
+def forget_secret(value: str) -> None:
+    """Stop scrubbing a credential that was replaced (an hourly token must not pile up)."""
+    _SECRETS.discard(value)
+
+
 def scrub(text: str) -> str:
     """Replace every registered credential inside ``text``."""
     for secret in _SECRETS:

@@ -177,7 +177,7 @@ def test_a_bad_character_in_a_key_file_is_refused_by_name(tmp_path: Path) -> Non
     key_file.write_text(KEY + "\n" + "second line\n")
     api = ApiSettings(api_key_file=key_file)
     with pytest.raises(ConfigError) as caught:
-        api.credential()
+        api.secret()
     assert str(key_file) in str(caught.value)
     assert "control character" in str(caught.value)
     assert KEY not in str(caught.value)

@@ -11,6 +11,7 @@ import orjson
 from pydantic import SecretStr
 
 from worker.client import ApiClient, ClientEvents, Pacer
+from worker.client.auth import EntraTokens
 from worker.client.testing import FakeClock
 from worker.config import ApiSettings, Profile, RetrySettings
 
@@ -106,6 +107,7 @@ def make_client(
     retry: RetrySettings | None = None,
     pacer: Pacer | None = None,
     events: ClientEvents | None = None,
+    tokens: EntraTokens | None = None,
 ) -> ApiClient:
     return ApiClient(
         api or azure(),
@@ -116,6 +118,7 @@ def make_client(
         rng=random.Random(7),
         sleep=clock.sleep,
         clock=clock.now,
+        tokens=tokens,
     )
 
 

@@ -17,6 +17,7 @@ from worker.emulator.behaviour import (
     UNKNOWN_THREAD_CHOICES,
     UNKNOWN_VERSION_CHOICES,
 )
+from worker.emulator.identity import ENTRA_MODES, TOKEN_PATH, Identity
 from worker.export.output import atomic_output
 from worker.logs import get_logger, register_secret
 
@@ -97,6 +98,29 @@ def emulator(
             help=f"Answer to a thread id that does not exist: {UNKNOWN_THREAD_CHOICES}.",
         ),
     ] = "named",
+    entra: Annotated[
+        str,
+        typer.Option(
+            envvar=_ENV + "ENTRA",
+            help="Families that take only Entra tokens: off (the key works everywhere), foundry"
+            " (as the real service), all (key authentication disabled by policy).",
+        ),
+    ] = "off",
+    token_lifetime: Annotated[
+        float,
+        typer.Option(
+            envvar=_ENV + "TOKEN_LIFETIME",
+            min=1,
+            help="Seconds each managed-identity token lives (Entra: 3600-5400).",
+        ),
+    ] = 3600.0,
+    identity_header: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_ENV + "IDENTITY_HEADER",
+            help="Secret the token endpoint wants in X-IDENTITY-HEADER (generated when omitted).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Assistants messages API emulator (Azure, OpenAI and Foundry paths)."""
     behaviour = Behaviour().updated(
@@ -113,8 +137,11 @@ def emulator(
     )
     key = api_key or "emu-" + secrets.token_urlsafe(18)
     register_secret(key)
+    header = identity_header or "emu-id-" + secrets.token_urlsafe(12)
+    ident = Identity(lifetime=token_lifetime, header=header)
+    ident.configure(entra=_choice(entra, ENTRA_MODES, "--entra"))
     loaded = state is not None and state.exists()
-    emu = Emulator(api_key=key, behaviour=behaviour, state_path=state)
+    emu = Emulator(api_key=key, behaviour=behaviour, state_path=state, identity=ident)
     if loaded:
         # The state file carries the behaviour it was saved with; explicit options win.
         emu.behaviour = behaviour
@@ -129,6 +156,11 @@ def emulator(
     typer.echo("OPENAI_API_VERSION=2024-08-01-preview")
     typer.echo(f"# OpenAI platform: OPENAI_BASE_URL={base}/v1 (Bearer key, OpenAI-Beta header)")
     typer.echo(f"# Foundry classic: {base}/api/projects/<project>?api-version=2025-05-01")
+    typer.echo(
+        f"# Entra (managed identity): IDENTITY_ENDPOINT={base}{TOKEN_PATH}"
+        f" IDENTITY_HEADER={header} THREADSYNC_API__AUTH=entra"
+        " THREADSYNC_API__CREDENTIAL=managed-identity"
+    )
     _announce_threads(thread_ids, threads_file)
     get_logger().info(
         "emulator.start",

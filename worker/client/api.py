@@ -29,6 +29,7 @@ import httpx
 import orjson
 
 from worker.client import profiles
+from worker.client.auth import EntraTokens, TokenFetcher
 from worker.client.models import (
     Listed,
     MessagePage,
@@ -99,6 +100,10 @@ class ClientEvents:
     def on_throttled(self, wait: float) -> None:
         """The server answered 429; ``wait`` is what it asked for (0.0 when it did not say)."""
 
+    def on_token(self, outcome: str, expires_on: float | None) -> None:
+        """Entra only: a token was ``renewed`` (``expires_on`` is its expiry, epoch seconds),
+        its renewal ``failed``, or the server ``refused`` one (a 401)."""
+
 
 @dataclass(frozen=True)
 class _Failure:
@@ -123,7 +128,9 @@ def request_id_of(headers: Mapping[str, str]) -> str | None:
 
 
 def vendor_error(body: bytes) -> tuple[str | None, str | None]:
-    """``(error.code, error.message)`` from an ``{"error": {...}}`` body; tolerant of anything."""
+    """``(error.code, error.message)`` from an ``{"error": {...}}`` body, or from the
+    ``{"statusCode", "message"}`` body Azure's gateway gives for a refused token; tolerant of
+    anything."""
     code, message, _ = _error_fields(body)
     return code, message
 
@@ -134,6 +141,9 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None, None, None
+    if isinstance(value, dict) and "error" not in value and "statusCode" in value:
+        # The body Azure's gateway gives for a refused token.
+        value = {"error": {"code": value.get("statusCode"), "message": value.get("message")}}
     error = value.get("error") if isinstance(value, dict) else None
     if not isinstance(error, dict):
         return None, None, None
@@ -200,8 +210,12 @@ class ApiClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        tokens: EntraTokens | TokenFetcher | None = None,
     ) -> None:
-        key = profiles.api_key(api)
+        """``tokens`` replaces the Entra token source, or where its tokens come from (with
+        ``api.auth = entra``; tests give a stub)."""
+        self._tokens = _entra_tokens(api, tokens)
+        key = None if self._tokens is not None else profiles.api_key(api)
         register_secret(key)
         target = profiles.build_target(api, key)
         self.profile = api.profile
@@ -211,6 +225,8 @@ class ApiClient:
         self._retry = retry
         self._pacer = pacer if pacer is not None else Pacer(None, clock=clock, sleep=sleep)
         self._events = events if events is not None else ClientEvents()
+        if self._tokens is not None:
+            self._tokens.listener = self._events.on_token
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._clock = clock
@@ -249,7 +265,16 @@ class ApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        try:
+            await self._http.aclose()
+        finally:
+            if self._tokens is not None:
+                await self._tokens.aclose()
+
+    @property
+    def tokens(self) -> EntraTokens | None:
+        """The process's Entra token (None when a static key is sent)."""
+        return self._tokens
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -374,12 +399,14 @@ class ApiClient:
         headers = {"Content-Type": "application/json"} if content is not None else {}
         attempt = 0
         refused = 0  # attempts that found no server at all (refused, DNS)
+        renewed = False  # a 401 renews the token once per call, never in a loop
         while True:
             await self._pacer.acquire()
+            bearer = await self._tokens.token() if self._tokens is not None else None
             started = self._clock()
             try:
                 request = self._request(
-                    method, url, params, content, {**headers, **profiles.request_headers()}
+                    method, url, params, content, self._headers(headers, bearer)
                 )
                 response = await self._send(request)
             except (httpx.TransportError, httpx.DecodingError) as exc:
@@ -395,7 +422,21 @@ class ApiClient:
                     self._events.on_response(
                         method, route, response.status_code, self._clock() - started
                     )
-                    judged = self._judge(method, route, ids, response)
+                    try:
+                        judged = self._judge(method, route, ids, response)
+                    except AuthError as exc:
+                        if bearer is None or renewed or exc.status != 401:
+                            raise self._explained(exc) from None
+                        renewed = True
+                        self._events.on_token("refused", None)
+                        log.info(
+                            "auth.token_refused",
+                            method=method,
+                            route=route,
+                            request_id=exc.request_id,
+                        )
+                        await self._renew(bearer)
+                        continue  # the same request once more with a new token (not an attempt)
                     if judged is not None:
                         failure = judged
                     else:
@@ -460,6 +501,38 @@ class ApiClient:
             request_id=None,
             server_wait=None,
             sent=True,
+        )
+
+    def _headers(self, headers: dict[str, str], bearer: str | None) -> dict[str, str]:
+        out = {**headers, **profiles.request_headers()}
+        if bearer is not None:
+            out["Authorization"] = f"Bearer {bearer}"
+        return out
+
+    async def _renew(self, rejected: str) -> None:
+        assert self._tokens is not None
+        await self._tokens.renew(rejected)
+
+    def _explained(self, exc: AuthError) -> AuthError:
+        """With Entra tokens, say what the user can do about a 401 or 403."""
+        if self._tokens is None:
+            return exc
+        role = profiles.ENTRA_ROLE[self.profile]
+        scope = self._tokens.scope
+        if exc.status == 401:
+            hint = (
+                f"a new token from {self._tokens.description} was refused too: check that"
+                f" api.token_scope ({scope}) is the audience this endpoint wants and that the"
+                f" identity holds the {role} role"
+            )
+        else:
+            hint = f"grant the identity of {self._tokens.description} the {role} role"
+        return AuthError(
+            f"{exc.message}; {hint}",
+            status=exc.status,
+            code=exc.code,
+            request_id=exc.request_id,
+            suspect=exc.suspect,
         )
 
     def _request(
@@ -561,6 +634,21 @@ class ApiClient:
 
 class _Overdue(Exception):
     """An attempt outlasted ``api.request_timeout`` (raised by ``ApiClient._send``)."""
+
+
+def _entra_tokens(
+    api: ApiSettings, fetcher: EntraTokens | TokenFetcher | None
+) -> EntraTokens | None:
+    """The token source for ``api.auth = entra`` (azure-identity unless ``fetcher`` is given)."""
+    if api.effective_auth() != "entra":
+        return None
+    if isinstance(fetcher, EntraTokens):
+        return fetcher
+    if fetcher is None:
+        from worker.client import entra  # noqa: PLC0415 - the optional azure extra
+
+        fetcher = entra.fetcher_for(api)
+    return EntraTokens(fetcher)
 
 
 def _transport_failure(

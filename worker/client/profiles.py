@@ -4,8 +4,13 @@ The three service families serve the same thread/message paths under different r
 
 - ``azure``: ``{endpoint}/openai/threads/...``, ``api-version`` on every request, the key in an
   ``api-key`` header (or ``Authorization: Bearer`` for an Entra token);
-- ``openai``: ``{endpoint}/v1/threads/...``, bearer key and ``OpenAI-Beta: assistants=v2``;
+- ``openai``: ``{endpoint}/v1/threads/...``, bearer key and ``OpenAI-Beta: assistants=v2``, plus
+  ``OpenAI-Organization``/``OpenAI-Project`` when set (as the openai SDK sends them); Azure's v1
+  endpoint (``https://<resource>.openai.azure.com/openai/v1``) is this profile too;
 - ``foundry``: ``{endpoint}/api/projects/{project}/threads/...``, ``api-version``, bearer only.
+
+With ``api.auth = entra`` no credential is constant: :mod:`worker.client.auth` adds the token to
+each request.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ OPENAI_DEFAULT_ENDPOINT = "https://api.openai.com"
 KEY_ENV_VAR = {
     Profile.AZURE: "AZURE_OPENAI_API_KEY",
     Profile.OPENAI: "OPENAI_API_KEY",
-    Profile.FOUNDRY: "AZURE_OPENAI_API_KEY (an Entra token) or THREADSYNC_API__API_KEY",
+    Profile.FOUNDRY: "THREADSYNC_API__AUTH=entra (tokens from azure-identity), or a token you"
+    " obtained in AZURE_OPENAI_API_KEY",
+}
+
+# The role an Entra identity needs for threads and messages, named in errors and the README.
+ENTRA_ROLE = {
+    Profile.AZURE: "Cognitive Services OpenAI User",
+    Profile.OPENAI: "Cognitive Services OpenAI User",
+    Profile.FOUNDRY: "Azure AI User",
 }
 
 # Which settings a user checks when the service answers that the path or the version is wrong.
@@ -92,27 +105,31 @@ def fixed_params(api: ApiSettings) -> dict[str, str]:
     return {"api-version": version} if version else {}
 
 
-def auth_headers(api: ApiSettings, key: str) -> dict[str, str]:
-    """The credential header(s) plus the fixed headers each profile wants."""
+def auth_headers(api: ApiSettings, key: str | None) -> dict[str, str]:
+    """The static credential header (none for Entra tokens) plus the fixed headers per profile."""
     auth = api.effective_auth()
-    if api.profile is Profile.FOUNDRY and auth != "bearer":
+    if api.profile is Profile.FOUNDRY and auth == "api-key":
         raise ConfigError(
-            "api.auth: the foundry profile accepts only bearer (Entra) tokens; unset"
-            " THREADSYNC_API__AUTH or set it to bearer"
+            "api.auth: the foundry profile accepts only Entra tokens; set"
+            " THREADSYNC_API__AUTH=entra (tokens from azure-identity) or bearer (a token you give)"
         )
     headers = {"User-Agent": USER_AGENT}
     if auth == "bearer":
         headers["Authorization"] = f"Bearer {key}"
-    else:
-        headers["api-key"] = key
+    elif auth == "api-key":
+        headers["api-key"] = f"{key}"
     if api.profile is Profile.OPENAI:
         headers["OpenAI-Beta"] = "assistants=v2"
+        if api.organization:
+            headers["OpenAI-Organization"] = api.organization
+        if api.openai_project:
+            headers["OpenAI-Project"] = api.openai_project
     return headers
 
 
 def api_key(api: ApiSettings) -> str:
     """The key from the environment or key file; a ConfigError naming the variable when absent."""
-    secret = api.credential()
+    secret = api.secret()
     key = secret.get_secret_value() if secret is not None else ""
     if not key:
         raise ConfigError(
@@ -122,9 +139,15 @@ def api_key(api: ApiSettings) -> str:
     return key
 
 
-def build_target(api: ApiSettings, key: str) -> Target:
+def build_target(api: ApiSettings, key: str | None) -> Target:
     """Validate the settings for talking to the API and build the constant request parts."""
-    return Target(base_url=base_url(api), params=fixed_params(api), headers=auth_headers(api, key))
+    url = base_url(api)
+    if api.effective_auth() == "entra" and urlsplit(url).hostname == "api.openai.com":
+        raise ConfigError(
+            "api.auth=entra: api.openai.com takes API keys only (OPENAI_API_KEY); Entra tokens are"
+            " for Azure endpoints such as https://<resource>.openai.azure.com/openai/v1"
+        )
+    return Target(base_url=url, params=fixed_params(api), headers=auth_headers(api, key))
 
 
 def request_headers() -> dict[str, str]:

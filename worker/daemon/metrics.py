@@ -79,6 +79,17 @@ class DaemonMetrics:
             "Unix time of the last heartbeat written to the mirror.",
             registry=r,
         )
+        self.tokens = Counter(
+            "threadsync_entra_tokens",
+            "Entra token events (auth = entra): renewed, failed (a renewal), refused (a 401).",
+            ["outcome"],
+            registry=r,
+        )
+        self.token_expiry = Gauge(
+            "threadsync_entra_token_expiry_timestamp_seconds",
+            "Unix time the Entra token in use expires (auth = entra).",
+            registry=r,
+        )
         for state in EDIT_STATES:
             self.edits.labels(state=state).set(0)
         for change in ("added", "changed", "deleted", "restored"):
@@ -130,3 +141,8 @@ class MetricsEvents(ClientEvents):
 
     def on_throttled(self, wait: float) -> None:
         self._m.throttled.inc()
+
+    def on_token(self, outcome: str, expires_on: float | None) -> None:
+        self._m.tokens.labels(outcome=outcome).inc()
+        if expires_on is not None:
+            self._m.token_expiry.set(expires_on)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 import anyio
 import orjson
 
-from worker.emulator import api, control, routes
+from worker.emulator import api, control, identity, routes
 from worker.emulator.faults import HOSTILE, FaultRule, hostile, relisted
 from worker.emulator.state import Emulator
 from worker.emulator.wire import WireError, bad_request, dumps
@@ -48,6 +48,8 @@ def create_app(emulator: Emulator) -> ASGIApp:
         path: str = scope["path"]
         if path.startswith(control.PREFIX + "/"):
             await _control(emulator, scope, receive, send)
+        elif path.rstrip("/") == identity.TOKEN_PATH:
+            await _token(emulator, scope, send)
         else:
             await _api(emulator, scope, receive, send)
 
@@ -97,6 +99,21 @@ async def _control(emulator: Emulator, scope: Scope, receive: Receive, send: Sen
         await _send(send, 200, dumps(result), [])
     except WireError as err:
         await _send(send, err.status, err.body(), [])
+
+
+async def _token(emulator: Emulator, scope: Scope, send: Send) -> None:
+    """The managed-identity token endpoint (App Service protocol, see ``identity``)."""
+    query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+    if scope["method"] != "GET":
+        await _send(send, 405, WireError(405, "Only GET is served here.").body(), [])
+        return
+    try:
+        with emulator.lock:
+            body = emulator.identity.issue(query, dict(scope["headers"]), emulator.wall())
+    except WireError as err:
+        await _send(send, err.status, err.body(), [])
+        return
+    await _send(send, 200, body, [])
 
 
 def _ids(profile: str) -> list[tuple[bytes, bytes]]:
@@ -161,9 +178,16 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     applied = False
     rule: FaultRule | None = None
     try:
-        key = routes.check_access(
-            route, request_headers, query, emulator.api_key, emulator.behaviour.unknown_version
-        )
+        with emulator.lock:
+            key = routes.check_access(
+                route,
+                request_headers,
+                query,
+                emulator.api_key,
+                emulator.identity,
+                emulator.wall(),
+                emulator.behaviour.unknown_version,
+            )
         with emulator.lock:
             wait = emulator.faults.throttle(key, emulator.monotonic())
             rule = emulator.faults.pick(method, route.kind, route.thread_id, emulator.fault_rng)

@@ -121,3 +121,11 @@ class EmulatorControl:
 
     async def reset_stats(self) -> None:
         await self._call("DELETE", "stats")
+
+    async def identity(self) -> dict[str, Any]:
+        """Entra settings and counters: lifetime, entra mode, outage, tokens issued/refused."""
+        return dict(await self._call("GET", "identity"))
+
+    async def configure_identity(self, **changes: Any) -> dict[str, Any]:
+        """``lifetime=``, ``entra="off"|"foundry"|"all"``, ``outage={"status", "times"}|None``."""
+        return dict(await self._call("POST", "identity", changes))

@@ -52,6 +52,11 @@ def _dispatch(emulator: Emulator, method: str, parts: list[str], args: dict[str,
         return emulator.behaviour.to_dict()
     if head == "faults" and n == 1:
         return _faults(emulator, method, args)
+    if head == "identity" and n == 1 and method in ("GET", "POST"):
+        if method == "POST":
+            return emulator.configure_identity(**args)
+        with emulator.lock:
+            return emulator.identity.to_dict()
     if (method, head, n) == ("POST", "clock", 1):
         return _clock(emulator, args)
     if head == "threads":

@@ -1,7 +1,8 @@
 """Parsing of API paths into (family, route kind, template, ids), and per-family auth/versions.
 
-Three path families share one state: Azure OpenAI (``/openai/threads...``), the OpenAI platform
-(``/v1/threads...``) and Foundry Agent Service classic (``/api/projects/{project}/threads...``).
+Three path families share one state: Azure OpenAI (``/openai/threads...``, and its v1 endpoint
+``/openai/v1/threads...`` without a dated api-version), the OpenAI platform (``/v1/threads...``)
+and Foundry Agent Service classic (``/api/projects/{project}/threads...``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from worker.emulator.behaviour import UnknownRoute, UnknownVersion
+from worker.emulator.identity import Identity
 from worker.emulator.validation import Profile
 from worker.emulator.wire import WireError, bad_request, bare_not_found, resource_not_found
 
 AZURE_VERSIONS = frozenset({"2024-05-01-preview", "2024-08-01-preview"})
 FOUNDRY_VERSIONS = frozenset({"2025-05-01"})
+V1_VERSIONS = frozenset({"preview", "latest"})  # optional on Azure's v1 endpoint
 BETA = "assistants=v2"
 
 _PREFIX_TEMPLATE: dict[Profile, str] = {
@@ -44,6 +47,7 @@ class Route:
     template: str
     thread_id: str | None = None
     message_id: str | None = None
+    v1: bool = False  # Azure's /openai/v1 endpoint: no dated api-version
 
     @property
     def mutates(self) -> bool:
@@ -53,7 +57,10 @@ class Route:
 def parse(method: str, path: str) -> Route | None:
     """The API route for ``method path``, or None when nothing lives there."""
     profile: Profile
-    if path.startswith("/openai/"):
+    v1 = path.startswith("/openai/v1/")
+    if v1:
+        profile, rest = "azure", path[10:]
+    elif path.startswith("/openai/"):
         profile, rest = "azure", path[7:]
     elif path.startswith("/v1/"):
         profile, rest = "openai", path[3:]
@@ -75,12 +82,14 @@ def parse(method: str, path: str) -> Route | None:
     kind, template = shape
     if kind == "thread.list" and profile != "foundry":
         return None  # neither Azure OpenAI nor the OpenAI platform can list threads
+    prefix = "/openai/v1" if v1 else _PREFIX_TEMPLATE[profile]
     return Route(
         profile=profile,
         kind=kind,
-        template=method + " " + _PREFIX_TEMPLATE[profile] + template,
+        template=method + " " + prefix + template,
         thread_id=parts[1] if len(parts) > 1 else None,
         message_id=parts[3] if len(parts) > 3 else None,
+        v1=v1,
     )
 
 
@@ -115,25 +124,21 @@ def check_access(
     headers: dict[bytes, bytes],
     query: dict[str, str],
     api_key: str,
+    identity: Identity,
+    now: float,
     unknown_version: UnknownVersion = "resource",
 ) -> str:
     """Auth then version checks for the route's family; answers the caller's credential."""
-    found = credential(headers)
-    if route.profile != "azure" and found is not None and found[0] == "api-key":
-        found = None  # OpenAI and Foundry only take bearer tokens
-    if found is None:
-        if route.profile == "azure":
-            raise _azure_denied()
-        raise WireError(
-            401,
-            "You didn't provide an API key. You need to provide your API key in an "
-            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-        )
-    if found[1] != api_key:
-        if route.profile == "azure":
-            raise _azure_denied()
-        raise WireError(401, "Incorrect API key provided.", code="invalid_api_key")
-    if route.profile == "azure":
+    key = _authenticate(route, headers, api_key, identity, now)
+    if route.v1:
+        version = query.get("api-version")
+        if version is not None and version not in V1_VERSIONS:
+            raise bad_request(
+                "The v1 API takes no dated api-version (only 'preview' or 'latest').",
+                code="UnsupportedApiVersion",
+                param="api-version",
+            )
+    elif route.profile == "azure":
         _check_version(query, AZURE_VERSIONS, unknown_status=404, mode=unknown_version)
     elif route.profile == "foundry":
         _check_version(query, FOUNDRY_VERSIONS, unknown_status=400)
@@ -143,6 +148,44 @@ def check_access(
             "again by setting the header 'OpenAI-Beta: assistants=v2'.",
             code="invalid_beta",
         )
+    return key
+
+
+def _authenticate(
+    route: Route, headers: dict[bytes, bytes], api_key: str, identity: Identity, now: float
+) -> str:
+    """The caller's credential: an Entra token the identity endpoint issued, or the key."""
+    found = credential(headers)
+    if found is not None and found[0] == "bearer" and identity.check(found[1], route.profile, now):
+        return "entra"
+    if not identity.accepts_key(route.profile):
+        identity.rejected += 1
+        if found is not None and found[0] == "api-key" and route.profile == "azure":
+            raise WireError(
+                403,
+                "Key based authentication is disabled for this resource.",
+                code="AuthenticationTypeDisabled",
+            )
+        raise identity.rejection(route.profile)
+    azure = route.profile == "azure"
+    if not azure and found is not None and found[0] == "api-key":
+        found = None  # OpenAI and Foundry only take bearer tokens
+    if found is None:
+        if azure:
+            raise _azure_denied()
+        raise WireError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        )
+    if found[1] != api_key:
+        if found[0] == "bearer" and route.profile != "openai":
+            # Azure's gateway validates any bearer as an Entra token, and says so.
+            identity.rejected += 1
+            raise identity.rejection(route.profile)
+        if azure:
+            raise _azure_denied()
+        raise WireError(401, "Incorrect API key provided.", code="invalid_api_key")
     return found[1]
 
 

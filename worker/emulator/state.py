@@ -19,6 +19,7 @@ from typing import Any
 from worker.emulator import persistence, seeding
 from worker.emulator.behaviour import Behaviour
 from worker.emulator.faults import FaultRule, Faults
+from worker.emulator.identity import Identity
 from worker.emulator.objects import deleted_object, message_object, thread_object
 from worker.emulator.timeline import Order, Page, Record, Timeline, list_page
 from worker.emulator.validation import (
@@ -70,8 +71,10 @@ class Emulator:
         monotonic: Callable[[], float] = time.monotonic,
         seed: int = 0,
         state_path: Path | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.api_key = api_key
+        self.identity = identity or Identity()
         self.behaviour = behaviour or Behaviour()
         self.monotonic = monotonic
         self.state_path = state_path
@@ -94,6 +97,11 @@ class Emulator:
 
     def now(self) -> float:
         return self._clock() + self._offset
+
+    def wall(self) -> float:
+        """The clock without the control plane's offset: Entra tokens expire in real time,
+        as azure-identity, reading ``time.time()``, expects."""
+        return self._clock()
 
     def set_clock(self, seconds: float) -> float:
         with self.lock:
@@ -142,6 +150,12 @@ class Emulator:
             self.behaviour = self.behaviour.updated(changes)
             self.changed()
             return self.behaviour
+
+    def configure_identity(self, **changes: Any) -> dict[str, Any]:
+        """Token lifetime, Entra mode, token endpoint outage (see ``identity``)."""
+        with self.lock:
+            self.identity.configure(**changes)
+            return self.identity.to_dict()
 
     def set_faults(self, faults: Faults) -> None:
         with self.lock:
