@@ -17,6 +17,7 @@ import orjson
 
 from worker.export.source import Row
 from worker.export.text import iso_datetime, iso_utc, plain_text
+from worker.jsontext import loads
 
 COLUMNS = (
     "thread_id",
@@ -35,7 +36,7 @@ COLUMNS = (
 
 def csv_record(row: Row) -> list[str]:
     """The CSV cells of one message."""
-    message = orjson.loads(row.raw)
+    message = loads(row.raw)
     metadata = message.get("metadata")
     return [
         row.thread_id,

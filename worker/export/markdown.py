@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import IO, Any
 
-import orjson
-
 from worker.export.source import Row
 from worker.export.text import (
     Footnote,
@@ -21,6 +19,7 @@ from worker.export.text import (
     part_placeholder,
     with_footnotes,
 )
+from worker.jsontext import loads
 
 FOOTNOTE_LABEL = {"file_citation": "cited file", "file_path": "generated file"}
 
@@ -69,7 +68,7 @@ def message_markdown(row: Row, index: int = 1) -> str:
     Footnote labels are document-global in Markdown, so they carry the message's position in the
     file: ``[^3.1]`` is the first citation of the third message.
     """
-    message = orjson.loads(row.raw)
+    message = loads(row.raw)
     heading = f"## {_who(message)} · {iso_utc(message.get('created_at', row.created_at))}"
     status = message.get("status")
     if status and status != "completed":

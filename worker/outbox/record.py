@@ -101,7 +101,7 @@ def _store_truth(session: Session, snap: Snapshot, obj: dict[str, Any], attempts
         .values(
             raw=incoming.raw.decode(),
             digest=incoming.digest,  # the metadata column follows raw (migration 0003)
-            status=obj.get("status") if isinstance(obj.get("status"), str) else None,
+            status=incoming.status,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
@@ -48,6 +49,7 @@ from worker.errors import (
     ThreadsyncError,
     TransientError,
 )
+from worker.jsontext import column_text
 from worker.logs import get_logger
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState, utcnow
@@ -429,7 +431,26 @@ class ThreadPass:
     # -- entry point ---------------------------------------------------------------------------
 
     async def run(self, *, full: bool = False) -> ThreadOutcome:
+        """Pass over the thread; every failure becomes this thread's recorded outcome."""
         started = time.monotonic()
+        try:
+            await self._run(full)
+        except Exception as exc:
+            # Not one of the failures the walks expect (a write the database refused, a bug):
+            # still this thread's failure alone, recorded and shown by `status`; the other
+            # threads of the run go on.
+            self._fail("failed", exc, detail=unexpected(exc))
+            log.warning(
+                "sync.thread_error",
+                thread=self.thread_id,
+                error=unexpected(exc),
+                where=_raised_at(exc),  # no traceback: its message may quote message content
+            )
+        self.outcome.seconds = time.monotonic() - started
+        self._finish()
+        return self.outcome
+
+    async def _run(self, full: bool) -> None:
         state = await self._state()
         try:
             if state.initial_done and not full:
@@ -456,9 +477,6 @@ class ThreadPass:
             await self._not_found(state, exc)
         except (AuthError, PermanentError, TransientError, PagingError) as exc:
             self._fail("failed", exc)
-        self.outcome.seconds = time.monotonic() - started
-        self._finish()
-        return self.outcome
 
     # -- the three walks -----------------------------------------------------------------------
 
@@ -1046,13 +1064,16 @@ class ThreadPass:
     def _fail(
         self,
         result: str,
-        exc: ThreadsyncError,
+        exc: Exception,
         *,
         parked: float | None = None,
         detail: str | None = None,
     ) -> None:
         self.outcome.result = result
-        self.outcome.error = describe(exc) if detail is None else f"{detail} ({describe(exc)})"
+        if not isinstance(exc, ThreadsyncError):
+            self.outcome.error = detail  # an unexpected error's own text may quote the data
+        else:
+            self.outcome.error = describe(exc) if detail is None else f"{detail} ({describe(exc)})"
         self._parked = parked
 
     def _finish(self) -> None:
@@ -1084,7 +1105,7 @@ class ThreadPass:
         else:
             adds["consecutive_failures"] = 1
             sets.update(
-                last_error=outcome.error,
+                last_error=column_text(outcome.error),  # may quote an id the server sent
                 last_error_kind=outcome.result,
                 parked_until=now + timedelta(seconds=parked) if parked else None,
             )
@@ -1107,6 +1128,24 @@ def describe(exc: BaseException) -> str:
         code = f" {exc.code}" if exc.code else ""
         return f"HTTP {exc.status}{code}: {exc.message}"
     return str(exc) or type(exc).__name__
+
+
+def unexpected(exc: BaseException) -> str:
+    """One line for an error no walk expects, naming its kind and never its text: a database
+    error's text quotes the statement's parameters, which are message content."""
+    if isinstance(exc, DBAPIError):
+        kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+        return (
+            f"the mirror database refused this thread's write ({kind}); the next pass retries"
+            " the thread"
+        )
+    return f"unexpected error ({type(exc).__name__}); the next pass retries the thread"
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``file:line`` (for a bug report)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _newest_listed(msgs: list[Incoming], has_more: bool, ties: TieOrder | None) -> Incoming | None:

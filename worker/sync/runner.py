@@ -21,7 +21,14 @@ from worker.store.db import Mirror
 from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
 from worker.store.repo import active_thread_ids, tracked
 from worker.sync.apply import Counts
-from worker.sync.engine import Known, ThreadOutcome, ThreadPass, TieConvention, describe
+from worker.sync.engine import (
+    Known,
+    ThreadOutcome,
+    ThreadPass,
+    TieConvention,
+    describe,
+    unexpected,
+)
 from worker.sync.memo import CensusAhead, WalkMemo
 
 log = get_logger()
@@ -100,6 +107,8 @@ async def sync_threads(
                     known=planned.known.pop(thread_id, None),
                     censuses=censuses,
                 ).run(full=full)
+            except Exception as exc:  # the pass records its own failures: this is the last net
+                outcome = ThreadOutcome(thread_id, "failed", error=unexpected(exc))
             finally:
                 censuses.passed(thread_id)
         report.outcomes.append(outcome)
