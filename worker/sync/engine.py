@@ -964,7 +964,7 @@ class ThreadPass:
         # what keeps the other pieces.)
         self._page_writes += 1
         counts, last, gone = await self.mirror.write_grouped(
-            work, isolated=not self.mirror.is_sqlite
+            work, isolated=not self.mirror.is_sqlite, thread_id=self.thread_id
         )
         self._cursor = cursor  # committed
         self._busy.difference_update(gone)
@@ -1117,7 +1117,7 @@ class ThreadPass:
 
         # Not waited for: it rides with another pass's next page, or with the run's final flush.
         # One statement, so on SQLite it needs no savepoint: it fails whole or not at all.
-        self.mirror.queue_grouped(write, isolated=not self.mirror.is_sqlite)
+        self.mirror.queue_grouped(write, isolated=not self.mirror.is_sqlite, thread_id=thread_id)
 
 
 def describe(exc: BaseException) -> str:
