@@ -71,7 +71,7 @@ def plant(emulator: Emulator, thread_id: str, objects: list[dict[str, Any]]) -> 
 def hostile_thread(emulator: Emulator) -> str:
     """A new thread holding one hostile message per :data:`HOSTILE` string, plus a message
     whose role and status carry them too."""
-    thread_id = emulator.create_thread()["id"]
+    thread_id: str = emulator.create_thread()["id"]
     now = int(emulator.now())
     messages = [hostile_message(emulator, thread_id, now, text) for text in HOSTILE]
     messages.append(

@@ -60,9 +60,9 @@ def test_syncs_push_and_backup_at_once_lose_and_duplicate_nothing(
             for args in commands
         ]
         for args, proc in zip(commands, procs, strict=True):
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, f"{args} exited {proc.returncode}\n{out}\n{err}"
-            assert "Traceback" not in out + err, (args, err)
+            stdout, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"{args} exited {proc.returncode}\n{stdout}\n{stderr}"
+            assert "Traceback" not in stdout + stderr, (args, stderr)
         truth = emulator.truth()["threads"]
         assert all(truth[ids[-1]][i]["metadata"]["reviewed"] == "yes" for i in range(3))
         out = tmp_path / "now.jsonl"

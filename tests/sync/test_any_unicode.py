@@ -92,7 +92,7 @@ async def test_query_columns_hold_what_the_database_can(emulator: Emulator, mirr
         matched = conn.execute(
             text(f"SELECT count(*) FROM message WHERE {plain} = 'value'")
         ).scalar_one()
-        metas = dict(conn.execute(text("SELECT raw, metadata FROM message")).all())
+        metas: dict[str, Any] = dict(conn.execute(text("SELECT raw, metadata FROM message")).all())
     assert roles == {"user", "us\ufffder\ufffd"}
     assert statuses == {"completed", "done\ufffd"}
     assert matched == len(HOSTILE) + 1

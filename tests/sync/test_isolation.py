@@ -9,7 +9,7 @@ import pytest
 from worker.emulator import Emulator, ManualClock
 from worker.store.db import Mirror
 from worker.store.repo import add_threads, thread_statuses
-from worker.sync import engine
+from worker.sync import apply, engine
 from worker.sync.runner import sync_threads
 from worker.testing import emulated_client
 
@@ -28,7 +28,7 @@ async def test_unexpected_error_fails_only_its_thread_and_status_shows_it(
     bad = ids[1]
     with mirror.write() as session:
         add_threads(session, ids)
-    advance = engine.advance_cursor
+    advance = apply.advance_cursor
 
     def failing(session: Any, thread_id: str, moved: dict[str, Any]) -> None:
         if thread_id == bad:
