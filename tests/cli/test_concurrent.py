@@ -37,6 +37,7 @@ def test_syncs_push_and_backup_at_once_lose_and_duplicate_nothing(
         env["THREADSYNC_SYNC__PAGE_LIMIT"] = "20"
         run(["threads", "add", *ids], env, tmp_path)
         run(["sync", "--thread", ids[-1]], env, tmp_path)  # the push needs mirrored messages
+        before = [m["metadata"] for m in emulator.truth()["threads"][ids[-1]][:3]]
         edited = [m["id"] for m in emulator.truth()["threads"][ids[-1]][:3]]
         for message_id in edited:
             run(["metadata", "set", ids[-1], message_id, "reviewed=yes"], env, tmp_path)
@@ -64,7 +65,9 @@ def test_syncs_push_and_backup_at_once_lose_and_duplicate_nothing(
             assert proc.returncode == 0, f"{args} exited {proc.returncode}\n{stdout}\n{stderr}"
             assert "Traceback" not in stdout + stderr, (args, stderr)
         truth = emulator.truth()["threads"]
-        assert all(truth[ids[-1]][i]["metadata"]["reviewed"] == "yes" for i in range(3))
+        # The edit went through whole: every other key (U+0000, lone surrogates) as it was.
+        after = [m["metadata"] for m in truth[ids[-1]][:3]]
+        assert after == [{**meta, "reviewed": "yes"} for meta in before]
         out = tmp_path / "now.jsonl"
         run(["export", "--out", str(out)], env, tmp_path)
         held = [loads(line)["id"] for line in out.read_bytes().splitlines()]
