@@ -1,4 +1,4 @@
-"""Several threadsync processes on one mirror at once: syncs, a push and a backup side by side.
+"""Several threadsync processes on one mirror at once: syncs, a daemon, a push and a backup.
 
 On PostgreSQL nothing serialised them: two syncs planned the same page from the same read and both
 inserted it (UniqueViolation, exit 1, messages missing until the next run). Each page write now
@@ -17,17 +17,18 @@ import pytest
 from worker.emulator import Emulator, FaultRule, serve_in_thread
 from worker.jsontext import loads
 
+from ..daemon.harness import DaemonProcess
 from ..hostile import hostile_thread, normalised
 from .test_cli_flow import KEY, run, user_env
 
 
-def test_syncs_push_and_backup_at_once_lose_and_duplicate_nothing(
+def test_syncs_daemon_push_and_backup_at_once_lose_and_duplicate_nothing(
     mirror_url: str, tmp_path: Path
 ) -> None:
-    """Three syncs, a push and a backup (which syncs too) start together on one mirror, over
-    hostile data: every process exits 0 without a traceback, the mirror holds every message
-    once, the push's edits reached the server, the backup verifies, and after a reconcile the
-    export equals the server's truth."""
+    """Three syncs, a push and a backup (which syncs too) start together on one mirror beside a
+    running daemon, over hostile data: every process exits 0 without a traceback, the daemon
+    fails no thread, the mirror holds every message once, the push's edits reached the server
+    whole, the backup verifies, and after a reconcile the export equals the server's truth."""
     emulator = Emulator(api_key=KEY, seed=21)
     with serve_in_thread(emulator) as url:
         ids = [*emulator.seed(seed=21, threads=4, messages=250), hostile_thread(emulator)]
@@ -49,6 +50,14 @@ def test_syncs_push_and_backup_at_once_lose_and_duplicate_nothing(
             ["backup", "--dest", str(tmp_path / "backups")],
         ]
         (tmp_path / "backups").mkdir()
+        env.update(
+            THREADSYNC_LOG__FORMAT="json",
+            THREADSYNC_DAEMON__DISPATCH_INTERVAL="0.2",
+            THREADSYNC_DAEMON__SYNC_INTERVAL="0.5",
+            THREADSYNC_DAEMON__REQUESTS_PER_SECOND="400",
+        )
+        daemon = DaemonProcess(env, tmp_path / "daemon.log")
+        daemon.wait_event("sync.run_started")
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "worker", *args],
@@ -64,6 +73,11 @@ def test_syncs_push_and_backup_at_once_lose_and_duplicate_nothing(
             stdout, stderr = proc.communicate(timeout=300)
             assert proc.returncode == 0, f"{args} exited {proc.returncode}\n{stdout}\n{stderr}"
             assert "Traceback" not in stdout + stderr, (args, stderr)
+        assert daemon.terminate(timeout=60) == 0
+        daemon.close()
+        log = daemon.log_file.read_text()
+        assert "Traceback" not in log
+        assert not [e for e in daemon.events() if e.get("event") == "sync.thread_failed"]
         truth = emulator.truth()["threads"]
         # The edit went through whole: every other key (U+0000, lone surrogates) as it was.
         after = [m["metadata"] for m in truth[ids[-1]][:3]]
