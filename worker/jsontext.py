@@ -47,6 +47,25 @@ def loads(data: bytes | str) -> Any:
         raise JsonTextError(first.msg, first.pos) from first
 
 
+def loads_text(data: bytes | str) -> Any:
+    """Parse as :func:`loads`, each lone surrogate read as U+FFFD: for outputs that must be UTF-8
+    text (CSV, Markdown, Parquet), which cannot hold one. JSONL keeps the escapes instead."""
+    try:
+        return orjson.loads(data)  # no lone surrogate: orjson would have refused it
+    except orjson.JSONDecodeError:
+        return _replaced(loads(data))
+
+
+def _replaced(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replaced(item) for item in value]
+    if isinstance(value, dict):
+        return {_replaced(k): _replaced(v) for k, v in value.items()}
+    return value
+
+
 def _escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 

@@ -9,6 +9,7 @@ thread holding one fails nothing, on either backend.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from worker.cli.export import Format, export_rows
 from worker.emulator import Emulator, ManualClock
 from worker.export.jsonl import write_jsonl, write_sqlite_jsonl
 from worker.export.source import Selection, iter_rows
@@ -159,3 +161,23 @@ async def test_any_unicode_round_trips_sync_then_export(
     lines = exported_lines(mirror, [thread_id])
     copies = 2 if mirror.is_sqlite else 1
     assert [normalised(loads(line)) for line in lines] == truth_of(emulator, [thread_id]) * copies
+
+
+async def test_every_export_format_writes_hostile_text(
+    emulator: Emulator, mirror: Mirror, tmp_path: Path
+) -> None:
+    """CSV, Markdown and Parquet (UTF-8 text, which cannot hold a lone surrogate) write the
+    hostile thread with U+FFFD in its place; JSONL keeps the escape."""
+    pytest.importorskip("pyarrow")
+    thread_id = hostile_thread(emulator)
+    with mirror.write() as session:
+        add_threads(session, [thread_id])
+    assert (await sync(emulator, mirror)).ok
+    for fmt in Format:
+        out = tmp_path / f"out.{fmt.value}"
+        assert export_rows(mirror, Selection(), fmt, str(out)) == len(HOSTILE) + 1
+    (tmp_path / "out.markdown").read_bytes().decode()  # UTF-8 throughout
+    written = (tmp_path / "out.csv").read_bytes().decode()
+    assert "astral \U0001f9f5" in written
+    assert "lone \ufffd low" in written
+    assert b"lone \\udfff low" in (tmp_path / "out.jsonl").read_bytes()

@@ -17,7 +17,7 @@ import orjson
 
 from worker.export.source import Row
 from worker.export.text import iso_datetime, iso_utc, plain_text
-from worker.jsontext import loads
+from worker.jsontext import loads_text
 
 COLUMNS = (
     "thread_id",
@@ -36,7 +36,7 @@ COLUMNS = (
 
 def csv_record(row: Row) -> list[str]:
     """The CSV cells of one message."""
-    message = loads(row.raw)
+    message = loads_text(row.raw)
     metadata = message.get("metadata")
     return [
         row.thread_id,

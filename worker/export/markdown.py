@@ -19,7 +19,7 @@ from worker.export.text import (
     part_placeholder,
     with_footnotes,
 )
-from worker.jsontext import loads
+from worker.jsontext import loads_text
 
 FOOTNOTE_LABEL = {"file_citation": "cited file", "file_path": "generated file"}
 
@@ -68,7 +68,7 @@ def message_markdown(row: Row, index: int = 1) -> str:
     Footnote labels are document-global in Markdown, so they carry the message's position in the
     file: ``[^3.1]`` is the first citation of the third message.
     """
-    message = loads(row.raw)
+    message = loads_text(row.raw)
     heading = f"## {_who(message)} · {iso_utc(message.get('created_at', row.created_at))}"
     status = message.get("status")
     if status and status != "completed":

@@ -16,7 +16,7 @@ import orjson
 from worker.errors import ConfigError
 from worker.export.source import Row
 from worker.export.text import plain_text
-from worker.jsontext import loads
+from worker.jsontext import loads_text
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -32,7 +32,7 @@ def _pyarrow() -> tuple[Any, Any]:
 
 
 def _record(row: Row) -> dict[str, Any]:
-    message = loads(row.raw)
+    message = loads_text(row.raw)
     metadata = message.get("metadata")
     deleted = row.deleted_at
     if deleted is not None and deleted.tzinfo is None:
