@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from worker.emulator import Emulator, ManualClock
 from worker.store.db import Mirror
@@ -13,9 +14,8 @@ from worker.sync import apply, engine
 from worker.sync.runner import sync_threads
 from worker.testing import emulated_client
 
-pytestmark = pytest.mark.anyio
 
-
+@pytest.mark.anyio
 async def test_unexpected_error_fails_only_its_thread_and_status_shows_it(
     mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,3 +57,19 @@ async def test_unexpected_error_fails_only_its_thread_and_status_shows_it(
     with mirror.read() as session:
         healed = {s.thread_id: s for s in thread_statuses(session)}[bad]
     assert (healed.messages, healed.last_error) == (60, None)
+
+
+def test_unexpected_names_the_kind_never_the_text() -> None:
+    """A database error's text quotes its statement's parameters (message content): the line
+    names the driver's error kind only, also out of a task group's single-error group."""
+
+    class UntranslatableCharacter(Exception):
+        pass
+
+    refused = DBAPIError("INSERT ...", {"raw": "secret text"}, UntranslatableCharacter("secret"))
+    for exc in (refused, ExceptionGroup("walk", [refused])):
+        line = engine.unexpected(exc)
+        assert "UntranslatableCharacter" in line
+        assert "secret" not in line
+    assert "KeyError" in engine.unexpected(KeyError("secret"))
+    assert "secret" not in engine.unexpected(KeyError("secret"))

@@ -1133,6 +1133,8 @@ def describe(exc: BaseException) -> str:
 def unexpected(exc: BaseException) -> str:
     """One line for an error no walk expects, naming its kind and never its text: a database
     error's text quotes the statement's parameters, which are message content."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # from a task group of the walk: the error itself is the news
     if isinstance(exc, DBAPIError):
         kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
         return (
