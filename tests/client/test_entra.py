@@ -92,7 +92,7 @@ async def test_foundry_refuses_the_key_where_it_takes_tokens_only(
     thread = emulator.seed(threads=1, messages=1)[0]
     api = foundry(served, auth="bearer", api_key=SecretStr(emulator.api_key))
     async with ApiClient(api) as client:
-        with pytest.raises(AuthError, match=r"HTTP 401 401: Unauthorized\. Access token is"):
+        with pytest.raises(AuthError, match=r"HTTP 401: Unauthorized\. Access token is"):
             await client.get_message(thread, "msg_x")
 
 

@@ -281,5 +281,7 @@ async def test_a_thread_id_that_is_no_file_name_is_refused(
     _, _, url = synced
     before = sorted(os.listdir(tmp_path))
     line = one_error_line(export(url, "-o", f"{tmp_path}/out/", "-t", "../escape"))
-    assert "cannot name a file" in line
+    # Refused by whichever check meets it first (the id's syntax, the mirror not holding it,
+    # the file name it would make): never written outside the directory.
+    assert "../escape" in line
     assert sorted(os.listdir(tmp_path)) == before

@@ -13,6 +13,7 @@ from alembic import command
 from sqlalchemy import Engine, text
 
 from worker.errors import SchemaOutdatedError, StoreError
+from worker.jsontext import loads
 from worker.store import schema
 from worker.store.db import Mirror
 from worker.store.models import Message
@@ -150,7 +151,7 @@ def _downgrade(engine: Engine, revision: str) -> None:
 
 def _as_obj(value: Any) -> Any:
     """A JSON column as read raw: text on SQLite, already parsed on PostgreSQL."""
-    return orjson.loads(value) if isinstance(value, str) else value
+    return loads(value) if isinstance(value, str) else value  # lone surrogates included
 
 
 def test_0004_adds_an_empty_walk_memo_and_keeps_every_state(mirror_url: str) -> None:
@@ -184,4 +185,57 @@ def test_0004_adds_an_empty_walk_memo_and_keeps_every_state(mirror_url: str) -> 
     downgraded = state()
     assert "walk_memo" not in downgraded
     assert downgraded == {k: v for k, v in upgraded.items() if k != "walk_memo"}
+    m.dispose()
+
+
+def test_0005_stores_any_unicode_and_keeps_every_row(mirror_url: str) -> None:
+    """A 0004 mirror upgraded: every row as it was, ``metadata`` still derived from ``raw``; then
+    a message holding U+0000 and a lone surrogate (as escapes) and a long role is stored, which
+    0004 refused on PostgreSQL; downgrading is refused while it is there, and works without it."""
+    m = Mirror(mirror_url, check=False)
+    schema.upgrade(m.engine, "0004")
+    insert = text(
+        "INSERT INTO message (id, thread_id, created_at, tie_rank, role, raw, digest,"
+        " first_seen_at, updated_at) VALUES (:id, 't', 1, 0, :role, :raw, 'd',"
+        " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+    )
+    with m.engine.begin() as conn:
+        conn.execute(text("INSERT INTO tracked_thread (thread_id, added_at, state) VALUES"
+                          " ('t', CURRENT_TIMESTAMP, 'active')"))  # fmt: skip
+        conn.execute(insert, {"id": "msg_a", "role": "user", "raw": '{"metadata":{"k":"é😀"}}'})
+        conn.execute(insert, {"id": "msg_b", "role": None, "raw": '{"metadata":"no"}'})
+    schema.upgrade(m.engine)
+
+    def read() -> list[tuple[str, str | None, str, Any]]:
+        with m.engine.connect() as conn:
+            found = conn.execute(text("SELECT id, role, raw, metadata FROM message ORDER BY id"))
+            return [
+                (r.id, r.role, r.raw, None if r.metadata is None else _as_obj(r.metadata))
+                for r in found
+            ]
+
+    before = [
+        ("msg_a", "user", '{"metadata":{"k":"é😀"}}', {"k": "é😀"}),
+        ("msg_b", None, '{"metadata":"no"}', None),
+    ]
+    assert read() == before
+    hostile = r'{"t":"\u0000\ud800","metadata":{"k\u0000":"\\u0000 \udfff","p":"v"}}'
+    with m.engine.begin() as conn:
+        conn.execute(insert, {"id": "msg_c", "role": "r" * 40, "raw": hostile})
+    postgres = m.engine.dialect.name == "postgresql"
+    held = (
+        {"k\ufffd": "\\u0000 \ufffd", "p": "v"}
+        if postgres
+        else {"k\x00": "\\u0000 \udfff", "p": "v"}
+    )
+    assert read() == [*before, ("msg_c", "r" * 40, hostile, held)]
+    if postgres:
+        with pytest.raises(RuntimeError, match="1 mirrored messages hold U\\+0000"):
+            _downgrade(m.engine, "0004")
+        assert schema.current_revision(m.engine) == schema.HEAD
+        with m.engine.begin() as conn:
+            conn.execute(text("DELETE FROM message WHERE id = 'msg_c'"))
+    _downgrade(m.engine, "0004")
+    assert schema.current_revision(m.engine) == "0004"
+    assert read()[:2] == before
     m.dispose()

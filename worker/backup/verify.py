@@ -39,6 +39,7 @@ from worker.backup.manifest import (
     sha256_of,
 )
 from worker.export.jsonl import DELETED_KEY
+from worker.jsontext import JsonTextError, loads
 
 
 class Damaged(Exception):
@@ -166,9 +167,9 @@ def _jsonl_counts(file: Path) -> dict[str, ThreadCount]:
     with file.open("rb") as fh:
         for number, line in enumerate(fh, start=1):
             try:
-                message = orjson.loads(line)
+                message = loads(line)  # a message may hold an escaped lone surrogate
                 thread_id, message_id = message["thread_id"], message["id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+            except (JsonTextError, KeyError, TypeError):
                 raise Damaged(f"{MESSAGES}: line {number} is not a message object") from None
             count = counts.get(thread_id)
             if count is None:

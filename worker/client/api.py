@@ -53,6 +53,7 @@ from worker.errors import (
     TransientError,
     UnreachableError,
 )
+from worker.jsontext import dumps
 from worker.logs import get_logger, register_secret, scrub
 
 log = get_logger()
@@ -395,7 +396,7 @@ class ApiClient:
         """
         safe = method in ("GET", "DELETE") if repeatable is None else repeatable
         url = profiles.fill_route(route, **ids)
-        content = orjson.dumps(json) if json is not None else None
+        content = dumps(json) if json is not None else None  # lone surrogates escaped
         headers = {"Content-Type": "application/json"} if content is not None else {}
         attempt = 0
         refused = 0  # attempts that found no server at all (refused, DNS)

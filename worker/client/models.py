@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, NamedTuple
 
-import orjson
-
 from worker.client.messages import check_message, check_page
 from worker.errors import TransientError
+from worker.jsontext import JsonTextError, loads
 
 
 @dataclass(frozen=True)
@@ -37,10 +36,12 @@ def _invalid(why: str) -> TransientError:
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a body; anything undecodable is a transient failure (the body was likely cut)."""
+    """Decode a body; anything undecodable is a transient failure (the body was likely cut).
+
+    An escaped lone surrogate is JSON, and is kept (see ``worker/jsontext.py``)."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return loads(body)
+    except JsonTextError as exc:
         raise _invalid(f"{exc.msg} at byte {exc.pos} of {len(body)}") from exc
 
 

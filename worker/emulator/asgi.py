@@ -14,12 +14,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
-import orjson
 
 from worker.emulator import api, control, identity, routes
 from worker.emulator.faults import HOSTILE, FaultRule, hostile, relisted
 from worker.emulator.state import Emulator
 from worker.emulator.wire import WireError, bad_request, dumps
+from worker.jsontext import JsonTextError, loads
 from worker.logs import get_logger
 
 Scope = MutableMapping[str, Any]
@@ -79,8 +79,8 @@ async def _read_json(receive: Receive) -> Any:
     if not raw.strip():
         return None
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return loads(raw)  # JSON allows an escaped lone surrogate
+    except JsonTextError:
         raise bad_request(
             "We could not parse the JSON body of your request.", code="invalid_json"
         ) from None
@@ -245,7 +245,7 @@ def _relist(
         return payload
     try:
         with emulator.lock:
-            cursor = orjson.loads(emulator.message(route.thread_id or "", after).json())
+            cursor = loads(emulator.message(route.thread_id or "", after).json())
     except WireError:
         return payload
     return relisted(payload, cursor, rule)

@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 from worker.emulator.behaviour import CursorMissing, Ties
 from worker.emulator.wire import bad_request, not_found
+from worker.jsontext import dumps
 
 Order = Literal["asc", "desc"]
 
@@ -36,7 +35,7 @@ class Record:
 
     def json(self) -> bytes:
         if self._json is None:
-            self._json = orjson.dumps(self.data)
+            self._json = dumps(self.data)  # a lone surrogate goes out escaped
         return self._json
 
     def changed(self) -> None:

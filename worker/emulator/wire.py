@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from worker.jsontext import dumps as _dumps
 
 
 class WireError(Exception):
@@ -46,7 +46,7 @@ class WireError(Exception):
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+    return _dumps(obj)  # a lone surrogate in a stored object goes out escaped, as JSON allows
 
 
 def bad_request(message: str, *, code: str | None = None, param: str | None = None) -> WireError:

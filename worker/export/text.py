@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from worker.jsontext import loads_text
+
 PART_SEPARATOR = "\n\n"
 
 
@@ -24,8 +26,8 @@ def message_of(raw: str | bytes) -> dict[str, Any]:
     """The stored object as a dict; a stored value that is not a JSON object reads as empty
     (the row's own columns still give its thread, id and time)."""
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        value = loads_text(raw)  # a lone surrogate reads as U+FFFD: UTF-8 outputs cannot hold it
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -16,7 +16,7 @@ from sqlmodel import Session, col
 
 from worker.outbox.merge import Conflict, as_metadata, merge3
 from worker.outbox.models import MetadataEdit
-from worker.store.db import Mirror
+from worker.store.db import Mirror, lock_threads
 from worker.store.models import Message, utcnow
 from worker.sync.apply import prepare
 
@@ -79,6 +79,8 @@ class Outcome:
 def store_outcomes(mirror: Mirror, outcomes: Sequence[Outcome]) -> None:
     """Record a batch of outcomes in one transaction (a push writes as its answers arrive)."""
     with mirror.write() as session:
+        # Message rows are written under their threads' locks, as a sync writes them.
+        lock_threads(session, (o.snap.thread_id for o in outcomes if o.obj is not None))
         for outcome in outcomes:
             if outcome.obj is not None:
                 _store_truth(session, outcome.snap, outcome.obj, outcome.attempts)
@@ -101,7 +103,7 @@ def _store_truth(session: Session, snap: Snapshot, obj: dict[str, Any], attempts
         .values(
             raw=incoming.raw.decode(),
             digest=incoming.digest,  # the metadata column follows raw (migration 0003)
-            status=obj.get("status") if isinstance(obj.get("status"), str) else None,
+            status=incoming.status,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)

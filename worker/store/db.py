@@ -17,15 +17,16 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session
@@ -159,6 +160,7 @@ class _Grouped(Generic[T]):
     finished: bool = False
     detached: bool = False  # queued without a waiter: a failure is kept for flush_grouped
     isolated: bool = True  # in a savepoint of its own (see Mirror.write_grouped)
+    thread_id: str | None = None  # the thread whose rows it writes (see lock_threads)
 
 
 @dataclass(eq=False)
@@ -186,10 +188,38 @@ def _still_open(session: Session) -> bool:
         return False
 
 
+def _thread_key(thread_id: str) -> int:
+    """A thread's advisory lock key: 64 bits of a hash, as PostgreSQL's signed bigint."""
+    digest = blake2b(b"threadsync.thread:" + thread_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_threads(session: Session, thread_ids: Iterable[str]) -> None:
+    """On PostgreSQL, take each thread's transaction-scoped advisory lock, in key order.
+
+    Several processes may write one PostgreSQL mirror at once (syncs, a daemon, pushes): a page
+    is planned from what its transaction reads and then written, so two passes over one thread
+    must not interleave there (each would insert the messages the other's plan had not seen).
+    Whoever writes a thread's rows takes its lock first, all of a transaction's at its start and
+    in one order (sorted keys, locked in array order), so two writers never wait on each other
+    in a circle. The locks end with the transaction: nothing is held across HTTP requests, and a
+    killed process holds nothing. SQLite has one writer at a time already.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({_thread_key(t) for t in thread_ids})
+    if keys:
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": keys},
+        )
+
+
 def _write_group(mirror: Mirror, batch: list[_Grouped[Any]]) -> None:
     """Run ``batch`` in one write transaction, one savepoint per isolated piece."""
     try:
         with mirror.write(small=True) as session:  # a sync's pages and closing states
+            lock_threads(session, (job.thread_id for job in batch if job.thread_id is not None))
             for job in batch:
                 try:
                     if job.isolated:
@@ -303,7 +333,9 @@ class Mirror:
             result = await anyio.to_thread.run_sync(call, limiter=self._writers)
         return result  # noqa: RET504 - mypy cannot see past the shielded scope
 
-    async def write_grouped(self, fn: Callable[[Session], T], *, isolated: bool = True) -> T:
+    async def write_grouped(
+        self, fn: Callable[[Session], T], *, isolated: bool = True, thread_id: str | None = None
+    ) -> T:
         """Run ``fn(session)`` in a write transaction, shared with whatever else is waiting.
 
         When no grouped write is running, ``fn`` goes at once, alone. Otherwise it queues, and
@@ -319,8 +351,11 @@ class Mirror:
         still raised here. On SQLite a savepoint and its release are two more trips through the
         driver, each handing the GIL over and waiting to get it back from the event loop: about
         a tenth of a 100,000-message first sync (bench_sync).
+
+        ``thread_id``: the thread whose rows ``fn`` writes; on PostgreSQL the transaction takes
+        that thread's lock before any piece runs (:func:`lock_threads`).
         """
-        job: _Grouped[T] = _Grouped(fn, isolated=isolated)
+        job: _Grouped[T] = _Grouped(fn, isolated=isolated, thread_id=thread_id)
         self._group.queue.append(job)
         await self._drain(lambda: job.finished)
         if job.error is not None:
@@ -332,7 +367,9 @@ class Mirror:
         """Pieces queued for the next grouped write transaction."""
         return len(self._group.queue)
 
-    def queue_grouped(self, fn: Callable[[Session], None], *, isolated: bool = True) -> None:
+    def queue_grouped(
+        self, fn: Callable[[Session], None], *, isolated: bool = True, thread_id: str | None = None
+    ) -> None:
         """Queue ``fn`` for the next grouped write transaction without waiting for it.
 
         For bookkeeping nothing else waits on (a sync pass's closing state): it rides along with
@@ -340,7 +377,9 @@ class Mirror:
         work must call before it reports the work done. ``isolated`` as for
         :meth:`write_grouped` (a single statement needs no savepoint on SQLite: it fails whole).
         """
-        self._group.queue.append(_Grouped(fn, detached=True, isolated=isolated))
+        self._group.queue.append(
+            _Grouped(fn, detached=True, isolated=isolated, thread_id=thread_id)
+        )
 
     async def flush_grouped(self) -> None:
         """Commit everything queued; raise the first failure of work nobody waited for."""

@@ -80,12 +80,16 @@ class Message(SQLModel, table=True):
     thread_id: str = Field(max_length=128)
     created_at: int = Field(sa_type=BigInteger)
     tie_rank: int = Field(default=0, sa_type=BigInteger)
-    role: str | None = Field(default=None, max_length=32)
-    status: str | None = Field(default=None, max_length=32, index=True)
-    run_id: str | None = Field(default=None, max_length=128)
-    assistant_id: str | None = Field(default=None, max_length=128)
-    # Derived from ``raw`` by the database (migration 0003; the DDL there is per backend, this
-    # expression is SQLite's): the metadata object, or NULL. threadsync never writes it.
+    # The fields as received (any length: migration 0006), except that U+0000 and lone
+    # surrogates read as U+FFFD (``worker.jsontext.column_text``); ``raw`` keeps them.
+    role: str | None = Field(default=None, sa_type=Text)
+    status: str | None = Field(default=None, sa_type=Text, index=True)
+    run_id: str | None = Field(default=None, sa_type=Text)
+    assistant_id: str | None = Field(default=None, sa_type=Text)
+    # Derived from ``raw`` by the database (migrations 0003 and 0006; the DDL there is per
+    # backend, this expression is SQLite's): the metadata object, or NULL. threadsync never
+    # writes it. On PostgreSQL, whose text cannot hold them, U+0000 and lone surrogates read as
+    # U+FFFD in this column (SQLite keeps their escapes); ``raw`` keeps them exactly.
     meta: dict[str, Any] | None = Field(
         default=None,
         sa_column=Column(

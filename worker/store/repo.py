@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Integer, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from worker.store.models import (
@@ -88,11 +89,17 @@ def get_meta(session: Session, key: str) -> str | None:
 
 
 def set_meta(session: Session, key: str, value: str) -> None:
-    row = session.get(MirrorMeta, key)
-    if row is None:
-        session.add(MirrorMeta(key=key, value=value))
-    else:
-        row.value, row.updated_at = value, utcnow()
+    """Set a fact: one upsert, so two processes setting it at once both succeed."""
+    table = MirrorMeta.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = utcnow()
+    statement = insert(table).values(key=key, value=value, updated_at=now)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.key], set_={"value": value, "updated_at": now}
+        )
+    )
 
 
 def delete_meta(session: Session, key: str) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session, col
 
 from worker.errors import TransientError
+from worker.jsontext import column_text, dumps, loads
 from worker.store.models import Message, SyncState
 from worker.sync.order import Place, TieOrder, place_ascending, place_descending
 
@@ -134,23 +135,18 @@ def prepare(obj: Any, thread_id: str) -> Incoming:
         raise TransientError(f"thread {thread_id}: the server listed a message without an id")
     if type(created_at) is not int:  # bool is not int here, as it should be
         raise TransientError(f"thread {thread_id}: message {msg_id} has no integer created_at")
-    role, status, run_id, assistant_id = (
-        get("role"),
-        get("status"),
-        get("run_id"),
-        get("assistant_id"),
-    )
     return Incoming(
         msg_id,
         created_at,
         # Copied to a bytes object of its exact size: orjson's own answer keeps the buffer it
         # grew while writing, several times the text (pages waiting to be stored held 5x).
-        raw := memoryview(orjson.dumps(obj)).tobytes(),
+        # U+0000 is written as its escape: the bytes are text any database stores.
+        raw := memoryview(dumps(obj)).tobytes(),
         digest_of(raw),
-        role if type(role) is str else None,
-        status if type(status) is str else None,
-        run_id if type(run_id) is str else None,
-        assistant_id if type(assistant_id) is str else None,
+        column_text(get("role")),
+        column_text(get("status")),
+        column_text(get("run_id")),
+        column_text(get("assistant_id")),
     )
 
 
@@ -296,7 +292,7 @@ def settle(session: Session, plan: Plan) -> None:
     same: set[str] = set()
     for mid, moved in plan.suspects:
         old = stored.get(mid)
-        if old is not None and orjson.loads(old) == orjson.loads(incoming[mid].raw):
+        if old is not None and loads(old) == loads(incoming[mid].raw):
             plan.counts.changed -= 1
             if not moved:
                 same.add(mid)

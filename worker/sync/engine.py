@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
@@ -48,6 +49,7 @@ from worker.errors import (
     ThreadsyncError,
     TransientError,
 )
+from worker.jsontext import column_text
 from worker.logs import get_logger, redact_message
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState, utcnow
@@ -450,7 +452,26 @@ class ThreadPass:
     # -- entry point ---------------------------------------------------------------------------
 
     async def run(self, *, full: bool = False) -> ThreadOutcome:
+        """Pass over the thread; every failure becomes this thread's recorded outcome."""
         started = time.monotonic()
+        try:
+            await self._run(full)
+        except Exception as exc:
+            # Not one of the failures the walks expect (a write the database refused, a bug):
+            # still this thread's failure alone, recorded and shown by `status`; the other
+            # threads of the run go on.
+            self._fail("failed", exc, detail=unexpected(exc))
+            log.warning(
+                "sync.thread_error",
+                thread=self.thread_id,
+                error=unexpected(exc),
+                where=_raised_at(exc),  # no traceback: its message may quote message content
+            )
+        self.outcome.seconds = time.monotonic() - started
+        self._finish()
+        return self.outcome
+
+    async def _run(self, full: bool) -> None:
         state = await self._state()
         try:
             if state.initial_done and not full:
@@ -482,9 +503,6 @@ class ThreadPass:
                 self._fail("failed", exc)
         except PagingError as exc:
             self._fail("failed", exc)
-        self.outcome.seconds = time.monotonic() - started
-        self._finish()
-        return self.outcome
 
     # -- the three walks -----------------------------------------------------------------------
 
@@ -985,7 +1003,7 @@ class ThreadPass:
         # what keeps the other pieces.)
         self._page_writes += 1
         counts, last, gone = await self.mirror.write_grouped(
-            work, isolated=not self.mirror.is_sqlite
+            work, isolated=not self.mirror.is_sqlite, thread_id=self.thread_id
         )
         self._cursor = cursor  # committed
         self._busy.difference_update(gone)
@@ -1083,13 +1101,16 @@ class ThreadPass:
     def _fail(
         self,
         result: str,
-        exc: ThreadsyncError,
+        exc: Exception,
         *,
         parked: float | None = None,
         detail: str | None = None,
     ) -> None:
         self.outcome.result = result
-        self.outcome.error = describe(exc) if detail is None else f"{detail} ({describe(exc)})"
+        if not isinstance(exc, ThreadsyncError):
+            self.outcome.error = detail  # an unexpected error's own text may quote the data
+        else:
+            self.outcome.error = describe(exc) if detail is None else f"{detail} ({describe(exc)})"
         self.outcome.cause = cause_of(exc)
         self._parked = parked
 
@@ -1124,7 +1145,7 @@ class ThreadPass:
         else:
             adds["consecutive_failures"] = 1
             sets.update(
-                last_error=outcome.error,
+                last_error=column_text(outcome.error),  # may quote an id the server sent
                 last_error_kind=outcome.result,
                 parked_until=now + timedelta(seconds=parked) if parked else None,
             )
@@ -1136,7 +1157,7 @@ class ThreadPass:
 
         # Not waited for: it rides with another pass's next page, or with the run's final flush.
         # One statement, so on SQLite it needs no savepoint: it fails whole or not at all.
-        self.mirror.queue_grouped(write, isolated=not self.mirror.is_sqlite)
+        self.mirror.queue_grouped(write, isolated=not self.mirror.is_sqlite, thread_id=thread_id)
 
 
 def describe(exc: BaseException) -> str:
@@ -1164,6 +1185,26 @@ def cause_of(exc: BaseException) -> str:
         _, _, kind = exc.message.partition("no usable answer (")
         return kind.split(")")[0] if kind else "no usable answer"
     return type(exc).__name__
+
+
+def unexpected(exc: BaseException) -> str:
+    """One line for an error no walk expects, naming its kind and never its text: a database
+    error's text quotes the statement's parameters, which are message content."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # from a task group of the walk: the error itself is the news
+    if isinstance(exc, DBAPIError):
+        kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+        return (
+            f"the mirror database refused this thread's write ({kind}); the next pass retries"
+            " the thread"
+        )
+    return f"unexpected error ({type(exc).__name__}); the next pass retries the thread"
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``file:line`` (for a bug report)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _newest_listed(msgs: list[Incoming], has_more: bool, ties: TieOrder | None) -> Incoming | None:

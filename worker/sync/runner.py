@@ -47,6 +47,7 @@ from worker.sync.engine import (
     TieConvention,
     cause_of,
     describe,
+    unexpected,
 )
 from worker.sync.memo import CensusAhead, WalkMemo
 
@@ -163,6 +164,8 @@ async def sync_threads(
                         censuses=censuses,
                     )
                     outcome = await run_until(one_pass, full, stop_at, deadline)
+            except Exception as exc:  # the pass records its own failures: this is the last net
+                outcome = ThreadOutcome(thread_id, "failed", error=unexpected(exc))
             finally:
                 censuses.passed(thread_id)
             outcome.was_gone = thread_id in planned.rechecks

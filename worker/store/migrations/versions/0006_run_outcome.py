@@ -4,8 +4,8 @@ Before it, a run stopped by SIGINT or SIGTERM kept ``finished_at`` NULL forever 
 told apart from one still going. Rows from before this upgrade keep NULL: ``threadsync runs``
 derives their outcome from ``finished_at`` and the thread counts.
 
-Revision ID: 0009
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-06 09:00:00.000000
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
