@@ -14,7 +14,7 @@ ignoring the cursor), raises :class:`PagingError` instead of looping for ever.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
 from worker.client.api import Order
@@ -81,3 +81,44 @@ async def iter_pages(
             )
         cursors.add(cursor)
         previous = frozenset(ids)
+
+
+class ThreadLister(Protocol):
+    """What thread discovery needs from a client (Foundry classic's ``GET /threads``)."""
+
+    async def list_threads(
+        self, *, limit: int = 100, order: Order = "desc", after: str | None = None
+    ) -> MessagePage: ...
+
+
+async def iter_thread_pages(
+    client: ThreadLister, *, order: Order = "asc", limit: int = 100
+) -> AsyncGenerator[MessagePage, None]:
+    """Every page of the project's threads, following ``after`` until ``has_more`` is false.
+
+    Guarded like :func:`iter_pages`, against every id seen so far rather than the previous
+    page's (discovery keeps them all anyway): a cursor that comes round again, or a page made
+    only of threads already listed, raises :class:`PagingError`. A page overlapping the ones
+    before only in part is yielded; the caller drops the repeats.
+    """
+    cursor: str | None = None
+    cursors: set[str] = set()
+    seen: set[str] = set()
+    while True:
+        page = await client.list_threads(limit=limit, order=order, after=cursor)
+        if not page.data:
+            return
+        ids = [thread["id"] for thread in page.data]
+        if seen.issuperset(ids):
+            raise PagingError(
+                f"listing threads: the page after cursor {cursor} lists only threads already"
+                " listed; the server is not advancing"
+            )
+        seen.update(ids)
+        yield page
+        if not page.has_more:
+            return
+        cursor = ids[-1]
+        if cursor in cursors:
+            raise PagingError(f"listing threads: cursor {cursor} came round again; the pages loop")
+        cursors.add(cursor)
