@@ -21,6 +21,7 @@ from worker.export.output import atomic_output
 from worker.export.parquet import write_parquet
 from worker.export.progress import with_progress
 from worker.export.source import Row, Selection, count_rows, iter_rows, thread_order
+from worker.ids import check_ids
 from worker.store.db import Mirror
 from worker.sync.runner import RunReport, sync_threads
 
@@ -182,6 +183,7 @@ def export(
     ] = False,
 ) -> None:
     """Write the mirrored messages, each thread in server order (oldest first)."""
+    check_ids(thread or [])
     g = globals_of(ctx)
     selection = Selection(
         thread_ids=thread or None,

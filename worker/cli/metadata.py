@@ -18,6 +18,7 @@ from worker.cli.common import (
     run_async,
 )
 from worker.errors import ConfigError
+from worker.ids import check_id
 from worker.outbox import MetadataView, PushReport, push_pending, set_metadata, show_metadata
 from worker.outbox.merge import POLICIES
 
@@ -63,6 +64,8 @@ def set_(
     ] = None,
 ) -> None:
     """Record a metadata edit locally and queue it for `threadsync push`."""
+    check_id(thread_id, "thread")
+    check_id(message_id, "message")
     if not pairs and not unset:
         raise ConfigError("nothing to do: give KEY=VALUE pairs and/or --unset KEY")
     mirror = globals_of(ctx).mirror()
@@ -122,6 +125,8 @@ def show(
     ] = False,
 ) -> None:
     """The mirrored metadata, the queued edit, its state and any conflict."""
+    check_id(thread_id, "thread")
+    check_id(message_id, "message")
     view = show_metadata(globals_of(ctx).mirror(), thread_id, message_id)
     if as_json:
         out_console.out(

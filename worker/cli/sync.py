@@ -18,6 +18,7 @@ from worker.cli.common import (
     out_console,
     run_async,
 )
+from worker.ids import check_ids
 from worker.outbox import edit_counts
 from worker.store.repo import thread_statuses
 from worker.sync.runner import RunReport, sync_threads
@@ -60,6 +61,7 @@ def sync(
     ] = None,
 ) -> None:
     """Mirror every tracked thread once, then exit (0 only if every thread synced)."""
+    check_ids(thread or [])
     g = globals_of(ctx)
     settings = g.settings(sync={"concurrency": concurrency})
     mirror = g.mirror()
