@@ -115,7 +115,8 @@ def test_column_names_another_header_column() -> None:
     assert ids.ids == ["thread_a"]
     assert ids.bad[0] == BadLine(3, ids.bad[0].problem)
     assert "thred_b" in ids.bad[0].problem
-    assert ids.bad[1].line == 4 and "'short' does not start with thread_" in ids.bad[1].problem
+    assert ids.bad[1].line == 4
+    assert "'short' does not start with thread_" in ids.bad[1].problem
 
 
 def test_a_csv_header_without_the_column_is_refused_naming_the_columns() -> None:
@@ -128,7 +129,8 @@ def test_a_csv_header_without_the_column_is_refused_naming_the_columns() -> None
 def test_a_row_too_short_for_the_column_is_a_bad_line() -> None:
     ids = parse_ids("a,thread_id\nthread_x\nb,thread_b\n", source="f")
     assert ids.ids == ["thread_b"]
-    assert ids.bad[0].line == 2 and "no thread_id field" in ids.bad[0].problem
+    assert ids.bad[0].line == 2
+    assert "no thread_id field" in ids.bad[0].problem
 
 
 def test_an_empty_file_has_no_ids() -> None:

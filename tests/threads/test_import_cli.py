@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from worker.cli.app import app
 from worker.store.db import Mirror
@@ -98,7 +97,9 @@ def test_bad_lines_are_named_with_line_numbers_and_nothing_is_added(
     assert f"{path}:2: 'thred_b' does not start with thread_" in err
     assert f"{path}:4: 'thread c' contains whitespace" in err
     assert f"{path}:5: '-x' is not a thread id" in err
-    assert "3 of 5 lines" in err and "nothing was added" in err and "--skip-invalid" in err
+    assert "3 of 5 lines" in err
+    assert "nothing was added" in err
+    assert "--skip-invalid" in err
     assert "Traceback" not in result.output
     assert states(mirror_url) == []
 
@@ -117,7 +118,8 @@ def test_skip_invalid_adds_the_good_ids_and_still_names_the_bad(
     path = write(tmp_path, "thread_a\nthred_b\nthread_c\n")
     result = cli(mirror_url, "threads", "add", "-f", path, "--skip-invalid")
     assert result.exit_code == 0, result.output
-    assert f"{path}:2: 'thred_b'" in result.stderr and "(skipped)" in result.stderr
+    assert f"{path}:2: 'thred_b'" in result.stderr
+    assert "(skipped)" in result.stderr
     assert result.stdout.strip() == f"{path}: 2 ids: 2 added (1 invalid skipped)"
     assert [t for t, _ in states(mirror_url)] == ["thread_a", "thread_c"]
 
@@ -171,11 +173,14 @@ def test_command_line_ids_are_checked_and_refused_by_name(
 def test_ids_or_a_file_but_not_both_nor_neither(mirror_url: str, tmp_path: Path) -> None:
     path = write(tmp_path, "thread_a\n")
     both = cli(mirror_url, "threads", "add", "thread_b", "-f", path)
-    assert both.exit_code == 2 and "not both" in both.stderr
+    assert both.exit_code == 2
+    assert "not both" in both.stderr
     neither = cli(mirror_url, "threads", "add")
-    assert neither.exit_code == 2 and "--from-file" in neither.stderr
+    assert neither.exit_code == 2
+    assert "--from-file" in neither.stderr
     column = cli(mirror_url, "threads", "add", "thread_b", "--column", "x")
-    assert column.exit_code == 2 and "--column applies to --from-file" in column.stderr
+    assert column.exit_code == 2
+    assert "--column applies to --from-file" in column.stderr
 
 
 @pytest.mark.parametrize(
