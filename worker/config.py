@@ -134,6 +134,12 @@ class DaemonSettings(BaseModel):
     run_history_days: float = Field(default=30.0, gt=0)
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    discover_interval: float | None = Field(
+        default=None,
+        gt=0,
+        description="Foundry classic only: seconds between discoveries of new threads"
+        " (GET /threads); unset, the daemon discovers none.",
+    )
 
 
 class BackupSettings(BaseModel):
