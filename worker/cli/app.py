@@ -74,6 +74,7 @@ def _register() -> None:
         backup,
         daemon,
         db,
+        doctor,
         emulator,
         export,
         metadata,
@@ -81,7 +82,7 @@ def _register() -> None:
         threads,
     )
 
-    for module in (threads, sync, export, metadata, daemon, backup, db, emulator):
+    for module in (threads, sync, export, metadata, daemon, backup, db, doctor, emulator):
         module.register(app)
 
 
