@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import string
 import tempfile
 import time
@@ -91,12 +92,20 @@ def empty_mirror(backend: str, folder: Path) -> Iterator[str]:
         engine.dispose()
 
 
-def run_add(database_url: str, path: Path, *extra: str) -> ChildRun:
+def run_add(database_url: str, path: Path, *extra: str) -> tuple[ChildRun, float]:
+    """The command's run and the CPU seconds it used (user and system; the database server's
+    own work on PostgreSQL is not in it)."""
     env = child_env(THREADSYNC_DATABASE_URL=database_url)
+    before = _children_cpu()
     run = run_measured(threadsync_cmd("threads", "add", "--from-file", str(path), *extra), env=env)
     if run.returncode != 0:
         raise RuntimeError(f"threads add exited {run.returncode}: {run.stderr[-500:]}")
-    return run
+    return run, _children_cpu() - before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tracked_count(database_url: str) -> int:
@@ -129,12 +138,12 @@ def measure(backend: str, folder: Path, ids: list[str]) -> dict[str, float]:
         "\n".join(i if n % 1000 else "thred_" + i[7:] for n, i in enumerate(ids)) + "\n"
     )
     with empty_mirror(backend, folder) as url:
-        first = run_add(url, plain)
+        first, first_cpu = run_add(url, plain)
         if tracked_count(url) != len(ids):
             raise RuntimeError(f"{backend}: not every id was tracked")
-        repeat = run_add(url, plain)
+        repeat, _ = run_add(url, plain)
     with empty_mirror(backend, folder) as url:
-        skip = run_add(url, dirty, "--skip-invalid")
+        skip, _ = run_add(url, dirty, "--skip-invalid")
     base_ids = ids[: min(BASELINE_IDS, len(ids))]
     with empty_mirror(backend, folder) as url:
         Mirror(url).dispose()  # the schema first: not part of the baseline's time
@@ -142,6 +151,7 @@ def measure(backend: str, folder: Path, ids: list[str]) -> dict[str, float]:
     return {
         f"{backend}_fresh_s": first.seconds,
         f"{backend}_fresh_rss_mib": first.peak_rss_mib,
+        f"{backend}_fresh_cpu_s": first_cpu,
         f"{backend}_already_tracked_s": repeat.seconds,
         f"{backend}_skip_invalid_s": skip.seconds,
         f"{backend}_orm_baseline_scaled_s": base * len(ids) / len(base_ids),
@@ -156,7 +166,15 @@ def main() -> dict[str, float]:
     figures: dict[str, float] = {"scale": factor, "ids": float(n)}
     summary = Summary(
         f"bulk import: `threads add --from-file` with {n:,} ids",
-        header=("backend", "fresh", "peak RSS", "all tracked", "1/1000 bad, skipped", "ORM path"),
+        header=(
+            "backend",
+            "fresh",
+            "its CPU",
+            "peak RSS",
+            "all tracked",
+            "1/1000 bad, skipped",
+            "ORM path",
+        ),
     )
     backends = ["sqlite"] + (["postgresql"] if postgres_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +185,7 @@ def main() -> dict[str, float]:
                 (
                     backend,
                     f"{got[f'{backend}_fresh_s']:.2f} s",
+                    f"{got[f'{backend}_fresh_cpu_s']:.2f} s",
                     f"{got[f'{backend}_fresh_rss_mib']:.0f} MiB",
                     f"{got[f'{backend}_already_tracked_s']:.2f} s",
                     f"{got[f'{backend}_skip_invalid_s']:.2f} s",
@@ -186,6 +205,12 @@ def main() -> dict[str, float]:
         "each figure but the last is the whole `threadsync threads add --from-file` subprocess,"
         " interpreter start included; the ORM path (one object per id, as before) is timed in"
         f" process on {BASELINE_IDS:,} ids and scaled"
+    )
+    load = os.getloadavg()[0]
+    figures["load_average"] = load
+    summary.notes.append(
+        f"load average {load:.1f} at the end (on a busy machine wall time is mostly waiting for"
+        " a core; the CPU column is the command's own)"
     )
     summary.print()
     return figures
