@@ -178,9 +178,6 @@ def test_ids_or_a_file_but_not_both_nor_neither(mirror_url: str, tmp_path: Path)
     neither = cli(mirror_url, "threads", "add")
     assert neither.exit_code == 2
     assert "--from-file" in neither.stderr
-    column = cli(mirror_url, "threads", "add", "thread_b", "--column", "x")
-    assert column.exit_code == 2
-    assert "--column applies to --from-file" in column.stderr
 
 
 @pytest.mark.parametrize(

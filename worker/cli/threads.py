@@ -8,7 +8,7 @@ the one service that lists threads (:mod:`worker.discover`).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -36,31 +36,43 @@ threads_app = typer.Typer(
     help="Choose the threads to mirror: by id, from a file, or (Foundry classic) discovered."
 )
 
-FromFile = Annotated[
-    str | None,
-    typer.Option(
+
+def _from_file(command: str) -> Any:
+    return typer.Option(
         "--from-file",
         "-f",
+        envvar=f"THREADSYNC_THREADS_{command.upper()}_FROM_FILE",
         help="Read the ids from this file, or - for standard input: one id per line, or CSV"
         " with a header naming the column. Blank lines and # comments are skipped.",
         show_default=False,
-    ),
-]
+    )
+
+
 Column = Annotated[
     str | None,
     typer.Option(
-        "--column", help="The CSV column holding the ids (default thread_id).", show_default=False
+        "--column",
+        envvar="THREADSYNC_THREADS_COLUMN",
+        help="With --from-file: the CSV column holding the ids (default thread_id).",
+        show_default=False,
     ),
 ]
 SkipInvalid = Annotated[
     bool,
     typer.Option(
         "--skip-invalid",
+        envvar="THREADSYNC_THREADS_SKIP_INVALID",
         help="Go ahead with the good ids when some are malformed (each is still named).",
     ),
 ]
 Verbose = Annotated[
-    bool, typer.Option("--verbose", "-v", help="One line per id as well as the summary.")
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        envvar="THREADSYNC_THREADS_VERBOSE",
+        help="With --from-file: one line per id as well as the summary.",
+    ),
 ]
 Ids = Annotated[
     list[str] | None,
@@ -101,8 +113,6 @@ def gather_ids(
     stops the command before the mirror is touched."""
     if values and from_file is not None:
         raise ConfigError("give thread ids or --from-file, not both")
-    if column is not None and from_file is None:
-        raise ConfigError("--column applies to --from-file; name the file too")
     if from_file is not None:
         ids = read_ids(from_file, column=column)
     elif values:
@@ -147,7 +157,7 @@ def _counts(ids: IdList, parts: list[tuple[int, str]]) -> str:
 def add(
     ctx: typer.Context,
     thread_ids: Ids = None,
-    from_file: FromFile = None,
+    from_file: Annotated[str | None, _from_file("add")] = None,
     column: Column = None,
     skip_invalid: SkipInvalid = False,
     verbose: Verbose = False,
@@ -195,7 +205,7 @@ def _print_states(ordered: list[str], states: dict[str, str]) -> None:
 def remove(
     ctx: typer.Context,
     thread_ids: Ids = None,
-    from_file: FromFile = None,
+    from_file: Annotated[str | None, _from_file("remove")] = None,
     column: Column = None,
     skip_invalid: SkipInvalid = False,
     verbose: Verbose = False,
@@ -237,6 +247,7 @@ def discover_(
         bool,
         typer.Option(
             "--dry-run",
+            envvar="THREADSYNC_DISCOVER_DRY_RUN",
             help="Track nothing: print the ids that would be tracked, one per line.",
         ),
     ] = False,
@@ -244,6 +255,7 @@ def discover_(
         str | None,
         typer.Option(
             "--since",
+            envvar="THREADSYNC_DISCOVER_SINCE",
             help="Only threads created at or after this (date, ISO 8601 time or unix seconds;"
             " UTC).",
             show_default=False,
