@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 import httpx
 import typer
 from rich.markup import escape
