@@ -1,8 +1,8 @@
 """The services' id syntax, checked once wherever an id comes from the user.
 
-What is certain (API.md, the specs' examples, every id the services hand out): a thread id is
-``thread_`` followed by letters and digits (24 of them on OpenAI, Azure OpenAI and Foundry
-classic), a message id ``msg_`` likewise. What is not: whether every id ever issued has exactly
+What is certain (API.md, the specs' examples): a thread id is ``thread_`` followed by letters
+and digits, a message id ``msg_`` likewise (24 of them in the ids seen from OpenAI and Azure
+OpenAI). What is not: whether every id of every service, Foundry classic's included, has exactly
 24 characters, or only letters and digits. So the check is the contract's shape, tolerant where the
 facts are thin: the prefix exactly, then 1 to 121 characters of ``A-Z a-z 0-9 _ -`` (121 keeps the
 whole id within the mirror's 128-character columns). Refused: an empty id, whitespace anywhere,
