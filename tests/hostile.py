@@ -74,11 +74,7 @@ def hostile_thread(emulator: Emulator) -> str:
     thread_id: str = emulator.create_thread()["id"]
     now = int(emulator.now())
     messages = [hostile_message(emulator, thread_id, now, text) for text in HOSTILE]
-    messages.append(
-        hostile_message(
-            emulator, thread_id, now, "fields", status="do\x00ne\ud800"
-        )
-    )
+    messages.append(hostile_message(emulator, thread_id, now, "fields", status="do\x00ne\ud800"))
     plant(emulator, thread_id, messages)
     return thread_id
 

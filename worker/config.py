@@ -262,6 +262,12 @@ class DaemonSettings(Section):
     run_history_days: float = Field(default=30.0, gt=0)
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    discover_interval: float | None = Field(
+        default=None,
+        gt=0,
+        description="Foundry classic only: seconds between discoveries of new threads"
+        " (GET /threads); unset, the daemon discovers none.",
+    )
 
 
 class BackupSettings(Section):
@@ -312,7 +318,40 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _SdkEnvSource(settings_cls))
+        return (
+            init_settings,
+            _Unshadowed(settings_cls, env_settings),
+            _SdkEnvSource(settings_cls),
+        )
+
+
+# The environment twins of commands' own options (``THREADSYNC_SYNC__FULL``): the CLI registers
+# them at start. They follow the settings' naming, so they must not be read as settings (where
+# ``sync.full`` would be an unknown key).
+COMMAND_VARIABLES: set[str] = set()
+
+
+class _Unshadowed(PydanticBaseSettingsSource):
+    """The ``THREADSYNC_*`` environment without the commands' option twins."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        for name in COMMAND_VARIABLES:
+            if name.startswith(ENV_PREFIX):
+                *parents, leaf = name[len(ENV_PREFIX) :].lower().split("__")
+                node: Any = data
+                for part in parents:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node.pop(leaf, None)
+        return data
 
 
 class _SdkEnvSource(PydanticBaseSettingsSource):
@@ -524,7 +563,7 @@ class _SettingsWithFile(Settings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (
             init_settings,
-            env_settings,
+            _Unshadowed(settings_cls, env_settings),
             _SdkEnvSource(settings_cls, cls._pending_file),
             _DictSource(settings_cls, cls._pending_file),
         )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bench import bench_export, bench_reconcile, bench_sync
+from bench import bench_export, bench_import, bench_reconcile, bench_sync
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +71,14 @@ def test_bench_export_produces_every_figure(monkeypatch: pytest.MonkeyPatch) -> 
     assert figures["messages"] == 2_000
     for name, value in figures.items():
         assert math.isfinite(value), name
+
+
+def test_bench_import_produces_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_import runs `threads add --from-file` fresh, again, and with bad lines skipped, on
+    SQLite (and PostgreSQL when it answers), and times the ORM baseline."""
+    figures = _run(bench_import.main, monkeypatch)
+    _check_figures(figures)
+    assert figures["ids"] == 2_000
+    for name in ("fresh_s", "fresh_cpu_s", "already_tracked_s", "skip_invalid_s"):
+        assert figures[f"sqlite_{name}"] > 0, name
+    assert figures["sqlite_orm_baseline_scaled_s"] > 0

@@ -199,7 +199,8 @@ def test_runs_lists_the_history_and_shows_one_run(
     run(env, "threads", "add", *ids, "thread_missing1")
     run(env, "sync")
     emulator.append_messages(ids[0], n=3)
-    run(env, "sync", "--full")
+    # The option's twin, named like a setting, makes this a full run (and is no unknown key).
+    assert run({**env, "THREADSYNC_SYNC__FULL": "1"}, "sync").returncode == 1
     history = json_lines(run(env, "runs", "--json").stdout)
     assert [(r["kind"], r["outcome"], r["added"]) for r in history] == [
         ("full", "failed", 3),

@@ -164,6 +164,7 @@ def _register() -> None:
         backup,
         daemon,
         db,
+        doctor,
         emulator,
         export,
         metadata,
@@ -172,7 +173,7 @@ def _register() -> None:
         threads,
     )
 
-    for module in (threads, sync, runs, export, metadata, daemon, backup, db, emulator):
+    for module in (threads, sync, runs, export, metadata, daemon, backup, db, doctor, emulator):
         module.register(app)
 
 

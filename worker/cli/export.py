@@ -24,6 +24,7 @@ from worker.export.parquet import write_parquet
 from worker.export.progress import with_progress
 from worker.export.source import Row, Selection, count_rows, iter_rows, thread_order
 from worker.files import is_stdout
+from worker.ids import check_ids
 from worker.store.db import Mirror
 from worker.store.models import Message, TrackedThread
 from worker.sync.runner import RunReport, sync_threads
@@ -225,6 +226,7 @@ def export(
     ] = False,
 ) -> None:
     """Write the mirrored messages, each thread in server order (oldest first)."""
+    check_ids(thread or [])
     g = globals_of(ctx)
     chosen = choose_format(out, fmt)
     selection = Selection(

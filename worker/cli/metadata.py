@@ -18,6 +18,7 @@ from worker.cli.common import (
 from worker.cli.say import notice, result
 from worker.cli.tables import iso_utc
 from worker.errors import ConfigError
+from worker.ids import check_id
 from worker.outbox import (
     MetadataView,
     PushReport,
@@ -72,6 +73,8 @@ def set_(
     ] = None,
 ) -> None:
     """Record a metadata edit locally and queue it for `threadsync push`."""
+    check_id(thread_id, "thread")
+    check_id(message_id, "message")
     if not pairs and not unset:
         raise ConfigError("nothing to do: give KEY=VALUE pairs and/or --unset KEY")
     mirror = globals_of(ctx).mirror(create=False)  # an edit needs a mirrored message
@@ -124,6 +127,8 @@ def show(
     ] = False,
 ) -> None:
     """The mirrored metadata, the queued edit, its state and any conflict."""
+    check_id(thread_id, "thread")
+    check_id(message_id, "message")
     view = show_metadata(globals_of(ctx).mirror(create=False), thread_id, message_id)
     if as_json:
         out_console.out(

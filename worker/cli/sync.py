@@ -24,6 +24,7 @@ from worker.cli.signals import run_interruptible
 from worker.cli.tables import iso_utc, print_json_lines, print_table
 from worker.config import format_duration, parse_duration
 from worker.errors import ConfigError
+from worker.ids import check_ids
 from worker.outbox import edit_counts
 from worker.store.db import Mirror
 from worker.store.repo import any_tracked, thread_statuses
@@ -80,6 +81,7 @@ def sync(
     ] = None,
 ) -> None:
     """Mirror every tracked thread once, then exit (0 only if every thread synced)."""
+    check_ids(thread or [])
     limit = deadline_seconds(deadline)
     g = globals_of(ctx)
     settings = g.settings(sync={"concurrency": concurrency})

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from worker.config import ENV_PREFIX, closest, setting_variables
+from worker.config import COMMAND_VARIABLES, ENV_PREFIX, closest, setting_variables
 from worker.errors import ConfigError
 
 # Read by the test suite and the benchmarks only; documented in the README (Configuration).
@@ -56,7 +56,10 @@ def unknown_variables(root: Any, environ: Mapping[str, str] | None = None) -> li
 
 
 def check_variables(root: Any, environ: Mapping[str, str] | None = None) -> None:
-    """Refuse the first unknown variable, with the closest valid name."""
+    """Refuse the first unknown variable, with the closest valid name; and tell the settings
+    which variables are commands' own options (``THREADSYNC_SYNC__FULL``), not settings."""
+    settings = setting_variables()
+    COMMAND_VARIABLES.update(name for name in option_variables(root) if name not in settings)
     unknown = unknown_variables(root, environ)
     if not unknown:
         return

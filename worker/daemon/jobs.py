@@ -22,6 +22,7 @@ import anyio
 from worker.client import ApiClient
 from worker.config import Settings
 from worker.daemon.metrics import DaemonMetrics
+from worker.discover import discover
 from worker.errors import ThreadsyncError
 from worker.logs import get_logger, redact_message
 from worker.store.db import Mirror, translate_store_error
@@ -140,6 +141,10 @@ class Jobs:
         self.gate = gate
         self._said_missing: set[str] = set()
         self.prune_batch = PRUNE_BATCH
+        # The newest thread's creation time the last discovery saw: later ones list newest
+        # first and stop there, one request when nothing is new (threads never appear later
+        # with an older created_at: the server sets it when it makes them).
+        self.discovered_since: int | None = None
 
     def _missing(self, feature: str, where: str) -> None:
         if feature not in self._said_missing:
@@ -167,6 +172,15 @@ class Jobs:
             return
         async with self.gate:
             await _settle(run_backup(self.settings, self.mirror, self.client))
+
+    async def discover(self) -> int:
+        """Track the threads the Foundry project lists and the mirror does not; how many."""
+        found = await discover(self.client, self.mirror, since=self.discovered_since)
+        if found.newest is not None:
+            self.discovered_since = max(found.newest, self.discovered_since or found.newest)
+        if found.new:
+            log.info("daemon.threads_discovered", new=len(found.new), listed=found.found)
+        return len(found.new)
 
     async def prune_history(self, now: datetime | None = None) -> int:
         """Delete the sync runs (and their per-thread rows) older than ``run_history_days``.

@@ -34,6 +34,7 @@ from worker.daemon.jobs import JobRunner, Jobs, edit_counts
 from worker.daemon.lock import daemon_lock
 from worker.daemon.metrics import DaemonMetrics
 from worker.daemon.scheduler import Cron, Every, JobSpec, Schedule
+from worker.discover import check_can_discover
 from worker.errors import ConfigError, ThreadsyncError
 from worker.logs import describe_exception, get_logger
 from worker.store.db import Mirror
@@ -127,6 +128,16 @@ class Daemon:
         ]
         if d.backup_cron:
             specs.append(JobSpec("backup", wrap("backup", self.jobs.backup), Cron(d.backup_cron)))
+        if d.discover_interval is not None:
+            check_can_discover(self.settings, "daemon.discover_interval")
+            # At once, then every interval: the threads found are due at the next dispatch.
+            specs.append(
+                JobSpec(
+                    "discover",
+                    wrap("discover", self.jobs.discover),
+                    Every(d.discover_interval),
+                )
+            )
         # Hourly, the first a minute after start: a daemon restarted often still prunes.
         specs.append(
             JobSpec("history", wrap("history", self.jobs.prune_history), Every(3600.0, 60.0))
@@ -264,6 +275,9 @@ async def run_daemon(
     settings: Settings, *, stop: anyio.Event | None = None, handle_signals: bool = True
 ) -> int:
     """`threadsync run`: the whole daemon; returns the process exit code."""
+    if settings.daemon.discover_interval is not None:
+        # Before the mirror is opened: a misconfiguration must not even create it.
+        check_can_discover(settings, "daemon.discover_interval")
     tune_interpreter()
     mirror = Mirror(settings.database_url)
     try:
