@@ -25,6 +25,15 @@ ROUTE_KINDS = frozenset(
         "thread.create",
         "thread.modify",
         "thread.delete",
+        "conversation.create",
+        "conversation.list",
+        "conversation.get",
+        "conversation.update",
+        "conversation.delete",
+        "items.create",
+        "items.list",
+        "item.get",
+        "item.delete",
     }
 )
 
