@@ -54,3 +54,19 @@ def validate(name: str, body: Any) -> None:
 
 def is_valid(name: str, body: Any) -> bool:
     return bool(_validator(name).is_valid(body))
+
+
+def validate_message_item(item: dict[str, Any]) -> None:
+    """A message input item against the branch of ``InputItem`` its role selects.
+
+    ``InputItem`` is a ``oneOf`` whose message branches overlap (a user message is both an
+    ``EasyInputMessage`` and an ``InputMessage``), so the union itself rejects every user message
+    as ambiguous. Assistant history in ``output_text`` parts is only described by ``OutputMessage``,
+    which requires ``id`` and ``status`` the service does not need on input (openai-openapi#475;
+    the official migration guide sends neither): they are filled in here to check the rest.
+    """
+    if item.get("role") == "assistant":
+        _validator("OutputMessage").validate({"id": "msg_x", "status": "completed", **item})
+    else:
+        _validator("EasyInputMessage").validate(item)
+        _validator("InputMessage").validate(item)
