@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.migrate.settings import MigrateSettings, refuse_file_secret
 
 ENV_PREFIX = "THREADSYNC_"
 DEFAULT_DATABASE_URL = "sqlite:///threadsync.db"
@@ -166,6 +167,7 @@ class Settings(BaseSettings):
     daemon: DaemonSettings = DaemonSettings()
     backup: BackupSettings = BackupSettings()
     log: LogSettings = LogSettings()
+    migrate: MigrateSettings = MigrateSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -233,6 +235,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             " AZURE_OPENAI_API_KEY (or THREADSYNC_API__API_KEY), or name a key file with"
             " api.api_key_file"
         )
+    refuse_file_secret(data, path)
     return data
 
 

@@ -140,10 +140,14 @@ class ApiClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        target: profiles.Target | None = None,
     ) -> None:
-        key = profiles.api_key(api)
-        register_secret(key)
-        target = profiles.build_target(api, key)
+        # ``target``: another service built by its caller (the migration's Conversations
+        # destination), sharing this request loop, its retry policy, pacer and error translation.
+        if target is None:
+            key = profiles.api_key(api)
+            register_secret(key)
+            target = profiles.build_target(api, key)
         self.profile = api.profile
         self._retry = retry
         self._pacer = pacer if pacer is not None else Pacer(None, clock=clock, sleep=sleep)

@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-FaultKind = Literal["429", "500", "503", "500_after_apply", "drop", "truncate", "latency"]
+FaultKind = Literal["400", "429", "500", "503", "500_after_apply", "drop", "truncate", "latency"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # Route kinds a rule can match; message routes are bare, thread routes carry a prefix.
 ROUTE_KINDS = frozenset(
