@@ -77,11 +77,12 @@ def _register() -> None:
         emulator,
         export,
         metadata,
+        migrate,
         sync,
         threads,
     )
 
-    for module in (threads, sync, export, metadata, daemon, backup, db, emulator):
+    for module in (threads, sync, export, metadata, daemon, backup, db, emulator, migrate):
         module.register(app)
 
 

@@ -247,12 +247,18 @@ def adopt_conversation(mirror: Mirror, target: str, thread_id: str, conversation
 
 
 def rows(mirror: Mirror, target: str) -> list[MigrateThread]:
+    """The target's ledger rows, threads in the order they were added to the mirror."""
     with mirror.read() as session:
         return list(
             session.scalars(
                 select(MigrateThread)
+                .join(
+                    TrackedThread,
+                    col(TrackedThread.thread_id) == col(MigrateThread.thread_id),
+                    isouter=True,
+                )
                 .where(col(MigrateThread.target) == target)
-                .order_by(col(MigrateThread.thread_id))
+                .order_by(col(TrackedThread.added_at), col(MigrateThread.thread_id))
             )
         )
 
@@ -273,3 +279,16 @@ def confirmed_batches(session: Session, target: str, thread_id: str) -> list[Mig
 
 def stamp(when: datetime | None) -> str:
     return "" if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def live_counts(mirror: Mirror) -> dict[str, int]:
+    """Live messages per thread in the mirror."""
+    with mirror.read() as session:
+        return {
+            r[0]: int(r[1])
+            for r in session.execute(
+                select(col(Message.thread_id), func.count())
+                .where(col(Message.deleted_at).is_(None))
+                .group_by(col(Message.thread_id))
+            )
+        }
