@@ -76,13 +76,25 @@ def _register() -> None:
         db,
         emulator,
         export,
+        importer,
         metadata,
         migrate,
         sync,
         threads,
     )
 
-    for module in (threads, sync, export, metadata, daemon, backup, db, emulator, migrate):
+    for module in (
+        threads,
+        sync,
+        export,
+        metadata,
+        daemon,
+        backup,
+        db,
+        emulator,
+        migrate,
+        importer,
+    ):
         module.register(app)
 
 
