@@ -135,6 +135,7 @@ class DaemonSettings(BaseModel):
     run_history_days: float = Field(default=30.0, gt=0)
     health_host: str = "127.0.0.1"
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    migrate_interval: float | None = Field(default=None, gt=0)  # off unless set
 
 
 class BackupSettings(BaseModel):

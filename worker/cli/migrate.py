@@ -22,14 +22,13 @@ from worker.cli.common import (
     run_async,
 )
 from worker.cli.export import parse_when
-from worker.client.pacer import Pacer
 from worker.config import Settings
 from worker.export.output import atomic_output
 from worker.migrate import ledger
-from worker.migrate.mapping import Policy
 from worker.migrate.models import MigrateThread
-from worker.migrate.run import MigrateReport, Migration
-from worker.migrate.target import ConversationsClient, base_url, target_key
+from worker.migrate.run import MigrateReport
+from worker.migrate.service import client_of, policy_of, run_migration
+from worker.migrate.target import base_url, target_key
 from worker.migrate.verify import Verdict, verify_thread
 from worker.store.db import Mirror
 
@@ -47,43 +46,6 @@ ThreadOption = Annotated[
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="migrate")
-
-
-def policy_of(settings: Settings) -> Policy:
-    m = settings.migrate
-    return Policy(annotations=m.annotations, attachments=m.attachments, timestamps=m.timestamps)
-
-
-def client_of(settings: Settings) -> ConversationsClient:
-    m = settings.migrate
-    return ConversationsClient(m.target, settings.retry, pacer=Pacer(m.requests_per_second))
-
-
-async def run_migration(
-    settings: Settings,
-    mirror: Mirror,
-    *,
-    thread_ids: list[str] | None = None,
-    since: int | None = None,
-    dry_run: bool = False,
-) -> MigrateReport:
-    """One `migrate` pass (the daemon's migrate job calls this too)."""
-    key = target_key(settings.migrate.target)
-
-    def migration(client: ConversationsClient | None) -> Migration:
-        return Migration(
-            mirror,
-            key,
-            client,
-            policy_of(settings),
-            source_profile=settings.api.profile.value,
-            concurrency=settings.migrate.concurrency,
-        )
-
-    if dry_run:
-        return await migration(None).run(thread_ids, since)
-    async with client_of(settings) as client:
-        return await migration(client).run(thread_ids, since)
 
 
 @app.callback()
