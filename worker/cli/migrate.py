@@ -159,19 +159,21 @@ def status(
                 ).decode()
             )
         return
-    table = Table("state", "items", "dropped", "replaced", "last error")
+    table = Table()
     # Ids are what users copy from here: folded, never cut to an ellipsis.
-    table.add_column("conversation", overflow="fold")
     table.add_column("thread", overflow="fold")
+    table.add_column("conversation", overflow="fold")
+    for name in ("state", "items", "dropped", "replaced", "last error"):
+        table.add_column(name)
     for r in rows:
         table.add_row(
+            r.thread_id,
+            r.conversation_id or "",
             r.state,
             str(r.items),
             str(r.dropped),
             str(r.replaced),
             r.last_error or "",
-            r.conversation_id or "",
-            r.thread_id,
         )
     out_console.print(table)
     if not rows:
