@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ["emulator", "sync", "reconcile", "push", "daemon", "export"]
+BENCHMARKS = ["emulator", "sync", "reconcile", "push", "daemon", "export", "migrate"]
 
 
 def main(argv: list[str]) -> int:

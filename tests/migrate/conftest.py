@@ -66,7 +66,7 @@ async def migrate(
 
 
 def expected_items(mirror: Mirror, thread_id: str, policy: Policy | None = None) -> list[Any]:
-    plan = ledger.load_plan(mirror, "x", thread_id, create=False)
+    plan = ledger.load_plan(mirror, "x", thread_id)
     raws = ledger.raws(mirror, [m for m, _ in plan.live])
     return [canonical(map_message(orjson.loads(r), policy or Policy()).item) for r in raws]
 

@@ -97,26 +97,13 @@ def candidates(
     return out
 
 
-def load_plan(mirror: Mirror, target: str, thread_id: str, *, create: bool) -> Plan:
-    """The thread's ledger row (made when ``create``), batches and live messages.
-
-    Batches left ``planned`` by an earlier run were never sent: they are dropped here and the
-    unsent messages planned afresh (in server order, with the current mapping policy).
-    """
-    with mirror.write(small=True) if create else mirror.read() as session:
+def load_plan(mirror: Mirror, target: str, thread_id: str) -> Plan:
+    """The thread's ledger row (a fresh, unsaved one before its first batch), batches and live
+    messages in server order (one read)."""
+    with mirror.read() as session:
         row = session.get(MigrateThread, (target, thread_id))
         if row is None:
             row = MigrateThread(target=target, thread_id=thread_id, migration_id=new_id())
-            if create:
-                session.add(row)
-        if create:
-            session.execute(
-                delete(MigrateBatch).where(
-                    col(MigrateBatch.target) == target,
-                    col(MigrateBatch.thread_id) == thread_id,
-                    col(MigrateBatch.state) == "planned",
-                )
-            )
         batches = list(
             session.scalars(
                 select(MigrateBatch)
@@ -154,22 +141,42 @@ def raws(mirror: Mirror, message_ids: Sequence[str]) -> list[bytes]:
 
 
 def plan_batches(
-    mirror: Mirror, target: str, thread_id: str, groups: Sequence[Sequence[str]], first_seq: int
-) -> list[MigrateBatch]:
-    """Write one ``planned`` batch per group of message ids, numbered from ``first_seq``."""
-    with mirror.write() as session:
+    mirror: Mirror,
+    row: MigrateThread,
+    groups: Sequence[Sequence[str]],
+    first_seq: int,
+) -> tuple[MigrateThread, list[MigrateBatch]]:
+    """One transaction: the thread's row (made on its first run), one ``planned`` batch per
+    group of message ids numbered from ``first_seq``, the first of them already ``sent`` (its
+    POST follows at once). Batches an earlier run left ``planned`` were never sent: they are
+    dropped, their messages being among ``groups`` again (planned afresh, current policy)."""
+    with mirror.write(small=True) as session:
+        stored = session.get(MigrateThread, (row.target, row.thread_id))
+        if stored is None:
+            stored = MigrateThread(
+                target=row.target, thread_id=row.thread_id, migration_id=row.migration_id
+            )
+            session.add(stored)
+        session.execute(
+            delete(MigrateBatch).where(
+                col(MigrateBatch.target) == row.target,
+                col(MigrateBatch.thread_id) == row.thread_id,
+                col(MigrateBatch.state) == "planned",
+            )
+        )
         made = [
             MigrateBatch(
-                target=target,
-                thread_id=thread_id,
+                target=row.target,
+                thread_id=row.thread_id,
                 seq=first_seq + i,
+                state="sent" if i == 0 else "planned",
                 message_ids=orjson.dumps(list(group)).decode(),
             )
             for i, group in enumerate(groups)
         ]
         session.add_all(made)
         session.flush()
-        return made
+        return stored, made
 
 
 def mark_sent(mirror: Mirror, batch_id: int) -> None:
@@ -195,10 +202,25 @@ class Confirmation:
     conversation_id: str | None = None  # set by the create
 
 
-def confirm(mirror: Mirror, target: str, thread_id: str, done: Confirmation) -> MigrateThread:
-    """The batch's items are in the conversation: record them and move the thread's anchor."""
+def confirm(
+    mirror: Mirror,
+    target: str,
+    thread_id: str,
+    done: Confirmation,
+    *,
+    send_next: int | None = None,
+    final: bool = False,
+) -> MigrateThread:
+    """The batch's items are in the conversation: record them and move the thread's anchor.
+
+    In the same transaction (one commit per request, not two): ``send_next`` marks the next
+    batch ``sent``, its POST following at once; ``final`` marks the thread migrated.
+    """
     with mirror.write(small=True) as session:
         now = utcnow()
+        if send_next is not None:
+            following = session.get_one(MigrateBatch, send_next)
+            following.state, following.updated_at = "sent", now
         batch = session.get_one(MigrateBatch, done.batch_id)
         batch.state, batch.updated_at = "confirmed", now
         if done.item_ids is not None:
@@ -215,6 +237,8 @@ def confirm(mirror: Mirror, target: str, thread_id: str, done: Confirmation) -> 
         row.dropped += done.dropped
         row.replaced += done.replaced
         row.updated_at = now
+        if final:
+            row.state, row.last_error = "migrated", None
         session.flush()
         return row
 

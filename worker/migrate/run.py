@@ -112,15 +112,16 @@ class Migration:
 
     async def thread(self, out: ThreadOutcome) -> None:
         """Migrate one thread; any failure is recorded on ``out`` and in the ledger."""
+        final = False
         try:
             if self.client is None:
                 await self._dry(out)
                 return
-            await self._migrate(out, self.client)
+            final = await self._migrate(out, self.client)
         except (ThreadsyncError, MappingError) as exc:
             out.error = str(exc)
             log.warning("migrate.thread_failed", thread_id=out.thread_id, error=out.error)
-        if self.client is not None:
+        if self.client is not None and not final:
             await self.mirror.run_write(
                 ledger.finish, self.mirror, self.target, out.thread_id, out.error
             )
@@ -128,11 +129,10 @@ class Migration:
     # -- one thread --------------------------------------------------------------------------
 
     async def _plan(self, thread_id: str) -> Plan:
-        return await self.mirror.run_write(
-            ledger.load_plan, self.mirror, self.target, thread_id, create=True
-        )
+        return await self.mirror.run(ledger.load_plan, self.mirror, self.target, thread_id)
 
-    async def _migrate(self, out: ThreadOutcome, client: ConversationsClient) -> None:
+    async def _migrate(self, out: ThreadOutcome, client: ConversationsClient) -> bool:
+        """Settle, plan, send; True when the ledger already says the thread is migrated."""
         plan = await self._plan(out.thread_id)
         for batch in plan.batches:
             if batch.state == "sent":
@@ -143,18 +143,22 @@ class Migration:
         groups = [plan.unsent[i : i + MAX_BATCH] for i in range(0, len(plan.unsent), MAX_BATCH)]
         if not existed and not groups:
             groups = [[]]  # an empty thread still becomes its (empty) conversation
+        out.conversation_id = plan.row.conversation_id
+        if not groups:
+            return plan.row.state == "migrated" and plan.row.last_error is None
         first_seq = max((b.seq for b in plan.batches), default=-1) + 1
-        batches = await self.mirror.run_write(
-            ledger.plan_batches, self.mirror, self.target, out.thread_id, groups, first_seq
+        row, batches = await self.mirror.run_write(
+            ledger.plan_batches, self.mirror, plan.row, groups, first_seq
         )
-        row = plan.row
-        for batch, group in zip(batches, groups, strict=True):
-            row = await self._send(client, plan, row, batch, group, out)
+        for i, (batch, group) in enumerate(zip(batches, groups, strict=True)):
+            following = batches[i + 1].id if i + 1 < len(batches) else None
+            row = await self._send(client, plan, row, batch, group, out, following)
         out.conversation_id = row.conversation_id
-        if existed and groups and row.conversation_id:
+        if existed and row.conversation_id:
             # The provenance counts and times moved on; setting a map is safe to repeat.
             metadata = self._metadata(plan, row)
             await client.set_metadata(row.conversation_id, metadata)
+        return True
 
     async def _map(self, message_ids: Sequence[str]) -> list[Mapped]:
         raws = await self.mirror.run(ledger.raws, self.mirror, message_ids)
@@ -183,12 +187,16 @@ class Migration:
         batch: MigrateBatch,
         group: Sequence[str],
         out: ThreadOutcome,
+        following: int | None,
     ) -> MigrateThread:
+        """POST one batch (already ``sent`` in the ledger) and confirm it with the next one's
+        ``sent`` in the same commit; an unknown outcome is settled, and sent again when absent."""
         mapped = await self._map(group)
         items = [m.item for m in mapped]
         assert batch.id is not None
         for attempt in range(1, SEND_ATTEMPTS + 1):
-            await self.mirror.run_write(ledger.mark_sent, self.mirror, batch.id)
+            if attempt > 1:
+                await self.mirror.run_write(ledger.mark_sent, self.mirror, batch.id)
             out.requests += 1
             try:
                 if row.conversation_id is None:
@@ -210,12 +218,24 @@ class Migration:
                     _batch_state, self.mirror, self.target, row.thread_id, batch.id
                 )
                 if state == "confirmed":
+                    if following is not None:
+                        await self.mirror.run_write(ledger.mark_sent, self.mirror, following)
+                    else:
+                        await self.mirror.run_write(
+                            ledger.finish, self.mirror, self.target, row.thread_id, None
+                        )
                     break
                 if attempt == SEND_ATTEMPTS:
                     raise
                 continue
             row = await self.mirror.run_write(
-                ledger.confirm, self.mirror, self.target, row.thread_id, done
+                ledger.confirm,
+                self.mirror,
+                self.target,
+                row.thread_id,
+                done,
+                send_next=following,
+                final=following is None,
             )
             break
         out.items += len(items)
@@ -292,9 +312,7 @@ class Migration:
     # -- dry run -----------------------------------------------------------------------------
 
     async def _dry(self, out: ThreadOutcome) -> None:
-        plan = await self.mirror.run(
-            ledger.load_plan, self.mirror, self.target, out.thread_id, create=False
-        )
+        plan = await self.mirror.run(ledger.load_plan, self.mirror, self.target, out.thread_id)
         out.conversation_id = plan.row.conversation_id
         unsent = plan.unsent
         for start in range(0, len(unsent), MAX_BATCH):

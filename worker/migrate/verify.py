@@ -61,7 +61,7 @@ def first_difference(
 async def verify_thread(
     mirror: Mirror, client: ConversationsClient, row: MigrateThread, policy: Policy
 ) -> Verdict:
-    plan = await mirror.run(ledger.load_plan, mirror, row.target, row.thread_id, create=False)
+    plan = await mirror.run(ledger.load_plan, mirror, row.target, row.thread_id)
     message_ids = [m for m, _ in plan.live]
     raws = await mirror.run(ledger.raws, mirror, message_ids)
     expected = [canonical(map_message(orjson.loads(raw), policy).item) for raw in raws]
