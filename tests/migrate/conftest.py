@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import orjson
@@ -56,11 +56,20 @@ async def migrate(
     thread_ids: Sequence[str] | None = None,
     policy: Policy | None = None,
     dry_run: bool = False,
+    source: Emulator | None = None,
 ) -> MigrateReport:
     key = target_key(target_settings(profile))
-    async with target_client(target, profile) as client:
+    async with target_client(target, profile) as client, AsyncExitStack() as stack:
+        reader = None
+        if source is not None:
+            reader = await stack.enter_async_context(emulated_client(source))
         migration = Migration(
-            mirror, key, None if dry_run else client, policy or Policy(), concurrency=4
+            mirror,
+            key,
+            None if dry_run else client,
+            policy or Policy(),
+            concurrency=4,
+            source=reader,
         )
         return await migration.run(thread_ids, None)
 

@@ -73,6 +73,29 @@ async def test_each_thread_becomes_one_conversation_in_batches_of_20(
     assert all(rows[t].state == "migrated" for t in ids)
 
 
+async def test_the_thread_metadata_follows_the_provenance_while_room_is_left(
+    mirror: Mirror,
+) -> None:
+    source, ids = await seeded(mirror, (3, 3))
+    big = {f"k{i:02}": f"v{i}" for i in range(12)} | {"source_thread_id": "clash"}
+    source.modify_thread(ids[0], {"metadata": dict(list(big.items())[:16])})
+    source.delete_thread(ids[1])  # the source no longer has it: no thread metadata, no failure
+    target = new_emulator()
+    report = await migrate(mirror, target, source=source)
+    assert not report.failed
+    first = target.conversations.get(conversation_of(mirror, "openai", ids[0])).metadata
+    assert len(first) == 16
+    assert first["source_thread_id"] == ids[0]
+    assert [k for k in first if k.startswith("k")] == [f"k{i:02}" for i in range(9)]
+    dropped = {c.part for c in report.threads[0].changes if c.message_id == "(thread)"}
+    assert dropped == {"metadata.source_thread_id", "metadata.k09", "metadata.k10", "metadata.k11"}
+    second = target.conversations.get(conversation_of(mirror, "openai", ids[1])).metadata
+    assert set(second) == {
+        "source_thread_id", "source_profile", "source_messages", "source_first_at",
+        "source_last_at", "migrated_at", "migration_id",
+    }  # fmt: skip
+
+
 async def test_rerun_sends_nothing_and_new_messages_are_appended(mirror: Mirror) -> None:
     source, ids = await seeded(mirror, (21,))
     target = new_emulator()

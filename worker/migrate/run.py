@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import orjson
 
+from worker.client.api import ApiClient
 from worker.errors import PermanentError, ThreadsyncError, TransientError
 from worker.logs import get_logger
 from worker.migrate import ledger
@@ -94,6 +95,11 @@ class Migration:
     source_profile: str = "azure"
     concurrency: int = 8
     clock: Callable[[], float] = time.time
+    # The source service, when configured: each thread's own metadata is read from it for the
+    # conversation's metadata (the mirror keeps messages, not thread objects). Best effort: a
+    # thread the source no longer has (404 after the sunset) simply adds none.
+    source: ApiClient | None = None
+    _thread_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def run(self, thread_ids: Sequence[str] | None, since: int | None) -> MigrateReport:
         chosen = await self.mirror.run(ledger.candidates, self.mirror, thread_ids, since)
@@ -146,6 +152,8 @@ class Migration:
         out.conversation_id = plan.row.conversation_id
         if not groups:
             return plan.row.state == "migrated" and plan.row.last_error is None
+        if self.source is not None:
+            await self._fetch_thread_metadata(out)
         first_seq = max((b.seq for b in plan.batches), default=-1) + 1
         row, batches = await self.mirror.run_write(
             ledger.plan_batches, self.mirror, plan.row, groups, first_seq
@@ -164,6 +172,21 @@ class Migration:
         raws = await self.mirror.run(ledger.raws, self.mirror, message_ids)
         return [map_message(orjson.loads(raw), self.policy) for raw in raws]
 
+    async def _fetch_thread_metadata(self, out: ThreadOutcome) -> None:
+        assert self.source is not None
+        try:
+            thread = await self.source.get_thread(out.thread_id)
+        except ThreadsyncError as exc:
+            log.info("migrate.thread_metadata_unavailable", thread_id=out.thread_id, error=str(exc))
+            return
+        metadata = thread.get("metadata")
+        if isinstance(metadata, dict) and metadata:
+            self._thread_meta[out.thread_id] = metadata
+            source = Source(out.thread_id, "", 0, None, None, 0, "", metadata)
+            for reason in conversation_metadata(source)[1]:
+                key, _, why = reason.partition(": ")
+                out.changes.append(Change("(thread)", f"metadata.{key}", "dropped", why))
+
     def _metadata(self, plan: Plan, row: MigrateThread) -> dict[str, str]:
         source = Source(
             thread_id=row.thread_id,
@@ -175,6 +198,7 @@ class Migration:
                 row.migrated_at.timestamp() if row.migrated_at is not None else self.clock()
             ),
             migration_id=row.migration_id,
+            thread_metadata=self._thread_meta.get(row.thread_id),
         )
         metadata, _ = conversation_metadata(source)
         return metadata

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 
+from worker.client.api import ApiClient
 from worker.client.pacer import Pacer
 from worker.config import Settings
+from worker.errors import ConfigError
 from worker.migrate.mapping import Policy
 from worker.migrate.run import MigrateReport, Migration
 from worker.migrate.target import ConversationsClient, target_key
@@ -34,7 +37,7 @@ async def run_migration(
 ) -> MigrateReport:
     key = target_key(settings.migrate.target)
 
-    def migration(client: ConversationsClient | None) -> Migration:
+    def migration(client: ConversationsClient | None, source: ApiClient | None) -> Migration:
         return Migration(
             mirror,
             key,
@@ -42,9 +45,22 @@ async def run_migration(
             policy_of(settings),
             source_profile=settings.api.profile.value,
             concurrency=settings.migrate.concurrency,
+            source=source,
         )
 
     if dry_run:
-        return await migration(None).run(thread_ids, since)
-    async with client_of(settings) as client:
-        return await migration(client).run(thread_ids, since)
+        return await migration(None, None).run(thread_ids, since)
+    async with client_of(settings) as client, AsyncExitStack() as stack:
+        source = _source_client(settings)
+        if source is not None:
+            await stack.enter_async_context(source)
+        return await migration(client, source).run(thread_ids, since)
+
+
+def _source_client(settings: Settings) -> ApiClient | None:
+    """The source API, for each thread's own metadata; None when it is not configured (a mirror
+    migrated after the sunset, or from an import, needs no source)."""
+    try:
+        return ApiClient(settings.api, settings.retry)
+    except ConfigError:
+        return None
