@@ -5,6 +5,7 @@ moments ending identical to a clean migration."""
 from __future__ import annotations
 
 import csv
+import gzip
 import random
 import signal
 import subprocess
@@ -198,3 +199,30 @@ def test_migrate_killed_at_random_moments_ends_like_a_clean_migration(
         assert set(per_thread.values()) == {1}
     else:
         assert sum(per_thread.values()) <= len(ids) + lost
+
+
+def test_import_cli_round_trip_and_a_bad_line(
+    served: tuple[Emulator, Emulator, str, str], tmp_path: Path
+) -> None:
+    source, _, source_url, target_url = served
+    env = migrate_env(source_url, target_url, tmp_path / "a.db", "openai")
+    mirrored(source, tmp_path, env, [12, 3])
+    exported = tmp_path / "all.jsonl.gz"
+    run(["export", "--include-deleted", "--out", str(exported)], env, tmp_path)
+    fresh = dict(env, THREADSYNC_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}")
+    done = run(["import", str(exported)], fresh, tmp_path)
+    assert "imported 15 messages of 2 threads: 15 added" in done.stderr
+    again = tmp_path / "again.jsonl.gz"
+    run(["export", "--include-deleted", "--out", str(again)], fresh, tmp_path)
+    assert gzip.decompress(again.read_bytes()) == gzip.decompress(exported.read_bytes())
+    status = run(["status", "--json"], fresh, tmp_path)
+    assert {orjson.loads(line)["state"] for line in status.stdout.splitlines()} == {"imported"}
+
+    bad = tmp_path / "bad.jsonl"
+    lines = gzip.decompress(exported.read_bytes()).splitlines()
+    bad.write_bytes(b"\n".join([*lines[:3], b'{"id": 1}', *lines[3:]]) + b"\n")
+    empty = dict(env, THREADSYNC_DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}")
+    proc = run(["import", str(bad)], empty, tmp_path, check=False)
+    assert proc.returncode == 2
+    assert f"{bad} line 4: no string id; nothing was imported" in proc.stderr
+    assert run(["status", "--json"], empty, tmp_path).stdout == ""
