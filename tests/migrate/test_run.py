@@ -10,6 +10,7 @@ import pytest
 
 from worker.emulator import Emulator, FaultRule
 from worker.migrate import ledger
+from worker.migrate.run import Migration
 from worker.migrate.settings import TargetProfile
 from worker.migrate.target import target_key
 from worker.store.db import Mirror
@@ -23,6 +24,7 @@ from .conftest import (
     migrate,
     new_emulator,
     sync_source,
+    target_client,
     target_settings,
 )
 
@@ -221,3 +223,32 @@ async def test_unsynced_and_unknown_threads_are_named(mirror: Mirror) -> None:
         "not in the mirror: `threadsync threads add`",
     ]
     assert KEY
+
+
+async def test_a_429_is_waited_out_not_settled(mirror: Mirror) -> None:
+    """A 429 proves nothing was done: the shared retry policy sends again after Retry-After,
+    with no settling read and no duplicate."""
+    _, ids = await seeded(mirror, (30,))
+    target = new_emulator()
+    target.add_fault(FaultRule(fault="429", route="items.create", times=2, retry_after=3))
+    report = await migrate(mirror, target)
+    assert not report.failed
+    assert report.threads[0].settled == 0
+    conversation = conversation_of(mirror, "openai", ids[0])
+    assert items_in(target, conversation) == expected_items(mirror, ids[0])
+    listed = [r for r in target.stats()["routes"] if r.startswith("GET")]
+    assert listed == []
+
+
+async def test_since_picks_threads_with_a_message_at_or_after(mirror: Mirror) -> None:
+    source, ids = await seeded(mirror, (2, 2))
+    source.advance_clock(3600)
+    source.append_messages(ids[1], n=1)
+    await sync_source(source, mirror, ids)
+    newest = max(m["created_at"] for m in source.truth()["threads"][ids[1]])
+    target = new_emulator()
+    key = target_key(target_settings("openai"))
+    async with target_client(target, "openai") as client:
+        report = await Migration(mirror, key, client).run(None, newest)
+    assert [t.thread_id for t in report.threads] == [ids[1]]
+    assert len(target.conversations.by_id) == 1
