@@ -252,3 +252,57 @@ async def test_since_picks_threads_with_a_message_at_or_after(mirror: Mirror) ->
         report = await Migration(mirror, key, client).run(None, newest)
     assert [t.thread_id for t in report.threads] == [ids[1]]
     assert len(target.conversations.by_id) == 1
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_the_order_of_an_append_answer_does_not_matter(mirror: Mirror, order: Any) -> None:
+    """Whether an append answers its items as sent or newest first, the anchor is the newest
+    item, so a later unknown outcome still settles exactly."""
+    _, ids = await seeded(mirror, (70,))
+    target = new_emulator()
+    target.set_behaviour(appended_order=order)
+    target.add_fault(FaultRule(fault="500_after_apply", route="items.create", times=1))
+    target.add_fault(FaultRule(fault="drop", route="items.create", times=1))
+    report = await migrate(mirror, target)
+    assert not report.failed
+    assert report.threads[0].settled == 2
+    conversation = conversation_of(mirror, "openai", ids[0])
+    assert items_in(target, conversation) == expected_items(mirror, ids[0])
+
+
+@pytest.mark.parametrize("mode", ["keep", "drop", "reject"])
+async def test_input_annotations_kept_dropped_or_refused(mirror: Mirror, mode: Any) -> None:
+    """Whether the service keeps file_path annotations on input is unverified: kept or silently
+    dropped, the migration is identical by content; refused, the thread fails with the
+    server's message and nothing of it lands."""
+    source = new_emulator(seed=5)
+    [thread_id] = source.seed(seed=1, threads=1, messages=2)
+    note = {
+        "type": "file_path",
+        "text": "sandbox:/a.csv",
+        "file_path": {"file_id": "file-a"},
+        "start_index": 0,
+        "end_index": 14,
+    }
+    source.append_messages(thread_id, messages=[{"role": "user", "content": "q"}])
+    [answer] = source.append_messages(thread_id, messages=[{"role": "user", "content": "x"}])
+    record = source.message(thread_id, answer["id"])
+    record.data["role"] = "assistant"
+    record.data["content"] = [
+        {"type": "text", "text": {"value": "sandbox:/a.csv", "annotations": [note]}}
+    ]
+    await sync_source(source, mirror, [thread_id])
+    target = new_emulator()
+    target.set_behaviour(input_annotations=mode)
+    report = await migrate(mirror, target)
+    if mode == "reject":
+        assert "Annotations are not supported on input items" in (report.threads[0].error or "")
+        assert target.conversations.by_id == {}
+        return
+    assert not report.failed
+    conversation = conversation_of(mirror, "openai", thread_id)
+    assert items_in(target, conversation) == expected_items(mirror, thread_id)
+    stored = target.conversations.get(conversation).items[-1]["content"][0]["annotations"]
+    assert stored == (
+        [] if mode == "drop" else [{"type": "file_path", "file_id": "file-a", "index": 0}]
+    )

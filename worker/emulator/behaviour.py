@@ -12,10 +12,14 @@ from typing import Any, Literal, get_args
 CursorMissing = Literal["404", "400", "empty", "ignore", "keep_place"]
 MetadataMode = Literal["merge", "replace"]
 Ties = Literal["reverse", "stable"]
+AppendedOrder = Literal["asc", "desc"]
+InputAnnotations = Literal["keep", "drop", "reject"]
 
 CURSOR_MISSING_CHOICES: tuple[str, ...] = get_args(CursorMissing)
 METADATA_CHOICES: tuple[str, ...] = get_args(MetadataMode)
 TIES_CHOICES: tuple[str, ...] = get_args(Ties)
+APPENDED_ORDER_CHOICES: tuple[str, ...] = get_args(AppendedOrder)
+INPUT_ANNOTATIONS_CHOICES: tuple[str, ...] = get_args(InputAnnotations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +33,17 @@ class Behaviour:
     ``metadata``: modify merges the sent keys into the existing map, or replaces the map.
     ``ties``: within one ``created_at`` second, ``reverse`` makes a desc listing the exact reverse
     of the asc one; ``stable`` keeps the creation sequence in both orders.
+    ``appended_order``: the order of the items a conversation append answers (the spec does not
+    say): as sent (``asc``) or newest first (``desc``).
+    ``input_annotations``: ``output_text`` annotations on input items are kept, silently
+    dropped, or refused with a 400 (unverified on the real service).
     """
 
     cursor_missing: CursorMissing = "404"
     metadata: MetadataMode = "merge"
     ties: Ties = "reverse"
+    appended_order: AppendedOrder = "asc"
+    input_annotations: InputAnnotations = "keep"
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -44,6 +54,8 @@ class Behaviour:
             "cursor_missing": CURSOR_MISSING_CHOICES,
             "metadata": METADATA_CHOICES,
             "ties": TIES_CHOICES,
+            "appended_order": APPENDED_ORDER_CHOICES,
+            "input_annotations": INPUT_ANNOTATIONS_CHOICES,
         }
         for name, value in changes.items():
             if name not in allowed:

@@ -345,6 +345,8 @@ def handle(
         data = check_fields(body, ITEMS_FIELDS)
         added = _append(emulator, conversation, check_items(data.get("items"), required=True))
         emulator.changed()
+        if emulator.behaviour.appended_order == "desc":
+            added = added[::-1]
         return _list_body(added, False)
     if kind == "items.list":
         page, more = _window(conversation.items, query, profile)
@@ -359,9 +361,27 @@ def handle(
     return dumps(conversation.resource())
 
 
+def _annotations(emulator: Emulator, checked: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Apply the ``input_annotations`` behaviour to validated items (before anything is stored)."""
+    mode = emulator.behaviour.input_annotations
+    for i, (_, parts) in enumerate(checked):
+        for j, part in enumerate(parts):
+            if not part.get("annotations"):
+                continue
+            if mode == "reject":
+                raise bad_request(
+                    "Annotations are not supported on input items.",
+                    code="invalid_value",
+                    param=f"items[{i}].content[{j}].annotations",
+                )
+            if mode == "drop":
+                part["annotations"] = []
+
+
 def _append(
     emulator: Emulator, conversation: Conversation, checked: list[tuple[str, list[dict[str, Any]]]]
 ) -> list[dict[str, Any]]:
+    _annotations(emulator, checked)
     added = [
         {
             "type": "message",

@@ -228,7 +228,7 @@ class Migration:
                     done = _confirmation(batch.id, mapped, None, str(created["id"]))
                 else:
                     added = await client.append_items(row.conversation_id, items)
-                    done = _confirmation(batch.id, mapped, [str(i["id"]) for i in added])
+                    done = _confirmation(batch.id, mapped, _ids_in_sent_order(items, added))
             except PermanentError:
                 # A refusal (400, 401, 403, 404): nothing landed; the next run tries again.
                 await self.mirror.run_write(ledger.unsend, self.mirror, batch.id)
@@ -365,6 +365,25 @@ def _confirmation(
 def _reload(mirror: Mirror, target: str, thread_id: str) -> MigrateThread:
     with mirror.read() as session:
         return session.get_one(MigrateThread, (target, thread_id))
+
+
+def _ids_in_sent_order(sent: list[dict[str, Any]], added: list[dict[str, Any]]) -> list[str] | None:
+    """The appended items' ids, oldest first, or None when the answer does not say.
+
+    The spec does not say in which order an append answers its items; the settling anchor must
+    be the newest. As sent, or reversed, is recognised by content; when both read the same (a
+    batch of identical messages) or neither does, the ids are left unknown and a later settle
+    counts items instead of trusting an id.
+    """
+    ids = [str(i.get("id")) for i in added]
+    if len(ids) <= 1:
+        return ids
+    forward, backward = same_items(sent, added), same_items(sent, added[::-1])
+    if forward and not backward:
+        return ids
+    if backward and not forward:
+        return ids[::-1]
+    return None
 
 
 def _batch_state(
