@@ -14,6 +14,7 @@ from worker.migrate.run import Migration
 from worker.migrate.settings import TargetProfile
 from worker.migrate.target import target_key
 from worker.store.db import Mirror
+from worker.store.repo import add_threads
 
 from .conftest import (
     KEY,
@@ -306,3 +307,14 @@ async def test_input_annotations_kept_dropped_or_refused(mirror: Mirror, mode: A
     assert stored == (
         [] if mode == "drop" else [{"type": "file_path", "file_id": "file-a", "index": 0}]
     )
+
+
+async def test_threads_whose_first_sync_has_not_finished_wait(mirror: Mirror) -> None:
+    _, ids = await seeded(mirror, (2,))
+    with mirror.write() as session:
+        add_threads(session, ["thread_later"])
+    target = new_emulator()
+    report = await migrate(mirror, target)
+    assert [(t.thread_id, t.error) for t in report.threads] == [(ids[0], None)]
+    named = await migrate(mirror, target, thread_ids=["thread_later"])
+    assert named.threads[0].error == "its first sync has not finished"

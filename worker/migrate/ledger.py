@@ -87,6 +87,8 @@ def candidates(
             continue
         state, synced = found
         if state != "imported" and not synced:
+            if thread_ids is None:
+                continue  # not chosen by name: it goes once its first sync has finished
             out.append(Candidate(thread_id, False, "its first sync has not finished"))
         elif since is not None and newest.get(thread_id, -1) < since:
             if thread_ids is None:
