@@ -1,8 +1,10 @@
 """The ledger's queries and state changes (blocking; callers run them in a worker thread).
 
-Every change is its own short transaction, committed before the request it prepares is sent
-(``planned`` -> ``sent``) or right after the answer (``confirmed``), so a process killed at any
-instant leaves a ledger that says exactly which batch may or may not have landed.
+Changes take a session: the run commits them through the mirror's group commit (threads
+migrating side by side share a transaction, one commit for many), and waits for the commit
+before the request it prepares is sent (``planned`` -> ``sent``) or right after the answer
+(``confirmed``), so a process killed at any instant leaves a ledger that says exactly which
+batch may or may not have landed.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def raws(mirror: Mirror, message_ids: Sequence[str]) -> list[bytes]:
 
 
 def plan_batches(
-    mirror: Mirror,
+    session: Session,
     row: MigrateThread,
     groups: Sequence[Sequence[str]],
     first_seq: int,
@@ -152,46 +154,43 @@ def plan_batches(
     group of message ids numbered from ``first_seq``, the first of them already ``sent`` (its
     POST follows at once). Batches an earlier run left ``planned`` were never sent: they are
     dropped, their messages being among ``groups`` again (planned afresh, current policy)."""
-    with mirror.write(small=True) as session:
-        stored = session.get(MigrateThread, (row.target, row.thread_id))
-        if stored is None:
-            stored = MigrateThread(
-                target=row.target, thread_id=row.thread_id, migration_id=row.migration_id
-            )
-            session.add(stored)
-        session.execute(
-            delete(MigrateBatch).where(
-                col(MigrateBatch.target) == row.target,
-                col(MigrateBatch.thread_id) == row.thread_id,
-                col(MigrateBatch.state) == "planned",
-            )
+    stored = session.get(MigrateThread, (row.target, row.thread_id))
+    if stored is None:
+        stored = MigrateThread(
+            target=row.target, thread_id=row.thread_id, migration_id=row.migration_id
         )
-        made = [
-            MigrateBatch(
-                target=row.target,
-                thread_id=row.thread_id,
-                seq=first_seq + i,
-                state="sent" if i == 0 else "planned",
-                message_ids=orjson.dumps(list(group)).decode(),
-            )
-            for i, group in enumerate(groups)
-        ]
-        session.add_all(made)
-        session.flush()
-        return stored, made
+        session.add(stored)
+    session.execute(
+        delete(MigrateBatch).where(
+            col(MigrateBatch.target) == row.target,
+            col(MigrateBatch.thread_id) == row.thread_id,
+            col(MigrateBatch.state) == "planned",
+        )
+    )
+    made = [
+        MigrateBatch(
+            target=row.target,
+            thread_id=row.thread_id,
+            seq=first_seq + i,
+            state="sent" if i == 0 else "planned",
+            message_ids=orjson.dumps(list(group)).decode(),
+        )
+        for i, group in enumerate(groups)
+    ]
+    session.add_all(made)
+    session.flush()
+    return stored, made
 
 
-def mark_sent(mirror: Mirror, batch_id: int) -> None:
-    with mirror.write(small=True) as session:
-        batch = session.get_one(MigrateBatch, batch_id)
-        batch.state, batch.updated_at = "sent", utcnow()
+def mark_sent(session: Session, batch_id: int) -> None:
+    batch = session.get_one(MigrateBatch, batch_id)
+    batch.state, batch.updated_at = "sent", utcnow()
 
 
-def unsend(mirror: Mirror, batch_id: int) -> None:
+def unsend(session: Session, batch_id: int) -> None:
     """The batch is known not to have landed (refused, or settled as absent): planned again."""
-    with mirror.write(small=True) as session:
-        batch = session.get_one(MigrateBatch, batch_id)
-        batch.state, batch.updated_at = "planned", utcnow()
+    batch = session.get_one(MigrateBatch, batch_id)
+    batch.state, batch.updated_at = "planned", utcnow()
 
 
 @dataclass(frozen=True)
@@ -205,7 +204,7 @@ class Confirmation:
 
 
 def confirm(
-    mirror: Mirror,
+    session: Session,
     target: str,
     thread_id: str,
     done: Confirmation,
@@ -218,58 +217,49 @@ def confirm(
     In the same transaction (one commit per request, not two): ``send_next`` marks the next
     batch ``sent``, its POST following at once; ``final`` marks the thread migrated.
     """
-    with mirror.write(small=True) as session:
-        now = utcnow()
-        if send_next is not None:
-            following = session.get_one(MigrateBatch, send_next)
-            following.state, following.updated_at = "sent", now
-        batch = session.get_one(MigrateBatch, done.batch_id)
-        batch.state, batch.updated_at = "confirmed", now
-        if done.item_ids is not None:
-            batch.item_ids = orjson.dumps(done.item_ids).decode()
-        row = session.get_one(MigrateThread, (target, thread_id))
-        if done.conversation_id is not None:
-            row.conversation_id = done.conversation_id
-            row.migrated_at = row.migrated_at or now
-        row.items += done.items
-        if done.item_ids:
-            row.last_item_id = done.item_ids[-1]
-        elif done.items:
-            row.last_item_id = None  # ids unknown: a later settle counts items instead
-        row.dropped += done.dropped
-        row.replaced += done.replaced
-        row.updated_at = now
-        if final:
-            row.state, row.last_error = "migrated", None
-        session.flush()
-        return row
+    now = utcnow()
+    if send_next is not None:
+        following = session.get_one(MigrateBatch, send_next)
+        following.state, following.updated_at = "sent", now
+    batch = session.get_one(MigrateBatch, done.batch_id)
+    batch.state, batch.updated_at = "confirmed", now
+    if done.item_ids is not None:
+        batch.item_ids = orjson.dumps(done.item_ids).decode()
+    row = session.get_one(MigrateThread, (target, thread_id))
+    if done.conversation_id is not None:
+        row.conversation_id = done.conversation_id
+        row.migrated_at = row.migrated_at or now
+    row.items += done.items
+    if done.item_ids:
+        row.last_item_id = done.item_ids[-1]
+    elif done.items:
+        row.last_item_id = None  # ids unknown: a later settle counts items instead
+    row.dropped += done.dropped
+    row.replaced += done.replaced
+    row.updated_at = now
+    if final:
+        row.state, row.last_error = "migrated", None
+    session.flush()
+    return row
 
 
-def finish(mirror: Mirror, target: str, thread_id: str, error: str | None) -> None:
-    with mirror.write(small=True) as session:
-        row = session.get(MigrateThread, (target, thread_id))
-        if row is None:
-            return
-        row.state = "failed" if error else ("migrated" if row.conversation_id else "pending")
-        row.last_error = error
-        row.updated_at = utcnow()
+def finish(session: Session, target: str, thread_id: str, error: str | None) -> None:
+    row = session.get(MigrateThread, (target, thread_id))
+    if row is None:
+        return
+    row.state = "failed" if error else ("migrated" if row.conversation_id else "pending")
+    row.last_error = error
+    row.updated_at = utcnow()
 
 
-def lost_create(mirror: Mirror, target: str, thread_id: str, batch_id: int) -> None:
+def lost_create(session: Session, target: str, thread_id: str, batch_id: int) -> None:
     """A create whose answer was lost, on a target that cannot list conversations: it is sent
     again under a new migration id (the lost one, if it exists, is unreachable and unused)."""
-    with mirror.write(small=True) as session:
-        row = session.get_one(MigrateThread, (target, thread_id))
-        row.lost_creates += 1
-        row.migration_id = new_id()
-        batch = session.get_one(MigrateBatch, batch_id)
-        batch.state, batch.updated_at = "planned", utcnow()
-
-
-def adopt_conversation(mirror: Mirror, target: str, thread_id: str, conversation_id: str) -> None:
-    with mirror.write(small=True) as session:
-        row = session.get_one(MigrateThread, (target, thread_id))
-        row.conversation_id = conversation_id
+    row = session.get_one(MigrateThread, (target, thread_id))
+    row.lost_creates += 1
+    row.migration_id = new_id()
+    batch = session.get_one(MigrateBatch, batch_id)
+    batch.state, batch.updated_at = "planned", utcnow()
 
 
 def rows(mirror: Mirror, target: str) -> list[MigrateThread]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -43,6 +43,7 @@ from worker.migrate.target import ConversationsClient
 from worker.store.db import Mirror
 
 log = get_logger()
+T = TypeVar("T")
 
 SEND_ATTEMPTS = 3  # a batch settled as absent after an unknown outcome is sent again, this often
 SCAN_PAGES = 20  # conversations read (x100, newest first) to find a create whose answer was lost
@@ -128,11 +129,13 @@ class Migration:
             out.error = str(exc)
             log.warning("migrate.thread_failed", thread_id=out.thread_id, error=out.error)
         if self.client is not None and not final:
-            await self.mirror.run_write(
-                ledger.finish, self.mirror, self.target, out.thread_id, out.error
-            )
+            await self._write(ledger.finish, self.target, out.thread_id, out.error)
 
     # -- one thread --------------------------------------------------------------------------
+
+    async def _write(self, change: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A ledger change, committed (with whatever other threads have waiting) on return."""
+        return await self.mirror.write_grouped(lambda session: change(session, *args, **kwargs))
 
     async def _plan(self, thread_id: str) -> Plan:
         return await self.mirror.run(ledger.load_plan, self.mirror, self.target, thread_id)
@@ -155,9 +158,7 @@ class Migration:
         if self.source is not None:
             await self._fetch_thread_metadata(out)
         first_seq = max((b.seq for b in plan.batches), default=-1) + 1
-        row, batches = await self.mirror.run_write(
-            ledger.plan_batches, self.mirror, plan.row, groups, first_seq
-        )
+        row, batches = await self._write(ledger.plan_batches, plan.row, groups, first_seq)
         for i, (batch, group) in enumerate(zip(batches, groups, strict=True)):
             following = batches[i + 1].id if i + 1 < len(batches) else None
             row = await self._send(client, plan, row, batch, group, out, following)
@@ -220,7 +221,7 @@ class Migration:
         assert batch.id is not None
         for attempt in range(1, SEND_ATTEMPTS + 1):
             if attempt > 1:
-                await self.mirror.run_write(ledger.mark_sent, self.mirror, batch.id)
+                await self._write(ledger.mark_sent, batch.id)
             out.requests += 1
             try:
                 if row.conversation_id is None:
@@ -231,7 +232,7 @@ class Migration:
                     done = _confirmation(batch.id, mapped, _ids_in_sent_order(items, added))
             except PermanentError:
                 # A refusal (400, 401, 403, 404): nothing landed; the next run tries again.
-                await self.mirror.run_write(ledger.unsend, self.mirror, batch.id)
+                await self._write(ledger.unsend, batch.id)
                 raise
             except TransientError:
                 # The outcome is unknown: settle it before anything else is sent.
@@ -243,18 +244,15 @@ class Migration:
                 )
                 if state == "confirmed":
                     if following is not None:
-                        await self.mirror.run_write(ledger.mark_sent, self.mirror, following)
+                        await self._write(ledger.mark_sent, following)
                     else:
-                        await self.mirror.run_write(
-                            ledger.finish, self.mirror, self.target, row.thread_id, None
-                        )
+                        await self._write(ledger.finish, self.target, row.thread_id, None)
                     break
                 if attempt == SEND_ATTEMPTS:
                     raise
                 continue
-            row = await self.mirror.run_write(
+            row = await self._write(
                 ledger.confirm,
-                self.mirror,
                 self.target,
                 row.thread_id,
                 done,
@@ -279,7 +277,7 @@ class Migration:
         newer = await self._items_after_anchor(client, row, len(mapped))
         if not newer:
             log.info("migrate.settled", thread_id=row.thread_id, seq=batch.seq, landed=False)
-            await self.mirror.run_write(ledger.unsend, self.mirror, batch.id)
+            await self._write(ledger.unsend, batch.id)
             return
         if not same_items([m.item for m in mapped], newer):
             raise ConflictError(
@@ -289,7 +287,7 @@ class Migration:
             )
         log.info("migrate.settled", thread_id=row.thread_id, seq=batch.seq, landed=True)
         done = _confirmation(batch.id, mapped, [str(i["id"]) for i in newer])
-        await self.mirror.run_write(ledger.confirm, self.mirror, self.target, row.thread_id, done)
+        await self._write(ledger.confirm, self.target, row.thread_id, done)
 
     async def _items_after_anchor(
         self, client: ConversationsClient, row: MigrateThread, size: int
@@ -322,16 +320,14 @@ class Migration:
     ) -> None:
         if not client.lists_conversations:
             log.warning("migrate.create_lost", thread_id=row.thread_id)
-            await self.mirror.run_write(
-                ledger.lost_create, self.mirror, self.target, row.thread_id, batch_id
-            )
+            await self._write(ledger.lost_create, self.target, row.thread_id, batch_id)
             return
         found = await find_conversation(client, row.migration_id)
         if found is None:
-            await self.mirror.run_write(ledger.unsend, self.mirror, batch_id)
+            await self._write(ledger.unsend, batch_id)
             return
         done = _confirmation(batch_id, mapped, None, found)
-        await self.mirror.run_write(ledger.confirm, self.mirror, self.target, row.thread_id, done)
+        await self._write(ledger.confirm, self.target, row.thread_id, done)
 
     # -- dry run -----------------------------------------------------------------------------
 
