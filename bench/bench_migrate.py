@@ -28,7 +28,7 @@ from bench._common import (
 THREADS = 1000
 MESSAGES = 50
 RATE = 100.0  # requests per second asked of the pacer
-CONCURRENCY = 32
+CONCURRENCY = 8
 
 
 def expected_requests(threads: int, messages: int) -> int:

@@ -59,7 +59,11 @@ class ThreadOutcome:
     conversation_id: str | None = None
     items: int = 0  # items confirmed by this run (dry run: items it would send)
     requests: int = 0  # item-carrying requests (dry run: those it would make)
+    # Every change of a dry run; of a real run only the thread's own (metadata left out), the
+    # message parts being counted (a 50,000-message run would otherwise hold ~20,000 of them).
     changes: list[Change] = field(default_factory=list)
+    dropped: int = 0
+    replaced: int = 0
     settled: int = 0
     error: str | None = None
 
@@ -74,14 +78,13 @@ class MigrateReport:
         return [t for t in self.threads if t.error]
 
     def totals(self) -> dict[str, int]:
-        changes = [c for t in self.threads for c in t.changes]
         return {
             "threads": len(self.threads),
             "failed": len(self.failed),
             "items": sum(t.items for t in self.threads),
             "requests": sum(t.requests for t in self.threads),
-            "dropped": sum(c.action == "dropped" for c in changes),
-            "replaced": sum(c.action == "replaced" for c in changes),
+            "dropped": sum(t.dropped for t in self.threads),
+            "replaced": sum(t.replaced for t in self.threads),
         }
 
 
@@ -128,6 +131,7 @@ class Migration:
         except (ThreadsyncError, MappingError) as exc:
             out.error = str(exc)
             log.warning("migrate.thread_failed", thread_id=out.thread_id, error=out.error)
+        self._thread_meta.pop(out.thread_id, None)
         if self.client is not None and not final:
             await self._write(ledger.finish, self.target, out.thread_id, out.error)
 
@@ -186,7 +190,7 @@ class Migration:
             source = Source(out.thread_id, "", 0, None, None, 0, "", metadata)
             for reason in conversation_metadata(source)[1]:
                 key, _, why = reason.partition(": ")
-                out.changes.append(Change("(thread)", f"metadata.{key}", "dropped", why))
+                _note(out, [Change("(thread)", f"metadata.{key}", "dropped", why)], keep=True)
 
     def _metadata(self, plan: Plan, row: MigrateThread) -> dict[str, str]:
         source = Source(
@@ -261,7 +265,7 @@ class Migration:
             )
             break
         out.items += len(items)
-        out.changes += [c for m in mapped for c in m.changes]
+        _note(out, [c for m in mapped for c in m.changes], keep=False)
         return row
 
     # -- settling a batch whose outcome is unknown --------------------------------------------
@@ -338,10 +342,17 @@ class Migration:
         for start in range(0, len(unsent), MAX_BATCH):
             mapped = await self._map(unsent[start : start + MAX_BATCH])
             out.items += len(mapped)
-            out.changes += [c for m in mapped for c in m.changes]
+            _note(out, [c for m in mapped for c in m.changes], keep=True)
         batches = -(-len(unsent) // MAX_BATCH)
         out.requests = max(batches, 0 if out.conversation_id else 1)
         out.settled = sum(b.state == "sent" for b in plan.batches)
+
+
+def _note(out: ThreadOutcome, changes: list[Change], *, keep: bool) -> None:
+    out.dropped += sum(c.action == "dropped" for c in changes)
+    out.replaced += sum(c.action == "replaced" for c in changes)
+    if keep:
+        out.changes += changes
 
 
 def _confirmation(
