@@ -28,7 +28,7 @@ from bench._common import (
 THREADS = 1000
 MESSAGES = 50
 RATE = 100.0  # requests per second asked of the pacer
-CONCURRENCY = 8
+CONCURRENCY = 16  # threads in flight: at 20 ms a request, 8 cannot fill 100 requests a second
 
 
 def expected_requests(threads: int, messages: int) -> int:

@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 SEND_ATTEMPTS = 3  # a batch settled as absent after an unknown outcome is sent again, this often
 SCAN_PAGES = 20  # conversations read (x100, newest first) to find a create whose answer was lost
+PREFETCH = 200  # unsent messages of a thread read at once (more: one read per batch)
 
 
 class ConflictError(ThreadsyncError):
@@ -163,9 +164,14 @@ class Migration:
             await self._fetch_thread_metadata(out)
         first_seq = max((b.seq for b in plan.batches), default=-1) + 1
         row, batches = await self._write(ledger.plan_batches, plan.row, groups, first_seq)
+        # A thread of a few batches is read in one go; a long one batch by batch (flat memory).
+        read: dict[str, bytes] | None = None
+        if len(plan.unsent) <= PREFETCH:
+            raws = await self.mirror.run(ledger.raws, self.mirror, plan.unsent)
+            read = dict(zip(plan.unsent, raws, strict=True))
         for i, (batch, group) in enumerate(zip(batches, groups, strict=True)):
             following = batches[i + 1].id if i + 1 < len(batches) else None
-            row = await self._send(client, plan, row, batch, group, out, following)
+            row = await self._send(client, plan, row, batch, group, out, following, read)
         out.conversation_id = row.conversation_id
         if existed and row.conversation_id:
             # The provenance counts and times moved on; setting a map is safe to repeat.
@@ -173,8 +179,14 @@ class Migration:
             await client.set_metadata(row.conversation_id, metadata)
         return True
 
-    async def _map(self, message_ids: Sequence[str]) -> list[Mapped]:
-        raws = await self.mirror.run(ledger.raws, self.mirror, message_ids)
+    async def _map(
+        self, message_ids: Sequence[str], read: dict[str, bytes] | None = None
+    ) -> list[Mapped]:
+        """The items of ``message_ids``, from ``read`` when it holds them all, else one read."""
+        if read is not None and all(m in read for m in message_ids):
+            raws = [read.pop(m) for m in message_ids]
+        else:
+            raws = await self.mirror.run(ledger.raws, self.mirror, message_ids)
         return [map_message(orjson.loads(raw), self.policy) for raw in raws]
 
     async def _fetch_thread_metadata(self, out: ThreadOutcome) -> None:
@@ -217,10 +229,11 @@ class Migration:
         group: Sequence[str],
         out: ThreadOutcome,
         following: int | None,
+        read: dict[str, bytes] | None = None,
     ) -> MigrateThread:
         """POST one batch (already ``sent`` in the ledger) and confirm it with the next one's
         ``sent`` in the same commit; an unknown outcome is settled, and sent again when absent."""
-        mapped = await self._map(group)
+        mapped = await self._map(group, read)
         items = [m.item for m in mapped]
         assert batch.id is not None
         for attempt in range(1, SEND_ATTEMPTS + 1):
