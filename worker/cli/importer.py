@@ -24,7 +24,11 @@ def import_(
     ],
     thread_field: Annotated[
         str,
-        typer.Option("--thread-field", help="The field of each object naming its thread."),
+        typer.Option(
+            "--thread-field",
+            envvar="THREADSYNC_IMPORT_THREAD_FIELD",
+            help="The field of each object naming its thread.",
+        ),
     ] = "thread_id",
 ) -> None:
     """Import message objects (as `export --format jsonl` writes them) as threads marked

@@ -40,7 +40,12 @@ app = typer.Typer(
 
 ThreadOption = Annotated[
     list[str] | None,
-    typer.Option("--thread", "-t", help="Only these threads (repeatable)."),
+    typer.Option(
+        "--thread",
+        "-t",
+        envvar="THREADSYNC_MIGRATE_THREAD",
+        help="Only these threads (repeatable; the variable: space-separated).",
+    ),
 ]
 
 
@@ -55,11 +60,19 @@ def migrate(
     thread: ThreadOption = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Send nothing: per thread the items and every change."),
+        typer.Option(
+            "--dry-run",
+            envvar="THREADSYNC_MIGRATE_DRY_RUN",
+            help="Send nothing: per thread the items and every change.",
+        ),
     ] = False,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Only threads with a message at or after this time."),
+        typer.Option(
+            "--since",
+            envvar="THREADSYNC_MIGRATE_SINCE",
+            help="Only threads with a message at or after this time (date, ISO 8601, unix s).",
+        ),
     ] = None,
 ) -> None:
     """Each chosen thread (first sync finished, or imported) becomes one conversation; its
@@ -137,7 +150,12 @@ def _rows(ctx: typer.Context) -> tuple[Settings, Mirror, list[MigrateThread]]:
 @command
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", envvar="THREADSYNC_MIGRATE_STATUS_JSON", help="One JSON object per line."
+        ),
+    ] = False,
 ) -> None:
     """Per thread: the conversation, items confirmed, parts dropped or replaced, last error."""
     _, _, rows = _rows(ctx)
@@ -221,7 +239,15 @@ def verify(ctx: typer.Context, thread: ThreadOption = None) -> None:
 @command
 def map_(
     ctx: typer.Context,
-    out: Annotated[str, typer.Option("--out", "-o", help="The CSV file (or - for stdout).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            envvar="THREADSYNC_MIGRATE_MAP_OUT",
+            help="The CSV file (or - for stdout).",
+        ),
+    ],
 ) -> None:
     """CSV ``thread_id,conversation_id,messages,items,migrated_at`` for applications to update
     their own tables (``messages``: live messages in the mirror; ``items``: confirmed)."""
