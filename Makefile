@@ -16,6 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	@bash scripts/demo.sh
+	@bash scripts/demo-migrate.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

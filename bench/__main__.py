@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ["emulator", "sync", "reconcile", "push", "daemon", "export", "import"]
+BENCHMARKS = ["emulator", "sync", "reconcile", "push", "daemon", "export", "import", "migrate"]
 
 
 def main(argv: list[str]) -> int:

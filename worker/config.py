@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.migrate.settings import MigrateSettings, refuse_file_secret
 
 ENV_PREFIX = "THREADSYNC_"
 DEFAULT_DATABASE_URL = "sqlite:///threadsync.db"
@@ -268,6 +269,7 @@ class DaemonSettings(Section):
         description="Foundry classic only: seconds between discoveries of new threads"
         " (GET /threads); unset, the daemon discovers none.",
     )
+    migrate_interval: float | None = Field(default=None, gt=0)  # off unless set
 
 
 class BackupSettings(Section):
@@ -300,6 +302,7 @@ class Settings(BaseSettings):
     daemon: DaemonSettings = DaemonSettings()
     backup: BackupSettings = BackupSettings()
     log: LogSettings = LogSettings()
+    migrate: MigrateSettings = MigrateSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -433,6 +436,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             " AZURE_OPENAI_API_KEY (or THREADSYNC_API__API_KEY), or name a key file with"
             " api.api_key_file"
         )
+    refuse_file_secret(data, path)
     return data
 
 

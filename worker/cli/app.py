@@ -167,13 +167,28 @@ def _register() -> None:
         doctor,
         emulator,
         export,
+        importer,
         metadata,
+        migrate,
         runs,
         sync,
         threads,
     )
 
-    for module in (threads, sync, runs, export, metadata, daemon, backup, db, doctor, emulator):
+    for module in (
+        threads,
+        sync,
+        runs,
+        export,
+        metadata,
+        daemon,
+        backup,
+        db,
+        doctor,
+        emulator,
+        migrate,
+        importer,
+    ):
         module.register(app)
 
 

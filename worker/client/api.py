@@ -212,13 +212,17 @@ class ApiClient:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
         tokens: EntraTokens | TokenFetcher | None = None,
+        target: profiles.Target | None = None,
     ) -> None:
         """``tokens`` replaces the Entra token source, or where its tokens come from (with
-        ``api.auth = entra``; tests give a stub)."""
+        ``api.auth = entra``; tests give a stub). ``target``: another service built by its caller
+        (the migration's Conversations destination), sharing this request loop, its retry
+        policy, pacer and error translation."""
         self._tokens = _entra_tokens(api, tokens)
-        key = None if self._tokens is not None else profiles.api_key(api)
-        register_secret(key)
-        target = profiles.build_target(api, key)
+        if target is None:
+            key = None if self._tokens is not None else profiles.api_key(api)
+            register_secret(key)
+            target = profiles.build_target(api, key)
         self.profile = api.profile
         self._api = api
         host = profiles.host_of(api)

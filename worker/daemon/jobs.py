@@ -182,6 +182,17 @@ class Jobs:
             log.info("daemon.threads_discovered", new=len(found.new), listed=found.found)
         return len(found.new)
 
+    async def migrate(self) -> None:
+        """Keep conversations in step with the mirror until cut-over (``daemon.migrate_interval``):
+        one ``migrate`` pass; a thread that fails is retried on the next."""
+        from worker.migrate.service import run_migration  # noqa: PLC0415 - only when enabled
+
+        report = await run_migration(self.settings, self.mirror)
+        totals = report.totals()
+        log.info("daemon.migrated", **totals)
+        for outcome in report.failed:
+            log.warning("daemon.migrate_failed", thread_id=outcome.thread_id, error=outcome.error)
+
     async def prune_history(self, now: datetime | None = None) -> int:
         """Delete the sync runs (and their per-thread rows) older than ``run_history_days``.
 

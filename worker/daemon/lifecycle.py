@@ -138,6 +138,10 @@ class Daemon:
                     Every(d.discover_interval),
                 )
             )
+        if d.migrate_interval:
+            # After the first dispatch, like the push: a fresh start syncs before it migrates.
+            every = Every(d.migrate_interval, d.dispatch_interval)
+            specs.append(JobSpec("migrate", wrap("migrate", self.jobs.migrate), every))
         # Hourly, the first a minute after start: a daemon restarted often still prunes.
         specs.append(
             JobSpec("history", wrap("history", self.jobs.prune_history), Every(3600.0, 60.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.emulator import conversations
 from worker.emulator.objects import list_body
 from worker.emulator.routes import Route
 from worker.emulator.state import Emulator
@@ -24,6 +25,9 @@ def _cursors(query: dict[str, str]) -> dict[str, Any]:
 def handle(emulator: Emulator, route: Route, query: dict[str, str], body: Any) -> bytes:
     """Perform ``route`` on the emulator and answer the 200 body; WireError for the rest."""
     kind, tid, mid = route.kind, route.thread_id or "", route.message_id or ""
+    if route.conversation:
+        with emulator.lock:
+            return conversations.handle(emulator, kind, route.profile, tid, mid, query, body)
     full = route.profile != "foundry"
     if kind == "list":
         cursors = _cursors(query)

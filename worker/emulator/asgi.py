@@ -153,6 +153,8 @@ def _pre_fault(rule: FaultRule | None) -> WireError | None:
         return _throttled(rule.retry_after, "Rate limit reached. Please retry after a while.")
     if rule.fault == "500":
         return _server_error()
+    if rule.fault == "400":
+        return bad_request("The emulator refused this request (a scripted 400 fault).")
     if rule.fault == "503":
         return WireError(
             503,

@@ -15,6 +15,8 @@ Ties = Literal["reverse", "stable"]
 UnknownRoute = Literal["family", "resource", "invalid_url", "bare"]
 UnknownVersion = Literal["resource", "unsupported", "bare"]
 UnknownThread = Literal["named", "resource", "bare"]
+AppendedOrder = Literal["asc", "desc"]
+InputAnnotations = Literal["keep", "drop", "reject"]
 
 CURSOR_MISSING_CHOICES: tuple[str, ...] = get_args(CursorMissing)
 METADATA_CHOICES: tuple[str, ...] = get_args(MetadataMode)
@@ -22,6 +24,8 @@ TIES_CHOICES: tuple[str, ...] = get_args(Ties)
 UNKNOWN_ROUTE_CHOICES: tuple[str, ...] = get_args(UnknownRoute)
 UNKNOWN_VERSION_CHOICES: tuple[str, ...] = get_args(UnknownVersion)
 UNKNOWN_THREAD_CHOICES: tuple[str, ...] = get_args(UnknownThread)
+APPENDED_ORDER_CHOICES: tuple[str, ...] = get_args(AppendedOrder)
+INPUT_ANNOTATIONS_CHOICES: tuple[str, ...] = get_args(InputAnnotations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,10 @@ class Behaviour:
     (``unsupported``), or 404 "Resource not found" naming nothing (``bare``).
     ``unknown_thread``: a thread id that does not exist: 404 "No thread found with id '...'."
     (``named``), a generic 404 "Resource not found" (``resource``), or a 404 with no body.
+    ``appended_order``: the order of the items a conversation append answers (the spec does not
+    say): as sent (``asc``) or newest first (``desc``).
+    ``input_annotations``: ``output_text`` annotations on input items are kept, silently
+    dropped, or refused with a 400 (unverified on the real service).
     """
 
     cursor_missing: CursorMissing = "404"
@@ -53,6 +61,8 @@ class Behaviour:
     unknown_route: UnknownRoute = "family"
     unknown_version: UnknownVersion = "resource"
     unknown_thread: UnknownThread = "named"
+    appended_order: AppendedOrder = "asc"
+    input_annotations: InputAnnotations = "keep"
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -66,6 +76,8 @@ class Behaviour:
             "unknown_route": UNKNOWN_ROUTE_CHOICES,
             "unknown_version": UNKNOWN_VERSION_CHOICES,
             "unknown_thread": UNKNOWN_THREAD_CHOICES,
+            "appended_order": APPENDED_ORDER_CHOICES,
+            "input_annotations": INPUT_ANNOTATIONS_CHOICES,
         }
         for name, value in changes.items():
             if name not in allowed:

@@ -59,6 +59,9 @@ def _dispatch(emulator: Emulator, method: str, parts: list[str], args: dict[str,
             return emulator.identity.to_dict()
     if (method, head, n) == ("POST", "clock", 1):
         return _clock(emulator, args)
+    if (method, head, n) == ("GET", "conversations", 1):
+        with emulator.lock:
+            return emulator.conversations.to_dict()
     if head == "threads":
         return _threads(emulator, method, parts[1:], args)
     raise WireError(404, f"No control route {method} /{'/'.join(parts)}", code="not_found")

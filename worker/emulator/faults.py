@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 import orjson
 
 FaultKind = Literal[
+    "400",
     "429",
     "500",
     "503",
@@ -44,6 +45,15 @@ ROUTE_KINDS = frozenset(
         "thread.create",
         "thread.modify",
         "thread.delete",
+        "conversation.create",
+        "conversation.list",
+        "conversation.get",
+        "conversation.update",
+        "conversation.delete",
+        "items.create",
+        "items.list",
+        "item.get",
+        "item.delete",
     }
 )
 

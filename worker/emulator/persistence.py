@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from worker.emulator.behaviour import Behaviour
+from worker.emulator.conversations import Conversations
 from worker.emulator.timeline import Record, Timeline
 from worker.files import output_file
 
@@ -41,6 +42,7 @@ def snapshot(emulator: Emulator) -> dict[str, Any]:
         "behaviour": emulator.behaviour.to_dict(),
         "threads": _records(emulator.threads),
         "messages": {tid: _records(tl) for tid, tl in emulator.messages.items()},
+        "conversations": emulator.conversations.to_dict(),
     }
 
 
@@ -54,6 +56,11 @@ def restore(emulator: Emulator, state: dict[str, Any]) -> None:
     emulator.used_ids = set(emulator.threads.by_id)
     for timeline in emulator.messages.values():
         emulator.used_ids.update(timeline.by_id)
+    # Absent from states saved before the Conversations API was emulated.
+    emulator.conversations = Conversations.from_dict(state.get("conversations", {}))
+    for conversation in emulator.conversations.by_id.values():
+        emulator.used_ids.add(conversation.id)
+        emulator.used_ids.update(item["id"] for item in conversation.items)
 
 
 def save(emulator: Emulator, path: Path) -> None:

@@ -50,12 +50,70 @@ class Route:
     v1: bool = False  # Azure's /openai/v1 endpoint: no dated api-version
 
     @property
+    def conversation(self) -> bool:
+        return self.kind.startswith(("conversation.", "item"))
+
+    @property
     def mutates(self) -> bool:
         return self.kind.rsplit(".", 1)[-1] in ("create", "modify", "delete")
 
 
+_CONVERSATION_SHAPES: dict[tuple[int, str], tuple[str, str]] = {
+    (1, "POST"): ("conversation.create", "/conversations"),
+    (1, "GET"): ("conversation.list", "/conversations"),
+    (2, "GET"): ("conversation.get", "/conversations/{conversation_id}"),
+    (2, "POST"): ("conversation.update", "/conversations/{conversation_id}"),
+    (2, "DELETE"): ("conversation.delete", "/conversations/{conversation_id}"),
+    (3, "GET"): ("items.list", "/conversations/{conversation_id}/items"),
+    (3, "POST"): ("items.create", "/conversations/{conversation_id}/items"),
+    (4, "GET"): ("item.get", "/conversations/{conversation_id}/items/{item_id}"),
+    (4, "DELETE"): ("item.delete", "/conversations/{conversation_id}/items/{item_id}"),
+}
+_CONVERSATION_PREFIX: dict[Profile, str] = {
+    "azure": "/openai/v1",
+    "openai": "/v1",
+    "foundry": "/api/projects/{project}/openai/v1",
+}
+
+
+def parse_conversation(method: str, path: str) -> Route | None:
+    """A Conversations API route (``/v1``, ``/openai/v1``, ``/api/projects/{p}/openai/v1``).
+
+    The conversation id travels as ``thread_id`` and the item id as ``message_id``, so faults
+    can target one conversation as they target one thread.
+    """
+    profile: Profile
+    if path.startswith("/v1/conversations"):
+        profile, rest = "openai", path[3:]
+    elif path.startswith("/openai/v1/conversations"):
+        profile, rest = "azure", path[10:]
+    elif path.startswith("/api/projects/"):
+        project, _, tail = path[14:].partition("/")
+        if not project or not tail.startswith("openai/v1/conversations"):
+            return None
+        profile, rest = "foundry", tail[9:]
+    else:
+        return None
+    parts = rest.strip("/").split("/")
+    if parts[0] != "conversations" or "" in parts or (len(parts) >= 3 and parts[2] != "items"):
+        return None
+    shape = _CONVERSATION_SHAPES.get((len(parts), method))
+    if shape is None or (shape[0] == "conversation.list" and profile != "foundry"):
+        return None  # only Foundry lists conversations
+    kind, template = shape
+    return Route(
+        profile=profile,
+        kind=kind,
+        template=method + " " + _CONVERSATION_PREFIX[profile] + template,
+        thread_id=parts[1] if len(parts) > 1 else None,
+        message_id=parts[3] if len(parts) > 3 else None,
+    )
+
+
 def parse(method: str, path: str) -> Route | None:
     """The API route for ``method path``, or None when nothing lives there."""
+    if "/conversations" in path:
+        return parse_conversation(method, path)
     profile: Profile
     v1 = path.startswith("/openai/v1/")
     if v1:
@@ -129,6 +187,8 @@ def check_access(
     unknown_version: UnknownVersion = "resource",
 ) -> str:
     """Auth then version checks for the route's family; answers the caller's credential."""
+    if route.conversation:
+        return _conversation_access(route, credential(headers), api_key)
     key = _authenticate(route, headers, api_key, identity, now)
     if route.v1:
         version = query.get("api-version")
@@ -185,6 +245,24 @@ def _authenticate(
             raise identity.rejection(route.profile)
         if azure:
             raise _azure_denied()
+        raise WireError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return found[1]
+
+
+def _conversation_access(route: Route, found: Credential | None, api_key: str) -> str:
+    """The v1 routes take no api-version and no beta header; Foundry and Azure also take
+    ``api-key``, the OpenAI platform only a bearer key."""
+    if route.profile == "openai" and found is not None and found[0] == "api-key":
+        found = None
+    if found is None or found[1] != api_key:
+        if route.profile == "azure":
+            raise _azure_denied()
+        if found is None:
+            raise WireError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
         raise WireError(401, "Incorrect API key provided.", code="invalid_api_key")
     return found[1]
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from worker.emulator import persistence, seeding
 from worker.emulator.behaviour import Behaviour
+from worker.emulator.conversations import Conversations
 from worker.emulator.faults import FaultRule, Faults
 from worker.emulator.identity import Identity
 from worker.emulator.objects import deleted_object, message_object, thread_object
@@ -88,6 +89,7 @@ class Emulator:
         self.seq = 0
         self.threads = Timeline()
         self.messages: dict[str, Timeline] = {}
+        self.conversations = Conversations()
         self.request_counts: Counter[tuple[str, int]] = Counter()
         self.modify_calls: list[dict[str, Any]] = []
         if state_path is not None and state_path.exists():
@@ -141,6 +143,7 @@ class Emulator:
         with self.lock:
             self.threads = Timeline()
             self.messages = {}
+            self.conversations = Conversations()
             self.faults = Faults()
             self.reset_stats()
             self.changed()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+import worker.migrate.models
 import worker.outbox.models
 import worker.store.models  # noqa: F401 - registers the tables on SQLModel.metadata
 
