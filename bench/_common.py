@@ -180,12 +180,14 @@ def route_kind(route: str) -> str:
 
 @dataclass(frozen=True)
 class ChildRun:
-    """A finished child process: wall time, exit status, peak RSS (MiB), captured stderr."""
+    """A finished child process: wall time, exit status, peak RSS (MiB), captured stderr and
+    stdout (where a command's summary goes)."""
 
     seconds: float
     returncode: int
     peak_rss_mib: float
     stderr: str
+    stdout: str = ""
 
 
 def run_measured(cmd: Sequence[str], *, env: dict[str, str]) -> ChildRun:
@@ -197,9 +199,9 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str]) -> ChildRun:
     ``VmHWM`` belongs to the child's own address space, created at exec, and only ever grows, so
     the last sample before exit is the peak up to the sampling interval.
     """
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
         peak_kib = 0
         while True:
             peak_kib = max(peak_kib, _vm_hwm_kib(proc.pid))
@@ -211,7 +213,9 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str]) -> ChildRun:
         seconds = time.perf_counter() - started
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-    return ChildRun(seconds, proc.returncode, peak_kib / 1024, stderr)
+        out.seek(0)
+        stdout = out.read().decode(errors="replace")
+    return ChildRun(seconds, proc.returncode, peak_kib / 1024, stderr, stdout)
 
 
 def _vm_hwm_kib(pid: int) -> int:

@@ -252,7 +252,7 @@ def as_subprocess(emu: EmulatorProcess, url: str, name: str, *, concurrency: int
         threadsync_cmd("sync", "--concurrency", str(concurrency)),
         env=threadsync_env(emu, url),
     )
-    found = _ADDED.search(run.stderr)
+    found = _ADDED.search(run.stdout)
     if run.returncode != 0:
         print(run.stderr[-2000:])
     return Phase(

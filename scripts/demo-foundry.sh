@@ -55,7 +55,7 @@ FIRST=${THREADS%% *}
 step "threadsync threads add"
 "$TS" threads add $THREADS
 
-step "A key is no Entra token: Foundry answers 401 (exit 1, the message says why)"
+step "A key is no Entra token: Foundry answers 401 (exit 2: the run stops at once, the message says why)"
 set +e
 (
   export THREADSYNC_API__AUTH=bearer AZURE_OPENAI_API_KEY="$KEY"
@@ -91,6 +91,6 @@ got = [json.loads(line) for line in open('$DEMO/messages.jsonl', encoding='utf-8
 assert got == want, 'export differs from the truth'
 print(f'OK: {len(got)} messages in {len(truth)} threads, identical objects, identical order')
 "
-test "$refused" -eq 1
+test "$refused" -eq 2
 
 step "Done: everything is under $DEMO/"

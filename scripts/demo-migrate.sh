@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="$ROOT/.venv/bin"
 TS="$BIN/threadsync"
 DEMO="${THREADSYNC_DEMO_DIR:-$ROOT/demo}"
+unset THREADSYNC_DEMO_DIR  # the script's own: threadsync refuses THREADSYNC_* names it does not know
 mkdir -p "$DEMO"
 
 PORT=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -57,7 +57,7 @@ def test_syncs_daemon_push_and_backup_at_once_lose_and_duplicate_nothing(
             THREADSYNC_DAEMON__REQUESTS_PER_SECOND="400",
         )
         daemon = DaemonProcess(env, tmp_path / "daemon.log")
-        daemon.wait_event("sync.run_started")
+        daemon.wait_event("daemon.started")
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "worker", *args],

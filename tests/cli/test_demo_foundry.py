@@ -32,7 +32,7 @@ def test_demo_foundry_script(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "Unauthorized. Access token is missing" in out
-    assert "exit code: 1" in out
+    assert "exit code: 2" in out
     assert "tokens issued: 1\n" in out
     assert "refused: 2" in out
     assert "OK: 375 messages in 3 threads" in out

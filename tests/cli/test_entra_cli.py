@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
+
 HIDE_AZURE_IDENTITY = (
     "import sys; sys.modules['azure.identity.aio'] = None; "
     "from worker.cli import main; sys.argv = ['threadsync', *sys.argv[1:]]; main()"
@@ -35,8 +37,11 @@ def test_entra_without_the_extra_stops_at_start_naming_it(tmp_path: Path) -> Non
         check=False,
     )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == (
-        "error: api.auth=entra needs azure-identity, which is not installed: pip install"
+    (line,) = proc.stderr.strip().splitlines()  # off a terminal: one cli.notice JSON record
+    record = orjson.loads(line)
+    assert (record["event"], record["level"]) == ("cli.notice", "error")
+    assert record["message"] == (
+        "api.auth=entra needs azure-identity, which is not installed: pip install"
         " 'threadsync[azure]'"
     )
     assert "Traceback" not in proc.stderr

@@ -98,7 +98,9 @@ def sqlite_url(path: Path) -> str:
 
 
 def test_sqlite_url_with_two_slashes_is_named(tmp_path: Path) -> None:
-    line = one_error(invoke("--database-url", "sqlite://mirror.db", "threads", "add", "t_1"), 2)
+    line = one_error(
+        invoke("--database-url", "sqlite://mirror.db", "threads", "add", "thread_1"), 2
+    )
     assert "two slashes" in line
     assert "sqlite:///mirror.db" in line
     assert list(tmp_path.iterdir()) == []
@@ -109,7 +111,9 @@ def test_sqlite_url_with_two_slashes_is_named(tmp_path: Path) -> None:
     [("/proc/threadsync-test/mirror.db", "does not exist"), ("/proc/mirror.db", "cannot create")],
 )
 def test_mirror_under_proc_is_one_line(where: str, said: str) -> None:
-    line = one_error(invoke("--database-url", f"sqlite:///{where}", "threads", "add", "t_1"), 2)
+    line = one_error(
+        invoke("--database-url", f"sqlite:///{where}", "threads", "add", "thread_1"), 2
+    )
     assert said in line
     assert os.path.dirname(where) in line
 
@@ -117,7 +121,7 @@ def test_mirror_under_proc_is_one_line(where: str, said: str) -> None:
 def test_mirror_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("x")
     url = sqlite_url(tmp_path / "plain" / "m.db")
-    line = one_error(invoke("--database-url", url, "threads", "add", "t_1"), 2)
+    line = one_error(invoke("--database-url", url, "threads", "add", "thread_1"), 2)
     assert "is a file, not a directory" in line
 
 
@@ -235,7 +239,10 @@ def test_disk_full_during_a_sync_says_the_mirror_is_intact(
     with serve_in_thread(emulator) as base:
         env = {"AZURE_OPENAI_ENDPOINT": base, "AZURE_OPENAI_API_KEY": KEY}
         result = invoke("--database-url", url, "--log-level", "error", "sync", env=env)
-    line = one_error(result, 1)
+    # The thread's pass failed on it: the run's summary (stdout) names the thread and says so.
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.strip().startswith(f"{thread}: ")]
     assert "disk holding the mirror is full" in line
     assert "the mirror is intact" in line
     assert "free space and run again" in line

@@ -37,7 +37,8 @@ def test_a_malformed_page_exits_1_with_one_line_and_a_duplicate_syncs(
     output = sync.stdout + sync.stderr
     assert "Traceback" not in output
     assert SECRET not in output
-    lines = [line for line in sync.stderr.splitlines() if f"{bad}: failed" in line]
+    # The summary (stdout) groups failures by cause, then names each thread and its error.
+    lines = [line for line in sync.stdout.splitlines() if line.strip().startswith(f"{bad}: ")]
     assert len(lines) == 1
     assert f"message {victim} (item 4 of a page) from the server is malformed: content" in lines[0]
 

@@ -34,6 +34,7 @@ from worker.errors import (
     ApiError,
     AuthError,
     ConfigError,
+    NoMirrorError,
     PermanentError,
     SchemaOutdatedError,
     StoreError,
@@ -126,6 +127,12 @@ def _open_mirror(f: Findings, url: str) -> Verdict:
         ensure_schema(mirror.engine, create=False)
         with mirror.read() as session:
             f.probe_thread = _a_tracked_thread(session)
+    except NoMirrorError:
+        return failed(
+            f"no mirror at {mirror.safe_url} (the database holds none)",
+            "point THREADSYNC_DATABASE_URL at your mirror; a new one is made by the first"
+            " `threadsync threads add`",
+        )
     except SchemaOutdatedError as exc:
         return failed(str(exc), "back the mirror up, then run `threadsync db upgrade`")
     except StoreError as exc:

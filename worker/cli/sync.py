@@ -17,12 +17,13 @@ from worker.cli.common import (
     err_console,
     globals_of,
     out_console,
+    run_async,
 )
 from worker.cli.progress import RunWatch, show_progress
 from worker.cli.say import is_quiet, notice, result
 from worker.cli.signals import run_interruptible
 from worker.cli.tables import iso_utc, print_json_lines, print_table
-from worker.config import format_duration, parse_duration
+from worker.config import Settings, format_duration, parse_duration
 from worker.errors import ConfigError
 from worker.ids import check_ids
 from worker.outbox import edit_counts
@@ -87,6 +88,7 @@ def sync(
     settings = g.settings(sync={"concurrency": concurrency})
     mirror = g.mirror()
     if not thread and not _anything_tracked(mirror):
+        run_async(functools.partial(_client_builds, settings))  # a bad credential still fails
         notice(
             "no threads are tracked, so there is nothing to sync; track some with"
             " `threadsync threads add THREAD_ID...` (or `threads add --from-file FILE`)"
@@ -124,6 +126,12 @@ def sync(
     print_deadline(report, limit)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+async def _client_builds(settings: Settings) -> None:
+    """Build the client and close it, sending nothing: its settings are checked as a run would."""
+    async with api_client(settings):
+        pass
 
 
 def _anything_tracked(mirror: Mirror) -> bool:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import anyio
 import httpx
@@ -225,7 +225,7 @@ class ApiClient:
             target = profiles.build_target(api, key)
         self.profile = api.profile
         self._api = api
-        host = profiles.host_of(api)
+        host = urlsplit(target.base_url).hostname or "?"
         self._host = f"the host {host} ({profiles.ENDPOINT_VARIABLE[api.profile]}) and the network"
         self._retry = retry
         self._pacer = pacer if pacer is not None else Pacer(None, clock=clock, sleep=sleep)

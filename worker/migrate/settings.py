@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from worker.errors import ConfigError
 
@@ -19,6 +19,10 @@ TargetProfile = Literal["openai", "foundry", "azure"]
 
 class TargetSettings(BaseModel):
     """The Conversations service threads are migrated into."""
+
+    # As every settings section (worker.config.Section, which imports this module): an
+    # unknown key is a mistake, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     profile: TargetProfile = Field(
         default="openai",
@@ -60,6 +64,10 @@ class TargetSettings(BaseModel):
 
 class MigrateSettings(BaseModel):
     """``threadsync migrate``: the target, the mapping policy, pace and parallelism."""
+
+    # As every settings section (worker.config.Section, which imports this module): an
+    # unknown key is a mistake, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     target: TargetSettings = TargetSettings()
     annotations: Literal["footnote", "drop"] = Field(

@@ -121,6 +121,8 @@ class ConversationsClient(ApiClient):
             headers={"User-Agent": USER_AGENT, **credential_headers(target)},
         )
         super().__init__(api, retry or RetrySettings(), target=built, **kwargs)
+        host = urlsplit(built.base_url).hostname or "?"
+        self._host = f"the host {host} (migrate.target.endpoint) and the network"
         self.lists_conversations = target.profile == "foundry"
 
     async def create_conversation(

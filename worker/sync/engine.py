@@ -51,7 +51,7 @@ from worker.errors import (
 )
 from worker.jsontext import column_text
 from worker.logs import get_logger, redact_message
-from worker.store.db import Mirror
+from worker.store.db import Mirror, translate_store_error
 from worker.store.models import Message, SyncState, utcnow
 from worker.store.repo import get_meta, set_meta, state_of
 from worker.sync.apply import (
@@ -1192,6 +1192,9 @@ def unexpected(exc: BaseException) -> str:
     error's text quotes the statement's parameters, which are message content."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # from a task group of the walk: the error itself is the news
+    known = translate_store_error(exc)
+    if known is not None:  # a full disk, a read-only file: said in words the user can act on
+        return str(known)
     if isinstance(exc, DBAPIError):
         kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
         return (
