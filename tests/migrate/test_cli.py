@@ -80,7 +80,7 @@ def test_dry_run_migrate_status_map_verify(
     assert status_rows(env, tmp_path) == {}  # ...and records nothing
 
     done = run(["migrate"], env, tmp_path)
-    assert "3/3 threads ok; 66 items in 6 requests" in done.stderr
+    assert "3/3 threads ok; 66 items in 6 requests" in done.stdout
     rows = status_rows(env, tmp_path)
     assert [rows[t]["items"] for t in ids] == [0, 21, 45]
     assert all(r["state"] == "migrated" and r["last_error"] is None for r in rows.values())
@@ -211,7 +211,7 @@ def test_import_cli_round_trip_and_a_bad_line(
     run(["export", "--include-deleted", "--out", str(exported)], env, tmp_path)
     fresh = dict(env, THREADSYNC_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}")
     done = run(["import", str(exported)], fresh, tmp_path)
-    assert "imported 15 messages of 2 threads: 15 added" in done.stderr
+    assert "imported 15 messages of 2 threads: 15 added" in done.stdout
     again = tmp_path / "again.jsonl.gz"
     run(["export", "--include-deleted", "--out", str(again)], fresh, tmp_path)
     assert gzip.decompress(again.read_bytes()) == gzip.decompress(exported.read_bytes())

@@ -19,8 +19,8 @@ def test_demo_migrate_script(tmp_path: Path) -> None:
         ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3/3 threads ok; 135 items in 9 requests" in proc.stderr
-    assert "0 items in 0 requests" in proc.stderr  # the second run sends nothing
+    assert "3/3 threads ok; 135 items in 9 requests" in proc.stdout
+    assert "0 items in 0 requests" in proc.stdout  # the second run sends nothing
     assert "verified 3 threads: 3 identical, 0 not" in proc.stdout
     rows = (tmp_path / "conversations.csv").read_text().splitlines()
     assert rows[0] == "thread_id,conversation_id,messages,items,migrated_at"

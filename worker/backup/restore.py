@@ -50,7 +50,14 @@ def restore(path: Path, database_url: str, force: bool = False) -> RestoreResult
         raise StoreError(f"refusing to restore {path}: {report.problem}")
     with tempfile.TemporaryDirectory(prefix="threadsync-restore-") as scratch:
         result = _restore(Path(path) / DATABASE, database_url, force, Path(scratch))
-    return dataclasses.replace(result, deleted=report.deleted)
+    restored = dataclasses.replace(result, deleted=report.deleted)
+    log.info(
+        "backup.restored",
+        target=restored.target,
+        messages=restored.live,
+        deleted=restored.deleted,
+    )
+    return restored
 
 
 def _restore(database: Path, database_url: str, force: bool, scratch: Path) -> RestoreResult:
@@ -83,7 +90,6 @@ def _restore(database: Path, database_url: str, force: bool, scratch: Path) -> R
             if present:
                 clear_tables(dst)
             rows = copy_tables(src, dst)
-        log.info("backup.restored", target=target.safe_url, messages=rows.get("message", 0))
         return RestoreResult(target.safe_url, rows, replaced=bool(present))
     finally:
         target.dispose()

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from worker.cli.common import command, err_console, globals_of
+from worker.cli.common import command, globals_of
+from worker.cli.say import result
 from worker.migrate.importing import import_file
 
 
@@ -37,7 +38,7 @@ def import_(
     mirror = globals_of(ctx).mirror()
     report = import_file(mirror, file, thread_field)
     total = sum(report.threads.values())
-    err_console.print(
+    result(
         f"imported {total} messages of {len(report.threads)} threads: {report.added} added,"
         f" {report.changed} changed, {report.unchanged} unchanged"
     )

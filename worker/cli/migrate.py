@@ -8,22 +8,22 @@ import io
 from datetime import UTC, datetime
 from typing import Annotated
 
-import orjson
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from worker.cli.common import (
     EXIT_FAILED,
     command,
-    err_console,
     globals_of,
     out_console,
     run_async,
 )
 from worker.cli.export import parse_when
+from worker.cli.say import notice, result
+from worker.cli.tables import print_json_lines, print_table
 from worker.config import Settings
 from worker.export.output import atomic_output
+from worker.files import is_stdout
 from worker.migrate import ledger
 from worker.migrate.models import MigrateThread
 from worker.migrate.run import MigrateReport
@@ -100,13 +100,13 @@ def migrate(
 
 def print_report(report: MigrateReport, target: str) -> None:
     t = report.totals()
-    err_console.print(
-        f"migrate to {escape(target)}: {t['threads'] - t['failed']}/{t['threads']} threads ok;"
+    result(
+        f"migrate to {target}: {t['threads'] - t['failed']}/{t['threads']} threads ok;"
         f" {t['items']} items in {t['requests']} requests; {t['dropped']} parts dropped,"
         f" {t['replaced']} replaced"
     )
     for o in report.failed:
-        err_console.print(f"  [red]{escape(o.thread_id)}[/]: {escape(o.error or '')}")
+        result(f"  {o.thread_id}: {o.error or ''}")
 
 
 def print_dry_run(report: MigrateReport) -> None:
@@ -160,42 +160,39 @@ def status(
     """Per thread: the conversation, items confirmed, parts dropped or replaced, last error."""
     _, _, rows = _rows(ctx)
     if as_json:
-        for r in rows:
-            out_console.out(
-                orjson.dumps(
-                    {
-                        "thread_id": r.thread_id,
-                        "conversation_id": r.conversation_id,
-                        "state": r.state,
-                        "items": r.items,
-                        "dropped": r.dropped,
-                        "replaced": r.replaced,
-                        "lost_creates": r.lost_creates,
-                        "migrated_at": _iso(r.migrated_at) or None,
-                        "last_error": r.last_error,
-                    }
-                ).decode()
-            )
-        return
-    table = Table()
-    # Ids are what users copy from here: folded, never cut to an ellipsis.
-    table.add_column("thread", overflow="fold")
-    table.add_column("conversation", overflow="fold")
-    for name in ("state", "items", "dropped", "replaced", "last error"):
-        table.add_column(name)
-    for r in rows:
-        table.add_row(
-            r.thread_id,
-            r.conversation_id or "",
-            r.state,
-            str(r.items),
-            str(r.dropped),
-            str(r.replaced),
-            r.last_error or "",
+        print_json_lines(
+            {
+                "thread_id": r.thread_id,
+                "conversation_id": r.conversation_id,
+                "state": r.state,
+                "items": r.items,
+                "dropped": r.dropped,
+                "replaced": r.replaced,
+                "lost_creates": r.lost_creates,
+                "migrated_at": r.migrated_at,
+                "last_error": r.last_error,
+            }
+            for r in rows
         )
-    out_console.print(table)
+        return
+    print_table(
+        ("thread", "conversation", "state", "items", "dropped", "replaced", "last error"),
+        (
+            (
+                r.thread_id,
+                r.conversation_id or "",
+                r.state,
+                str(r.items),
+                str(r.dropped),
+                str(r.replaced),
+                r.last_error or "",
+            )
+            for r in rows
+        ),
+        keys=("thread", "conversation"),
+    )
     if not rows:
-        err_console.print("nothing migrated to this target yet; run `threadsync migrate`")
+        notice("nothing migrated to this target yet; run `threadsync migrate`")
 
 
 @app.command("verify")
@@ -272,4 +269,4 @@ def map_(
         written += 1
     with atomic_output(out) as fh:
         fh.write(buffer.getvalue().encode())
-    err_console.print(f"{written} threads mapped to conversations")
+    result(f"{written} threads mapped to conversations", stderr=is_stdout(out))
