@@ -221,11 +221,7 @@ def _authenticate(
     if not identity.accepts_key(route.profile):
         identity.rejected += 1
         if found is not None and found[0] == "api-key" and route.profile == "azure":
-            raise WireError(
-                403,
-                "Key based authentication is disabled for this resource.",
-                code="AuthenticationTypeDisabled",
-            )
+            raise _key_disabled()
         raise identity.rejection(route.profile)
     azure = route.profile == "azure"
     if not azure and found is not None and found[0] == "api-key":
@@ -260,6 +256,8 @@ def _conversation_access(
         return "entra"
     if not identity.accepts_key(route.profile):
         identity.rejected += 1
+        if found is not None and found[0] == "api-key" and route.profile == "azure":
+            raise _key_disabled()
         raise identity.rejection(route.profile)
     if route.profile == "openai" and found is not None and found[0] == "api-key":
         found = None
@@ -274,6 +272,14 @@ def _conversation_access(
             )
         raise WireError(401, "Incorrect API key provided.", code="invalid_api_key")
     return found[1]
+
+
+def _key_disabled() -> WireError:
+    return WireError(
+        403,
+        "Key based authentication is disabled for this resource.",
+        code="AuthenticationTypeDisabled",
+    )
 
 
 def _azure_denied() -> WireError:
