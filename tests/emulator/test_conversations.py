@@ -4,7 +4,9 @@ assistant-role rule, paging, auth per family, and faults after the items were ap
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -327,3 +329,75 @@ def test_vendored_conversation_schemas_match_the_public_document() -> None:
     document = yaml.load((specs / SPEC_NAME).read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
     expected = schema_closure(document["components"]["schemas"], ROOTS)
     assert orjson.loads(VENDORED.read_bytes())["schemas"] == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/conversations", "/api/projects/proj/openai/v1/conversations"],
+    ids=["openai", "foundry"],
+)
+@pytest.mark.parametrize("arrived", [b"", b'{"metadata": {"source_thread_id": "thr'])
+async def test_a_create_whose_client_hung_up_mid_body_is_never_applied(
+    path: str, arrived: bytes
+) -> None:
+    """A client killed between sending a POST's headers and the end of its body: the server
+    sees the disconnect. It once read that as an empty body and created a conversation with no
+    metadata and no items (the migration's random-kill test then found a conversation without
+    ``source_thread_id``); a server never acts on a request it did not receive whole."""
+    emulator = Emulator(api_key=KEY, seed=1)
+    headers = [
+        (b"authorization", f"Bearer {KEY}".encode()),
+        (b"api-key", KEY.encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"300"),
+    ]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "query_string": b"",
+        "headers": headers,
+    }
+    messages: list[dict[str, Any]] = [{"type": "http.disconnect"}]  # as uvicorn tells it
+    if arrived:
+        messages.insert(0, {"type": "http.request", "body": arrived, "more_body": True})
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await create_app(emulator)(scope, receive, send)
+    assert emulator.conversations.by_id == {}
+    assert sent == []  # nobody is left to answer
+    route = parse("POST", path)
+    assert route is not None
+    assert emulator.request_counts[(route.template, 499)] == 1
+
+
+def test_a_client_killed_after_the_headers_of_a_create_leaves_no_conversation() -> None:
+    """The same over a real socket, at the exact moment a SIGKILL of ``migrate`` can land: the
+    create's headers sent, its body not, the connection closed by the dying process."""
+    emulator = Emulator(api_key=KEY, seed=1)
+    handled = threading.Event()
+    inner = create_app(emulator)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await inner(scope, receive, send)
+        if scope["type"] == "http":
+            handled.set()
+
+    with serve_in_thread(emulator, app=app) as url:
+        parts = httpx.URL(url)
+        with socket.create_connection((parts.host, parts.port or 80)) as conn:
+            conn.sendall(
+                b"POST /v1/conversations HTTP/1.1\r\nHost: emulator\r\n"
+                + f"Authorization: Bearer {KEY}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 120\r\n\r\n"
+            )
+        assert handled.wait(30)  # the app has seen the hang-up and returned
+    assert emulator.conversations.by_id == {}
+    assert emulator.request_counts[("POST /v1/conversations", 499)] == 1

@@ -188,3 +188,26 @@ async def test_azure_v1_path_takes_no_dated_version(
         assert r.status_code == status, (headers, params)
     stats = entra_emulator.stats()["routes"]
     assert "GET /openai/v1/threads/{thread_id}/messages" in stats
+
+
+async def test_conversation_routes_check_tokens_and_keys_as_the_messages_routes(
+    http: httpx.AsyncClient, entra_emulator: Emulator, clock: ManualClock
+) -> None:
+    """The migration target: a Foundry project's Conversations take an issued token and refuse
+    the key under ``foundry``; an expired token is refused; ``all`` disables Azure's key (403)."""
+    foundry = "/api/projects/demo/openai/v1/conversations"
+    azure = "/openai/v1/conversations"
+    token = await _token(http)
+    ok = await http.post(foundry, json={}, headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200
+    keyed = await http.post(foundry, json={}, headers={"api-key": KEY})
+    assert (keyed.status_code, keyed.json()) == (401, EXPIRED_FOUNDRY)
+    assert (await http.post(azure, json={}, headers={"api-key": KEY})).status_code == 200
+    clock.advance(21)
+    expired = await http.post(foundry, json={}, headers={"Authorization": f"Bearer {token}"})
+    assert (expired.status_code, expired.json()) == (401, EXPIRED_FOUNDRY)
+    entra_emulator.configure_identity(entra="all")
+    disabled = await http.post(azure, json={}, headers={"api-key": KEY})
+    assert disabled.status_code == 403
+    assert disabled.json()["error"]["code"] == "AuthenticationTypeDisabled"
+    assert len(entra_emulator.conversations.by_id) == 2

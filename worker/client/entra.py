@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from worker.client.auth import Token
-from worker.config import ApiSettings
+from worker.config import ApiSettings, CredentialKind
 from worker.errors import ConfigError, CredentialError
 from worker.logs import register_secret, scrub
 
@@ -52,31 +53,46 @@ def async_transport() -> AsyncHttpTransport[Any, Any]:
     return transport
 
 
-def require_extra() -> None:
+def require_extra(auth_setting: str = "api.auth") -> None:
     """A ConfigError naming the extra when azure-identity is not installed."""
     try:
         import azure.identity.aio  # noqa: F401, PLC0415
     except ImportError as exc:
         raise ConfigError(
-            f"api.auth=entra needs azure-identity, which is not installed: {EXTRA}"
+            f"{auth_setting}=entra needs azure-identity, which is not installed: {EXTRA}"
         ) from exc
 
 
-def credential_factory(api: ApiSettings) -> CredentialFactory:
+@dataclass(frozen=True)
+class CredentialChoice:
+    """Which credential, and the setting names messages give back to the user."""
+
+    kind: CredentialKind
+    setting: str = "api.credential"  # where ``kind`` was configured
+    variable: str = "THREADSYNC_API__CREDENTIAL"  # how to choose another
+    auth_setting: str = "api.auth"  # the setting that asked for Entra
+
+    @property
+    def description(self) -> str:
+        return f"{self.setting}={self.kind}"
+
+
+def credential_factory(api: ApiSettings | CredentialChoice) -> CredentialFactory:
     """A function building the configured credential; checks the environment it needs now."""
-    require_extra()
+    choice = api if isinstance(api, CredentialChoice) else CredentialChoice(api.credential)
+    require_extra(choice.auth_setting)
     from azure.identity import aio as identity  # noqa: PLC0415
 
     # azure-identity logs each failure itself, on stderr when logging is not configured (several
     # lines, breaking JSON logs); threadsync logs it once as auth.token_failed.
     logging.getLogger("azure").addHandler(logging.NullHandler())
 
-    kind = api.credential
+    kind = choice.kind
     missing = [name for name in _REQUIRED_ENV.get(kind, ()) if not os.environ.get(name)]
     if missing:
         raise ConfigError(
-            f"api.credential={kind} needs {', '.join(missing)} in the environment; set them,"
-            " or choose another THREADSYNC_API__CREDENTIAL"
+            f"{choice.description} needs {', '.join(missing)} in the environment; set them,"
+            f" or choose another {choice.variable}"
         )
     env = os.environ
     register_secret(env.get("AZURE_CLIENT_SECRET"))
@@ -104,7 +120,7 @@ def credential_factory(api: ApiSettings) -> CredentialFactory:
     try:
         build()  # a bad environment (an invalid tenant id, ...) is a start-up error
     except ValueError as exc:
-        raise ConfigError(f"api.credential={kind}: {_one_line(exc)}") from exc
+        raise ConfigError(f"{choice.description}: {_one_line(exc)}") from exc
     return build
 
 
@@ -140,6 +156,12 @@ def fetcher_for(api: ApiSettings, make: CredentialFactory | None = None) -> Azur
     scope = api.effective_token_scope()
     description = f"api.credential={api.credential}"
     return AzureIdentityFetcher(scope, description, make or credential_factory(api))
+
+
+def fetcher_of(choice: CredentialChoice, scope: str) -> AzureIdentityFetcher:
+    """The fetcher for another service than ``[api]`` (the migration target), named by its own
+    settings in every message."""
+    return AzureIdentityFetcher(scope, choice.description, credential_factory(choice))
 
 
 def _one_line(exc: BaseException) -> str:

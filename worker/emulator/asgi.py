@@ -36,6 +36,11 @@ class DroppedConnection(Exception):
     """Raised on purpose after a partial body: the server aborts the connection."""
 
 
+class ClientGone(Exception):
+    """The client hung up before its request body arrived whole: nothing is applied (a server
+    cannot act on a request it never fully received), and nobody is left to answer."""
+
+
 def create_app(emulator: Emulator) -> ASGIApp:
     """The ASGI app serving the three API families and ``/_emulator`` over ``emulator``."""
 
@@ -73,6 +78,10 @@ async def _read_json(receive: Receive) -> Any:
     more = True
     while more:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            # Before this check, a client killed mid-send read as an empty body: a POST
+            # /conversations with no metadata and no items was applied for it.
+            raise ClientGone
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     raw = b"".join(chunks)
@@ -99,6 +108,8 @@ async def _control(emulator: Emulator, scope: Scope, receive: Receive, send: Sen
         await _send(send, 200, dumps(result), [])
     except WireError as err:
         await _send(send, err.status, err.body(), [])
+    except ClientGone:
+        return
 
 
 async def _token(emulator: Emulator, scope: Scope, send: Send) -> None:
@@ -206,6 +217,10 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
         body = await _read_json(receive)
         status, payload = 200, api.handle(emulator, route, query, body)
         applied = True
+    except ClientGone:
+        emulator.record_request(route.template, 499)  # nginx's "client closed request"
+        log.debug("emulator.client_gone", route=route.template)
+        return
     except WireError as err:
         status, payload = err.status, err.body()
         headers.extend((k.encode(), v.encode()) for k, v in err.headers.items())

@@ -188,7 +188,7 @@ def check_access(
 ) -> str:
     """Auth then version checks for the route's family; answers the caller's credential."""
     if route.conversation:
-        return _conversation_access(route, credential(headers), api_key)
+        return _conversation_access(route, credential(headers), api_key, identity, now)
     key = _authenticate(route, headers, api_key, identity, now)
     if route.v1:
         version = query.get("api-version")
@@ -221,11 +221,7 @@ def _authenticate(
     if not identity.accepts_key(route.profile):
         identity.rejected += 1
         if found is not None and found[0] == "api-key" and route.profile == "azure":
-            raise WireError(
-                403,
-                "Key based authentication is disabled for this resource.",
-                code="AuthenticationTypeDisabled",
-            )
+            raise _key_disabled()
         raise identity.rejection(route.profile)
     azure = route.profile == "azure"
     if not azure and found is not None and found[0] == "api-key":
@@ -249,9 +245,20 @@ def _authenticate(
     return found[1]
 
 
-def _conversation_access(route: Route, found: Credential | None, api_key: str) -> str:
+def _conversation_access(
+    route: Route, found: Credential | None, api_key: str, identity: Identity, now: float
+) -> str:
     """The v1 routes take no api-version and no beta header; Foundry and Azure also take
-    ``api-key``, the OpenAI platform only a bearer key."""
+    ``api-key``, the OpenAI platform only a bearer key. An issued Entra token of an accepted
+    audience is taken as on the messages routes, and the key refused where the ``--entra`` mode
+    says the family takes tokens only."""
+    if found is not None and found[0] == "bearer" and identity.check(found[1], route.profile, now):
+        return "entra"
+    if not identity.accepts_key(route.profile):
+        identity.rejected += 1
+        if found is not None and found[0] == "api-key" and route.profile == "azure":
+            raise _key_disabled()
+        raise identity.rejection(route.profile)
     if route.profile == "openai" and found is not None and found[0] == "api-key":
         found = None
     if found is None or found[1] != api_key:
@@ -265,6 +272,14 @@ def _conversation_access(route: Route, found: Credential | None, api_key: str) -
             )
         raise WireError(401, "Incorrect API key provided.", code="invalid_api_key")
     return found[1]
+
+
+def _key_disabled() -> WireError:
+    return WireError(
+        403,
+        "Key based authentication is disabled for this resource.",
+        code="AuthenticationTypeDisabled",
+    )
 
 
 def _azure_denied() -> WireError:

@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from worker.errors import ConfigError
 
 TargetProfile = Literal["openai", "foundry", "azure"]
+# worker.config.CredentialKind's choices: that module imports this one, so they are repeated here
+# (tests/migrate/test_target_entra.py checks that both lists stay the same).
+TargetCredential = Literal[
+    "default", "managed-identity", "workload-identity", "client-secret", "azure-cli"
+]
 
 
 class TargetSettings(BaseModel):
@@ -36,7 +41,14 @@ class TargetSettings(BaseModel):
     )
     project: str | None = Field(default=None, description="Foundry project name.")
     auth: Literal["key", "entra"] = Field(
-        default="key", description="key (api_key or api_key_file) or entra (azure-identity)."
+        default="key",
+        description="key (api_key or api_key_file) or entra (tokens from azure-identity, the"
+        " azure extra; foundry and azure targets).",
+    )
+    credential: TargetCredential = Field(
+        default="default",
+        description="With auth=entra, which azure-identity credential gets the target's tokens"
+        " (the choices of api.credential, chosen apart: the target may be another tenant).",
     )
     api_key: SecretStr | None = Field(default=None, description="From the environment only.")
     api_key_file: Path | None = Field(default=None, description="A file holding the key.")
@@ -47,7 +59,8 @@ class TargetSettings(BaseModel):
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
 
-    def credential(self) -> SecretStr | None:
+    def key(self) -> SecretStr | None:
+        """The key, from the environment or the named key file."""
         if self.api_key is not None:
             return self.api_key
         if self.api_key_file is None:

@@ -19,10 +19,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from worker.client.api import ApiClient
+from worker.client.auth import EntraTokens
 from worker.client.models import MessagePage, parse_object, parse_page
 from worker.client.profiles import USER_AGENT, Target
 from worker.config import ApiSettings, RetrySettings, is_loopback
-from worker.errors import ConfigError
+from worker.errors import AuthError, ConfigError
 from worker.logs import register_secret
 from worker.migrate.settings import TargetSettings
 
@@ -31,6 +32,7 @@ CONVERSATION = "/conversations/{conversation_id}"
 ITEMS = "/conversations/{conversation_id}/items"
 OPENAI_ENDPOINT = "https://api.openai.com"
 _PROJECT_PATH = re.compile(r"/api/projects/[^/]+$")
+_AZURE_ROLE = "Cognitive Services OpenAI User"
 
 
 def base_url(target: TargetSettings) -> str:
@@ -83,19 +85,14 @@ def target_key(target: TargetSettings) -> str:
 
 
 def credential_headers(target: TargetSettings) -> dict[str, str]:
-    """The credential header for the target: the one place an Entra provider plugs in.
+    """The static credential header for ``auth = key``; none for ``auth = entra``.
 
-    ``auth = key``: OpenAI takes the key as a bearer token; Foundry and Azure as ``api-key``.
-    ``auth = entra``: a bearer token for ``entra_scope`` from azure-identity, refreshed before
-    it expires, which is the live-services work's ``api.auth = entra`` provider; until it is
-    merged this refuses with a clear message rather than sending nothing.
+    OpenAI takes the key as a bearer token; Foundry and Azure as ``api-key``. With Entra every
+    request carries a fresh token instead (:func:`target_tokens`).
     """
     if target.auth == "entra":
-        raise ConfigError(
-            "migrate.target.auth = entra needs the Entra token provider, which this build does"
-            " not have yet; use migrate.target.auth = key with THREADSYNC_MIGRATE__TARGET__API_KEY"
-        )
-    secret = target.credential()
+        return {}
+    secret = target.key()
     key = secret.get_secret_value() if secret is not None else ""
     if not key:
         raise ConfigError(
@@ -109,21 +106,78 @@ def credential_headers(target: TargetSettings) -> dict[str, str]:
     return {"api-key": key}
 
 
+def target_tokens(target: TargetSettings) -> EntraTokens | None:
+    """For ``auth = entra``: the process's token for ``entra_scope`` from the credential
+    ``migrate.target.credential`` names (the same seam and refresh as the source's tokens)."""
+    if target.auth != "entra":
+        return None
+    if target.profile == "openai":
+        raise ConfigError(
+            "migrate.target.auth = entra: the openai target (api.openai.com) takes API keys"
+            " only; use migrate.target.auth = key, or the foundry or azure target for Entra"
+        )
+    from worker.client import entra  # noqa: PLC0415 - the optional azure extra
+
+    choice = entra.CredentialChoice(
+        target.credential,
+        setting="migrate.target.credential",
+        variable="THREADSYNC_MIGRATE__TARGET__CREDENTIAL",
+        auth_setting="migrate.target.auth",
+    )
+    return EntraTokens(entra.fetcher_of(choice, target.entra_scope))
+
+
 class ConversationsClient(ApiClient):
     """Create conversations, append and list items, set metadata; list conversations (Foundry)."""
 
     def __init__(
-        self, target: TargetSettings, retry: RetrySettings | None = None, **kwargs: Any
+        self,
+        target: TargetSettings,
+        retry: RetrySettings | None = None,
+        *,
+        tokens: EntraTokens | None = None,
+        **kwargs: Any,
     ) -> None:
-        api = ApiSettings(connect_timeout=target.connect_timeout, read_timeout=target.read_timeout)
+        """``tokens`` replaces the Entra token source of ``auth = entra`` (tests)."""
         built = Target(
             base_url=base_url(target),
             headers={"User-Agent": USER_AGENT, **credential_headers(target)},
         )
-        super().__init__(api, retry or RetrySettings(), target=built, **kwargs)
+        if target.auth == "entra" and tokens is None:
+            tokens = target_tokens(target)
+        api = ApiSettings(
+            connect_timeout=target.connect_timeout,
+            read_timeout=target.read_timeout,
+            # With Entra, ApiClient sends each request a fresh token and renews once on a 401.
+            auth="entra" if target.auth == "entra" else None,
+        )
+        super().__init__(api, retry or RetrySettings(), target=built, tokens=tokens, **kwargs)
         host = urlsplit(built.base_url).hostname or "?"
         self._host = f"the host {host} (migrate.target.endpoint) and the network"
+        self._target_profile = target.profile
         self.lists_conversations = target.profile == "foundry"
+
+    def _explained(self, exc: AuthError) -> AuthError:
+        """A refused token names the target's settings, not ``[api]``'s."""
+        if self._tokens is None:
+            return exc
+        role = "Azure AI User" if self._target_profile == "foundry" else _AZURE_ROLE
+        described = self._tokens.description
+        if exc.status == 401:
+            hint = (
+                f"a new token from {described} was refused too: check that"
+                f" migrate.target.entra_scope ({self._tokens.scope}) is the audience this"
+                f" endpoint wants and that the identity holds the {role} role"
+            )
+        else:
+            hint = f"grant the identity of {described} the {role} role on the target"
+        return AuthError(
+            f"{exc.message}; {hint}",
+            status=exc.status,
+            code=exc.code,
+            request_id=exc.request_id,
+            suspect=exc.suspect,
+        )
 
     async def create_conversation(
         self, items: list[dict[str, Any]], metadata: dict[str, str]
