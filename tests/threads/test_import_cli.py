@@ -167,6 +167,7 @@ def test_command_line_ids_are_checked_and_refused_by_name(
     result = cli(mirror_url, "threads", "add", *args)
     assert result.exit_code == 2
     assert said in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, naming the id
     assert states(mirror_url) == []
 
 

@@ -122,15 +122,18 @@ def gather_ids(
 def _report_bad(ids: IdList, *, skip_invalid: bool, verb: str, done: str, from_file: bool) -> None:
     if not ids.bad:
         return
+    if not from_file and not skip_invalid:
+        # Ids typed on the command line: one line naming each bad one.
+        problems = "; ".join(bad.problem for bad in ids.bad)
+        raise fail(f"{problems}; nothing was {done}")
     label = "warning" if skip_invalid else "error"
     for bad in ids.bad:
         where = f"{ids.source}:{bad.line}: " if from_file else ""
         suffix = " (skipped)" if skip_invalid else ""
         notice(f"{where}{bad.problem}{suffix}", level=label)
     if not skip_invalid:
-        what = f"lines in {ids.source}" if from_file else "ids given"
         raise fail(
-            f"{len(ids.bad)} of {ids.lines_with_ids} {what} are not thread ids;"
+            f"{len(ids.bad)} of {ids.lines_with_ids} lines in {ids.source} are not thread ids;"
             f" nothing was {done}. Fix them, or pass --skip-invalid to {verb} the rest"
         )
 
