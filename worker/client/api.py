@@ -518,20 +518,29 @@ class ApiClient:
         assert self._tokens is not None
         await self._tokens.renew(rejected)
 
+    # What a refused Entra token's message names; the migration's target client names its own.
+    scope_setting = "api.token_scope"
+    grant_where = ""
+
+    def entra_role(self) -> str:
+        """The Azure role an Entra identity needs for this client's service."""
+        return profiles.ENTRA_ROLE[self.profile]
+
     def _explained(self, exc: AuthError) -> AuthError:
         """With Entra tokens, say what the user can do about a 401 or 403."""
         if self._tokens is None:
             return exc
-        role = profiles.ENTRA_ROLE[self.profile]
+        role = self.entra_role()
         scope = self._tokens.scope
         if exc.status == 401:
             hint = (
                 f"a new token from {self._tokens.description} was refused too: check that"
-                f" api.token_scope ({scope}) is the audience this endpoint wants and that the"
-                f" identity holds the {role} role"
+                f" {self.scope_setting} ({scope}) is the audience this endpoint wants and that"
+                f" the identity holds the {role} role"
             )
         else:
             hint = f"grant the identity of {self._tokens.description} the {role} role"
+            hint += self.grant_where
         return AuthError(
             f"{exc.message}; {hint}",
             status=exc.status,

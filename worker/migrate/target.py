@@ -23,7 +23,7 @@ from worker.client.auth import EntraTokens
 from worker.client.models import MessagePage, parse_object, parse_page
 from worker.client.profiles import USER_AGENT, Target
 from worker.config import ApiSettings, RetrySettings, is_loopback
-from worker.errors import AuthError, ConfigError
+from worker.errors import ConfigError
 from worker.logs import register_secret
 from worker.migrate.settings import TargetSettings
 
@@ -157,27 +157,12 @@ class ConversationsClient(ApiClient):
         self._target_profile = target.profile
         self.lists_conversations = target.profile == "foundry"
 
-    def _explained(self, exc: AuthError) -> AuthError:
-        """A refused token names the target's settings, not ``[api]``'s."""
-        if self._tokens is None:
-            return exc
-        role = "Azure AI User" if self._target_profile == "foundry" else _AZURE_ROLE
-        described = self._tokens.description
-        if exc.status == 401:
-            hint = (
-                f"a new token from {described} was refused too: check that"
-                f" migrate.target.entra_scope ({self._tokens.scope}) is the audience this"
-                f" endpoint wants and that the identity holds the {role} role"
-            )
-        else:
-            hint = f"grant the identity of {described} the {role} role on the target"
-        return AuthError(
-            f"{exc.message}; {hint}",
-            status=exc.status,
-            code=exc.code,
-            request_id=exc.request_id,
-            suspect=exc.suspect,
-        )
+    # A refused token names the target's settings, not ``[api]``'s.
+    scope_setting = "migrate.target.entra_scope"
+    grant_where = " on the target"
+
+    def entra_role(self) -> str:
+        return "Azure AI User" if self._target_profile == "foundry" else _AZURE_ROLE
 
     async def create_conversation(
         self, items: list[dict[str, Any]], metadata: dict[str, str]
