@@ -14,7 +14,7 @@ from worker.migrate import ledger
 from worker.migrate.mapping import Policy, canonical, map_message
 from worker.migrate.run import MigrateReport, Migration
 from worker.migrate.settings import TargetProfile, TargetSettings
-from worker.migrate.target import ConversationsClient, target_key
+from worker.migrate.target import ConversationsClient, lists_conversations, target_key
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.runner import sync_threads
@@ -70,6 +70,7 @@ async def migrate(
             policy or Policy(),
             concurrency=4,
             source=reader,
+            lists_conversations=lists_conversations(profile),
         )
         return await migration.run(thread_ids, None)
 

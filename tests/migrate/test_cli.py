@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,16 @@ def test_dry_run_migrate_status_map_verify(
     env = migrate_env(source_url, target_url, tmp_path / "m.db", "openai")
     ids = mirrored(source, tmp_path, env, [0, 21, 45])
 
+    # openai: each create is empty (a lost one could never be found again, so it must hold
+    # nothing), then every 20 messages or part: 1 + (1 + 2) + (1 + 3) requests.
     dry = run(["migrate", "--dry-run"], env, tmp_path)
     assert target.stats()["routes"] == {}  # --dry-run sends nothing
-    assert "dry run, nothing sent: 3 threads, 66 items in 6 requests" in dry.stdout
+    assert "dry run, nothing sent: 3 threads, 66 items in 8 requests" in dry.stdout
     assert status_rows(env, tmp_path) == {}  # ...and records nothing
 
     done = run(["migrate"], env, tmp_path)
-    assert "3/3 threads ok; 66 items in 6 requests" in done.stdout
+    assert "3/3 threads ok; 66 items in 8 requests" in done.stdout
+    assert "unknown outcome" not in done.stdout
     rows = status_rows(env, tmp_path)
     assert [rows[t]["items"] for t in ids] == [0, 21, 45]
     assert all(r["state"] == "migrated" and r["last_error"] is None for r in rows.values())
@@ -119,6 +123,37 @@ def test_dry_run_migrate_status_map_verify(
     everything = dry.stdout + dry.stderr + done.stdout + done.stderr + proc.stdout + proc.stderr
     assert TARGET_KEY not in everything
     assert TARGET_KEY not in out.read_text()
+
+
+def control_conversations(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/_emulator/conversations") as answer:
+        every: dict[str, Any] = orjson.loads(answer.read())
+    return every
+
+
+def test_a_lost_create_is_reported_by_the_run_and_by_status(
+    served: tuple[Emulator, Emulator, str, str], tmp_path: Path
+) -> None:
+    """OpenAI cannot list conversations: the create whose answer was lost is sent again, and
+    the run, `migrate status` and its JSON say an empty conversation may be left behind."""
+    source, target, source_url, target_url = served
+    env = migrate_env(source_url, target_url, tmp_path / "m.db", "openai")
+    [thread_id] = mirrored(source, tmp_path, env, [25])
+    target.add_fault(FaultRule(fault="500_after_apply", route="conversation.create", times=1))
+    done = run(["migrate"], env, tmp_path)
+    assert "1/1 threads ok; 25 items in 4 requests" in done.stdout
+    assert "1 create(s) of unknown outcome, sent again: an empty conversation" in done.stdout
+    [row] = status_rows(env, tmp_path).values()
+    assert row["lost_creates"] == 1
+    [sent] = row["lost_create_times"]
+    assert sent.endswith("Z")
+    table = run(["migrate", "status"], env, tmp_path)
+    assert "1 create(s) of unknown outcome: an empty conversation" in table.stderr
+    every = control_conversations(target_url)
+    [orphan] = [c for c in every if c != row["conversation_id"]]
+    assert every[orphan]["metadata"]["source_thread_id"] == thread_id
+    assert every[orphan]["items"] == []
+    assert len(every[row["conversation_id"]]["items"]) == 25
 
 
 def test_bad_target_configuration_exits_2_naming_it(tmp_path: Path) -> None:
@@ -189,16 +224,22 @@ def test_migrate_killed_at_random_moments_ends_like_a_clean_migration(
         run(["migrate"], clean_env, tmp_path)
         assert snapshot(clean, status_rows(clean_env, tmp_path)) == got
     assert "identical, 0 not" in run(["migrate", "verify"], env, tmp_path).stdout
-    lost = sum(r["lost_creates"] for r in rows.values())
-    per_thread = {
-        t: sum(c.metadata["source_thread_id"] == t for c in target.conversations.by_id.values())
-        for t in ids
-    }
-    if profile == "foundry":
-        assert lost == 0
-        assert set(per_thread.values()) == {1}
-    else:
-        assert sum(per_thread.values()) <= len(ids) + lost
+    # Every conversation on the target, as its control endpoint reports them.
+    every = control_conversations(target_url)
+    assert set(every) == set(target.conversations.by_id)
+    for t in ids:
+        made = [c for c, v in every.items() if v["metadata"]["source_thread_id"] == t]
+        others = [c for c in made if c != rows[t]["conversation_id"]]
+        assert rows[t]["conversation_id"] in made
+        assert len(rows[t]["lost_create_times"]) == rows[t]["lost_creates"]
+        if profile == "foundry":
+            assert rows[t]["lost_creates"] == 0
+            assert others == []
+        else:
+            # A create killed before its answer was committed cannot be found on OpenAI; it was
+            # created empty, so whatever it left holds no item, and each one is counted.
+            assert len(others) <= rows[t]["lost_creates"]
+            assert [every[c]["items"] for c in others] == [[] for _ in others]
 
 
 def test_import_cli_round_trip_and_a_bad_line(

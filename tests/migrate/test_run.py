@@ -69,8 +69,14 @@ async def test_each_thread_becomes_one_conversation_in_batches_of_20(
         assert metadata["source_thread_id"] == thread_id
         assert metadata["source_messages"] == str(size)
         assert metadata["source_profile"] == "azure"
-    # one create per thread plus one append per further 20 messages
-    assert item_posts(target) == {"create": 5, "append": 0 + 0 + 0 + 1 + 4}
+    if profile == "foundry":
+        # one create per thread plus one append per further 20 messages
+        assert item_posts(target) == {"create": 5, "append": 0 + 0 + 0 + 1 + 4}
+    else:
+        # OpenAI cannot list conversations, so a lost create could never be found again: the
+        # create is empty (an orphan would hold nothing) and every 20 messages (or part) are one
+        # append: one request more per thread with messages than the formula above.
+        assert item_posts(target) == {"create": 5, "append": 0 + 1 + 1 + 2 + 5}
     rows = {r.thread_id: r for r in ledger.rows(mirror, target_key(target_settings(profile)))}
     assert [rows[t].items for t in ids] == list(SIZES)
     assert all(rows[t].state == "migrated" for t in ids)
@@ -134,14 +140,64 @@ async def test_unknown_outcomes_are_settled_before_anything_is_resent(
     conversation = conversation_of(mirror, profile, ids[0])
     assert items_in(target, conversation) == expected_items(mirror, ids[0])
     applied = fault in ("500_after_apply", "drop")
+    lost = ledger.lost_creates(mirror, target_key(target_settings(profile)))
     if profile == "openai" and route == "conversation.create":
         # OpenAI cannot list conversations: a create of unknown outcome is counted, sent again,
         # and the one it may have made (here: when the fault came after the apply) never used.
+        # It was created empty: it holds nothing.
         assert row.lost_creates == 1
-        assert len(conversations_for(target, ids[0])) == (2 if applied else 1)
+        assert report.threads[0].lost_creates == 1
+        assert len(lost[ids[0]]) == 1
+        made = conversations_for(target, ids[0])
+        assert len(made) == (2 if applied else 1)
+        assert conversation in made
+        assert [items_in(target, c) for c in made if c != conversation] == ([[]] if applied else [])
     else:
         assert row.lost_creates == 0
+        assert lost == {}
         assert conversations_for(target, ids[0]) == [conversation]
+
+
+@pytest.mark.parametrize("profile", ["openai", "foundry"])
+async def test_a_crash_after_the_create_before_its_commit_leaves_no_history_behind(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch, profile: TargetProfile
+) -> None:
+    """The process dies after the service made the conversation, before the ledger says so.
+    Foundry finds it again by its metadata; OpenAI cannot (no list, the id was in the lost
+    answer): the rerun makes another and records the lost one, which was created empty."""
+    _, ids = await seeded(mirror, (45,))
+    target = new_emulator()
+    real = ledger.confirm
+
+    class Crash(BaseException):
+        pass
+
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        raise Crash  # the first confirm is the create's
+
+    monkeypatch.setattr(ledger, "confirm", crashing)
+    with pytest.raises(BaseExceptionGroup):
+        await migrate(mirror, target, profile)
+    [made] = conversations_for(target, ids[0])
+    monkeypatch.setattr(ledger, "confirm", real)
+    report = await migrate(mirror, target, profile)
+    assert not report.failed
+    assert report.threads[0].settled == 1
+    conversation = conversation_of(mirror, profile, ids[0])
+    assert items_in(target, conversation) == expected_items(mirror, ids[0])
+    row = {r.thread_id: r for r in ledger.rows(mirror, target_key(target_settings(profile)))}[
+        ids[0]
+    ]
+    if profile == "foundry":
+        assert conversation == made
+        assert row.lost_creates == 0
+        assert conversations_for(target, ids[0]) == [conversation]
+    else:
+        assert conversation != made
+        assert items_in(target, made) == []  # the orphan: metadata only
+        assert row.lost_creates == report.threads[0].lost_creates == 1
+        assert conversations_for(target, ids[0]) == [made, conversation]
+        assert report.totals()["lost_creates"] == 1
 
 
 async def test_a_crash_between_the_post_and_the_commit_is_settled(
@@ -190,19 +246,23 @@ async def test_a_400_fails_that_thread_and_the_others_go_on(mirror: Mirror) -> N
     assert len(target.conversations.by_id) == 2
 
 
-async def test_conflicting_writes_stop_the_thread(mirror: Mirror) -> None:
+@pytest.mark.parametrize("profile", ["openai", "foundry"])
+async def test_conflicting_writes_stop_the_thread(mirror: Mirror, profile: TargetProfile) -> None:
     _, ids = await seeded(mirror, (25,))
     target = new_emulator()
     target.add_fault(FaultRule(fault="503", route="items.create", times=1))
     target.add_fault(FaultRule(fault="503", route="items.list", times=8))
-    report = await migrate(mirror, target)
+    report = await migrate(mirror, target, profile)
     assert report.failed  # the settle read failed too: the batch stays "sent"
-    conversation = conversation_of(mirror, "openai", ids[0])
+    conversation = conversation_of(mirror, profile, ids[0])
     stored = target.conversations.get(conversation)
-    stored.items.append({**stored.items[0], "id": "msg_foreign"})  # someone else writes
-    again = await migrate(mirror, target)
+    foreign = {"role": "user", "content": [{"type": "input_text", "text": "not ours"}]}
+    stored.items.append({"type": "message", "id": "msg_foreign", "status": "completed", **foreign})
+    again = await migrate(mirror, target, profile)
     assert "something else wrote to it" in (again.threads[0].error or "")
-    assert len(stored.items) == 21  # nothing more was sent
+    # Nothing more was sent. Foundry's create carried the first 20; OpenAI's is empty (a lost
+    # one could not be found again), so there the append that failed was the first 20.
+    assert len(stored.items) == {"foundry": 21, "openai": 1}[profile]
 
 
 async def test_dry_run_sends_nothing_and_changes_nothing(mirror: Mirror) -> None:
@@ -212,7 +272,12 @@ async def test_dry_run_sends_nothing_and_changes_nothing(mirror: Mirror) -> None
     assert target.stats()["routes"] == {}
     assert ledger.rows(mirror, target_key(target_settings("openai"))) == []
     assert [t.items for t in report.threads] == [0, 45]
-    assert [t.requests for t in report.threads] == [1, 3]
+    # OpenAI: an empty create, then every 20 (or part) appended (a lost create holds nothing).
+    assert [t.requests for t in report.threads] == [1, 4]
+    foundry = await migrate(mirror, target, "foundry", dry_run=True)
+    # Foundry: one create carrying the first 20, one append per further 20.
+    assert [t.requests for t in foundry.threads] == [1, 3]
+    assert target.stats()["routes"] == {}
 
 
 async def test_unsynced_and_unknown_threads_are_named(mirror: Mirror) -> None:
@@ -298,7 +363,9 @@ async def test_input_annotations_kept_dropped_or_refused(mirror: Mirror, mode: A
     report = await migrate(mirror, target)
     if mode == "reject":
         assert "Annotations are not supported on input items" in (report.threads[0].error or "")
-        assert target.conversations.by_id == {}
+        # OpenAI's create is empty (a lost one could not be found again): the refused append
+        # leaves the thread's own conversation, holding no item.
+        assert [c.items for c in target.conversations.by_id.values()] == [[]]
         return
     assert not report.failed
     conversation = conversation_of(mirror, "openai", thread_id)

@@ -105,6 +105,11 @@ def print_report(report: MigrateReport, target: str) -> None:
         f" {t['items']} items in {t['requests']} requests; {t['dropped']} parts dropped,"
         f" {t['replaced']} replaced"
     )
+    if t["lost_creates"]:
+        result(
+            f"  {t['lost_creates']} create(s) of unknown outcome, sent again: an empty conversation"
+            " (metadata only, no items) may be left on the target for each; see `migrate status`"
+        )
     for o in report.failed:
         result(f"  {o.thread_id}: {o.error or ''}")
 
@@ -158,7 +163,8 @@ def status(
     ] = False,
 ) -> None:
     """Per thread: the conversation, items confirmed, parts dropped or replaced, last error."""
-    _, _, rows = _rows(ctx)
+    settings, mirror, rows = _rows(ctx)
+    lost = ledger.lost_creates(mirror, target_key(settings.migrate.target))
     if as_json:
         print_json_lines(
             {
@@ -169,6 +175,8 @@ def status(
                 "dropped": r.dropped,
                 "replaced": r.replaced,
                 "lost_creates": r.lost_creates,
+                # When each was sent: an empty conversation naming the thread may date from then.
+                "lost_create_times": [_iso(t) for t in lost.get(r.thread_id, [])],
                 "migrated_at": r.migrated_at,
                 "last_error": r.last_error,
             }
@@ -176,7 +184,16 @@ def status(
         )
         return
     print_table(
-        ("thread", "conversation", "state", "items", "dropped", "replaced", "last error"),
+        (
+            "thread",
+            "conversation",
+            "state",
+            "items",
+            "dropped",
+            "replaced",
+            "lost creates",
+            "last error",
+        ),
         (
             (
                 r.thread_id,
@@ -185,6 +202,7 @@ def status(
                 str(r.items),
                 str(r.dropped),
                 str(r.replaced),
+                str(r.lost_creates),
                 r.last_error or "",
             )
             for r in rows
@@ -193,6 +211,12 @@ def status(
     )
     if not rows:
         notice("nothing migrated to this target yet; run `threadsync migrate`")
+    orphans = sum(r.lost_creates for r in rows)
+    if orphans:
+        notice(
+            f"{orphans} create(s) of unknown outcome: an empty conversation (no items) may exist"
+            " on the target for each, referenced by nothing; see README, migration section"
+        )
 
 
 @app.command("verify")

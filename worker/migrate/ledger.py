@@ -253,13 +253,44 @@ def finish(session: Session, target: str, thread_id: str, error: str | None) -> 
 
 
 def lost_create(session: Session, target: str, thread_id: str, batch_id: int) -> None:
-    """A create whose answer was lost, on a target that cannot list conversations: it is sent
-    again under a new migration id (the lost one, if it exists, is unreachable and unused)."""
+    """A create whose answer was lost, on a target that cannot list conversations: it may have
+    made a conversation nobody can find again (no list endpoint; its id was in the lost answer).
+
+    Such targets create conversations empty, so that one, if it exists, holds no item. The
+    attempt is kept as a ``lost`` batch (``created_at``: when the create was sent, so about when
+    the orphan would have been made), counted on the thread, and the create is planned again
+    under a new migration id.
+    """
+    now = utcnow()
     row = session.get_one(MigrateThread, (target, thread_id))
     row.lost_creates += 1
     row.migration_id = new_id()
     batch = session.get_one(MigrateBatch, batch_id)
-    batch.state, batch.updated_at = "planned", utcnow()
+    session.add(
+        MigrateBatch(
+            target=target,
+            thread_id=thread_id,
+            seq=batch.seq,
+            state="lost",
+            message_ids=batch.message_ids,
+            created_at=batch.updated_at,
+            updated_at=now,
+        )
+    )
+    batch.state, batch.updated_at = "planned", now
+
+
+def lost_creates(mirror: Mirror, target: str) -> dict[str, list[datetime]]:
+    """Per thread, when each create whose answer was lost was sent, oldest first."""
+    with mirror.read() as session:
+        found: dict[str, list[datetime]] = {}
+        for thread_id, sent in session.execute(
+            select(col(MigrateBatch.thread_id), col(MigrateBatch.created_at))
+            .where(col(MigrateBatch.target) == target, col(MigrateBatch.state) == "lost")
+            .order_by(col(MigrateBatch.created_at), col(MigrateBatch.id))
+        ):
+            found.setdefault(thread_id, []).append(sent)
+    return found
 
 
 def rows(mirror: Mirror, target: str) -> list[MigrateThread]:

@@ -9,7 +9,9 @@ most 20): the message ids it holds, in order, its state and the item ids the ser
 States: ``planned`` (written before anything is sent), ``sent`` (committed just before the POST:
 from here the outcome is unknown until the answer is recorded), ``confirmed`` (the items are in
 the conversation; ``item_ids`` when the service named them). A ``sent`` batch found on start is
-settled by reading the conversation before anything is sent again.
+settled by reading the conversation before anything is sent again. ``lost``: a create whose
+outcome stayed unknown on a target that cannot list conversations, kept as a record (its
+``created_at`` is when it was sent): an empty conversation may exist that nothing references.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class MigrateThread(SQLModel, table=True):
     dropped: int = 0
     replaced: int = 0
     # Creates whose outcome was unknown on a target that cannot list conversations (OpenAI):
-    # each was sent again and may have left an unreachable conversation behind, never used.
+    # each was sent again and may have left an unreachable, empty conversation behind, never
+    # used (one ``lost`` batch each says when).
     lost_creates: int = 0
     migrated_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
@@ -51,8 +54,8 @@ class MigrateBatch(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     target: str = Field(max_length=512)
     thread_id: str = Field(max_length=128)
-    seq: int  # 0 is the create
-    state: str = Field(default="planned", max_length=16)  # planned | sent | confirmed
+    seq: int  # the thread's requests in order; a lost create keeps the seq it was sent under
+    state: str = Field(default="planned", max_length=16)  # planned | sent | confirmed | lost
     message_ids: str = Field(sa_type=Text)  # JSON list, in order
     item_ids: str | None = Field(default=None, sa_type=Text)  # JSON list, when known
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

@@ -2,14 +2,18 @@
 exactly once, whatever fails and whenever the process dies.
 
 Per thread: settle any batch whose outcome is unknown, plan the messages not yet confirmed in
-batches of 20 (the first one creates the conversation), then per batch: commit ``sent``, POST,
-commit ``confirmed`` with the item ids. Settling reads the conversation's newest items back to
+batches of 20 behind the create, then per batch: commit ``sent``, POST, commit ``confirmed``
+with the item ids. Settling reads the conversation's newest items back to
 the last confirmed one and compares what is there with the batch (role and content, in order):
 all of it there -> confirmed; nothing -> planned again; anything else -> the thread fails
 without sending (someone else wrote to the conversation). A create whose answer was lost is
-found again by its ``migration_id`` metadata where the target lists conversations (Foundry);
-where it cannot (OpenAI), the create is sent again and the lost one, if it exists, is counted
-(``lost_creates``) and never referenced.
+found again by its ``migration_id`` metadata where the target lists conversations (Foundry), so
+there the create carries the first batch. Where it cannot (OpenAI, Azure), nothing can find it:
+its id was only in the lost answer. There the create is sent empty (metadata only) and every
+message appended after it, so a lost create leaves at most an empty conversation; it is recorded
+(a ``lost`` batch, counted in ``lost_creates``), sent again, and the lost one never referenced.
+That costs one request per thread: one create plus one append per 20 messages (or part of 20),
+against Foundry's one create plus one append per further 20.
 """
 
 from __future__ import annotations
@@ -59,13 +63,14 @@ class ThreadOutcome:
     thread_id: str
     conversation_id: str | None = None
     items: int = 0  # items confirmed by this run (dry run: items it would send)
-    requests: int = 0  # item-carrying requests (dry run: those it would make)
+    requests: int = 0  # creates and appends sent (dry run: those it would make)
     # Every change of a dry run; of a real run only the thread's own (metadata left out), the
     # message parts being counted (a 50,000-message run would otherwise hold ~20,000 of them).
     changes: list[Change] = field(default_factory=list)
     dropped: int = 0
     replaced: int = 0
     settled: int = 0
+    lost_creates: int = 0  # creates of unknown outcome this run: an empty orphan may exist
     error: str | None = None
 
 
@@ -86,6 +91,7 @@ class MigrateReport:
             "requests": sum(t.requests for t in self.threads),
             "dropped": sum(t.dropped for t in self.threads),
             "replaced": sum(t.replaced for t in self.threads),
+            "lost_creates": sum(t.lost_creates for t in self.threads),
         }
 
 
@@ -104,7 +110,16 @@ class Migration:
     # conversation's metadata (the mirror keeps messages, not thread objects). Best effort: a
     # thread the source no longer has (404 after the sunset) simply adds none.
     source: ApiClient | None = None
+    # Whether the target lists conversations, for a dry run (a real run asks its client).
+    lists_conversations: bool = False
     _thread_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def creates_with_items(self) -> bool:
+        """Only where a lost create can be found again (by listing) may it carry messages."""
+        if self.client is not None:
+            return self.client.lists_conversations
+        return self.lists_conversations
 
     async def run(self, thread_ids: Sequence[str] | None, since: int | None) -> MigrateReport:
         chosen = await self.mirror.run(ledger.candidates, self.mirror, thread_ids, since)
@@ -150,13 +165,15 @@ class Migration:
         plan = await self._plan(out.thread_id)
         for batch in plan.batches:
             if batch.state == "sent":
-                await self._settle(client, plan.row, batch)
+                out.lost_creates += await self._settle(client, plan.row, batch)
                 out.settled += 1
                 plan = await self._plan(out.thread_id)
         existed = plan.row.conversation_id is not None
         groups = [plan.unsent[i : i + MAX_BATCH] for i in range(0, len(plan.unsent), MAX_BATCH)]
-        if not existed and not groups:
-            groups = [[]]  # an empty thread still becomes its (empty) conversation
+        if not existed and (not groups or not self.creates_with_items):
+            # An empty thread still becomes its (empty) conversation; where a lost create cannot
+            # be found again, every thread's create is empty and its messages all appended.
+            groups = [[], *groups]
         out.conversation_id = plan.row.conversation_id
         if not groups:
             return plan.row.state == "migrated" and plan.row.last_error is None
@@ -254,7 +271,7 @@ class Migration:
             except TransientError:
                 # The outcome is unknown: settle it before anything else is sent.
                 row = await self.mirror.run(_reload, self.mirror, self.target, row.thread_id)
-                await self._settle(client, row, batch)
+                out.lost_creates += await self._settle(client, row, batch)
                 out.settled += 1
                 state, row = await self.mirror.run(
                     _batch_state, self.mirror, self.target, row.thread_id, batch.id
@@ -285,17 +302,18 @@ class Migration:
 
     async def _settle(
         self, client: ConversationsClient, row: MigrateThread, batch: MigrateBatch
-    ) -> None:
+    ) -> bool:
+        """Confirm the batch or plan it again; True when it was a create that cannot be found
+        (recorded as lost: an empty conversation may exist that nothing references)."""
         assert batch.id is not None
         mapped = await self._map(ledger.ids_of(batch))
         if row.conversation_id is None:
-            await self._settle_create(client, row, batch.id, mapped)
-            return
+            return await self._settle_create(client, row, batch.id, mapped)
         newer = await self._items_after_anchor(client, row, len(mapped))
         if not newer:
             log.info("migrate.settled", thread_id=row.thread_id, seq=batch.seq, landed=False)
             await self._write(ledger.unsend, batch.id)
-            return
+            return False
         if not same_items([m.item for m in mapped], newer):
             raise ConflictError(
                 f"conversation {row.conversation_id} holds {len(newer)} item(s) after the last"
@@ -305,6 +323,7 @@ class Migration:
         log.info("migrate.settled", thread_id=row.thread_id, seq=batch.seq, landed=True)
         done = _confirmation(batch.id, mapped, [str(i["id"]) for i in newer])
         await self._write(ledger.confirm, self.target, row.thread_id, done)
+        return False
 
     async def _items_after_anchor(
         self, client: ConversationsClient, row: MigrateThread, size: int
@@ -334,17 +353,21 @@ class Migration:
 
     async def _settle_create(
         self, client: ConversationsClient, row: MigrateThread, batch_id: int, mapped: list[Mapped]
-    ) -> None:
+    ) -> bool:
         if not client.lists_conversations:
-            log.warning("migrate.create_lost", thread_id=row.thread_id)
+            # Nothing finds it (no list endpoint, no idempotency key; its id was in the lost
+            # answer): recorded, and created again. The create was empty: the orphan holds no
+            # history.
+            log.warning("migrate.create_lost", thread_id=row.thread_id, items=len(mapped))
             await self._write(ledger.lost_create, self.target, row.thread_id, batch_id)
-            return
+            return True
         found = await find_conversation(client, row.migration_id)
         if found is None:
             await self._write(ledger.unsend, batch_id)
-            return
+            return False
         done = _confirmation(batch_id, mapped, None, found)
         await self._write(ledger.confirm, self.target, row.thread_id, done)
+        return False
 
     # -- dry run -----------------------------------------------------------------------------
 
@@ -357,7 +380,12 @@ class Migration:
             out.items += len(mapped)
             _note(out, [c for m in mapped for c in m.changes], keep=True)
         batches = -(-len(unsent) // MAX_BATCH)
-        out.requests = max(batches, 0 if out.conversation_id else 1)
+        if out.conversation_id is not None:
+            out.requests = batches
+        elif self.creates_with_items:
+            out.requests = max(batches, 1)
+        else:
+            out.requests = batches + 1  # the empty create
         out.settled = sum(b.state == "sent" for b in plan.batches)
 
 

@@ -11,7 +11,7 @@ from worker.config import Settings
 from worker.errors import ConfigError
 from worker.migrate.mapping import Policy
 from worker.migrate.run import MigrateReport, Migration
-from worker.migrate.target import ConversationsClient, target_key
+from worker.migrate.target import ConversationsClient, lists_conversations, target_key
 from worker.store.db import Mirror
 
 
@@ -46,6 +46,7 @@ async def run_migration(
             source_profile=settings.api.profile.value,
             concurrency=settings.migrate.concurrency,
             source=source,
+            lists_conversations=lists_conversations(settings.migrate.target.profile),
         )
 
     if dry_run:

@@ -79,6 +79,12 @@ def _check_scheme(url: str, target: TargetSettings) -> None:
         )
 
 
+def lists_conversations(profile: str) -> bool:
+    """Whether the target lists conversations, so a create whose answer was lost can be found
+    again by its metadata: Foundry only (OpenAI's API has no list; Azure's is unverified)."""
+    return profile == "foundry"
+
+
 def target_key(target: TargetSettings) -> str:
     """How the ledger names this destination: profile and base URL (no credential)."""
     return f"{target.profile} {base_url(target)}"
@@ -155,7 +161,7 @@ class ConversationsClient(ApiClient):
         host = urlsplit(built.base_url).hostname or "?"
         self._host = f"the host {host} (migrate.target.endpoint) and the network"
         self._target_profile = target.profile
-        self.lists_conversations = target.profile == "foundry"
+        self.lists_conversations = lists_conversations(target.profile)
 
     # A refused token names the target's settings, not ``[api]``'s.
     scope_setting = "migrate.target.entra_scope"
@@ -167,7 +173,8 @@ class ConversationsClient(ApiClient):
     async def create_conversation(
         self, items: list[dict[str, Any]], metadata: dict[str, str]
     ) -> dict[str, Any]:
-        payload = {"metadata": metadata, "items": items}
+        # An empty create (targets that cannot list conversations) sends metadata only.
+        payload: dict[str, Any] = {"metadata": metadata, **({"items": items} if items else {})}
         return await self._call(
             "POST", CONVERSATIONS, {}, parse_object, json=payload, repeatable=False
         )
