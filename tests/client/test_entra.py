@@ -14,12 +14,11 @@ from azure.core.pipeline.transport import AsyncHttpTransport, AsyncioRequestsTra
 from azure.identity.aio import ManagedIdentityCredential
 from pydantic import SecretStr
 
-from tests.client.test_auth import WallClock
 from worker.client import ApiClient
 from worker.client.auth import EntraTokens
 from worker.client.entra import async_transport, fetcher_for
 from worker.config import ApiSettings, Profile
-from worker.emulator import Emulator, serve_in_thread
+from worker.emulator import Emulator, ManualClock, serve_in_thread
 from worker.emulator.identity import TOKEN_PATH, Identity
 from worker.errors import AuthError, ConfigError, CredentialError
 
@@ -146,7 +145,7 @@ async def test_the_token_endpoint_down_is_a_clear_error_and_recovery_follows(
 ) -> None:
     thread = emulator.seed(threads=1, messages=2)[0]
     emulator.configure_identity(outage={"status": 503, "times": None})
-    clock = WallClock(time.time())
+    clock = ManualClock(time.time())
     api = foundry(served)
     tokens = EntraTokens(fetcher_for(api), clock=clock)
     async with ApiClient(api, tokens=tokens) as client:
