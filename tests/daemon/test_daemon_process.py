@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from tests.daemon.harness import (
+from tests.harness import (
     DaemonProcess,
     cli_start,
     env_for,
