@@ -21,8 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The unit tier (tests/tiers.py): no database, no subprocess, no socket; under a minute on 2 cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "unit and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -333,9 +333,9 @@ def main() -> dict[str, float]:
             print(f"threadsync {label}: {ts[f'{label} c8'].seconds:.2f}s (c8)")
         busy = in_progress(d / "ts8.db")
         # The first sync is judged on the median of three runs: one run of a few seconds lands in
-        # whatever phase this (shared, 2-core) machine is in, and identical runs here have taken
-        # 5.7 s and 8.3 s (their event loop's CPU time 3.0 s and 4.9 s) ten minutes apart; the
-        # baseline's single run lasts a minute and averages over such phases by itself.
+        # whatever phase this (shared, 2-core) machine is in (identical runs differ by half; see
+        # the README, "Benchmarks"); the baseline's single run lasts a minute and averages over
+        # such phases by itself.
         for i in (2, 3):
             url = sqlite_url(d, f"ts8-run{i}.db")
             track(url, ids)

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test tier: the anyio backend and the mirror backend matrix.
+"""Fixtures shared by every test tier: the anyio backend and the mirror backend matrix; the tier
+of each test (:mod:`tests.tiers`); the process settings the `threadsync` command runs with.
 
 Every test that takes ``mirror_url`` (or ``mirror``) runs twice: on a fresh SQLite file and in a
 fresh schema of the local PostgreSQL server. Without a server the PostgreSQL half is skipped with
@@ -16,12 +17,25 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests import tiers
 from worker import logs
+from worker.memory import limit_malloc_arenas, tune_collector
 from worker.store.db import Mirror
 
 PG_URL = os.environ.get(
     "THREADSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The collector and malloc settings `threadsync`'s entry point applies (worker/cli/app.py
+    ``main``), once, so that tests see the process the CLI runs in."""
+    limit_malloc_arenas()
+    tune_collector()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tiers.assign(items)
 
 
 @pytest.fixture

@@ -33,3 +33,4 @@ def test_collector_tuned_and_previous_thresholds_returned() -> None:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+        gc.freeze()  # the session's own tuning (tests/conftest.py) froze what was alive, as here

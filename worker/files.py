@@ -3,11 +3,12 @@ written without one long stall at the end.
 
 A JSONL export or a backup of a million messages writes 0.7-2 GB, and each is fsynced before it
 counts as written. Left alone, the kernel keeps most of it dirty in the page cache, and the final
-fsync waits for all of it at once: in bench_export the export's time moved by 2x from run to run
-with the disk's mood. A :class:`FlushBehind` file asks the kernel to start writing back each
-stretch of :data:`FLUSH_EVERY` bytes as soon as it is written (``sync_file_range`` with
-``SYNC_FILE_RANGE_WRITE``: asynchronous, pages stay cached for whoever reads the file next), as
-PostgreSQL does for its own large writes; the final fsync then only waits for the tail.
+fsync waits for all of it at once: the export's time follows the disk's mood (measured by
+``bench_export``; README, "Benchmarks"). A :class:`FlushBehind` file asks the kernel to start
+writing back each stretch of :data:`FLUSH_EVERY` bytes as soon as it is written
+(``sync_file_range`` with ``SYNC_FILE_RANGE_WRITE``: asynchronous, pages stay cached for whoever
+reads the file next), as PostgreSQL does for its own large writes; the final fsync then only
+waits for the tail.
 Where ``sync_file_range`` does not exist (not Linux), the file is a plain one.
 """
 

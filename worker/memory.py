@@ -1,20 +1,19 @@
 """Process-wide memory settings, applied once by the `threadsync` entry point.
 
 Malloc arenas: glibc gives every thread that allocates its own malloc arena (up to 8 per core).
-The sync's database work runs in worker threads, so a 100,000-message sync spread its short-lived
-page objects over a dozen arenas, each keeping freed memory resident: about 8 MB of peak RSS above
-what two arenas need, for no measurable speed. Two arenas suit a two-stage pipeline (the event
-loop parsing pages, worker threads writing them). Elsewhere (musl, macOS) this does nothing.
+The sync's database work runs in worker threads, so a large sync spreads its short-lived page
+objects over a dozen arenas, each keeping freed memory resident: peak RSS above what two arenas
+need, for no speed. Two arenas suit a two-stage pipeline (the event loop parsing pages, worker
+threads writing them). Elsewhere (musl, macOS) this does nothing.
 
 The cycle collector: a listed page of 100 messages parses into about 2,000 dicts and lists, so
-CPython's default (a young collection every 700 new containers) ran two young collections per
+CPython's default (a young collection every 700 new containers) runs two young collections per
 page, each walking a page that is still in use into an older generation, and every tenth of those
-a larger one, and now and then a full one over every object the imports made. In a reconcile of
-100,000 unchanged messages (bench_reconcile) that was 940 young, 85 middle and 7 full collections:
-0.7-1.6 s of a 5.5 s run, all of it on the event loop. Parsed pages hold no reference cycles (they
-are freed by reference counting alone), so collecting ten times less often frees nothing later;
-start-up objects are frozen out of full collections. Measured: 5 collections, 0.03 s, and the
-reconcile 0.3-0.9 s faster.
+a larger one, and now and then a full one over every object the imports made, all of it on the
+event loop. Parsed pages hold no reference cycles (they are freed by reference counting alone),
+so collecting ten times less often frees nothing later; start-up objects are frozen out of full
+collections. Measured by ``bench_reconcile`` (collections and time in a reconcile of 100,000
+unchanged messages); the figures are in the README, "Benchmarks".
 """
 
 from __future__ import annotations

@@ -2,74 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from worker.emulator import Emulator, FaultRule, serve_in_thread
+from tests.harness import KEY, run, served, truth_lines, user_env
+from worker.emulator import Emulator, FaultRule
 from worker.jsontext import loads
 
 from ..hostile import hostile_thread, normalised
 
-KEY = "sk-test-DO-NOT-LEAK-4f9a1c2e"
+__all__ = ["served"]  # the fixture, imported to be used here
+
 HOSTILE_TEXT = "nul \x00 lone \ud800 astral \U0001f9f5 rtl \u202e"
-
-
-def run(
-    args: list[str], env: dict[str, str], cwd: Path, *, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-@pytest.fixture
-def served() -> Iterator[tuple[Emulator, str]]:
-    emulator = Emulator(api_key=KEY, seed=3)
-    with serve_in_thread(emulator) as url:
-        yield emulator, url
-
-
-def user_env(url: str, db: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("THREADSYNC_", "AZURE_", "OPENAI_"))
-    }
-    env.update(
-        AZURE_OPENAI_ENDPOINT=url,
-        AZURE_OPENAI_API_KEY=KEY,
-        OPENAI_API_VERSION="2024-08-01-preview",
-        THREADSYNC_DATABASE_URL=f"sqlite:///{db}",
-        THREADSYNC_RETRY__INITIAL_DELAY="0.01",
-        THREADSYNC_RETRY__MAX_DELAY="0.05",
-        THREADSYNC_RETRY__MAX_ATTEMPTS="10",
-    )
-    return env
-
-
-def truth_lines(emulator: Emulator, thread_ids: list[str]) -> list[Any]:
-    threads = emulator.truth()["threads"]
-    return [m for t in thread_ids for m in threads[t]]
 
 
 def test_add_sync_export_status(served: tuple[Emulator, str], tmp_path: Path) -> None:

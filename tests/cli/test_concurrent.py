@@ -17,9 +17,8 @@ import pytest
 from worker.emulator import Emulator, FaultRule, serve_in_thread
 from worker.jsontext import loads
 
-from ..daemon.harness import DaemonProcess
+from ..harness import KEY, DaemonProcess, run, user_env
 from ..hostile import hostile_thread, normalised
-from .test_cli_flow import KEY, run, user_env
 
 
 def test_syncs_daemon_push_and_backup_at_once_lose_and_duplicate_nothing(

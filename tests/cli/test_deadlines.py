@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_cli_flow import KEY, run, user_env
+from tests.harness import KEY, run, user_env
 from worker.emulator import Emulator, FaultRule, serve_in_thread
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.cli.test_cli_flow import run, served, truth_lines, user_env
+from tests.harness import run, served, truth_lines, user_env
 from worker.emulator import Emulator
 
 __all__ = ["served"]  # the fixture, imported to be used here

@@ -21,7 +21,7 @@ import pexpect
 import pytest
 import typer.main
 
-from tests.daemon.harness import DaemonProcess, env_for
+from tests.harness import DaemonProcess, env_for
 from worker.cli.app import app
 from worker.emulator import Emulator, serve_in_thread
 

@@ -1,4 +1,6 @@
-"""Client test fixtures: settings per profile, a scripted transport, a fake paged server."""
+"""Client test fixtures: settings per profile, a client on a scripted transport, a fake paged
+server. The fakes themselves (``Script``, ``RecordingEvents``, ``FakeClock``) are in
+:mod:`worker.testing`."""
 
 from __future__ import annotations
 
@@ -7,17 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import orjson
 from pydantic import SecretStr
 
 from worker.client import ApiClient, ClientEvents, Pacer
 from worker.client.auth import EntraTokens
-from worker.client.testing import FakeClock
 from worker.config import ApiSettings, Profile, RetrySettings
+from worker.testing import FakeClock
 
 KEY = "sk-test-SECRET-0123456789"
-
-Step = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
 
 def azure(**overrides: Any) -> ApiSettings:
@@ -38,32 +37,6 @@ def settings_for(profile: Profile, **overrides: Any) -> ApiSettings:
     return azure(**{**values, **overrides})
 
 
-class Script:
-    """A MockTransport handler answering from a list of steps; records every request."""
-
-    def __init__(self, *steps: Step) -> None:
-        self.steps = list(steps)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        step = self.steps.pop(0)
-        if isinstance(step, Exception):
-            raise step
-        if isinstance(step, httpx.Response):
-            return step
-        return step(request)
-
-
-def ok(body: Any, **headers: str) -> httpx.Response:
-    return httpx.Response(200, content=orjson.dumps(body), headers=headers)
-
-
-def status(code: int, body: Any = None, **headers: str) -> httpx.Response:
-    content = orjson.dumps(body) if body is not None else b""
-    return httpx.Response(code, content=content, headers=headers)
-
-
 def message(message_id: str, thread_id: str = "thread_1") -> dict[str, Any]:
     """A message object with the fields the contract guarantees (the client checks them)."""
     return {
@@ -82,22 +55,6 @@ def message(message_id: str, thread_id: str = "thread_1") -> dict[str, Any]:
 
 
 MESSAGE = message("msg_1")
-
-
-class RecordingEvents(ClientEvents):
-    def __init__(self) -> None:
-        self.responses: list[tuple[str, str, int | None]] = []
-        self.retries: list[tuple[str, int | None, float]] = []
-        self.throttled: list[float] = []
-
-    def on_response(self, method: str, route: str, status: int | None, seconds: float) -> None:
-        self.responses.append((method, route, status))
-
-    def on_retry(self, route: str, status: int | None, wait: float) -> None:
-        self.retries.append((route, status, wait))
-
-    def on_throttled(self, wait: float) -> None:
-        self.throttled.append(wait)
 
 
 def make_client(

@@ -10,20 +10,8 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from tests.client.conftest import (
-    KEY,
-    MESSAGE,
-    RecordingEvents,
-    Script,
-    azure,
-    make_client,
-    ok,
-    page_body,
-    settings_for,
-    status,
-)
+from tests.client.conftest import KEY, MESSAGE, azure, make_client, page_body, settings_for
 from worker.client import Pacer
-from worker.client.testing import FakeClock
 from worker.config import Profile, RetrySettings
 from worker.errors import (
     AuthError,
@@ -34,6 +22,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.logs import scrub
+from worker.testing import FakeClock, RecordingEvents, Script, ok, status
 
 
 def _drop(exc_type: type[httpx.TransportError]) -> Any:

@@ -4,65 +4,32 @@ the 401 path, and no token anywhere but the Authorization header. Virtual time, 
 from __future__ import annotations
 
 import io
-import itertools
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from tests.client.conftest import MESSAGE, Script, make_client, ok, settings_for, status
+from tests.client.conftest import MESSAGE, make_client, settings_for
 from worker import logs
 from worker.client import ClientEvents, iter_pages
 from worker.client.auth import EntraTokens, Token, refresh_time
 from worker.client.entra import AzureIdentityFetcher
-from worker.client.testing import FakeClock
 from worker.config import Profile
 from worker.emulator import Emulator, ManualClock
 from worker.emulator.identity import Identity
 from worker.errors import AuthError, CredentialError
-from worker.testing import EmulatorTransport, SleepRecorder
+from worker.testing import (
+    EmulatorTransport,
+    FakeClock,
+    Script,
+    SleepRecorder,
+    StubFetcher,
+    ok,
+    status,
+)
 
 T0 = 1_800_000_000.0
-
-
-class WallClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class StubFetcher:
-    """Tokens ``tok-1``, ``tok-2``...; ``lifetime`` seconds; may fail or wait on a gate."""
-
-    description = "api.credential=stub"
-    scope = "https://ai.azure.com/.default"
-
-    def __init__(self, clock: WallClock, lifetime: float = 3600.0, prefix: str = "tok-") -> None:
-        self.clock = clock
-        self.prefix = prefix
-        self.lifetime = lifetime
-        self.refresh_in: float | None = None
-        self.calls = 0
-        self.fail: CredentialError | None = None
-        self.gate: anyio.Event | None = None
-        self.closed = False
-        self._ids = itertools.count(1)
-
-    async def fetch(self) -> Token:
-        self.calls += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail is not None:
-            raise self.fail
-        now = self.clock()
-        refresh_on = now + self.refresh_in if self.refresh_in is not None else None
-        return Token(f"{self.prefix}{next(self._ids)}", now + self.lifetime, refresh_on)
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 def entra(**overrides: Any) -> Any:
@@ -80,7 +47,7 @@ def test_refresh_time_prefers_refresh_on_else_five_minutes_else_half_life() -> N
 
 @pytest.mark.anyio
 async def test_one_token_shared_until_five_minutes_before_expiry() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
     tokens = EntraTokens(fetcher, clock=clock)
     assert await tokens.token() == "tok-1"
@@ -94,7 +61,7 @@ async def test_one_token_shared_until_five_minutes_before_expiry() -> None:
 
 @pytest.mark.anyio
 async def test_refresh_on_from_the_endpoint_wins() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock, lifetime=7200)
     fetcher.refresh_in = 600
     tokens = EntraTokens(fetcher, clock=clock)
@@ -107,7 +74,7 @@ async def test_refresh_on_from_the_endpoint_wins() -> None:
 
 @pytest.mark.anyio
 async def test_64_requests_waiting_share_one_renewal() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
     fetcher.gate = anyio.Event()
     tokens = EntraTokens(fetcher, clock=clock)
@@ -128,7 +95,7 @@ async def test_64_requests_waiting_share_one_renewal() -> None:
 
 @pytest.mark.anyio
 async def test_a_failing_credential_fails_fast_then_recovers_after_backoff() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
     fetcher.fail = CredentialError("no Entra token from api.credential=stub: HTTP 503: down")
     tokens = EntraTokens(fetcher, clock=clock)
@@ -151,7 +118,7 @@ async def test_a_failing_credential_fails_fast_then_recovers_after_backoff() -> 
 
 @pytest.mark.anyio
 async def test_a_failed_renewal_keeps_the_valid_token() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
     tokens = EntraTokens(fetcher, clock=clock)
     await tokens.token()
@@ -170,7 +137,7 @@ async def test_a_failed_renewal_keeps_the_valid_token() -> None:
 
 @pytest.mark.anyio
 async def test_renew_after_a_refusal_is_single_flight() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
     tokens = EntraTokens(fetcher, clock=clock)
     refused = await tokens.token()
@@ -190,7 +157,7 @@ def _bearer(request: httpx.Request) -> str:
 
 @pytest.mark.anyio
 async def test_a_401_renews_once_and_retries_that_request_once() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
     script = Script(status(401, {"statusCode": 401, "message": "expired"}), ok(MESSAGE))
     client = make_client(script, FakeClock(), api=entra(), tokens=EntraTokens(fetcher, clock=clock))
@@ -201,7 +168,7 @@ async def test_a_401_renews_once_and_retries_that_request_once() -> None:
 
 @pytest.mark.anyio
 async def test_token_events_reach_the_client_events() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
 
     class Recorder(ClientEvents):
         def __init__(self) -> None:
@@ -233,7 +200,7 @@ async def test_token_events_reach_the_client_events() -> None:
 @pytest.mark.anyio
 async def test_a_create_refused_for_its_token_is_sent_again() -> None:
     """A 401 proves nothing was done: even a create (never repeated blindly) is safe to resend."""
-    clock = WallClock()
+    clock = ManualClock(T0)
     script = Script(status(401), ok(MESSAGE))
     client = make_client(
         script, FakeClock(), api=entra(), tokens=EntraTokens(StubFetcher(clock), clock=clock)
@@ -245,7 +212,7 @@ async def test_a_create_refused_for_its_token_is_sent_again() -> None:
 
 @pytest.mark.anyio
 async def test_a_second_401_is_an_auth_error_naming_role_and_scope_never_a_loop() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     script = Script(status(401, {"statusCode": 401, "message": "Unauthorized."}), status(401))
     client = make_client(
         script, FakeClock(), api=entra(), tokens=EntraTokens(StubFetcher(clock), clock=clock)
@@ -263,7 +230,7 @@ async def test_a_second_401_is_an_auth_error_naming_role_and_scope_never_a_loop(
 
 @pytest.mark.anyio
 async def test_a_403_is_not_retried_and_names_the_role() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     script = Script(status(403, {"error": {"code": "PermissionDenied", "message": "no"}}))
     client = make_client(
         script,
@@ -279,7 +246,7 @@ async def test_a_403_is_not_retried_and_names_the_role() -> None:
 
 @pytest.mark.anyio
 async def test_64_requests_refused_at_once_cost_one_renewal() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -296,7 +263,7 @@ async def test_64_requests_refused_at_once_cost_one_renewal() -> None:
 
 @pytest.mark.anyio
 async def test_a_credential_error_reaches_the_caller_as_one_clear_line() -> None:
-    clock = WallClock()
+    clock = ManualClock(T0)
     fetcher = StubFetcher(clock)
     fetcher.fail = CredentialError("no Entra token from api.credential=stub: HTTP 500: boom")
     client = make_client(
@@ -347,7 +314,7 @@ async def test_a_token_expiring_mid_walk_loses_no_page(skew: float) -> None:
     )
     thread = emulator.seed(threads=1, messages=50)[0]
     issued = EmulatorIssued(emulator, server_clock)
-    client_clock = WallClock()
+    client_clock = ManualClock(T0)
     client_clock.now = server_clock() - skew
     api = settings_for(Profile.FOUNDRY, auth="entra", endpoint="http://127.0.0.1:1")
     from worker.client import ApiClient  # noqa: PLC0415
@@ -371,7 +338,7 @@ async def test_no_token_reaches_logs_or_errors() -> None:
     out = io.StringIO()
     logs.configure(level="debug", json=True, stream=out)
     try:
-        clock = WallClock()
+        clock = ManualClock(T0)
         fetcher = StubFetcher(clock, prefix="leak-check-")
         script = Script(status(401), status(401))
         client = make_client(

@@ -14,12 +14,11 @@ from azure.core.pipeline.transport import AsyncHttpTransport, AsyncioRequestsTra
 from azure.identity.aio import ManagedIdentityCredential
 from pydantic import SecretStr
 
-from tests.client.test_auth import WallClock
 from worker.client import ApiClient
 from worker.client.auth import EntraTokens
 from worker.client.entra import async_transport, fetcher_for
 from worker.config import ApiSettings, Profile
-from worker.emulator import Emulator, serve_in_thread
+from worker.emulator import Emulator, ManualClock, serve_in_thread
 from worker.emulator.identity import TOKEN_PATH, Identity
 from worker.errors import AuthError, ConfigError, CredentialError
 
@@ -67,7 +66,9 @@ async def test_async_transport_is_azure_cores_requests_transport(
     async with ManagedIdentityCredential(transport=transport) as credential:
         info = await credential.get_token_info("https://ai.azure.com/.default")
     assert info.token in emulator.identity.tokens
-    assert info.expires_on > time.time() + 3000
+    # Exactly the expiry the endpoint issued (its clock + the 3600 s lifetime), read back by
+    # azure-identity: compared with what was issued, not with this machine's clock.
+    assert info.expires_on == emulator.identity.tokens[info.token].expires_on
 
 
 @pytest.mark.anyio
@@ -144,7 +145,7 @@ async def test_the_token_endpoint_down_is_a_clear_error_and_recovery_follows(
 ) -> None:
     thread = emulator.seed(threads=1, messages=2)[0]
     emulator.configure_identity(outage={"status": 503, "times": None})
-    clock = WallClock(time.time())
+    clock = ManualClock(time.time())
     api = foundry(served)
     tokens = EntraTokens(fetcher_for(api), clock=clock)
     async with ApiClient(api, tokens=tokens) as client:

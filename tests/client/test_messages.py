@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.client.conftest import Script, make_client, message, ok, page_body, settings_for
+from tests.client.conftest import make_client, message, page_body, settings_for
 from worker.client.messages import check_message, check_page, explain, is_valid
-from worker.client.testing import FakeClock
 from worker.config import Profile
 from worker.errors import MalformedError
+from worker.testing import FakeClock, Script, ok
 
 THREAD = "thread_abc123"
 SECRET = "what the user said"

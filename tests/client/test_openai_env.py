@@ -10,13 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.client.conftest import MESSAGE, Script, make_client, ok
+from tests.client.conftest import MESSAGE, make_client
 from worker.client import ApiClient
-from worker.client.testing import FakeClock
 from worker.config import Profile, load_settings
 from worker.emulator import Emulator, create_app
 from worker.emulator.asgi import ASGIApp, Receive, Scope, Send
-from worker.testing import SleepRecorder
+from worker.testing import FakeClock, Script, SleepRecorder, ok
 
 SDK_VARS = (
     "OPENAI_API_KEY",

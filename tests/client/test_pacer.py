@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from worker.client.pacer import Pacer, reserve
-from worker.client.testing import FakeClock
+from worker.testing import FakeClock
 
 
 def test_reserve_steady_rate() -> None:

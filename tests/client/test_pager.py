@@ -12,8 +12,8 @@ import pytest
 from tests.client.conftest import list_slice, make_client, page_body
 from worker.client import MessagePage, iter_pages
 from worker.client.api import Order
-from worker.client.testing import FakeClock
 from worker.errors import PagingError
+from worker.testing import FakeClock
 
 IDS = [f"msg_{n:03d}" for n in range(23)]  # oldest first
 

@@ -7,12 +7,12 @@ import uuid
 import httpx
 import pytest
 
-from tests.client.conftest import KEY, MESSAGE, Script, azure, make_client, ok, settings_for
+from tests.client.conftest import KEY, MESSAGE, azure, make_client, settings_for
 from worker.client import ApiClient
 from worker.client.profiles import fill_route
-from worker.client.testing import FakeClock
 from worker.config import ApiSettings, Profile
 from worker.errors import ConfigError
+from worker.testing import FakeClock, Script, ok
 
 
 async def _one_request(api: ApiSettings) -> httpx.Request:

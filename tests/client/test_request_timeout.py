@@ -14,9 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from worker.client import ApiClient
-from worker.client.testing import FakeClock
 from worker.config import ApiSettings, RetrySettings
 from worker.errors import TransientError
+from worker.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

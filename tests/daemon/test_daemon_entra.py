@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon.harness import DaemonProcess, env_for, exported, truth, wait_for
+from tests.harness import DaemonProcess, env_for, exported, truth, wait_for
 from worker.emulator import Emulator, serve_in_thread
 from worker.emulator.identity import TOKEN_PATH, Identity
 from worker.store.db import Mirror

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from tests.daemon.harness import (
+from tests.harness import (
     DaemonProcess,
     cli_start,
     env_for,
@@ -197,12 +197,13 @@ def test_sigterm_mid_sync_exits_0_and_a_following_sync_completes(
             return 0 < message_count(mirror) < 4 * 600
 
         wait_for(some_mirrored, 30, "a sync in progress", daemon)
-        started = time.monotonic()
         code = daemon.terminate(timeout=15)
+        # Exit 0, not 1: the running syncs unwound within daemon.shutdown_timeout (5 s), as the
+        # daemon itself judged it on its own clock; no wall time is measured here.
         assert code == 0, daemon.log_file.read_text()[-2000:]
-        assert time.monotonic() - started < 5 + 2
         events = [e["event"] for e in daemon.events()]
         assert "daemon.stopped" in events
+        assert "daemon.shutdown_timeout" not in events
     finally:
         daemon.close()
         mirror.dispose()

@@ -12,16 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-import orjson
 import pytest
 from sqlmodel import select
 
+from tests.harness import exported, truth
 from worker.config import DaemonSettings, RetrySettings, Settings, SyncSettings
 from worker.daemon.dispatcher import Dispatcher
 from worker.daemon.due import aware
 from worker.daemon.metrics import DaemonMetrics
 from worker.emulator import Emulator, FaultRule, ManualClock
-from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 from worker.store.models import SyncState, TrackedThread
 from worker.store.repo import add_threads
@@ -48,17 +47,6 @@ def settings(mirror: Mirror, **daemon: Any) -> Settings:
         daemon=DaemonSettings(**d),
         sync=SyncSettings(concurrency=4),
     )
-
-
-def exported(mirror: Mirror) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for row in iter_rows(mirror, Selection()):
-        out.setdefault(row.thread_id, []).append(orjson.loads(row.raw))
-    return out
-
-
-def truth(emulator: Emulator) -> dict[str, list[Any]]:
-    return {t: list(msgs) for t, msgs in emulator.truth()["threads"].items() if msgs}
 
 
 def track(mirror: Mirror, *ids: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from tests.daemon.harness import DaemonProcess, cli, env_for, wait_for
+from tests.harness import DaemonProcess, cli, env_for, wait_for
 from worker.client import ApiClient
 from worker.config import ApiSettings
 from worker.emulator import Emulator, serve_in_thread

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.cli.test_cli_flow import KEY, run, user_env
+from tests.harness import KEY, run, user_env
 from worker.emulator import Emulator, FaultRule, serve_in_thread
 from worker.migrate.mapping import canonical
 

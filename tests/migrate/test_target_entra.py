@@ -15,7 +15,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from tests.cli.test_cli_flow import KEY, run, user_env
+from tests.harness import KEY, run, user_env
 from worker.client.auth import EntraTokens
 from worker.client.entra import CredentialChoice, fetcher_of
 from worker.config import CredentialKind

@@ -79,7 +79,7 @@ def _release(response: httpx.Response) -> None:
     ``BoundAsyncStream`` keeps the response), a reference cycle: each response, with its body
     (a page of 100 messages is ~180 KB), waited for the cycle collector instead of being freed
     when the call returned. Under the entry point's rarer collections (see ``worker.memory``)
-    that held ~45 MB of spent pages at the peak of a 100,000-message reconcile. The body was
+    spent pages piled up at the peak of a large reconcile (README, "Benchmarks"). The body was
     read and the stream closed by ``AsyncClient.request``; an empty stream in its place breaks
     the cycle.
     """
@@ -560,8 +560,8 @@ class ApiClient:
         """The request ``self._http.build_request`` makes, built with one parse of its URL.
 
         httpx merges the base URL, the client's query and the request's by parsing and
-        re-validating the URL three times, character by character: 250 us a request on the
-        benchmark machine, a tenth of a reconcile's event loop (bench_reconcile). The query is
+        re-validating the URL three times, character by character: a tenth of a reconcile's
+        event loop (``bench_reconcile``; README, "Benchmarks"). The query is
         encoded here instead (the values are ids, numbers and words), the client's headers and
         timeout applied as httpx applies them; with cookies in the jar, httpx builds it.
         """

@@ -13,9 +13,8 @@ page's last id (the next cursor) is the server's. Each such id is logged once as
 
 This runs on every message of a first sync (100,000 for a large thread), so the common path is
 one function of short-circuiting exact type checks on the parsed dicts (:func:`is_valid`); the
-slow, thorough :func:`explain` runs only once something is wrong. Measured over 100,000 seeded
-messages, it adds about a fifth to the event loop's parsing and preparing of each page (about
-1.4 us a message on a loaded 2-core machine).
+slow, thorough :func:`explain` runs only once something is wrong. Its cost per message on the
+event loop is in the README, "Benchmarks".
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ def _bad(thread_id: str, index: int | None, message_id: str | None, what: str) -
 def is_valid(obj: Any, thread_id: str) -> bool:
     """Whether ``obj`` is a well-formed message of ``thread_id``: the hot path, one call per
     message listed, written as short-circuiting exact type checks with nothing built (reading
-    the fields in one ``map`` and looking their types up as a tuple measured twice as slow)."""
+    the fields in one ``map`` and looking their types up as a tuple is slower)."""
     if type(obj) is not dict:
         return False
     get = obj.get

@@ -2,7 +2,7 @@
 
 The client (:mod:`worker.client.api`) owns the loop; everything here is pure so the maths can be
 tested exhaustively. Time enters only through the :data:`Clock` / :data:`Sleep` injection points,
-which tests replace with :class:`worker.client.testing.FakeClock`.
+which tests replace with :class:`worker.testing.FakeClock`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Running `threadsync` as a subprocess against an emulator served on a loopback socket."""
+"""The process tier's harness: `threadsync` as a user runs it (a subprocess), a daemon in the
+background with its JSON log, against the emulator served on a loopback socket; and comparing a
+mirror's export with the emulator's truth. The fakes are in :mod:`worker.testing`."""
 
 from __future__ import annotations
 
@@ -7,17 +9,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from worker.emulator import Emulator
+from worker.emulator import Emulator, serve_in_thread
 from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 
 THREADSYNC = [sys.executable, "-m", "worker"]
+KEY = "sk-test-DO-NOT-LEAK-4f9a1c2e"
 
 
 def env_for(base_url: str, emulator: Emulator, db_url: str, **extra: str) -> dict[str, str]:
@@ -132,3 +136,53 @@ def exported(mirror: Mirror) -> dict[str, list[Any]]:
 
 def truth(emulator: Emulator) -> dict[str, list[Any]]:
     return {t: list(m) for t, m in emulator.truth()["threads"].items() if m}
+
+
+# -- a user's shell: `threadsync` with the SDK variables ---------------------------------------
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Emulator, str]]:
+    emulator = Emulator(api_key=KEY, seed=3)
+    with serve_in_thread(emulator) as url:
+        yield emulator, url
+
+
+def user_env(url: str, db: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("THREADSYNC_", "AZURE_", "OPENAI_"))
+    }
+    env.update(
+        AZURE_OPENAI_ENDPOINT=url,
+        AZURE_OPENAI_API_KEY=KEY,
+        OPENAI_API_VERSION="2024-08-01-preview",
+        THREADSYNC_DATABASE_URL=f"sqlite:///{db}",
+        THREADSYNC_RETRY__INITIAL_DELAY="0.01",
+        THREADSYNC_RETRY__MAX_DELAY="0.05",
+        THREADSYNC_RETRY__MAX_ATTEMPTS="10",
+    )
+    return env
+
+
+def run(
+    args: list[str], env: dict[str, str], cwd: Path, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def truth_lines(emulator: Emulator, thread_ids: list[str]) -> list[Any]:
+    threads = emulator.truth()["threads"]
+    return [m for t in thread_ids for m in threads[t]]
