@@ -8,9 +8,10 @@ import inspect
 import select
 import socket
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
 import pytest
@@ -39,13 +40,18 @@ ANSWER = (
 
 class ScriptedStream(httpcore.AsyncNetworkStream):
     """A connection that answers each request written to it with :data:`ANSWER`, and records
-    the extra info it is asked for."""
+    the extra info it is asked for; with ``stall`` set, a read calls it, then never returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall: Callable[[], None] | None = None) -> None:
         self.pending = b""
         self.asked: list[str] = []
+        self.stall = stall
+        self.closed = False
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        if self.stall is not None:
+            self.stall()
+            await anyio.sleep_forever()
         chunk, self.pending = self.pending[:max_bytes], self.pending[max_bytes:]
         return chunk
 
@@ -54,7 +60,7 @@ class ScriptedStream(httpcore.AsyncNetworkStream):
             self.pending += ANSWER
 
     async def aclose(self) -> None:
-        pass
+        self.closed = True
 
     def get_extra_info(self, info: str) -> Any:
         self.asked.append(info)
@@ -64,6 +70,7 @@ class ScriptedStream(httpcore.AsyncNetworkStream):
 class ScriptedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self) -> None:
         self.streams: list[ScriptedStream] = []
+        self.stall: Callable[[], None] | None = None  # given to the next connection
 
     async def connect_tcp(
         self,
@@ -73,7 +80,7 @@ class ScriptedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        self.streams.append(ScriptedStream())
+        self.streams.append(ScriptedStream(self.stall))
         return self.streams[-1]
 
 
@@ -103,6 +110,23 @@ async def test_httpcore_pool_opens_connections_with__network_backend() -> None:
         assert (await client.get("/a")).json() == {"ok": True}
         assert (await client.get("/b")).json() == {"ok": True}
     assert len(backend.streams) == 1  # kept alive and reused
+
+
+async def test_httpcore_pool_closes_a_connection_whose_request_was_cancelled() -> None:
+    """``ApiClient._send`` cancels an attempt that outlasts ``api.request_timeout``; it relies on
+    httpcore closing that connection, so that nothing half-read goes back to the pool."""
+    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
+    backend = ScriptedBackend()
+    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
+    async with httpx.AsyncClient(transport=plain, base_url="http://api.invalid") as client:
+        with anyio.CancelScope() as scope:
+            backend.stall = scope.cancel  # the answer never comes; the caller gives up
+            await client.get("/slow")
+        assert scope.cancelled_caught
+        assert backend.streams[0].closed  # by the pool, at once
+        backend.stall = None
+        assert (await client.get("/next")).json() == {"ok": True}
+    assert len(backend.streams) == 2  # the next request did not get the stalled connection
 
 
 # -- "is this idle connection closed?" (Stream) -------------------------------------------------
