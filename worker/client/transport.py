@@ -17,14 +17,14 @@ What this module assumes of httpx 0.28 / httpcore 1.0, and why:
   a trailing slash) joined with the path, the client's query then the request's, the client's
   headers then the request's, and ``extensions={"timeout": client.timeout.as_dict()}``.
 
-The pool's backend: httpcore's anyio one, with a cheap answer to "has the server closed this idle
-connection?". httpcore's pool asks that of every idle connection each time it hands out or takes
-back one: about sixteen times per request with eight connections (a 100,000-message first sync,
-bench_sync, asked it 15,900 times for 1,000 requests). Its anyio stream answers by building
+Why a backend of our own: httpcore's anyio one, with a cheap answer to "has the server closed this
+idle connection?". httpcore's pool asks that of every idle connection each time it hands out or
+takes back one: about sixteen times per request with eight connections (a 100,000-message first
+sync, bench_sync, asked it 15,900 times for 1,000 requests). Its anyio stream answers by building
 anyio's whole table of socket attributes to find the raw socket, a ``getpeername`` system call
-included, before it polls the socket: about a tenth of the event loop's time per request went
-there. Here the raw socket is looked up once per connection; the question itself (a zero-timeout
-poll) is asked as before.
+included, before it polls the socket: about a tenth of the event loop's time per request went there.
+Here the raw socket is looked up once per connection; the question itself (a zero-timeout poll) is
+asked as before.
 """
 
 # The method signatures are httpcore's interface, ``timeout`` parameters included.
