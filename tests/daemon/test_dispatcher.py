@@ -107,8 +107,9 @@ async def test_fresh_threads_are_synced_and_rescheduled_within_the_jitter(
         assert due is not None
         assert NOW + timedelta(seconds=90) <= due <= NOW + timedelta(seconds=110)
     assert leases(mirror) == []
-    assert metrics.messages.labels(change="added")._value.get() == 150
-    assert metrics.passes.labels(result="synced")._value.get() == 5
+    sample = metrics.registry.get_sample_value
+    assert sample("threadsync_messages_mirrored_total", {"change": "added"}) == 150
+    assert sample("threadsync_thread_passes_total", {"result": "synced"}) == 5
 
 
 async def test_only_due_threads_are_synced_and_added_ones_join_the_next_run(

@@ -192,7 +192,8 @@ async def test_a_failing_job_is_logged_and_counted_not_raised() -> None:
         raise RuntimeError("boom")
 
     await runner.wrap("push", body)()
-    assert metrics.jobs.labels(job="push", outcome="error")._value.get() == 1
+    labels = {"job": "push", "outcome": "error"}
+    assert metrics.registry.get_sample_value("threadsync_job_runs_total", labels) == 1
 
 
 @pytest.mark.anyio
@@ -333,7 +334,10 @@ async def test_daemon_serves_probes_syncs_and_stops_cleanly(mirror: Mirror) -> N
                         return (await http.get("/readyz")).status_code == 200
 
                     async def synced() -> bool:
-                        return bool(daemon.metrics.passes.labels(result="synced")._value.get() >= 3)
+                        passes = daemon.metrics.registry.get_sample_value(
+                            "threadsync_thread_passes_total", {"result": "synced"}
+                        )
+                        return (passes or 0) >= 3
 
                     await until(ready)
                     await until(synced)

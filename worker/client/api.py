@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -39,9 +39,9 @@ from worker.client.models import (
     parse_object,
     parse_page,
 )
-from worker.client.network import pooled_transport
 from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
+from worker.client.transport import RequestBuilder, pooled_transport, release
 from worker.config import ApiSettings, Profile, RetrySettings, format_duration
 from worker.errors import (
     AuthError,
@@ -70,23 +70,6 @@ REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id", "x-ms-request-id")
 
 # Failures raised before a byte of the request left this process: repeating them is always safe.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-def _release(response: httpx.Response) -> None:
-    """Let a read response (and its body) be freed as soon as it is dropped.
-
-    httpx links a sent response and the stream wrapping its body both ways (the client's
-    ``BoundAsyncStream`` keeps the response), a reference cycle: each response, with its body
-    (a page of 100 messages is ~180 KB), waited for the cycle collector instead of being freed
-    when the call returned. Under the entry point's rarer collections (see ``worker.memory``)
-    spent pages piled up at the peak of a large reconcile (README, "Benchmarks"). The body was
-    read and the stream closed by ``AsyncClient.request``; an empty stream in its place breaks
-    the cycle.
-    """
-    response.stream = _SPENT
-
-
-_SPENT = httpx.ByteStream(b"")
 
 
 class ClientEvents:
@@ -253,10 +236,7 @@ class ApiClient:
             follow_redirects=False,
             trust_env=False,
         )
-        # What _request builds from (httpx keeps the base URL with a trailing slash).
-        self._prefix = str(self._http.base_url).rstrip("/")
-        self._params = dict(target.params)
-        self._timeout = self._http.timeout.as_dict()
+        self._build_request = RequestBuilder(self._http, target.params).build
 
     async def __aenter__(self) -> Self:
         return self
@@ -410,7 +390,7 @@ class ApiClient:
             bearer = await self._tokens.token() if self._tokens is not None else None
             started = self._clock()
             try:
-                request = self._request(
+                request = self._build_request(
                     method, url, params, content, self._headers(headers, bearer)
                 )
                 response = await self._send(request)
@@ -458,7 +438,7 @@ class ApiClient:
                                 sent=True,
                             )
                 finally:
-                    _release(response)
+                    release(response)
             try:
                 wait = self._plan_retry(failure, attempt, safe, method, route)
             except TransientError as exc:
@@ -547,37 +527,6 @@ class ApiClient:
             code=exc.code,
             request_id=exc.request_id,
             suspect=exc.suspect,
-        )
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None,
-        content: bytes | None,
-        headers: dict[str, str],
-    ) -> httpx.Request:
-        """The request ``self._http.build_request`` makes, built with one parse of its URL.
-
-        httpx merges the base URL, the client's query and the request's by parsing and
-        re-validating the URL three times, character by character: a tenth of a reconcile's
-        event loop (``bench_reconcile``; README, "Benchmarks"). The query is
-        encoded here instead (the values are ids, numbers and words), the client's headers and
-        timeout applied as httpx applies them; with cookies in the jar, httpx builds it.
-        """
-        if self._http.cookies:
-            return self._http.build_request(
-                method, path, params=params, content=content, headers=headers
-            )
-        query = urlencode({**self._params, **params} if params else self._params, quote_via=quote)
-        merged = self._http.headers.copy()
-        merged.update(headers)
-        return httpx.Request(
-            method,
-            httpx.URL(f"{self._prefix}{path}?{query}" if query else f"{self._prefix}{path}"),
-            headers=merged,
-            content=content,
-            extensions={"timeout": dict(self._timeout)},
         )
 
     def _judge(

@@ -1,21 +1,23 @@
 """The optional HTTP listener: ``/healthz``, ``/readyz``, ``/metrics``.
 
 A bare ASGI callable (three fixed routes need no framework) served by uvicorn on the daemon's own
-event loop. The probes answer from state held in memory (the last heartbeat written, the last
-dispatcher run) and ``/metrics`` renders the registry; none of them touches the database, so a slow
-mirror cannot make a scrape block the loop.
+event loop (through ``worker.serving``, which leaves the signals to the daemon). The probes answer
+from state held in memory (the last heartbeat written, the last dispatcher run) and ``/metrics``
+renders the registry; none of them touches the database, so a slow mirror cannot make a scrape
+block the loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 import anyio
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from worker.serving import Server
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,22 +86,6 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-class _Server(uvicorn.Server):
-    """uvicorn on our loop: the daemon owns the signals, and says when the socket listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = anyio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # lifecycle.py handles SIGTERM/SIGINT; uvicorn must not take them over
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
-
-
 class HealthServer:
     """Bind at once (a taken port fails start-up, not later), serve until :meth:`stop`."""
 
@@ -117,7 +103,9 @@ class HealthServer:
             access_log=False,
             timeout_graceful_shutdown=2,
         )
-        self._server = _Server(config)
+        self._listening = anyio.Event()
+        # The daemon's lifecycle handles SIGTERM/SIGINT: uvicorn must not take them over.
+        self._server = Server(config, on_listening=self._listening.set, take_signals=False)
 
     async def serve(self) -> None:
         try:
@@ -126,7 +114,7 @@ class HealthServer:
             self._sock.close()
 
     async def wait_listening(self) -> None:
-        await self._server.listening.wait()
+        await self._listening.wait()
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self._server.stop()

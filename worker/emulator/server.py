@@ -1,8 +1,8 @@
 """Serving the emulator with uvicorn: in the foreground (the CLI) or in a thread (tests).
 
-uvicorn is imported when a server starts, not when the package is imported: every `threadsync`
-command imports the emulator package (its behaviour names appear in `--help`), and only one of
-them serves.
+uvicorn (and ``worker.serving``, the one seam that overrides its server) is imported when a server
+starts, not when the package is imported: every `threadsync` command imports the emulator package
+(its behaviour names appear in `--help`), and only one of them serves.
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from worker.emulator.asgi import ASGIApp, create_app
 from worker.emulator.state import Emulator
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from worker.serving import Server
 
 
 def _config(emulator: Emulator, log_level: str, app: ASGIApp | None = None) -> uvicorn.Config:
@@ -34,28 +36,18 @@ def _config(emulator: Emulator, log_level: str, app: ASGIApp | None = None) -> u
     )
 
 
-def _announcing_server(config: uvicorn.Config) -> tuple[uvicorn.Server, threading.Event]:
-    """A uvicorn server that says when it is listening (an event instead of polling)."""
-    import uvicorn  # noqa: PLC0415 - see the module docstring
+def _server(config: uvicorn.Config, on_listening: Callable[[], object] | None = None) -> Server:
+    """uvicorn's server through the one seam that overrides it (it keeps uvicorn's signals)."""
+    from worker.serving import Server  # noqa: PLC0415 - see the module docstring
 
-    server = uvicorn.Server(config)
-    ready = threading.Event()
-    startup = server.startup
-
-    async def announce(sockets: list[socket.socket] | None = None, **kwargs: Any) -> None:
-        await startup(sockets, **kwargs)
-        ready.set()
-
-    server.startup = announce  # type: ignore[method-assign]
-    return server, ready
+    return Server(config, on_listening=on_listening)
 
 
 def serve(emulator: Emulator, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve in the foreground until interrupted (SIGINT/SIGTERM)."""
     config = _config(emulator, "info")
     config.host, config.port = host, port
-    server, _ = _announcing_server(config)
-    server.run()
+    _server(config).run()
 
 
 @contextlib.contextmanager
@@ -75,7 +67,8 @@ def serve_in_thread(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server, ready = _announcing_server(_config(emulator, log_level, app))
+    ready = threading.Event()  # set when the server listens: an event instead of polling
+    server = _server(_config(emulator, log_level, app), ready.set)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True
     )
@@ -85,6 +78,6 @@ def serve_in_thread(
             raise RuntimeError("the emulator did not start within 30 s")
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=30)
         sock.close()

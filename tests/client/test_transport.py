@@ -1,5 +1,5 @@
 """The pool's network backend: httpcore's anyio one, asked cheaply whether an idle connection was
-closed by the server (see worker/client/network.py)."""
+closed by the server (see worker/client/transport.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from worker.client.network import Backend, pooled_transport, readable
+from worker.client.transport import Backend, network_backend, pooled_transport, readable
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +77,7 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(
     server: OneAnswerServer,
 ) -> None:
     transport = pooled_transport(httpx.Limits(max_connections=4, max_keepalive_connections=4))
-    assert isinstance(transport._pool._network_backend, Backend)
+    assert isinstance(network_backend(transport), Backend)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
         for _ in range(3):
             response = await client.get("/ping")
