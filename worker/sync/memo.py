@@ -272,8 +272,8 @@ class CensusAhead:
     while the first walks' requests are already out. Reading stays at most one batch ahead of
     the walks that have begun (the runner reports each pass's end too, so it never waits for a
     walk that will not come), so a signature is at most a batch of walks old when it is taken.
-    A signature is only taken by a walk that starts from the state the run read (see the
-    engine), and a batch that cannot be read leaves its walks to read their own census.
+    A signature is only taken by a walk that starts from the state the run read (see
+    ``replay.py``), and a batch that cannot be read leaves its walks to read their own census.
     """
 
     BATCH = 16
