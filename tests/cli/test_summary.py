@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from worker.cli.sync import summary_lines
-from worker.sync.apply import Counts
-from worker.sync.engine import ThreadOutcome
+from worker.sync.outcome import ThreadOutcome
+from worker.sync.plan import Counts
 from worker.sync.runner import RunReport
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.client.conftest import MESSAGE, make_client, settings_for
 from worker import logs
-from worker.client import ClientEvents, iter_pages
+from worker.client import ClientEvents
 from worker.client.auth import EntraTokens, Token, refresh_time
 from worker.client.entra import AzureIdentityFetcher
 from worker.config import Profile
@@ -324,10 +324,15 @@ async def test_a_token_expiring_mid_walk_loses_no_page(skew: float) -> None:
         api, transport=EmulatorTransport(emulator), sleep=SleepRecorder(), tokens=tokens
     ) as client:
         ids: list[str] = []
-        async for page in iter_pages(client, thread, limit=10, order="asc"):
+        after: str | None = None
+        while True:  # a walk as the sync's pages go: after the last id, until no more
+            page = await client.list_messages(thread, limit=10, order="asc", after=after)
             ids.extend(m["id"] for m in page.data)
             server_clock.advance(9)
             client_clock.now += 9
+            if not page.has_more or not page.data:
+                break
+            after = page.data[-1]["id"]
     assert ids == [m["id"] for m in emulator.truth()["threads"][thread]]
     assert (emulator.identity.rejected > 0) == (skew > 0)
     assert issued.calls >= (2 if skew else 3)  # the walk outlived its first token

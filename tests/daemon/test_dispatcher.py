@@ -24,7 +24,7 @@ from worker.emulator import Emulator, FaultRule, ManualClock
 from worker.store.db import Mirror
 from worker.store.models import SyncState, TrackedThread
 from worker.store.repo import add_threads
-from worker.sync.engine import ThreadOutcome
+from worker.sync.outcome import ThreadOutcome
 from worker.testing import emulated_client
 
 pytestmark = pytest.mark.anyio

@@ -30,8 +30,8 @@ from worker.emulator import Emulator, ManualClock
 from worker.errors import ConfigError
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
-from worker.sync.apply import Counts
-from worker.sync.engine import ThreadOutcome
+from worker.sync.outcome import ThreadOutcome
+from worker.sync.plan import Counts
 from worker.testing import emulated_client
 
 NOW = datetime(2025, 5, 1, tzinfo=UTC)

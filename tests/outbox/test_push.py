@@ -22,6 +22,7 @@ from worker.outbox import push as push_module
 from worker.outbox.record import load_open, store_outcomes, store_truth
 from worker.store.db import Mirror
 from worker.store.models import Message
+from worker.sync.plan import digest_of
 from worker.testing import EmulatorTransport, SleepRecorder, emulated_client
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +305,36 @@ async def test_a_malformed_read_fails_the_edit_naming_the_field(world: World) ->
     assert world.emulator.stats()["modify_calls"] == []
     assert stored_raw(world.mirror, msg) == before
     assert show_metadata(world.mirror, thread, msg).state == "failed"
+
+
+async def test_the_servers_answer_is_written_as_a_sync_writes_it(world: World) -> None:
+    """The object a modify answers with becomes the mirror's row the way a sync writes a listed
+    message: every queryable column from the object (not only raw, digest and status) and
+    ``deleted_at`` cleared, on either backend. (The push once left role, run_id and
+    assistant_id as they were, and a row tombstoned meanwhile stayed tombstoned.)"""
+    thread = world.thread_ids[0]
+    msg = world.messages(thread)[0]
+    set_metadata(world.mirror, thread, msg["id"], set={"a": "1"})
+    (snap,) = load_open(world.mirror, retry_failed=False)
+    with world.mirror.write() as session:
+        row = session.get(Message, msg["id"])
+        assert row is not None
+        row.role, row.run_id, row.assistant_id = "user", None, None
+        row.deleted_at = row.updated_at  # tombstoned by a walk while the push was out
+    answer = {
+        **msg,
+        "role": "assistant",
+        "run_id": "run_answered",
+        "assistant_id": "asst_answered",
+        "metadata": {**(msg["metadata"] or {}), "a": "1"},
+    }
+    store_truth(world.mirror, snap, answer, 1)
+    with world.mirror.read() as session:
+        row = session.get(Message, msg["id"])
+        assert row is not None
+        stored = (row.role, row.run_id, row.assistant_id, row.status, row.deleted_at)
+        raw, digest, created_at = row.raw, row.digest, row.created_at
+    assert stored == ("assistant", "run_answered", "asst_answered", msg.get("status"), None)
+    assert orjson.loads(raw) == answer
+    assert digest == digest_of(orjson.dumps(answer))
+    assert created_at == msg["created_at"]

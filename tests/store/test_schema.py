@@ -18,7 +18,7 @@ from worker.store import schema
 from worker.store.db import Mirror
 from worker.store.models import Message
 from worker.store.repo import add_threads, thread_statuses
-from worker.sync.apply import digest_of
+from worker.sync.plan import digest_of
 
 
 def test_new_mirror_is_created_at_head(mirror: Mirror) -> None:

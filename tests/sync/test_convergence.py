@@ -40,7 +40,7 @@ from worker.emulator import Emulator, ManualClock, WireError
 from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
-from worker.sync.apply import Census
+from worker.sync.census import Census
 from worker.sync.runner import RunReport, sync_threads
 from worker.testing import emulated_client
 

@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from worker.emulator import Emulator, ManualClock
+from worker.store import sync_state
 from worker.store.db import Mirror
 from worker.store.repo import add_threads, thread_statuses
-from worker.sync import apply, engine
+from worker.sync import outcome
 from worker.sync.runner import sync_threads
 from worker.testing import emulated_client
 
@@ -28,14 +29,14 @@ async def test_unexpected_error_fails_only_its_thread_and_status_shows_it(
     bad = ids[1]
     with mirror.write() as session:
         add_threads(session, ids)
-    advance = apply.advance_cursor
+    advance = sync_state.advance
 
     def failing(session: Any, thread_id: str, moved: dict[str, Any]) -> None:
         if thread_id == bad:
             raise RuntimeError("message content that must not be shown")
         advance(session, thread_id, moved)
 
-    monkeypatch.setattr(engine, "advance_cursor", failing)
+    monkeypatch.setattr(sync_state, "advance", failing)
     async with emulated_client(emulator) as client:
         report = await sync_threads(client, mirror, page_limit=20)
     assert [o.thread_id for o in report.failed] == [bad]
@@ -50,7 +51,7 @@ async def test_unexpected_error_fails_only_its_thread_and_status_shows_it(
         if thread_id != bad:
             assert statuses[thread_id].messages == 60
             assert statuses[thread_id].last_error is None
-    monkeypatch.setattr(engine, "advance_cursor", advance)
+    monkeypatch.setattr(sync_state, "advance", advance)
     async with emulated_client(emulator) as client:
         again = await sync_threads(client, mirror, page_limit=20)
     assert again.ok, again.failed
@@ -68,8 +69,8 @@ def test_unexpected_names_the_kind_never_the_text() -> None:
 
     refused = DBAPIError("INSERT ...", {"raw": "secret text"}, UntranslatableCharacter("secret"))
     for exc in (refused, ExceptionGroup("walk", [refused])):
-        line = engine.unexpected(exc)
+        line = outcome.unexpected(exc)
         assert "UntranslatableCharacter" in line
         assert "secret" not in line
-    assert "KeyError" in engine.unexpected(KeyError("secret"))
-    assert "secret" not in engine.unexpected(KeyError("secret"))
+    assert "KeyError" in outcome.unexpected(KeyError("secret"))
+    assert "secret" not in outcome.unexpected(KeyError("secret"))

@@ -19,13 +19,16 @@ from sqlalchemy import delete, text, update
 from sqlmodel import col
 
 import worker.client.models as models
-import worker.sync.engine as engine
 from tests.sync.test_sync import exported, seeded, sync, truth
 from worker.emulator import Emulator, ManualClock, WireError
 from worker.store.db import Mirror
 from worker.store.models import Message, SyncState
-from worker.sync.apply import Census, apply_page, digest_of, prepare
+from worker.sync.census import Census
+from worker.sync.feed import Wire
+from worker.sync.full_walk import FullWalk
 from worker.sync.memo import VERSION, CensusAhead, MemoPage, WalkMemo
+from worker.sync.plan import digest_of, prepare
+from worker.sync.writer import write_page
 
 pytestmark = pytest.mark.anyio
 
@@ -402,7 +405,7 @@ async def test_a_first_sync_over_rows_it_did_not_list_is_not_replayed(
     (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
     stray = {"id": "msg_stray", "object": "thread.message", "created_at": 1, "metadata": {}}
     with mirror.write() as session:
-        apply_page(
+        write_page(
             session,
             thread_id,
             [prepare(stray, thread_id)],
@@ -446,13 +449,13 @@ async def test_a_first_sync_above_the_census_limit_stops_hashing_and_records_no_
     monkeypatch.setattr(Census, "LIMIT", 100)
     (thread_id,) = seeded(emulator, mirror, seed=8, threads=1, messages=260)
     hashed = {"n": 0}
-    real = engine.ThreadPass._list_unless
+    real = Wire.list_unless
 
-    async def counted(self: engine.ThreadPass, **kwargs: Any) -> Any:
+    async def counted(self: Wire, **kwargs: Any) -> Any:
         hashed["n"] += 1
         return await real(self, **kwargs)
 
-    monkeypatch.setattr(engine.ThreadPass, "_list_unless", counted)
+    monkeypatch.setattr(Wire, "list_unless", counted)
     report = await sync(emulator, mirror, page_limit=20)  # 13 pages
     assert report.ok
     assert memo_of(mirror, thread_id) is None
@@ -469,15 +472,15 @@ async def test_a_failed_read_after_a_walk_that_wrote_only_loses_its_memo(
     forget_memo(mirror, thread_id)
     emulator.delete_message(thread_id, truth(emulator, thread_id)[7]["id"])
     reads = {"n": 0}
-    real = engine.ThreadPass._census
+    real = FullWalk.census
 
-    async def second_fails(self: engine.ThreadPass) -> Any:
+    async def second_fails(self: FullWalk) -> Any:
         reads["n"] += 1
         if reads["n"] == 2:  # the one after the walk's writes (the first is the walk's own)
             raise sqlite3.OperationalError("disk I/O error")
         return await real(self)
 
-    monkeypatch.setattr(engine.ThreadPass, "_census", second_fails)
+    monkeypatch.setattr(FullWalk, "census", second_fails)
     report = await sync(emulator, mirror, full=True)
     assert report.ok
     assert report.counts.deleted == 1

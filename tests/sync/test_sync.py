@@ -23,9 +23,9 @@ from worker.store.db import Mirror
 from worker.store.models import SyncState
 from worker.store.repo import add_threads
 from worker.sync import runner
-from worker.sync.apply import Census
-from worker.sync.engine import STABLE_PROBE_LIMIT
+from worker.sync.census import Census
 from worker.sync.runner import sync_threads
+from worker.sync.ties import STABLE_PROBE_LIMIT
 from worker.testing import EmulatorTransport, SleepRecorder, emulated_client
 
 pytestmark = pytest.mark.anyio

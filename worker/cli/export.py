@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import IO, Annotated
 
 import typer
-from sqlmodel import col, select
 
 from worker.cli.common import EXIT_FAILED, api_client, command, err_console, globals_of, run_async
 from worker.cli.say import notice, result
 from worker.cli.sync import print_report
 from worker.errors import ConfigError
 from worker.export.csv_format import write_csv
-from worker.export.jsonl import write_jsonl, write_sqlite_jsonl
+from worker.export.jsonl import write_jsonl, write_raw_jsonl
 from worker.export.markdown import write_markdown
 from worker.export.output import atomic_output, directory_output, new_output
 from worker.export.parquet import write_parquet
@@ -25,8 +24,9 @@ from worker.export.progress import with_progress
 from worker.export.source import Row, Selection, count_rows, iter_rows, thread_order
 from worker.files import is_stdout
 from worker.ids import check_ids
+from worker.store import messages
 from worker.store.db import Mirror
-from worker.store.models import Message, TrackedThread
+from worker.store.repo import tracked
 from worker.sync.runner import RunReport, sync_threads
 
 
@@ -125,8 +125,7 @@ def export_rows(
         if fmt is Format.JSONL and mirror.is_sqlite and not err_console.is_terminal:
             # Scripts and cron: the fast path (stored bytes out as they are, no progress bar).
             with atomic_output(out) as stream, mirror.read() as session:
-                conn = session.connection().connection.driver_connection
-                return write_sqlite_jsonl(conn, selection, stream)
+                return write_raw_jsonl(messages.raw_batches(session, selection), stream)
         rows = with_progress(
             iter_rows(mirror, selection),
             total=count_rows(mirror, selection) if err_console.is_terminal else None,
@@ -270,20 +269,7 @@ def _check_held(mirror: Mirror, thread_ids: list[str]) -> None:
     """Refuse ``--thread`` naming a thread the mirror neither tracks nor holds messages of: an
     empty export would look like a thread with nothing in it."""
     with mirror.read() as session:
-        held = set(
-            session.scalars(
-                select(col(TrackedThread.thread_id)).where(
-                    col(TrackedThread.thread_id).in_(thread_ids)
-                )
-            )
-        )
-        held.update(
-            session.scalars(
-                select(col(Message.thread_id))
-                .where(col(Message.thread_id).in_(thread_ids))
-                .distinct()
-            )
-        )
+        held = set(tracked(session, thread_ids)) | messages.threads_holding(session, thread_ids)
     missing = [t for t in dict.fromkeys(thread_ids) if t not in held]
     if missing:
         raise ConfigError(

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from worker.client.api import ClientEvents
 from worker.logs import get_logger
-from worker.sync.engine import ThreadOutcome
+from worker.sync.outcome import ThreadOutcome
 from worker.sync.runner import RunReport
 
 log = get_logger()

@@ -29,7 +29,7 @@ from worker.ids import check_ids
 from worker.outbox import edit_counts
 from worker.store.db import Mirror
 from worker.store.repo import any_tracked, thread_statuses
-from worker.sync.engine import ThreadOutcome
+from worker.sync.outcome import ThreadOutcome
 from worker.sync.runner import NOT_REACHED, STOPPED, RunReport, sync_threads
 
 T = TypeVar("T")

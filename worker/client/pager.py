@@ -1,86 +1,19 @@
-"""Walking a thread's messages page by page, guarded against pages that do not advance.
-
-Walking with ``after`` follows the requested order (the next page starts after the last id of the
-current one). Started with ``before``, the walk goes the other way: each next request uses
-``before`` = the first id of the current page; pages still list their messages in ``order``.
-``after`` and ``before`` are never sent together (openai-python does that when auto-iterating a
-``before`` listing, and the answer is undefined).
-
-The loop guard keeps every cursor used in this walk (one id per page, so 1,000 ids for a
-100,000-message thread at 100 a page) and the ids of the previous page only: memory stays flat in
-the number of messages. A repeated cursor, or a page made only of the previous page's ids (a server
+"""Walking the project's threads page by page (discovery), guarded against pages that do not
+advance: a cursor that comes round again, or a page made only of threads already listed (a server
 ignoring the cursor), raises :class:`PagingError` instead of looping for ever.
+
+A thread's messages are not walked here: the sync's walks (``worker/sync/``) check every cursor
+themselves and fall back to a full walk instead of failing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from worker.client.api import Order
 from worker.client.models import MessagePage
 from worker.errors import AuthError, PagingError, PermanentError
-
-
-class MessageLister(Protocol):
-    """What the pager needs from a client (an :class:`ApiClient`, or a fake in tests)."""
-
-    async def list_messages(
-        self,
-        thread_id: str,
-        *,
-        limit: int = 100,
-        order: Order = "asc",
-        after: str | None = None,
-        before: str | None = None,
-        run_id: str | None = None,
-    ) -> MessagePage: ...
-
-
-async def iter_pages(
-    client: MessageLister,
-    thread_id: str,
-    *,
-    order: Order,
-    after: str | None = None,
-    before: str | None = None,
-    limit: int = 100,
-    run_id: str | None = None,
-) -> AsyncIterator[MessagePage]:
-    """Yield each non-empty page until the server says there is no more; an empty page ends it."""
-    if after is not None and before is not None:
-        raise ValueError("give after or before, not both")
-    backwards = before is not None
-    cursor = before if backwards else after
-    cursors: set[str] = set() if cursor is None else {cursor}
-    previous: frozenset[str] = frozenset()
-    while True:
-        page = await client.list_messages(
-            thread_id,
-            limit=limit,
-            order=order,
-            after=None if backwards else cursor,
-            before=cursor if backwards else None,
-            run_id=run_id,
-        )
-        if not page.data:
-            return
-        ids = [message["id"] for message in page.data]
-        if previous.issuperset(ids):
-            raise PagingError(
-                f"thread {thread_id}: the page after cursor {cursor} repeats the previous page;"
-                " the server is not advancing"
-            )
-        yield page
-        if not page.has_more:
-            return
-        cursor = ids[0] if backwards else ids[-1]
-        if cursor in cursors:
-            raise PagingError(
-                f"thread {thread_id}: cursor {cursor} came round again; the pages loop"
-            )
-        cursors.add(cursor)
-        previous = frozenset(ids)
 
 
 class ThreadLister(Protocol):
@@ -96,10 +29,9 @@ async def iter_thread_pages(
 ) -> AsyncGenerator[MessagePage, None]:
     """Every page of the project's threads, following ``after`` until ``has_more`` is false.
 
-    Guarded like :func:`iter_pages`, against every id seen so far rather than the previous
-    page's (discovery keeps them all anyway): a cursor that comes round again raises
-    :class:`PagingError`. A page overlapping the ones before in part is yielded; the caller
-    drops the repeats.
+    Guarded against every id seen so far (discovery keeps them all anyway): a cursor that comes
+    round again raises :class:`PagingError`. A page overlapping the ones before in part is
+    yielded; the caller drops the repeats.
 
     The thread a cursor names may be deleted between two requests, and what a server answers
     then is unknown (API.md section 11): 404, 400, an empty page, the list from its head. Each

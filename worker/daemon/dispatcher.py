@@ -29,7 +29,7 @@ from worker.errors import MisconfiguredError
 from worker.logs import get_logger
 from worker.store.db import Mirror
 from worker.store.models import utcnow
-from worker.sync.engine import ThreadOutcome
+from worker.sync.outcome import ThreadOutcome
 from worker.sync.runner import sync_threads
 
 log = get_logger()

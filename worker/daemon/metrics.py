@@ -15,7 +15,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.client import ClientEvents
-from worker.sync.engine import ThreadOutcome
+from worker.sync.outcome import ThreadOutcome
 
 PASS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 EDIT_STATES = ("pending", "conflicted", "failed")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from worker.export.source import Row, Selection, sqlite_raw_batches
+from worker.export.source import RawBatch, Row, Selection, sqlite_raw_batches
 
 DELETED_KEY = "_threadsync"
 
@@ -55,10 +55,16 @@ def write_jsonl(rows: Iterable[Row], out: IO[bytes]) -> int:
 
 
 def write_sqlite_jsonl(conn: Any, selection: Selection, out: IO[bytes]) -> int:
-    """:func:`write_jsonl` for a SQLite mirror, from a DB-API connection: the stored bytes go
-    out as they are, never decoded and encoded again (half the time of the row path)."""
+    """:func:`write_raw_jsonl` from a SQLite DB-API connection (a backup's copy)."""
+    return write_raw_jsonl(sqlite_raw_batches(conn, selection), out)
+
+
+def write_raw_jsonl(batches: Iterable[tuple[str, RawBatch]], out: IO[bytes]) -> int:
+    """:func:`write_jsonl` for a SQLite mirror (``worker.store.messages.raw_batches``): the
+    stored bytes go out as they are, never decoded and encoded again (half the time of the row
+    path)."""
     count = 0
-    for _, batch in sqlite_raw_batches(conn, selection):
+    for _, batch in batches:
         lines = [
             raw if deleted is None else deleted_line(raw, deleted) for _, raw, deleted in batch
         ]

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col
 
 from worker.errors import ConfigError, StoreError, TransientError
+from worker.store import messages
 from worker.store.db import Mirror
-from worker.store.models import Message, SyncState, TrackedThread, utcnow
-from worker.sync.apply import Incoming, load_stored, plan_page, prepare, settle, write_plan
+from worker.store.models import SyncState, TrackedThread, utcnow
+from worker.sync.plan import Incoming, prepare
+from worker.sync.writer import write_page
 
 EXTRA_KEY = "_threadsync"
 ROLES = ("user", "assistant")
@@ -186,18 +188,13 @@ def _write(mirror: Mirror, path: Path, thread_field: str, threads: dict[str, int
         for thread_id, lines in per_thread.items():
             lines.sort(key=lambda line: line.incoming.created_at)  # stable: ties keep file order
             page = [line.incoming for line in lines]
-            stored = load_stored(session, [m.id for m in page])
-            plan = plan_page(stored, page, direction="asc", ties="reverse", prev=None)
-            settle(session, plan)
-            write_plan(session, thread_id, plan, now)
-            report.added += plan.counts.added
-            report.changed += plan.counts.changed
-            report.unchanged += len(page) - plan.counts.added - plan.counts.changed
+            counts, _, _ = write_page(
+                session, thread_id, page, direction="asc", ties="reverse", prev=None, now=now
+            )
+            report.added += counts.added
+            report.changed += counts.changed
+            report.unchanged += len(page) - counts.added - counts.changed
             for line in lines:
                 if line.deleted_at is not None:
-                    session.execute(
-                        update(Message)
-                        .where(col(Message.id) == line.incoming.id)
-                        .values(deleted_at=line.deleted_at)
-                    )
+                    messages.mark_deleted(session, line.incoming.id, line.deleted_at)
     return report

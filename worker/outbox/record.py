@@ -17,10 +17,9 @@ from sqlmodel import Session, col
 from worker.outbox.merge import Conflict, as_metadata, merge3
 from worker.outbox.models import MetadataEdit
 from worker.store.db import Mirror, lock_threads
-from worker.store.models import Message, utcnow
-from worker.sync.apply import prepare
-
-_MESSAGES = Message.__table__  # type: ignore[attr-defined]
+from worker.store.models import utcnow
+from worker.sync.plan import prepare
+from worker.sync.writer import write_returned
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,20 +93,11 @@ def store_truth(mirror: Mirror, snap: Snapshot, obj: dict[str, Any], attempts: i
 
 
 def _store_truth(session: Session, snap: Snapshot, obj: dict[str, Any], attempts: int) -> None:
-    incoming = prepare(obj, snap.thread_id)
     remote = as_metadata(obj.get("metadata"))
     now = utcnow()
-    session.execute(
-        update(_MESSAGES)
-        .where(_MESSAGES.c.id == snap.message_id)
-        .values(
-            raw=incoming.raw.decode(),
-            digest=incoming.digest,  # the metadata column follows raw (migration 0003)
-            status=incoming.status,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    # Written as a sync writes a listed message (every column from the object, deleted_at
+    # cleared): the server's answer is the message as it now is.
+    write_returned(session, snap.thread_id, prepare(obj, snap.thread_id), now)
     row = session.get(MetadataEdit, snap.message_id)
     if row is None:
         return

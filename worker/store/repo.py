@@ -244,6 +244,14 @@ def tracked(session: Session, thread_ids: Sequence[str]) -> dict[str, TrackedThr
     return {row[0].thread_id: row[0] for row in rows}
 
 
+def tracked_in_order(session: Session) -> list[str]:
+    """Tracked thread ids in the order they were added."""
+    query = select(col(TrackedThread.thread_id)).order_by(
+        col(TrackedThread.added_at), col(TrackedThread.thread_id)
+    )
+    return [r[0] for r in session.execute(query)]
+
+
 def state_of(session: Session, thread_id: str) -> SyncState:
     state = session.get(SyncState, thread_id)
     if state is None:

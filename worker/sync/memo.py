@@ -10,7 +10,7 @@ body and moves on. That is most of a reconcile's work on the event loop (bench_r
 
 A walk that *wrote* records a memo too when it can prove the same verdict: once its writes are
 committed it reads the census again and judges every message it listed against it, as a full
-walk would (:meth:`~worker.sync.apply.Census.unchanged_by`); only if nothing would be written,
+walk would (:meth:`~worker.sync.census.Census.unchanged_by`); only if nothing would be written,
 and no live message is missing from its listing, is that census recorded with its pages. A
 first sync from the start proves its newest-first walk (its memo's ``order`` is ``desc``)
 against the census of exactly what it stored, computed rather than read back: if the mirror
@@ -52,7 +52,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker.logs import get_logger
 from worker.store.db import Mirror
-from worker.sync.apply import Census, Incoming, census_sig, load_census
+from worker.store.messages import census_sig
+from worker.sync.census import Census, load_census
 from worker.sync.order import (
     Place,
     TieOrder,
@@ -60,6 +61,7 @@ from worker.sync.order import (
     place_ascending,
     place_descending,
 )
+from worker.sync.plan import Incoming
 
 log = get_logger()
 
@@ -235,6 +237,32 @@ class MemoRecorder:
         return self.memo(census_sig(rows, sqlite=sqlite), limit, ties or "reverse", end=end)
 
 
+class _Keep:
+    """What a pass that leaves ``walk_memo`` as it is writes there (nothing)."""
+
+
+KEEP = _Keep()
+
+
+class MemoSlot:
+    """The thread's ``walk_memo``: the memo the pass began with, and what its closing state
+    writes there (:data:`KEEP`: nothing; None: clear it; else the new memo's text)."""
+
+    def __init__(self, text: str | None = None) -> None:
+        self.found = WalkMemo.loads(text)
+        self.out: str | _Keep | None = KEEP
+
+    def record(self, memo: WalkMemo | None) -> None:
+        self.out = None if memo is None else memo.dumps()
+
+    def keep(self) -> None:
+        self.out = KEEP
+
+    def column(self) -> dict[str, str | None]:
+        """The closing state's ``walk_memo`` column, if it writes one."""
+        return {} if isinstance(self.out, _Keep) else {"walk_memo": self.out}
+
+
 class CensusAhead:
     """The census signatures of a full run's threads that have a memo, read ahead in batches.
 
@@ -244,8 +272,8 @@ class CensusAhead:
     while the first walks' requests are already out. Reading stays at most one batch ahead of
     the walks that have begun (the runner reports each pass's end too, so it never waits for a
     walk that will not come), so a signature is at most a batch of walks old when it is taken.
-    A signature is only taken by a walk that starts from the state the run read (see the
-    engine), and a batch that cannot be read leaves its walks to read their own census.
+    A signature is only taken by a walk that starts from the state the run read (see
+    ``replay.py``), and a batch that cannot be read leaves its walks to read their own census.
     """
 
     BATCH = 16

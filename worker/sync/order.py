@@ -8,7 +8,7 @@ before it (``prev``):
 - ascending walks: a message in the same second as ``prev`` must rank above it;
 - descending walks: it must rank below it when the server's descending order is the exact reverse
   of its ascending order (``reverse``), or above it when ties keep creation order in both
-  directions (``stable``), a convention threadsync learns once from the server (see engine).
+  directions (``stable``), a convention threadsync learns once from the server (see ties.py).
 
 A stored rank that already satisfies the rule is kept, so an unchanged mirror is never rewritten;
 otherwise the message takes the nearest rank that does, and the following messages of the same

@@ -29,27 +29,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import anyio
-from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from worker.client import ApiClient, profiles
 from worker.config import format_duration
 from worker.errors import ApiError, MisconfiguredError
 from worker.logs import get_logger
+from worker.store import messages, sync_state
 from worker.store.db import Mirror
-from worker.store.models import Message, SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
+from worker.store.models import SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
 from worker.store.repo import active_thread_ids, mark_gone, tracked
-from worker.sync.apply import Counts
-from worker.sync.engine import (
-    Known,
-    ThreadOutcome,
-    ThreadPass,
-    TieConvention,
-    cause_of,
-    describe,
-    unexpected,
-)
 from worker.sync.memo import CensusAhead, WalkMemo
+from worker.sync.outcome import ThreadOutcome, cause_of, describe, unexpected
+from worker.sync.plan import Counts
+from worker.sync.thread_pass import Known, ThreadPass
+from worker.sync.ties import TieConvention
 
 log = get_logger()
 
@@ -252,10 +246,7 @@ def _saved_since(mirror: Mirror, run_id: int) -> int:
         run = session.get(SyncRun, run_id)
         if run is None:
             return 0
-        return int(
-            session.scalar(select(func.count()).where(col(Message.first_seen_at) >= run.started_at))
-            or 0
-        )
+        return messages.first_seen_since(session, run.started_at)
 
 
 # -- the run's deadline -----------------------------------------------------------------------
@@ -323,18 +314,9 @@ def _plan(
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             threads.update(tracked(session, chunk))
-            for row in session.scalars(
-                select(SyncState).where(col(SyncState.thread_id).in_(chunk))
-            ):
-                states[row.thread_id] = row
-            for thread_id, message_id in session.execute(
-                select(col(Message.thread_id), col(Message.id)).where(
-                    col(Message.thread_id).in_(chunk),
-                    col(Message.status) == "in_progress",
-                    col(Message.deleted_at).is_(None),
-                )
-            ):
-                busy.setdefault(thread_id, set()).add(message_id)
+            states.update(sync_state.of_threads(session, chunk))
+            for thread_id, found in messages.in_progress(session, chunk).items():
+                busy.setdefault(thread_id, set()).update(found)
         for thread_id in ids:
             thread, state = threads.get(thread_id), states.get(thread_id)
             if thread is None:
@@ -516,17 +498,8 @@ async def _probe(
 
 def _probe_candidates(mirror: Mirror, missing: set[str]) -> list[str]:
     with mirror.read() as session:
-        query = (
-            select(col(SyncState.thread_id))
-            .join(TrackedThread, col(TrackedThread.thread_id) == col(SyncState.thread_id))
-            .where(
-                col(TrackedThread.state) == "active",
-                col(SyncState.last_success_at).is_not(None),
-            )
-            .order_by(col(SyncState.last_success_at).desc())
-            .limit(PROBES + len(missing))
-        )
-        return [t for t in session.execute(query).scalars() if t not in missing][:PROBES]
+        succeeded = sync_state.last_succeeded(session, PROBES + len(missing))
+    return [t for t in succeeded if t not in missing][:PROBES]
 
 
 def _last_error_kinds(mirror: Mirror, thread_ids: list[str]) -> dict[str, str | None]:
@@ -534,10 +507,7 @@ def _last_error_kinds(mirror: Mirror, thread_ids: list[str]) -> dict[str, str | 
     with mirror.read() as session:
         for start in range(0, len(thread_ids), _CHUNK):
             chunk = thread_ids[start : start + _CHUNK]
-            query = select(col(SyncState.thread_id), col(SyncState.last_error_kind)).where(
-                col(SyncState.thread_id).in_(chunk)
-            )
-            out.update({row[0]: row[1] for row in session.execute(query)})
+            out.update(sync_state.error_kinds(session, chunk))
     return out
 
 
@@ -575,19 +545,14 @@ def _write_missing(
                 row.state, row.gone_at = "active", None
                 log.info("sync.thread_back", thread=thread_id)
         for outcome in missing:
-            state = session.get(SyncState, outcome.thread_id)
-            if state is None:
-                continue
-            state.last_sync_at = now
-            state.last_error = outcome.error
-            if outcome.result == "gone":
+            gone = outcome.result == "gone"
+            unconfirmed = outcome.synced_before and outcome.cause is not None
+            kind = "gone" if gone else NOT_FOUND_KIND if unconfirmed else "failed"
+            found = sync_state.close_missing(
+                session, outcome.thread_id, now=now, error=outcome.error, kind=kind, failed=not gone
+            )
+            if found and gone:
                 mark_gone(session, outcome.thread_id, now)
-                state.last_error_kind = "gone"
-                state.consecutive_failures = 0
-            else:
-                unconfirmed = outcome.synced_before and outcome.cause is not None
-                state.last_error_kind = NOT_FOUND_KIND if unconfirmed else "failed"
-                state.consecutive_failures += 1
 
 
 def _memoised(planned: _Planned, ids: list[str], page_limit: int) -> list[str]:

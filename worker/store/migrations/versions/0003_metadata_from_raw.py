@@ -49,7 +49,7 @@ BATCH = 2000
 
 
 def _new_digest(raw: str) -> str:
-    """As ``worker.sync.apply.digest_of`` of the bytes the sync makes of this object."""
+    """As ``worker.sync.plan.digest_of`` of the bytes the sync makes of this object."""
     try:
         data = orjson.dumps(orjson.loads(raw))
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # kept as received; hash it as is

@@ -1,4 +1,5 @@
-"""The page reads the sync plans with: what is stored of a page, and what a full walk missed.
+"""The statements on ``message`` the sync plans and writes with (``worker/store/messages.py``):
+what is stored of a page, what a full walk missed, inserts, updates and the census.
 
 On SQLite both come back as one JSON array aggregated by SQLite (one GIL hand-off per read instead
 of one per row), or row by row where the linked SQLite has no JSON functions; every form must read
@@ -16,20 +17,14 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
+from worker.store import messages, sync_state
 from worker.store.db import Mirror
+from worker.store.messages import Incoming, Stored, load_stored, tombstone, unlisted
 from worker.store.models import SyncState
 from worker.store.repo import add_threads
-from worker.sync import apply
-from worker.sync.apply import (
-    Census,
-    Plan,
-    Stored,
-    load_stored,
-    prepare,
-    tombstone,
-    unlisted,
-    write_plan,
-)
+from worker.sync.census import Census, load_census
+from worker.sync.plan import Counts, Plan, plan_new, prepare
+from worker.sync.writer import write_page
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 THREAD = "thread_apply"
@@ -52,8 +47,8 @@ def read_form(
     if request.param == "rows":
         if not mirror_url.startswith("sqlite"):
             pytest.skip("the row-by-row form is SQLite's")
-        monkeypatch.setattr(apply, "_SQLITE_JSON", False)
-    elif not apply._SQLITE_JSON:
+        monkeypatch.setattr(messages, "SQLITE_JSON", False)
+    elif not messages.SQLITE_JSON:
         pytest.skip("the linked SQLite has no JSON functions")
     return str(request.param)
 
@@ -65,7 +60,7 @@ def _seed(mirror: Mirror) -> dict[str, str]:
         obj = {"id": mid, "created_at": 1_700_000_000 + i, "role": "user", "metadata": {"i": i}}
         plan.inserts.append((prepare(obj, THREAD), rank))
     with mirror.write() as session:
-        write_plan(session, THREAD, plan, NOW)
+        messages.write(session, THREAD, plan.inserts, plan.updates, NOW)
         tombstone(session, [IDS[1]], NOW)
     return {m.id: m.digest for m, _ in plan.inserts}
 
@@ -113,7 +108,7 @@ def test_inserts_split_to_what_sqlite_binds_at_once(tmp_path: Path) -> None:
             assert driver is not None
             # Two rows' worth of variables per statement: 7 rows take four statements.
             driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 2 * 14 + 5)
-            write_plan(session, THREAD, plan, NOW)
+            messages.write(session, THREAD, plan.inserts, plan.updates, NOW)
         with mirror.read() as session:
             stored = load_stored(session, [str(obj["id"]) for obj in objs])
             raws = dict(session.execute(text("SELECT id, raw FROM message")).all())
@@ -124,7 +119,7 @@ def test_inserts_split_to_what_sqlite_binds_at_once(tmp_path: Path) -> None:
     assert raws == {obj["id"]: orjson.dumps(obj).decode() for obj in objs}
 
 
-def _page(n: int, *, start: int = 0, meta: dict[str, str] | None = None) -> list[apply.Incoming]:
+def _page(n: int, *, start: int = 0, meta: dict[str, str] | None = None) -> list[Incoming]:
     return [
         prepare(
             {"id": f"msg_new_{i:03d}", "created_at": 1_700_000_000 + i, "role": "user",
@@ -151,11 +146,11 @@ def test_a_new_page_is_inserted_without_reading_first(tmp_path: Path) -> None:
         page = _page(5, meta={"k": "välue \U0001d518"})
         with mirror.write() as session:
             seen = _statements(session)
-            new = apply.plan_new(THREAD, page, direction="desc", ties="stable", prev=None, now=NOW)
+            new = plan_new(THREAD, page, direction="desc", ties="stable", prev=None, now=NOW)
             assert new is not None
-            done = apply.insert_new(session, new)
-        assert done is not None
-        counts, last = done
+            done = messages.insert_new(session, new.rows)
+        assert done
+        counts, last = new.counts, new.last
         assert counts.added == 5
         assert last is not None
         assert last.created_at == page[-1].created_at
@@ -178,13 +173,13 @@ def test_a_page_holding_a_stored_message_falls_back_and_writes_nothing(mirror: M
     statement fails whole; PostgreSQL never tries it), and the ordinary apply counts right."""
     page = _page(4)
     with mirror.write() as session:
-        write_plan(session, THREAD, Plan(inserts=[(page[2], 0)]), NOW)
+        messages.write(session, THREAD, [(page[2], 0)], [], NOW)
     with mirror.write() as session:
-        new = apply.plan_new(THREAD, page, direction="asc", ties="stable", prev=None, now=NOW)
+        new = plan_new(THREAD, page, direction="asc", ties="stable", prev=None, now=NOW)
         assert new is not None
-        assert apply.insert_new(session, new) is None
+        assert not messages.insert_new(session, new.rows)
         assert session.execute(text("SELECT count(*) FROM message")).scalar_one() == 1
-        counts, _ = apply.apply_page(
+        counts, _, _ = write_page(
             session, THREAD, page, direction="asc", ties="stable", prev=None, now=NOW
         )
     assert (counts.added, counts.changed) == (3, 0)
@@ -195,11 +190,11 @@ def test_a_page_holding_a_stored_message_falls_back_and_writes_nothing(mirror: M
 def test_a_cursor_advance_moves_only_what_it_names(mirror: Mirror) -> None:
     with mirror.write() as session:
         add_threads(session, [THREAD])  # with its empty sync state
-        apply.advance_cursor(session, THREAD, {"initial_after": "msg_a", "high_water_id": "msg_z"})
+        sync_state.advance(session, THREAD, {"initial_after": "msg_a", "high_water_id": "msg_z"})
     when = datetime(2026, 11, 29, 5, 6, 7, 891011, tzinfo=UTC)
     with mirror.write() as session:
-        apply.advance_cursor(session, THREAD, {"initial_done": True, "last_full_at": when})
-        apply.advance_cursor(session, THREAD, {"initial_after": None})
+        sync_state.advance(session, THREAD, {"initial_done": True, "last_full_at": when})
+        sync_state.advance(session, THREAD, {"initial_after": None})
     with mirror.read() as session:
         state = session.get(SyncState, THREAD)
         assert state is not None
@@ -209,7 +204,7 @@ def test_a_cursor_advance_moves_only_what_it_names(mirror: Mirror) -> None:
         assert state.last_full_at is not None
         assert state.last_full_at.replace(tzinfo=UTC) == when
     with mirror.write() as session, pytest.raises(ValueError, match="pages"):
-        apply.advance_cursor(session, THREAD, {"pages": 0})
+        sync_state.advance(session, THREAD, {"pages": 0})
 
 
 def test_raw_is_stored_as_text_by_inserts_and_updates(tmp_path: Path) -> None:
@@ -218,9 +213,9 @@ def test_raw_is_stored_as_text_by_inserts_and_updates(tmp_path: Path) -> None:
     try:
         first, edited = _page(1)[0], _page(1, meta={"k": "v"})[0]
         with mirror.write() as session:
-            write_plan(session, THREAD, Plan(inserts=[(first, 0)]), NOW)
+            messages.write(session, THREAD, [(first, 0)], [], NOW)
         with mirror.write() as session:
-            write_plan(session, THREAD, Plan(updates=[(edited, 0)]), NOW)
+            messages.write(session, THREAD, [], [(edited, 0)], NOW)
         with mirror.read() as session:
             row = session.execute(
                 text("SELECT typeof(raw), raw, json_extract(raw, '$.metadata.k') FROM message")
@@ -238,14 +233,14 @@ def test_the_same_object_with_its_keys_reordered_is_not_a_change(
     obj = {"id": "msg_k", "created_at": 1_700_000_000, "role": "user", "metadata": {"a": "1"}}
     with mirror.write() as session:
         add_threads(session, [THREAD])
-        apply.apply_page(
+        write_page(
             session, THREAD, [prepare(obj, THREAD)], direction="asc", ties="reverse",
             prev=None, now=NOW,
         )  # fmt: skip
 
-    def again(listed: dict[str, object]) -> tuple[apply.Counts, str]:
+    def again(listed: dict[str, object]) -> tuple[Counts, str]:
         with mirror.write() as session:
-            counts, _ = apply.apply_page(
+            counts, _, _ = write_page(
                 session, THREAD, [prepare(listed, THREAD)], direction="asc", ties="reverse",
                 prev=None, now=NOW,
             )  # fmt: skip
@@ -293,8 +288,8 @@ def test_a_census_computed_from_rows_signs_as_the_mirror_reads_it(
     serves), whichever way the backend hands the census over."""
     _seed(mirror)
     with mirror.read() as session:
-        read = apply.load_census(session, THREAD)
+        read = load_census(session, THREAD)
     assert read is not None
     rows = sorted(read.stored.values(), key=lambda r: (r.created_at, r.rank, r.id))
-    assert apply.census_sig(rows, sqlite=mirror.is_sqlite) == read.sig, read_form
-    assert apply.census_sig(rows[1:], sqlite=mirror.is_sqlite) != read.sig
+    assert messages.census_sig(rows, sqlite=mirror.is_sqlite) == read.sig, read_form
+    assert messages.census_sig(rows[1:], sqlite=mirror.is_sqlite) != read.sig

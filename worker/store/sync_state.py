@@ -1,0 +1,112 @@
+"""Every statement on the ``sync_state`` table: a thread's cursor and the outcome of its passes.
+
+A pass writes its thread's row twice at most: each page's cursor advance (in the page's
+transaction) and one closing UPDATE. Both go straight to the driver on SQLite: through the ORM an
+advance cost about 0.2 ms of the single writer's time per page, through the driver 4 us, and a
+run writes one closing UPDATE per thread (through SQLAlchemy ~1 ms of the event loop each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlmodel import Session, col
+
+from worker.store.messages import driver_of, is_sqlite, sqlite_time
+from worker.store.models import SyncState, TrackedThread
+
+_TABLE = SyncState.__table__  # type: ignore[attr-defined]
+CURSOR = ("initial_done", "initial_after", "high_water_id", "last_full_at")
+
+# -- the statements ----------------------------------------------------------------------------
+
+ADVANCE_SQL = "UPDATE sync_state SET pages = pages + 1{sets} WHERE thread_id = ?"
+CLOSE_SQL = "UPDATE sync_state SET {clauses} WHERE thread_id = ?"
+ERROR_KINDS_SELECT = select(col(SyncState.thread_id), col(SyncState.last_error_kind))
+SUCCEEDED_SELECT = (
+    select(col(SyncState.thread_id))
+    .join(TrackedThread, col(TrackedThread.thread_id) == col(SyncState.thread_id))
+    .where(col(TrackedThread.state) == "active", col(SyncState.last_success_at).is_not(None))
+    .order_by(col(SyncState.last_success_at).desc())
+)
+
+
+def get(session: Session, thread_id: str) -> SyncState | None:
+    return session.get(SyncState, thread_id)
+
+
+def ensure(session: Session, thread_id: str) -> SyncState:
+    """The thread's row, created with the model's defaults if it has none."""
+    state = session.get(SyncState, thread_id)
+    if state is None:
+        state = SyncState(thread_id=thread_id)
+        session.add(state)
+    return state
+
+
+def of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str, SyncState]:
+    query = select(SyncState).where(col(SyncState.thread_id).in_(list(thread_ids)))
+    return {row.thread_id: row for row in session.scalars(query)}
+
+
+def error_kinds(session: Session, thread_ids: Sequence[str]) -> dict[str, str | None]:
+    query = ERROR_KINDS_SELECT.where(col(SyncState.thread_id).in_(list(thread_ids)))
+    return {row[0]: row[1] for row in session.execute(query)}
+
+
+def last_succeeded(session: Session, limit: int) -> list[str]:
+    """Active threads, most recently synced first."""
+    return list(session.execute(SUCCEEDED_SELECT.limit(limit)).scalars())
+
+
+def advance(session: Session, thread_id: str, moved: dict[str, Any]) -> None:
+    """A page's advance: one UPDATE of the page count and the cursor columns that moved."""
+    unknown = set(moved) - set(CURSOR)
+    if unknown:
+        raise ValueError(f"not cursor columns: {sorted(unknown)}")
+    if is_sqlite(session):
+        names = [name for name in CURSOR if name in moved]
+        values = [sqlite_time(v) if isinstance(v := moved[name], datetime) else v for name in names]
+        sets = "".join(f", {name} = ?" for name in names)
+        driver_of(session).execute(ADVANCE_SQL.format(sets=sets), [*values, thread_id])
+        return
+    session.connection().execute(
+        update(_TABLE)
+        .where(_TABLE.c.thread_id == thread_id)
+        .values(pages=_TABLE.c.pages + 1, **moved)
+    )
+
+
+def close(session: Session, thread_id: str, sets: dict[str, Any], adds: dict[str, int]) -> None:
+    """A pass's closing state: one UPDATE setting ``sets`` and adding ``adds``."""
+    names = set(sets) | set(adds)
+    unknown = names - set(SyncState.model_fields)
+    if unknown or "thread_id" in names:
+        raise ValueError(f"not sync_state columns to close with: {sorted(unknown)}")
+    if is_sqlite(session):
+        clauses = [f"{name} = ?" for name in sets] + [f"{name} = {name} + ?" for name in adds]
+        values = [sqlite_time(v) if isinstance(v, datetime) else v for v in sets.values()]
+        driver_of(session).execute(
+            CLOSE_SQL.format(clauses=", ".join(clauses)), [*values, *adds.values(), thread_id]
+        )
+        return
+    values_pg: dict[str, Any] = dict(sets)
+    values_pg.update({name: _TABLE.c[name] + n for name, n in adds.items()})
+    session.connection().execute(
+        update(_TABLE).where(_TABLE.c.thread_id == thread_id).values(**values_pg)
+    )
+
+
+def close_missing(
+    session: Session, thread_id: str, *, now: datetime, error: str | None, kind: str, failed: bool
+) -> bool:
+    """A 404's closing state, as the run decided it (``kind``); whether the thread has a row."""
+    state = session.get(SyncState, thread_id)
+    if state is None:
+        return False
+    state.last_sync_at, state.last_error, state.last_error_kind = now, error, kind
+    state.consecutive_failures = state.consecutive_failures + 1 if failed else 0
+    return True
