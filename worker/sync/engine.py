@@ -39,6 +39,7 @@ from sqlmodel import Session, col
 
 from worker.client import ApiClient, MessagePage
 from worker.client.models import Listed, message_page
+from worker.daemon.fence import Fence, LeaseLost
 from worker.errors import (
     ApiError,
     AuthError,
@@ -427,8 +428,10 @@ class ThreadPass:
         now: Callable[[], datetime] = utcnow,
         known: Known | None = None,
         censuses: CensusAhead | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.client = client
+        self.fence = fence  # replicas: every write checks the lease (worker/daemon/fence.py)
         self.mirror = mirror
         self.thread_id = thread_id
         self.ties = ties
@@ -456,6 +459,8 @@ class ThreadPass:
         started = time.monotonic()
         try:
             await self._run(full)
+        except LeaseLost as exc:  # another replica has the thread now: it writes, not us
+            self._fail("lost", exc)
         except Exception as exc:
             # Not one of the failures the walks expect (a write the database refused, a bug):
             # still this thread's failure alone, recorded and shown by `status`; the other
@@ -842,6 +847,8 @@ class ThreadPass:
 
                 def gone(mid: str = message_id, now: datetime = now) -> int:
                     with self.mirror.write() as session:
+                        if self.fence is not None:
+                            self.fence.guard(session, self.thread_id)
                         return tombstone(session, [mid], now)
 
                 deleted = await self.mirror.run_write(gone)
@@ -857,6 +864,7 @@ class ThreadPass:
     async def _list(
         self, *, order: Literal["asc", "desc"], after: str | None = None, limit: int | None = None
     ) -> MessagePage:
+        self._ensure()
         self.outcome.requests += 1
         page = await self.client.list_messages(
             self.thread_id, limit=limit or self.limit, order=order, after=after
@@ -867,6 +875,7 @@ class ThreadPass:
     async def _list_unless(
         self, *, order: Literal["asc", "desc"], after: str | None, unless: bytes | None
     ) -> Listed:
+        self._ensure()
         self.outcome.requests += 1
         listed = await self.client.list_messages_unless(
             self.thread_id, unless, limit=self.limit, order=order, after=after
@@ -875,6 +884,7 @@ class ThreadPass:
         return listed
 
     async def _get(self, message_id: str) -> dict[str, Any]:
+        self._ensure()
         self.outcome.requests += 1
         message = await self.client.get_message(self.thread_id, message_id)
         self.outcome.answered = True
@@ -886,6 +896,11 @@ class ThreadPass:
         except NotFoundError:
             return False
         return True
+
+    def _ensure(self) -> None:
+        """Replicas: no request once the lease is known lost or no longer trusted."""
+        if self.fence is not None:
+            self.fence.ensure(self.thread_id)
 
     def _prepare(self, page: MessagePage) -> list[Incoming]:
         return [prepare(obj, self.thread_id) for obj in page.data]
@@ -982,6 +997,8 @@ class ThreadPass:
             )
 
         def work(session: Session) -> tuple[Counts, Place | None, list[str]]:
+            if self.fence is not None:  # fencing hook 1: the page's write transaction
+                self.fence.guard(session, self.thread_id)
             stored = insert_new(session, fresh) if fresh is not None else None
             gone: list[str] = []
             if stored is not None:
@@ -1151,9 +1168,14 @@ class ThreadPass:
             )
         thread_id = self.thread_id
 
+        fence = self.fence
+
         # One UPDATE, no read: the pass created the state row when it began (see _state).
         def write(session: Session) -> None:
-            close_state(session, thread_id, sets, adds)
+            # Fencing hook 2, the closing write: a lost lease's pass leaves the state to the new
+            # holder (not raised: nobody waits for this piece).
+            if fence is None or fence.holds(session, thread_id):
+                close_state(session, thread_id, sets, adds)
 
         # Not waited for: it rides with another pass's next page, or with the run's final flush.
         # One statement, so on SQLite it needs no savepoint: it fails whole or not at all.

@@ -34,6 +34,7 @@ from sqlmodel import Session, col
 
 from worker.client import ApiClient, profiles
 from worker.config import format_duration
+from worker.daemon.fence import Fence
 from worker.errors import ApiError, MisconfiguredError
 from worker.logs import get_logger
 from worker.store.db import Mirror
@@ -114,10 +115,14 @@ async def sync_threads(
     on_run_started: Callable[[RunReport, int], None] | None = None,
     deadline: float | None = None,
     gone_recheck: float = GONE_RECHECK,
+    fence: Fence | None = None,
 ) -> RunReport:
     """Sync ``thread_ids`` (default: every active tracked thread, and the gone ones due for a
     re-check) and record the run. Raises :class:`MisconfiguredError`, having marked nothing, when
     the answers point at the configuration (see the module's docstring).
+
+    ``fence``: replicas mode, the leases the dispatcher claimed these threads under; every write
+    of a pass checks its lease (see ``worker/daemon/fence.py``).
 
     ``deadline``: seconds the run may take from here. Threads not begun by then are reported
     ``not reached``, passes still running are stopped and reported ``stopped``; both count as
@@ -162,6 +167,7 @@ async def sync_threads(
                         now=now,
                         known=known,
                         censuses=censuses,
+                        fence=fence,
                     )
                     outcome = await run_until(one_pass, full, stop_at, deadline)
             except Exception as exc:  # the pass records its own failures: this is the last net
