@@ -1,0 +1,234 @@
+"""Replicas mode, in-process on PostgreSQL: the claim, the fence, renewal, job slots, the lock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import create_engine, text
+
+from worker.config import DaemonSettings, Settings
+from worker.daemon.due import claim_leases, release
+from worker.daemon.fence import Fence, LeaseLost, check_lease
+from worker.daemon.lifecycle import run_daemon
+from worker.daemon.lock import daemon_lock
+from worker.daemon.metrics import DaemonMetrics
+from worker.daemon.replicas import Replica, new_replica_id
+from worker.daemon.slots import claim_slot
+from worker.errors import ConfigError
+from worker.store.db import Mirror
+from worker.store.models import MirrorMeta, TrackedThread
+from worker.store.repo import add_threads
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+IDS = [f"thread_{i:02d}" for i in range(6)]
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[Mirror]:
+    mirror = Mirror(pg_url)
+    with mirror.write() as session:
+        add_threads(session, IDS)
+    yield mirror
+    mirror.dispose()
+
+
+def claim(mirror: Mirror, owner: str, limit: int = 100, lease: float = 60.0) -> dict[str, int]:
+    with mirror.write() as session:
+        return claim_leases(
+            session, now=NOW, owner=owner, lease=lease, limit=limit, fenced=True
+        ).epochs
+
+
+def expire(mirror: Mirror, ids: list[str]) -> None:
+    """What the database clock does to an unrenewed lease after its TTL."""
+    with mirror.write() as session:
+        session.execute(
+            text(
+                "UPDATE tracked_thread SET lease_until = now() - interval '1 second'"
+                " WHERE thread_id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        )
+
+
+def test_replica_ids_are_unique_per_start_even_with_the_same_host_and_pid() -> None:
+    ids = {new_replica_id("box", 1) for _ in range(50)}
+    assert len(ids) == 50
+    assert all(i.startswith("box:1:") for i in ids)
+
+
+def test_one_statement_claims_with_owner_db_clock_expiry_and_a_new_epoch(pg: Mirror) -> None:
+    first = claim(pg, "a", limit=4)
+    assert list(first) == IDS[:4]
+    assert set(first.values()) == {1}
+    with pg.read() as session:
+        rows = session.execute(
+            text(
+                "SELECT thread_id, lease_owner, extract(epoch FROM lease_until - now())"
+                " FROM tracked_thread WHERE lease_owner IS NOT NULL"
+            )
+        ).all()
+    assert {r[0] for r in rows} == set(IDS[:4])
+    # NOW (the app's clock, 2025) is ignored for the lease: it runs from the database's now().
+    assert all(r[1] == "a" and 50 < float(r[2]) <= 60 for r in rows)
+    assert claim(pg, "b") == dict.fromkeys(IDS[4:], 1)  # held leases are skipped
+    expire(pg, IDS[:2])
+    with pg.write() as session:
+        taken = claim_leases(session, now=NOW, owner="b", lease=60.0, limit=100, fenced=True)
+    assert taken.epochs == dict.fromkeys(IDS[:2], 2)
+    assert taken.taken_over == 2
+
+
+def test_skip_locked_claims_are_disjoint_while_a_claim_is_open(pg: Mirror) -> None:
+    with pg.write() as first:
+        mine = claim_leases(first, now=NOW, owner="a", lease=60, limit=3, fenced=True).epochs
+        theirs = claim(pg, "b")  # another transaction, while the first is still open
+    assert set(mine).isdisjoint(theirs)
+    assert set(mine) | set(theirs) == set(IDS)
+
+
+def test_fence_rejects_every_write_after_the_lease_was_lost(pg: Mirror) -> None:
+    epochs = claim(pg, "a", limit=1)
+    thread = IDS[0]
+    with pg.write() as session:
+        check_lease(session, thread, "a", epochs[thread], 60.0)  # held: passes, extends
+    expire(pg, [thread])
+    assert claim(pg, "b", limit=1) == {thread: 2}  # taken over
+    fence = Fence("a", 60.0, epochs, trusted_until=float("inf"))
+
+    def write_after_loss() -> None:
+        with pg.write() as session:
+            session.add(MirrorMeta(key="written.after.loss", value="x"))
+            session.flush()
+            fence.guard(session, thread)
+
+    with pytest.raises(LeaseLost):
+        write_after_loss()
+    with pg.read() as session:
+        assert session.get(MirrorMeta, "written.after.loss") is None  # rolled back
+    assert fence.lost == {thread}
+    with pytest.raises(LeaseLost):
+        fence.ensure(thread)  # and no further request is sent for it
+    with pg.write() as session:
+        assert not fence.holds(session, thread)
+        assert release(session, [thread], "a", epochs) == 0  # b's lease stays b's
+    with pg.read() as session:
+        row = session.get(TrackedThread, thread)
+        assert row is not None
+        assert row.lease_owner == "b"
+
+
+def test_an_untrusted_fence_refuses_requests_before_the_database_says_so(pg: Mirror) -> None:
+    epochs = claim(pg, "a", limit=1)
+    now = [100.0]
+    fence = Fence("a", 60.0, epochs, trusted_until=150.0, clock=lambda: now[0])
+    fence.ensure(IDS[0])
+    now[0] = 150.0  # renewals failed (or the process was paused) past the trust window
+    with pytest.raises(LeaseLost):
+        fence.ensure(IDS[0])
+
+
+def test_bulk_renewal_keeps_held_leases_and_reports_taken_over_ones(pg: Mirror) -> None:
+    metrics = DaemonMetrics()
+    replica = Replica(pg, ttl=30.0, metrics=metrics, replica_id="r1")
+    replica.register()
+    with pg.write() as session:
+        fence = replica.claim(session, now=NOW, limit=3, due_only=True, after=None)
+    replica.track(fence)
+    expire(pg, [IDS[0], IDS[1]])
+    claim(pg, "other", limit=1)  # takes IDS[0] over
+    replica.renew()
+    assert fence.lost == {IDS[0]}
+    assert set(fence.held()) == {IDS[1], IDS[2]}
+    with pg.read() as session:
+        left = session.execute(
+            text(
+                "SELECT thread_id FROM tracked_thread WHERE lease_owner = 'r1'"
+                " AND lease_until > now() + interval '25 seconds'"
+            )
+        ).scalars()
+        assert set(left) == {IDS[1], IDS[2]}  # IDS[1] expired but nobody took it: renewed
+    text_metrics = metrics.render().decode()
+    assert "threadsync_leases_lost_total 1.0" in text_metrics
+    assert "threadsync_lease_renewals_total 1.0" in text_metrics
+    assert "threadsync_lease_claims_total 3.0" in text_metrics
+    assert "threadsync_leases_held 2.0" in text_metrics
+    replica.deregister()
+    with pg.read() as session:
+        owners = session.execute(
+            text("SELECT count(*) FROM tracked_thread WHERE lease_owner = 'r1'")
+        )
+        assert owners.scalar_one() == 0
+        assert session.execute(text("SELECT count(*) FROM daemon_replica")).scalar_one() == 0
+
+
+def test_a_job_slot_runs_once_and_an_orphaned_slot_is_resumed_not_skipped(pg: Mirror) -> None:
+    with pg.write() as session:
+        first = claim_slot(session, "push", "a", 3600.0, 60.0)
+    assert first is not None
+    epoch, slot = first
+    with pg.write() as session:
+        assert claim_slot(session, "push", "b", 3600.0, 60.0) is None  # a holds it
+    # a dies: its lease expires unfinished; b resumes that very slot
+    with pg.write() as session:
+        session.execute(text("UPDATE job_slot SET lease_until = now() - interval '1 second'"))
+    with pg.write() as session:
+        resumed = claim_slot(session, "push", "b", 3600.0, 60.0)
+    assert resumed == (epoch + 1, slot)
+    done = text(
+        "UPDATE job_slot SET slot_done_at = now(), lease_owner = NULL, lease_until = NULL"
+        " WHERE name = 'push' AND lease_owner = :o AND lease_epoch = :e"
+    )
+    with pg.write() as session:  # a comes back: its end is fenced out
+        assert session.connection().execute(done, {"o": "a", "e": epoch}).rowcount == 0
+    with pg.write() as session:
+        assert session.connection().execute(done, {"o": "b", "e": epoch + 1}).rowcount == 1
+    with pg.write() as session:
+        assert claim_slot(session, "push", "c", 3600.0, 60.0) is None  # this slot is done
+
+
+def test_replicas_mode_is_refused_on_sqlite_before_a_file_is_made(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.db"
+    settings = Settings(database_url=f"sqlite:///{db}", daemon=DaemonSettings(mode="replicas"))
+    with pytest.raises(ConfigError, match=r"daemon.mode = replicas needs a PostgreSQL mirror"):
+        anyio.run(run_daemon, settings)
+    assert not db.exists()
+
+
+def test_single_mode_lock_lost_with_its_session_is_taken_again_or_reported(
+    pg: Mirror, pg_url: str
+) -> None:
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with daemon_lock(pg) as watch:
+        assert watch.check() is None
+        assert watch.conn is not None
+        pid = watch.conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.connect() as conn:  # what a PostgreSQL restart does to the session
+            conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        assert watch.check() is None  # noticed and taken again on a new session
+        assert watch.conn is not None
+        new_pid = watch.conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert new_pid != pid
+        other = Mirror(pg_url)
+        try:
+            with admin.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": new_pid})
+            with daemon_lock(other):  # another daemon got the lock in between
+                problem = watch.check()
+                assert problem is not None
+                assert "lost and cannot be taken again" in problem
+        finally:
+            other.dispose()
+    admin.dispose()
+
+
+def test_a_single_daemon_claim_leaves_epochs_alone(pg: Mirror) -> None:
+    with pg.write() as session:
+        assert list(claim_leases(session, now=NOW, owner="solo", lease=900.0, limit=2).epochs)
+    with pg.read() as session:
+        epochs = session.execute(text("SELECT DISTINCT lease_epoch FROM tracked_thread")).scalars()
+        assert list(epochs) == [0]
