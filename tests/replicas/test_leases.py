@@ -18,13 +18,16 @@ from worker.daemon.lock import daemon_lock
 from worker.daemon.metrics import DaemonMetrics
 from worker.daemon.replicas import Replica, new_replica_id
 from worker.daemon.slots import claim_slot
+from worker.emulator import Emulator
 from worker.errors import ConfigError
 from worker.store.db import Mirror
 from worker.store.models import MirrorMeta, TrackedThread
 from worker.store.repo import add_threads
+from worker.sync.runner import sync_threads
+from worker.testing import emulated_client
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-IDS = [f"thread_{i:02d}" for i in range(6)]
+IDS = [f"thread_{i:02d}" for i in range(6)]  # ids sort before the emulator's
 
 
 @pytest.fixture
@@ -232,3 +235,30 @@ def test_a_single_daemon_claim_leaves_epochs_alone(pg: Mirror) -> None:
     with pg.read() as session:
         epochs = session.execute(text("SELECT DISTINCT lease_epoch FROM tracked_thread")).scalars()
         assert list(epochs) == [0]
+
+
+@pytest.mark.anyio
+async def test_a_pass_under_a_lost_lease_writes_nothing_and_reports_lost(pg: Mirror) -> None:
+    emulator = Emulator(seed=5)
+    threads = emulator.seed(seed=5, threads=2, messages=30)
+    with pg.write() as session:
+        add_threads(session, threads)
+    epochs = claim(pg, "a")
+    expire(pg, [threads[0]])
+    claim(pg, "b")  # threads[0] is b's now; threads[1] stays a's
+    fence = Fence("a", 60.0, {t: epochs[t] for t in threads}, trusted_until=float("inf"))
+    async with emulated_client(emulator) as client:
+        report = await sync_threads(client, pg, thread_ids=threads, page_limit=10, fence=fence)
+    results = {o.thread_id: o.result for o in report.outcomes}
+    assert results == {threads[0]: "lost", threads[1]: "synced"}
+    with pg.read() as session:
+        stored = dict(
+            session.execute(
+                text("SELECT thread_id, count(*) FROM message GROUP BY thread_id")
+            ).all()
+        )
+        closed = session.execute(
+            text("SELECT last_sync_at FROM sync_state WHERE thread_id = :t"), {"t": threads[0]}
+        ).scalar_one_or_none()
+    assert stored == {threads[1]: 30}  # not one page of the lost thread
+    assert closed is None  # nor its closing state: b writes that
