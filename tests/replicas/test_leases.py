@@ -7,9 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
 
+from worker.cli.app import app
 from worker.config import DaemonSettings, Settings
 from worker.daemon.due import claim_leases, release
 from worker.daemon.fence import Fence, LeaseLost, check_lease
@@ -262,3 +265,20 @@ async def test_a_pass_under_a_lost_lease_writes_nothing_and_reports_lost(pg: Mir
         ).scalar_one_or_none()
     assert stored == {threads[1]: 30}  # not one page of the lost thread
     assert closed is None  # nor its closing state: b writes that
+
+
+def test_status_shows_which_replica_holds_which_thread(pg: Mirror) -> None:
+    replica = Replica(pg, ttl=60.0, replica_id="host:1:feedbeef")
+    replica.register()
+    with pg.write() as session:
+        fence = replica.claim(session, now=NOW, limit=2, due_only=True, after=None)
+    result = CliRunner().invoke(app, ["--database-url", pg.safe_url, "status", "--json"])
+    assert result.exit_code == 0, result.output
+    held = {
+        row["thread_id"]: row["held_by"]
+        for row in (orjson.loads(line) for line in result.stdout.splitlines())
+    }
+    assert held == {t: ("host:1:feedbeef" if t in fence.epochs else None) for t in IDS}
+    table = CliRunner().invoke(app, ["--database-url", pg.safe_url, "status"])
+    assert "held by" in table.stdout
+    assert "replica host:1:feedbeef: 2 threads held" in table.stdout

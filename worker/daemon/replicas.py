@@ -315,15 +315,37 @@ def renew_jobs(session: Session, owner: str, jobs: list[tuple[str, int]], ttl: f
     return {row[0] for row in rows}
 
 
-def holders(session: Session) -> dict[str, tuple[str, bool]]:
-    """For `status`: each live replica's id -> (heartbeat age text, draining)."""
-    out: dict[str, tuple[str, bool]] = {}
-    for row in session.execute(
+def lease_holders(session: Session) -> dict[str, str]:
+    """For `status`: thread -> the registered replica holding its lease now."""
+    rows = session.execute(
+        select(col(TrackedThread.thread_id), col(TrackedThread.lease_owner)).join(
+            DaemonReplica, col(DaemonReplica.replica_id) == col(TrackedThread.lease_owner)
+        )
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    replica_id: str
+    heartbeat_at: datetime
+    draining: bool
+    threads: int
+
+
+def replica_rows(session: Session) -> list[ReplicaRow]:
+    """For `status`: every registered replica, its last heartbeat and how many threads it holds."""
+    held = (
+        select(func.count())
+        .where(col(TrackedThread.lease_owner) == col(DaemonReplica.replica_id))
+        .scalar_subquery()
+    )
+    rows = session.execute(
         select(
             col(DaemonReplica.replica_id),
-            func.extract("epoch", func.now() - col(DaemonReplica.heartbeat_at)),
+            col(DaemonReplica.heartbeat_at),
             col(DaemonReplica.draining),
-        )
-    ):
-        out[row[0]] = (f"{float(row[1]):.0f} s", bool(row[2]))
-    return out
+            held,
+        ).order_by(col(DaemonReplica.replica_id))
+    )
+    return [ReplicaRow(r[0], r[1], bool(r[2]), int(r[3])) for r in rows]
