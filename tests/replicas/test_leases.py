@@ -282,3 +282,26 @@ def test_status_shows_which_replica_holds_which_thread(pg: Mirror) -> None:
     table = CliRunner().invoke(app, ["--database-url", pg.safe_url, "status"])
     assert "held by" in table.stdout
     assert "replica host:1:feedbeef: 2 threads held" in table.stdout
+
+
+def test_a_new_slot_after_a_finished_one_can_be_orphaned_and_resumed(pg: Mirror) -> None:
+    """The second slot's claim clears the first's end, so its own death is noticed."""
+    with pg.write() as session:
+        session.execute(
+            text(
+                "INSERT INTO job_slot (name, lease_epoch, slot, slot_done_at)"
+                " VALUES ('history', 4, now() - interval '2 hours', now() - interval '2 hours')"
+            )
+        )
+    with pg.write() as session:
+        claimed = claim_slot(session, "history", "a", 3600.0, 60.0)
+    assert claimed is not None
+    with pg.write() as session:
+        session.execute(text("UPDATE job_slot SET lease_until = now() - interval '1 second'"))
+    with pg.read() as session:
+        orphans = session.execute(
+            text("SELECT name FROM job_slot WHERE slot_done_at IS NULL")
+        ).scalars()
+        assert list(orphans) == ["history"]
+    with pg.write() as session:
+        assert claim_slot(session, "history", "b", 3600.0, 60.0) == (claimed[0] + 1, claimed[1])

@@ -86,6 +86,10 @@ class Dispatcher:
         self.lease = max(900.0, 4 * d.sync_interval)
         # Replicas mode: leases of lease_ttl on the database clock, renewed, fenced.
         self.replica = replica
+        if replica is not None:
+            # Claim what this replica can sync at once, not a whole backlog: the other
+            # replicas' claims take the rest (Oban's demand = limit - running).
+            self.batch = min(batch, 2 * settings.sync.concurrency)
         # The dispatcher and the reconcile never pass over the mirror at the same time.
         self.gate = anyio.Lock()
         self.last_run_started: float | None = None
@@ -111,10 +115,21 @@ class Dispatcher:
             return BatchResult()
         async with self.gate:
             result = await self._batch(full=False, after=None)
+            # Replicas: small batches back to back while there is a backlog.
+            while self._more(result):
+                result = await self._batch(full=False, after=None)
         self.last_run_finished = time.monotonic()
         if result.claimed and self.metrics is not None:
             self.metrics.dispatches.inc()
         return result
+
+    def _more(self, result: BatchResult) -> bool:
+        return (
+            self.replica is not None
+            and not self.replica.draining
+            and result.problem is None
+            and result.claimed >= self.batch
+        )
 
     async def reconcile(self) -> BatchResult:
         """A full pass over every active thread, batch by batch (waits for a running dispatch)."""

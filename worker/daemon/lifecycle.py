@@ -240,6 +240,7 @@ class Daemon:
         self._stop = stop
         async with anyio.create_task_group() as tg:
             beats = anyio.CancelScope()
+            renewing = anyio.CancelScope()  # replicas: renewals go on until the work has ended
 
             async def heartbeats() -> None:
                 with beats:
@@ -253,7 +254,7 @@ class Daemon:
                     await slots.catch_up(tg)
 
                 async def renewals(replica: Replica) -> None:
-                    with beats:
+                    with renewing:
                         await replica.renewal_loop(catch_up)
 
                 tg.start_soon(renewals, self.replica)
@@ -281,6 +282,7 @@ class Daemon:
             clean = await self.runner.wait_idle(d.shutdown_timeout)
             schedule.shutdown()
             beats.cancel()
+            renewing.cancel()
             if self.replica is not None:  # whatever is still held goes back at once
                 await self._shielded(self.replica.deregister)
             await self._last_beat()

@@ -288,17 +288,38 @@ def _seconds(n: float) -> object:
 def renew_threads(
     session: Session, owner: str, pairs: list[tuple[str, int]], ttl: float
 ) -> set[str]:
-    """One statement: extend every ``(thread, epoch)`` lease ``owner`` still holds; which did."""
+    """One statement: extend every ``(thread, epoch)`` lease ``owner`` still holds; the threads
+    it holds (renewed, or busy in one of its own page writes, whose guard extends the lease).
+
+    Rows are taken ``SKIP LOCKED``: a page write holds its thread's row until it commits, and
+    waiting for it here, with rows locked in another order, is a deadlock. A skipped row is then
+    read as committed: still ours if owner and epoch match.
+    """
+    mine = (
+        col(TrackedThread.lease_owner) == owner,
+        tuple_(col(TrackedThread.thread_id), col(TrackedThread.lease_epoch)).in_(pairs),
+    )
+    free = (
+        select(col(TrackedThread.thread_id))
+        .where(*mine)
+        .with_for_update(skip_locked=True, key_share=True)
+        .subquery("free")
+    )
     rows = session.execute(
         update(TrackedThread)
-        .where(
-            col(TrackedThread.lease_owner) == owner,
-            tuple_(col(TrackedThread.thread_id), col(TrackedThread.lease_epoch)).in_(pairs),
-        )
+        .where(col(TrackedThread.thread_id) == free.c.thread_id)
         .values(lease_until=func.now() + _seconds(ttl))
         .returning(col(TrackedThread.thread_id))
     )
-    return {row[0] for row in rows}
+    renewed = {row[0] for row in rows}
+    if len(renewed) == len(pairs):
+        return renewed
+    busy = session.execute(
+        select(col(TrackedThread.thread_id)).where(
+            *mine, col(TrackedThread.thread_id).not_in(renewed)
+        )
+    )
+    return renewed | {row[0] for row in busy}
 
 
 def renew_jobs(session: Session, owner: str, jobs: list[tuple[str, int]], ttl: float) -> set[str]:

@@ -49,6 +49,7 @@ _CLAIM = text(
         lease_epoch = j.lease_epoch + 1,
         slot = CASE WHEN j.slot IS NOT NULL AND j.slot_done_at IS NULL THEN j.slot
                     ELSE current.slot END,
+        slot_done_at = NULL,
         last_outcome = NULL
     FROM current
     WHERE j.name = :name
