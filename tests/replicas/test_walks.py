@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import SecretStr
 
@@ -38,3 +43,24 @@ async def test_the_client_names_its_replica_and_the_emulator_records_it() -> Non
     assert emulator.walks.replicas() == {"host:7:abc"}
     [walk] = emulator.walks.walks(thread)
     assert walk.replica == "host:7:abc"
+
+
+def test_run_in_replicas_mode_on_sqlite_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADSYNC_")}
+    env.update(
+        {"THREADSYNC_DATABASE_URL": f"sqlite:///{db}", "THREADSYNC_DAEMON__MODE": "replicas"}
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "daemon.mode = replicas needs a PostgreSQL mirror" in lines[0]
+    assert not db.exists()

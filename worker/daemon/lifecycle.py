@@ -285,7 +285,8 @@ class Daemon:
             renewing.cancel()
             if self.replica is not None:  # whatever is still held goes back at once
                 await self._shielded(self.replica.deregister)
-            await self._last_beat()
+            if self.replica is None:  # other replicas keep the shared beat fresh
+                await self._last_beat()
             if self.health is not None:
                 self.health.stop()
         if not clean:
