@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from typer.testing import CliRunner
 
 from worker.cli.app import app
@@ -205,6 +206,16 @@ def test_replicas_mode_is_refused_on_sqlite_before_a_file_is_made(tmp_path: Path
     assert not db.exists()
 
 
+def terminate(admin: Engine, pid: int) -> None:
+    """End a backend and wait until it is gone (the signal is asynchronous)."""
+    with admin.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        alive = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p")
+        while conn.execute(alive, {"p": pid}).scalar_one():
+            conn.rollback()  # a fresh snapshot of pg_stat_activity each time
+            time.sleep(0.01)
+
+
 def test_single_mode_lock_lost_with_its_session_is_taken_again_or_reported(
     pg: Mirror, pg_url: str
 ) -> None:
@@ -213,16 +224,14 @@ def test_single_mode_lock_lost_with_its_session_is_taken_again_or_reported(
         assert watch.check() is None
         assert watch.conn is not None
         pid = watch.conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        with admin.connect() as conn:  # what a PostgreSQL restart does to the session
-            conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        terminate(admin, pid)  # what a PostgreSQL restart does to the session
         assert watch.check() is None  # noticed and taken again on a new session
         assert watch.conn is not None
         new_pid = watch.conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
         assert new_pid != pid
         other = Mirror(pg_url)
         try:
-            with admin.connect() as conn:
-                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": new_pid})
+            terminate(admin, new_pid)
             with daemon_lock(other):  # another daemon got the lock in between
                 problem = watch.check()
                 assert problem is not None

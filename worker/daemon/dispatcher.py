@@ -200,6 +200,8 @@ class Dispatcher:
             # Shielded: on shutdown the finished threads still get their next time and the rest
             # give their lease back (they stay due and the next daemon takes them first).
             with anyio.CancelScope(shield=True):
+                if fence is not None:
+                    fence.closed = True
                 await self.mirror.run_write(self._settle, ids, list(done), fence)
                 if fence is not None and self.replica is not None:
                     self.replica.forget(fence)

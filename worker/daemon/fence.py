@@ -63,6 +63,9 @@ class Fence:
     trusted_until: float
     clock: Callable[[], float] = time.monotonic
     lost: set[str] = field(default_factory=set)
+    # Set before the batch settles (reschedules and releases): the renewal then neither renews
+    # these leases nor calls the ones the settling gave back "lost".
+    closed: bool = False
 
     def guard(self, session: Session, thread_id: str) -> None:
         """In the write transaction of a page (or of the pass's closing state)."""

@@ -224,7 +224,7 @@ class Replica:
     def renew(self) -> None:
         """Blocking. One renewal round: the heartbeat, every thread lease and job lease held."""
         started = self.clock()
-        fences = list(self.fences)
+        fences = [f for f in self.fences if not f.closed]
         pairs = [(t, e) for f in fences for t, e in f.held().items()]
         jobs = [(h.name, h.epoch) for h in self.jobs.values() if not h.lost]
         with self.mirror.write(small=True) as session:
@@ -246,7 +246,8 @@ class Replica:
             renewed = renew_threads(session, self.id, pairs, self.ttl) if pairs else set()
             kept = renew_jobs(session, self.id, jobs, self.ttl) if jobs else set()
         for fence in fences:
-            self._lost(fence, set(fence.held()) - renewed)
+            if not fence.closed:  # a batch settling meanwhile gave its leases back itself
+                self._lost(fence, set(fence.held()) - renewed)
             fence.trusted_until = max(
                 fence.trusted_until, started + self.ttl - lease_margin(self.ttl)
             )
