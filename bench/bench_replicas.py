@@ -17,6 +17,7 @@ smoke run).
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -77,14 +78,21 @@ def _done(mirror: Mirror) -> int:
         )
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _registered(mirror: Mirror) -> int:
     with mirror.read() as session:
         return int(session.execute(text("SELECT count(*) FROM daemon_replica")).scalar_one())
 
 
-def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float]:
+def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float]:
     """Seconds for ``n`` replicas to finish the first sync of ``threads`` threads: from their
-    launch, and from the moment all of them were registered (start-up excluded)."""
+    launch, from the moment all of them were registered (start-up excluded), and the CPU
+    seconds the replicas used together (how close to CPU-bound the run was)."""
+    cpu_before = _children_cpu()
     emulator = Emulator(seed=7)
     ids = emulator.seed(seed=7, threads=threads, messages=MESSAGES)
     emulator.faults.latency_ms = LATENCY_MS
@@ -125,7 +133,7 @@ def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float]:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
                 proc.wait(timeout=60)
-        return elapsed
+        return (*elapsed, _children_cpu() - cpu_before)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -141,8 +149,8 @@ def main() -> dict[str, float]:
     threads = max(4, int(THREADS * scale))
     log_dir = Path("bench-results") / "replicas-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    one, one_running = first_sync(1, threads, log_dir)
-    two, two_running = first_sync(2, threads, log_dir)
+    one, one_running, one_cpu = first_sync(1, threads, log_dir)
+    two, two_running, two_cpu = first_sync(2, threads, log_dir)
     speedup = one / two if two else 0.0
     load = os.getloadavg()
     figures = {
@@ -156,6 +164,8 @@ def main() -> dict[str, float]:
         "one_replica_after_start_s": one_running,
         "two_replicas_after_start_s": two_running,
         "speedup_after_start": one_running / two_running if two_running else 0.0,
+        "one_replica_cpu_s": one_cpu,
+        "two_replicas_cpu_s": two_cpu,
         "target_speedup_1_5x": 1.0 if speedup >= 1.5 else 0.0,
         "cpus": float(os.cpu_count() or 0),
         "loadavg_1m": load[0],
