@@ -4,7 +4,8 @@ The emulator serves 300 threads on a loopback socket with 503s and 429s on; thre
 the mirror (`daemon.mode = replicas`, TTL 3 s, renewed every second). One is SIGKILLed in the
 middle of a page, another SIGSTOPped for longer than the TTL and then SIGCONTed. Pinned: the
 export ends equal to the truth; the emulator saw no thread walked by two replicas at once; the
-paused replica found its leases lost and wrote nothing for them; every periodic slot finished
+paused replica found its leases lost; a trigger shows every message row was written by the
+replica holding its thread's lease in that transaction; every periodic slot finished
 exactly once. Then a rolling restart, one replica at a time: no thread waits longer than one TTL
 plus its interval.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.daemon.harness import DaemonProcess, env_for, exported, truth, wait_for
 from worker.emulator import Emulator, FaultRule, serve_in_thread
@@ -89,10 +91,14 @@ def test_three_replicas_kill_pause_converge_without_overlap_and_slots_run_once(
 ) -> None:
     ids = emulator.seed(seed=1, threads=300, messages=25)
     track(pg_url, ids)
+    audit_writes(pg_url)
     emulator.add_fault(FaultRule("503", times=None, probability=0.05, route="list"))
     emulator.add_fault(FaultRule("429", times=6, retry_after=0.1))
-    env = replica_env(served, emulator, pg_url)
-    daemons = [start(env, tmp_path, f"r{i}") for i in range(3)]
+    # Each replica connects under its own application_name, so the audit knows who wrote.
+    daemons = [
+        start(replica_env(served, emulator, f"{pg_url}&application_name=r{i}"), tmp_path, f"r{i}")
+        for i in range(3)
+    ]
     mirror = Mirror(pg_url)
     try:
         names = [replica_id(d) for d in daemons]
@@ -121,6 +127,13 @@ def test_three_replicas_kill_pause_converge_without_overlap_and_slots_run_once(
 
         overlaps = emulator.walks.overlaps()
         assert overlaps == [], overlaps[:3]
+        # Every message row written (inserted, changed, tombstoned) was written by the replica
+        # holding the thread's lease in that very transaction: no write under a lost lease.
+        by_app = {f"r{i}": name for i, name in enumerate(names)}
+        writes = audited(mirror)
+        assert writes, "no message write was audited"
+        foreign = [(app, t, owner) for app, t, owner in writes if owner != by_app[app]]
+        assert foreign == [], foreign[:5]
         # The paused replica came back holding leases the others had taken over: it found them
         # lost, by the trust window (no request sent) or the fenced write (nothing written).
         lost = events([paused], "daemon.leases_lost") + _lost_passes(paused)
@@ -176,6 +189,40 @@ def test_rolling_restart_hands_threads_over_within_a_ttl_plus_an_interval(
         for daemon in daemons:
             daemon.close()
         mirror.dispose()
+
+
+def audit_writes(db_url: str) -> None:
+    """A trigger recording, for each message row written, the writer's application_name and
+    the thread's lease owner as that transaction sees it."""
+    mirror = Mirror(db_url)
+    with mirror.write() as session:
+        session.execute(text("CREATE TABLE write_audit (app text, thread_id text, owner text)"))
+        session.execute(
+            text(
+                """
+                CREATE FUNCTION audit_write() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                  INSERT INTO write_audit
+                  SELECT current_setting('application_name'), NEW.thread_id, t.lease_owner
+                  FROM tracked_thread t WHERE t.thread_id = NEW.thread_id;
+                  RETURN NULL;
+                END $$
+                """
+            )
+        )
+        session.execute(
+            text(
+                "CREATE TRIGGER audit AFTER INSERT OR UPDATE ON message"
+                " FOR EACH ROW EXECUTE FUNCTION audit_write()"
+            )
+        )
+    mirror.dispose()
+
+
+def audited(mirror: Mirror) -> list[tuple[str, str, str | None]]:
+    with mirror.read() as session:
+        rows = session.execute(text("SELECT app, thread_id, owner FROM write_audit")).all()
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def _walked_by(emulator: Emulator, replica: str) -> int:
