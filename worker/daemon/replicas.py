@@ -221,12 +221,14 @@ class Replica:
 
     # -- renewal -------------------------------------------------------------------------------
 
-    def renew(self) -> None:
-        """Blocking. One renewal round: the heartbeat, every thread lease and job lease held."""
+    def renew(self, fences: list[Fence] | None = None, held: list[Held] | None = None) -> None:
+        """Blocking. One renewal round: the heartbeat, every thread lease and job lease held.
+        ``fences`` and ``held``: what is held, listed on the event loop (which changes both)."""
         started = self.clock()
-        fences = [f for f in self.fences if not f.closed]
+        fences = [f for f in (list(self.fences) if fences is None else fences) if not f.closed]
+        running = list(self.jobs.values()) if held is None else held
         pairs = [(t, e) for f in fences for t, e in f.held().items()]
-        jobs = [(h.name, h.epoch) for h in self.jobs.values() if not h.lost]
+        jobs = [(h.name, h.epoch) for h in running if not h.lost]
         with self.mirror.write(small=True) as session:
             beat = session.execute(
                 update(DaemonReplica)
@@ -251,16 +253,17 @@ class Replica:
             fence.trusted_until = max(
                 fence.trusted_until, started + self.ttl - lease_margin(self.ttl)
             )
-        for held in self.jobs.values():
-            if (held.name, held.epoch) in set(jobs) and held.name not in kept:
-                held.lost = True
+        for job in running:
+            if (job.name, job.epoch) in set(jobs) and job.name not in kept:
+                job.lost = True
                 if self.metrics is not None:
                     self.metrics.leases_lost.inc()
-                log.warning("daemon.job_lease_lost", replica=self.id, job=held.name)
+                log.warning("daemon.job_lease_lost", replica=self.id, job=job.name)
         self.last_renewal = started
         if self.metrics is not None:
             self.metrics.lease_renewals.inc()
-        self._gauge()
+            held_now = sum(len(f.held()) for f in fences) + sum(not j.lost for j in running)
+            self.metrics.leases_held.set(held_now)
 
     async def renewal_loop(self, on_round: Callable[[], Awaitable[None]]) -> None:
         """Renew every ``period`` seconds; a failed round is logged and the next one tries again
@@ -269,7 +272,7 @@ class Replica:
         while True:
             await anyio.sleep(self.period)
             try:
-                await self.mirror.run_write(self.renew)
+                await self.mirror.run_write(self.renew, list(self.fences), list(self.jobs.values()))
             except (ThreadsyncError, SQLAlchemyError) as exc:
                 log.warning("daemon.renewal_failed", replica=self.id, error=describe_exception(exc))
                 continue
