@@ -314,3 +314,32 @@ def test_a_new_slot_after_a_finished_one_can_be_orphaned_and_resumed(pg: Mirror)
         assert list(orphans) == ["history"]
     with pg.write() as session:
         assert claim_slot(session, "history", "b", 3600.0, 60.0) == (claimed[0] + 1, claimed[1])
+
+
+@pytest.mark.anyio
+async def test_a_404_under_a_lost_lease_marks_nothing(pg: Mirror) -> None:
+    emulator = Emulator(seed=6)
+    threads = emulator.seed(seed=6, threads=2, messages=5)
+    with pg.write() as session:
+        add_threads(session, threads)
+    epochs = claim(pg, "a")
+    emulator.delete_thread(threads[0])
+    expire(pg, [threads[0]])
+    claim(pg, "b")
+    fence = Fence("a", 60.0, {t: epochs[t] for t in threads}, trusted_until=float("inf"))
+    async with emulated_client(emulator) as client:
+        await sync_threads(client, pg, thread_ids=threads, fence=fence)
+    assert judged(pg, threads[0]) is None  # b decides what the 404 means, not a
+    # the same run under a held lease does mark it
+    fence_b = Fence("b", 60.0, {threads[0]: epochs[threads[0]] + 1}, trusted_until=float("inf"))
+    async with emulated_client(emulator) as client:
+        await sync_threads(client, pg, thread_ids=threads, fence=fence_b)
+    assert judged(pg, threads[0]) is not None
+
+
+def judged(mirror: Mirror, thread_id: str) -> object:
+    """When a run last wrote the thread's 404 verdict (None: never)."""
+    with mirror.read() as session:
+        return session.execute(
+            text("SELECT last_sync_at FROM sync_state WHERE thread_id = :t"), {"t": thread_id}
+        ).scalar_one_or_none()

@@ -206,7 +206,7 @@ async def sync_threads(
     if watch.stop is not None:
         await mirror.run_write(_close_run, mirror, report, now())
         raise watch.stop
-    await _judge_missing(client, mirror, report, now(), proven=watch.proven)
+    await _judge_missing(client, mirror, report, now(), proven=watch.proven, fence=fence)
     if on_thread_done is not None:
         for outcome in report.outcomes:
             if outcome.not_found is not None:
@@ -456,7 +456,13 @@ class _Watch:
 
 
 async def _judge_missing(
-    client: ApiClient, mirror: Mirror, report: RunReport, now: datetime, *, proven: bool
+    client: ApiClient,
+    mirror: Mirror,
+    report: RunReport,
+    now: datetime,
+    *,
+    proven: bool,
+    fence: Fence | None = None,
 ) -> None:
     """Decide what each 404 of the run means, then write those threads' states (see the
     module's docstring); raises :class:`MisconfiguredError`, writing nothing, when no request
@@ -476,7 +482,7 @@ async def _judge_missing(
     previous = await mirror.run(_last_error_kinds, mirror, [o.thread_id for o in missing])
     for outcome in missing:
         _settle_missing(outcome, previous.get(outcome.thread_id))
-    await mirror.run_write(_write_missing, mirror, missing, revived, now)
+    await mirror.run_write(_write_missing, mirror, missing, revived, now, fence)
 
 
 def _every_thread_missing(
@@ -572,9 +578,16 @@ def _settle_missing(outcome: ThreadOutcome, previous_kind: str | None) -> None:
 
 
 def _write_missing(
-    mirror: Mirror, missing: list[ThreadOutcome], revived: list[str], now: datetime
+    mirror: Mirror,
+    missing: list[ThreadOutcome],
+    revived: list[str],
+    now: datetime,
+    fence: Fence | None = None,
 ) -> None:
     with mirror.write() as session:
+        if fence is not None:  # fencing hook 3 (replicas): a lost thread is the new holder's
+            missing = [o for o in missing if fence.holds(session, o.thread_id)]
+            revived = [t for t in revived if fence.holds(session, t)]
         for thread_id in revived:
             row = session.get(TrackedThread, thread_id)
             if row is not None and row.state == "gone":
