@@ -270,6 +270,10 @@ class DaemonSettings(Section):
         " (GET /threads); unset, the daemon discovers none.",
     )
     migrate_interval: float | None = Field(default=None, gt=0)  # off unless set
+    # single: one daemon per mirror (a lock). replicas: several daemons share a PostgreSQL mirror
+    # through row leases (see worker/daemon/replicas.py); refused on SQLite.
+    mode: Literal["single", "replicas"] = "single"
+    lease_ttl: float = Field(default=60.0, gt=0)  # replicas: seconds a lease lasts unrenewed
 
 
 class BackupSettings(Section):

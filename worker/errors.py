@@ -14,6 +14,12 @@ class ThreadsyncError(Exception):
     """Base of every error threadsync raises on purpose."""
 
 
+class WriteRefused(ThreadsyncError):
+    """A pass's guard refused its write: this process may no longer write the thread (replicas
+    mode: another replica holds it now, see ``worker/daemon/fence.py``). Nothing of the refused
+    transaction was written; the pass ends with the result ``lost``."""
+
+
 class ConfigError(ThreadsyncError):
     """The user's configuration, arguments or environment are wrong; retrying will not help."""
 

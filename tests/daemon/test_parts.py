@@ -236,7 +236,7 @@ def test_a_bad_cron_expression_is_a_config_error() -> None:
 # -- the one-daemon lock -------------------------------------------------------------------------
 
 
-def take(lock: AbstractContextManager[None]) -> None:
+def take(lock: AbstractContextManager[object]) -> None:
     with lock:
         pass
 

@@ -7,6 +7,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from worker.emulator import Emulator, ManualClock
+from worker.errors import WriteRefused
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.thread_pass import ThreadPass
@@ -76,3 +77,50 @@ async def test_a_guard_that_allows_sees_every_write_transaction(mirror: Mirror) 
     with mirror.read() as session:
         pages = session.execute(text("SELECT pages FROM sync_state")).scalar_one()
     assert len(checked) == pages + 1  # every page's transaction, and the closing state's
+
+
+class _Lost:
+    """A lease that holds for ``pages`` write transactions, then is refused everywhere."""
+
+    def __init__(self, pages: int) -> None:
+        self.left = pages
+        self.requests_after_loss = 0
+
+    def guard(self, session: Session, thread_id: str) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise WriteRefused(f"{thread_id} is held by another process")
+
+    def holds(self, session: Session, thread_id: str) -> bool:
+        return self.left >= 0
+
+    def ensure(self, thread_id: str) -> None:
+        if self.left < 0:
+            self.requests_after_loss += 1
+            raise WriteRefused(f"{thread_id} is held by another process")
+
+
+async def test_a_lost_lease_ends_the_pass_lost_and_leaves_the_closing_state_alone(
+    mirror: Mirror,
+) -> None:
+    """A lease refused after two pages: those two pages stay, the third is not written, no
+    request goes out once the loss is known, the pass ends ``lost``, and its closing state is
+    skipped without failing the flush (the new holder writes the thread's state)."""
+    emulator = Emulator(clock=ManualClock(), seed=3)
+    (thread_id,) = emulator.seed(seed=3, threads=1, messages=30)
+    with mirror.write() as session:
+        add_threads(session, [thread_id])
+    lease = _Lost(pages=2)
+    async with emulated_client(emulator) as client:
+        one = ThreadPass(
+            client, mirror, thread_id, ties=TieConvention(mirror), page_limit=10, lease=lease
+        )
+        outcome = await one.run()
+        await mirror.flush_grouped()  # raises nothing: the refused closing state is skipped
+    assert outcome.result == "lost"
+    assert lease.requests_after_loss <= 1  # the first request after the loss is refused, no more
+    with mirror.read() as session:
+        rows = session.execute(text("SELECT count(*) FROM message")).scalar_one()
+        pages, last = session.execute(text("SELECT pages, last_sync_at FROM sync_state")).one()
+    assert rows == 20
+    assert (pages, last) == (2, None)

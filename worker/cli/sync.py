@@ -24,6 +24,7 @@ from worker.cli.say import is_quiet, notice, result
 from worker.cli.signals import run_interruptible
 from worker.cli.tables import iso_utc, print_json_lines, print_table
 from worker.config import Settings, format_duration, parse_duration
+from worker.daemon.replicas import lease_holders, replica_rows
 from worker.errors import ConfigError
 from worker.ids import check_ids
 from worker.outbox import edit_counts
@@ -229,6 +230,8 @@ def status(
     mirror = globals_of(ctx).mirror(create=False)
     with mirror.read() as session:
         rows = thread_statuses(session)
+        holders = lease_holders(session)  # replicas mode: which replica holds which thread
+        replicas = replica_rows(session)
     if as_json:
         print_json_lines(
             {
@@ -242,12 +245,23 @@ def status(
                 "last_success_at": r.last_success_at,
                 "gone_at": r.gone_at,
                 "last_error": r.last_error,
+                "held_by": holders.get(r.thread_id),
             }
             for r in rows
         )
         return
+    held = ("held by",) if holders else ()
     print_table(
-        ("thread", "state", "messages", "deleted", "last sync", "last success", "last error"),
+        (
+            "thread",
+            "state",
+            "messages",
+            "deleted",
+            "last sync",
+            "last success",
+            "last error",
+            *held,
+        ),
         (
             (
                 r.thread_id,
@@ -257,11 +271,17 @@ def status(
                 iso_utc(r.last_sync_at, empty="never"),
                 iso_utc(r.last_success_at, empty="never"),
                 r.last_error or "",
+                *((holders.get(r.thread_id, ""),) if holders else ()),
             )
             for r in rows
         ),
         keys=("thread", "last sync", "last success"),
     )
+    for rep in replicas:
+        out_console.print(
+            f"replica {rep.replica_id}: {rep.threads} threads held, heartbeat"
+            f" {iso_utc(rep.heartbeat_at)}{' (draining)' if rep.draining else ''}"
+        )
     with mirror.read() as session:
         edits = edit_counts(session)
     out_console.print(

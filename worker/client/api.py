@@ -196,11 +196,13 @@ class ApiClient:
         clock: Callable[[], float] = time.monotonic,
         tokens: EntraTokens | TokenFetcher | None = None,
         target: profiles.Target | None = None,
+        agent: str | None = None,
     ) -> None:
         """``tokens`` replaces the Entra token source, or where its tokens come from (with
         ``api.auth = entra``; tests give a stub). ``target``: another service built by its caller
         (the migration's Conversations destination), sharing this request loop, its retry
-        policy, pacer and error translation."""
+        policy, pacer and error translation. ``agent``: appended to the User-Agent (the daemon's
+        ``replica/<id>`` in replicas mode, so a server can tell replicas apart)."""
         self._tokens = _entra_tokens(api, tokens)
         if target is None:
             key = None if self._tokens is not None else profiles.api_key(api)
@@ -236,6 +238,8 @@ class ApiClient:
             follow_redirects=False,
             trust_env=False,
         )
+        if agent:
+            self._http.headers["User-Agent"] = f"{target.headers.get('User-Agent', '')} {agent}"
         self._build_request = RequestBuilder(self._http, target.params).build
 
     async def __aenter__(self) -> Self:

@@ -5,5 +5,7 @@ Map: ``due`` (which threads are due, leases and the next time: pure maths plus b
 dispatch, reconcile, push, backup, and the runner that cancels them cleanly), ``scheduler`` (the
 only module that imports APScheduler), ``heartbeat`` (the liveness record `threadsync check`
 reads), ``lock`` (one daemon per mirror), ``metrics`` (Prometheus), ``health`` (the HTTP listener),
-``lifecycle`` (signals, start-up and graceful shutdown).
+``lifecycle`` (signals, start-up and graceful shutdown). Replicas mode (several daemons on one
+PostgreSQL mirror): ``replicas`` (identity, registry, bulk lease renewal), ``fence`` (the lease
+check inside every page write), ``slots`` (periodic jobs once per slot across replicas).
 """

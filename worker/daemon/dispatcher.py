@@ -23,8 +23,10 @@ import anyio
 from worker.client import ApiClient
 from worker.config import Settings
 from worker.daemon.due import Cadence, claim, release, reschedule
+from worker.daemon.fence import Fence
 from worker.daemon.heartbeat import write_problem
 from worker.daemon.metrics import DaemonMetrics
+from worker.daemon.replicas import Replica
 from worker.errors import MisconfiguredError
 from worker.logs import get_logger
 from worker.store.db import Mirror
@@ -67,6 +69,7 @@ class Dispatcher:
         now: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         batch: int = DEFAULT_BATCH,
+        replica: Replica | None = None,
     ) -> None:
         self.client = client
         self.mirror = mirror
@@ -81,6 +84,12 @@ class Dispatcher:
         # A lease outlives any sane batch; the lock makes this daemon the only one, and a restart
         # clears leases, so the length only matters for the future multi-daemon PostgreSQL case.
         self.lease = max(900.0, 4 * d.sync_interval)
+        # Replicas mode: leases of lease_ttl on the database clock, renewed, fenced.
+        self.replica = replica
+        if replica is not None:
+            # Claim what this replica can sync at once, not a whole backlog: the other
+            # replicas' claims take the rest (Oban's demand = limit - running).
+            self.batch = min(batch, 2 * settings.sync.concurrency)
         # The dispatcher and the reconcile never pass over the mirror at the same time.
         self.gate = anyio.Lock()
         self.last_run_started: float | None = None
@@ -106,10 +115,21 @@ class Dispatcher:
             return BatchResult()
         async with self.gate:
             result = await self._batch(full=False, after=None)
+            # Replicas: small batches back to back while there is a backlog.
+            while self._more(result):
+                result = await self._batch(full=False, after=None)
         self.last_run_finished = time.monotonic()
         if result.claimed and self.metrics is not None:
             self.metrics.dispatches.inc()
         return result
+
+    def _more(self, result: BatchResult) -> bool:
+        return (
+            self.replica is not None
+            and not self.replica.draining
+            and result.problem is None
+            and result.claimed >= self.batch
+        )
 
     async def reconcile(self) -> BatchResult:
         """A full pass over every active thread, batch by batch (waits for a running dispatch)."""
@@ -138,7 +158,13 @@ class Dispatcher:
 
     async def _batch(self, *, full: bool, after: str | None) -> BatchResult:
         now = self.now()
-        ids = await self.mirror.run_write(self._claim, now, full, after)
+        fence: Fence | None = None
+        if self.replica is None:
+            ids = await self.mirror.run_write(self._claim, now, full, after)
+        else:
+            fence = await self.mirror.run_write(self._claim_fenced, now, full, after)
+            self.replica.track(fence)  # on the loop: the renewal reads the set from a thread
+            ids = list(fence.epochs)
         result = BatchResult(claimed=len(ids), ids=ids)
         if not ids:
             return result
@@ -161,6 +187,7 @@ class Dispatcher:
                 now=self.now,
                 on_thread_done=on_done,
                 gone_recheck=self.settings.sync.gone_recheck_interval,
+                fence=fence,
             )
             # Threads the runner skipped (parked, gone) get a next time too.
             for outcome in report.outcomes:
@@ -173,7 +200,11 @@ class Dispatcher:
             # Shielded: on shutdown the finished threads still get their next time and the rest
             # give their lease back (they stay due and the next daemon takes them first).
             with anyio.CancelScope(shield=True):
-                await self.mirror.run_write(self._settle, ids, list(done))
+                if fence is not None:
+                    fence.closed = True
+                await self.mirror.run_write(self._settle, ids, list(done), fence)
+                if fence is not None and self.replica is not None:
+                    self.replica.forget(fence)
         await self._note_problem(result.problem)
         result.outcomes = list(done.values())
         result.finished = len(done)
@@ -224,11 +255,21 @@ class Dispatcher:
                 after=after,
             )
 
-    def _settle(self, claimed: list[str], finished: list[str]) -> None:
+    def _claim_fenced(self, now: datetime, full: bool, after: str | None) -> Fence:
+        assert self.replica is not None
+        with self.mirror.write() as session:
+            return self.replica.claim(
+                session, now=now, limit=self.batch, due_only=not full, after=after
+            )
+
+    def _settle(self, claimed: list[str], finished: list[str], fence: Fence | None = None) -> None:
         now = self.now()
         rand = {thread_id: self.rng.random() for thread_id in finished}
         finished_set = set(finished)
         with self.mirror.write() as session:
+            if fence is not None and self.replica is not None:
+                # Only threads this replica still holds get their next time from it.
+                finished = self.replica.held_now(session, fence, finished)
             reschedule(
                 session,
                 finished,
@@ -237,4 +278,5 @@ class Dispatcher:
                 rand=rand,
                 gone_recheck=self.settings.sync.gone_recheck_interval,
             )
-            release(session, [t for t in claimed if t not in finished_set], self.owner)
+            unfinished = [t for t in claimed if t not in finished_set]
+            release(session, unfinished, self.owner, None if fence is None else fence.held())

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Integer, and_, func, or_, select, update
+from sqlalchemy import Integer, Select, and_, func, or_, select, tuple_, update
 from sqlmodel import Session, col
 
 from worker.store.models import SyncState, TrackedThread
@@ -67,44 +68,116 @@ def claim(
     limit: int,
     due_only: bool = True,
     after: str | None = None,
+    fenced: bool = False,
 ) -> list[str]:
     """Lease up to ``limit`` active, unleased, unparked threads and return their ids.
 
     ``due_only``: threads whose time has come, most overdue first (never-synced ones first of all),
     and threads marked gone whose re-check has come (:func:`reschedule` sets it).
     Otherwise every such thread in id order from ``after`` (exclusive): the reconcile walks the
-    whole set in keyset batches this way.
+    whole set in keyset batches this way. See :func:`claim_leases` for ``fenced``.
     """
+    return list(
+        claim_leases(
+            session,
+            now=now,
+            owner=owner,
+            lease=lease,
+            limit=limit,
+            due_only=due_only,
+            after=after,
+            fenced=fenced,
+        ).epochs
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one claim took: each thread's new epoch, in claim order, and how many of them were
+    taken over from another holder whose lease had expired."""
+
+    epochs: dict[str, int]
+    taken_over: int = 0
+
+
+def claim_leases(
+    session: Session,
+    *,
+    now: datetime,
+    owner: str,
+    lease: float,
+    limit: int,
+    due_only: bool = True,
+    after: str | None = None,
+    fenced: bool = False,
+) -> Claimed:
+    """:func:`claim`, returning each claimed thread's fencing epoch.
+
+    One statement: ``UPDATE tracked_thread ... FROM (SELECT ... FOR NO KEY UPDATE SKIP LOCKED
+    LIMIT n) RETURNING thread_id, lease_epoch`` sets the owner, the lease's expiry and
+    ``lease_epoch + 1``. ``fenced`` (replicas mode, PostgreSQL): leases expire by the database's
+    ``now()``, never by a replica's own clock; ``now`` still says which threads are due.
+    """
+    pg = session.get_bind().dialect.name == "postgresql"
+    lease_now: Any = func.now() if fenced and pg else now
+    expiry: Any = (
+        func.now() + func.make_interval(0, 0, 0, 0, 0, 0, lease)
+        if fenced and pg
+        else now + timedelta(seconds=lease)
+    )
+    epoch = col(TrackedThread.lease_epoch) + (1 if fenced else 0)
+    picked = _claimable(now, lease_now, limit, due_only, after)
+    if pg:
+        # NO KEY: the claim changes no key, so it does not block sync_state's FK checks.
+        picked = picked.with_for_update(of=TrackedThread, skip_locked=True, key_share=True)
+    sub = picked.subquery("picked")
+    statement = (
+        update(TrackedThread)
+        .where(col(TrackedThread.thread_id) == sub.c.thread_id)
+        .values(lease_owner=owner, lease_until=expiry, lease_epoch=epoch)
+        .returning(
+            col(TrackedThread.thread_id),
+            col(TrackedThread.lease_epoch),
+            col(TrackedThread.next_sync_at),
+            sub.c.lease_owner,  # the holder before this claim (the subquery's row)
+        )
+    )
+    rows = list(session.execute(statement, execution_options={"synchronize_session": False}))
+    # RETURNING comes in no particular order: give the claim's own (most overdue first).
+    if due_only:
+        rows.sort(key=lambda r: (r[2] is not None, aware(r[2]) or now, r[0]))
+    else:
+        rows.sort(key=lambda r: r[0])
+    taken = sum(r[3] is not None and r[3] != owner for r in rows)
+    return Claimed({str(r[0]): int(r[1]) for r in rows}, taken)
+
+
+def _claimable(
+    now: datetime, lease_now: Any, limit: int, due_only: bool, after: str | None
+) -> Select[str, str | None]:
+    """The threads a claim may take, in the order it takes them, with their current holder."""
     query = (
-        select(col(TrackedThread.thread_id))
+        select(col(TrackedThread.thread_id), col(TrackedThread.lease_owner))
         .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
         .where(
             col(TrackedThread.state).in_(("active", "gone") if due_only else ("active",)),
-            or_(col(TrackedThread.lease_until).is_(None), col(TrackedThread.lease_until) <= now),
+            or_(
+                col(TrackedThread.lease_until).is_(None),
+                col(TrackedThread.lease_until) <= lease_now,
+            ),
             or_(col(SyncState.parked_until).is_(None), col(SyncState.parked_until) <= now),
         )
         .limit(limit)
     )
     if due_only:
-        query = query.where(
+        return query.where(
             or_(col(TrackedThread.next_sync_at).is_(None), col(TrackedThread.next_sync_at) <= now)
         ).order_by(
             col(TrackedThread.next_sync_at).asc().nulls_first(), col(TrackedThread.thread_id)
         )
-    else:
-        if after is not None:
-            query = query.where(col(TrackedThread.thread_id) > after)
-        query = query.order_by(col(TrackedThread.thread_id))
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=TrackedThread, skip_locked=True)
-    ids = [row[0] for row in session.execute(query)]
-    if ids:
-        session.execute(
-            update(TrackedThread)
-            .where(col(TrackedThread.thread_id).in_(ids))
-            .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease))
-        )
-    return ids
+    if after is not None:
+        query = query.where(col(TrackedThread.thread_id) > after)
+    return query.order_by(col(TrackedThread.thread_id))
 
 
 def reschedule(
@@ -161,15 +234,38 @@ def reschedule(
     return plan
 
 
-def release(session: Session, thread_ids: Iterable[str], owner: str) -> None:
-    """Give back leases without touching the schedule: the threads stay as due as they were."""
+def release(
+    session: Session,
+    thread_ids: Iterable[str],
+    owner: str,
+    epochs: Mapping[str, int] | None = None,
+) -> int:
+    """Give back leases without touching the schedule: the threads stay as due as they were.
+
+    With ``epochs`` (replicas) only the leases of those very claims: one that another replica
+    has taken over since carries a newer epoch and stays its. Returns how many were released.
+    """
     ids = list(thread_ids)
-    if ids:
-        session.execute(
-            update(TrackedThread)
-            .where(col(TrackedThread.thread_id).in_(ids), col(TrackedThread.lease_owner) == owner)
-            .values(lease_owner=None, lease_until=None)
+    if not ids:
+        return 0
+    mine = and_(col(TrackedThread.thread_id).in_(ids), col(TrackedThread.lease_owner) == owner)
+    if epochs is None:
+        result = session.execute(
+            update(TrackedThread).where(mine).values(lease_owner=None, lease_until=None)
         )
+        return int(getattr(result, "rowcount", 0) or 0)
+    pairs = [(t, epochs[t]) for t in ids if t in epochs]
+    if not pairs:
+        return 0
+    result = session.execute(
+        update(TrackedThread)
+        .where(
+            col(TrackedThread.lease_owner) == owner,
+            tuple_(col(TrackedThread.thread_id), col(TrackedThread.lease_epoch)).in_(pairs),
+        )
+        .values(lease_owner=None, lease_until=None)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def clear_leases(session: Session) -> int:

@@ -18,7 +18,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import anyio
@@ -30,10 +31,12 @@ from worker.daemon.dispatcher import Dispatcher
 from worker.daemon.due import clear_leases, threads_by_state
 from worker.daemon.health import HealthServer
 from worker.daemon.heartbeat import STALE_AFTER_BEATS, write_beat
-from worker.daemon.jobs import JobRunner, Jobs, edit_counts
-from worker.daemon.lock import daemon_lock
+from worker.daemon.jobs import JobBody, JobRunner, Jobs, edit_counts
+from worker.daemon.lock import LockWatch, daemon_lock
 from worker.daemon.metrics import DaemonMetrics
+from worker.daemon.replicas import Replica, refuse_replicas_on
 from worker.daemon.scheduler import Cron, Every, JobSpec, Schedule
+from worker.daemon.slots import CRON_PERIOD, Slots
 from worker.discover import check_can_discover
 from worker.errors import ConfigError, ThreadsyncError
 from worker.logs import describe_exception, get_logger
@@ -45,6 +48,7 @@ log = get_logger()
 EXIT_CLEAN = 0
 EXIT_SHUTDOWN_TIMEOUT = 1
 EXIT_FORCED = 130
+EXIT_LOCK_LOST = 1  # single mode: the one-daemon lock was lost and another daemon holds it now
 
 
 class Daemon:
@@ -59,6 +63,8 @@ class Daemon:
         metrics: DaemonMetrics,
         now: Callable[[], datetime] = utcnow,
         clock: Callable[[], float] = time.monotonic,
+        replica: Replica | None = None,
+        lock: LockWatch | None = None,
     ) -> None:
         self.settings = settings
         self.mirror = mirror
@@ -66,9 +72,14 @@ class Daemon:
         self.now = now
         self.warned_idle = False
         self.clock = clock
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.replica = replica  # replicas mode (worker/daemon/replicas.py)
+        self.slots = None if replica is None else Slots(mirror, replica)
+        self.lock = lock  # single mode: the one-daemon lock, re-checked every heartbeat
+        self.fatal: str | None = None  # why the daemon stopped itself (the lock was lost)
+        self._stop: anyio.Event | None = None
+        self.owner = replica.id if replica is not None else f"{socket.gethostname()}:{os.getpid()}"
         self.dispatcher = Dispatcher(
-            client, mirror, settings, owner=self.owner, metrics=metrics, now=now
+            client, mirror, settings, owner=self.owner, metrics=metrics, now=now, replica=replica
         )
         self.jobs = Jobs(client, mirror, settings, gate=self.dispatcher.gate)
         self.runner = JobRunner(metrics)
@@ -109,43 +120,41 @@ class Daemon:
 
     # -- parts -------------------------------------------------------------------------------
 
+    def _periodic(self, name: str, body: JobBody, when: Every | Cron) -> JobSpec:
+        """A periodic job; in replicas mode it runs once per slot across replicas (slots.py)."""
+        if self.slots is None:
+            return JobSpec(name, self.runner.wrap(name, body), when)
+        period = when.seconds if isinstance(when, Every) else CRON_PERIOD
+        run = self.runner.wrap(name, self.slots.wrap(name, period, body))
+        self.slots.remember(name, run)
+        return JobSpec(name, run, when)
+
     def job_specs(self) -> list[JobSpec]:
         d = self.settings.daemon
         wrap = self.runner.wrap
+        periodic = self._periodic
         specs = [
             JobSpec(
                 "dispatch",
                 wrap("dispatch", self.dispatcher.dispatch_once),
                 Every(d.dispatch_interval),
             ),
-            JobSpec(
-                "reconcile", wrap("reconcile", self.dispatcher.reconcile), Cron(d.reconcile_cron)
-            ),
+            periodic("reconcile", self.dispatcher.reconcile, Cron(d.reconcile_cron)),
             # The first push waits one dispatch interval: a fresh start syncs before it writes back.
-            JobSpec(
-                "push", wrap("push", self.jobs.push), Every(d.push_interval, d.dispatch_interval)
-            ),
+            periodic("push", self.jobs.push, Every(d.push_interval, d.dispatch_interval)),
         ]
         if d.backup_cron:
-            specs.append(JobSpec("backup", wrap("backup", self.jobs.backup), Cron(d.backup_cron)))
+            specs.append(periodic("backup", self.jobs.backup, Cron(d.backup_cron)))
         if d.discover_interval is not None:
             check_can_discover(self.settings, "daemon.discover_interval")
             # At once, then every interval: the threads found are due at the next dispatch.
-            specs.append(
-                JobSpec(
-                    "discover",
-                    wrap("discover", self.jobs.discover),
-                    Every(d.discover_interval),
-                )
-            )
+            specs.append(periodic("discover", self.jobs.discover, Every(d.discover_interval)))
         if d.migrate_interval:
             # After the first dispatch, like the push: a fresh start syncs before it migrates.
             every = Every(d.migrate_interval, d.dispatch_interval)
-            specs.append(JobSpec("migrate", wrap("migrate", self.jobs.migrate), every))
+            specs.append(periodic("migrate", self.jobs.migrate, every))
         # Hourly, the first a minute after start: a daemon restarted often still prunes.
-        specs.append(
-            JobSpec("history", wrap("history", self.jobs.prune_history), Every(3600.0, 60.0))
-        )
+        specs.append(periodic("history", self.jobs.prune_history, Every(3600.0, 60.0)))
         return specs
 
     async def _last_beat(self) -> None:
@@ -155,6 +164,13 @@ class Daemon:
                 await self.mirror.run_write(write_beat, self.mirror, self.now(), stopped=True)
             except (ThreadsyncError, SQLAlchemyError) as exc:  # the beat then ages out as before
                 log.warning("daemon.last_beat_failed", error=type(exc).__name__)
+
+    async def _shielded(self, fn: Callable[[], None]) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.mirror.run_write(fn)
+            except (ThreadsyncError, SQLAlchemyError) as exc:  # leases then expire by the TTL
+                log.warning("daemon.replica_write_failed", error=describe_exception(exc))
 
     async def beat(self) -> None:
         """Write the heartbeat and refresh the database-backed gauges (all in worker threads)."""
@@ -191,6 +207,20 @@ class Daemon:
         while True:
             await anyio.sleep(self.settings.daemon.heartbeat_interval)
             await self.beat()
+            if self.lock is not None:
+                await self._check_lock(self.lock)
+
+    async def _check_lock(self, lock: LockWatch) -> None:
+        """Single mode: a lost one-daemon lock is taken again, or this daemon stops (exit 1)."""
+        try:
+            problem = await self.mirror.run_write(lock.check)
+        except (ThreadsyncError, SQLAlchemyError) as exc:
+            problem = f"the one-daemon lock cannot be checked: {describe_exception(exc)}"
+        if problem is not None and self.fatal is None:
+            self.fatal = problem
+            log.error("daemon.lock_lost_for_good", problem=problem)
+            if self._stop is not None:
+                self._stop.set()
 
     async def serve(self, stop: anyio.Event) -> int:
         """Run until ``stop`` is set, then shut down gracefully; returns the exit code."""
@@ -207,14 +237,27 @@ class Daemon:
                     f" {exc.strerror}"
                 ) from exc
         schedule = Schedule(self.job_specs())
+        self._stop = stop
         async with anyio.create_task_group() as tg:
             beats = anyio.CancelScope()
+            renewing = anyio.CancelScope()  # replicas: renewals go on until the work has ended
 
             async def heartbeats() -> None:
                 with beats:
                     await self._heartbeat_loop()
 
             tg.start_soon(heartbeats)
+            if self.replica is not None and self.slots is not None:
+                slots = self.slots
+
+                async def catch_up() -> None:
+                    await slots.catch_up(tg)
+
+                async def renewals(replica: Replica) -> None:
+                    with renewing:
+                        await replica.renewal_loop(catch_up)
+
+                tg.start_soon(renewals, self.replica)
             if self.health is not None:
                 tg.start_soon(self.health.serve)
                 await self.health.wait_listening()
@@ -233,16 +276,24 @@ class Daemon:
             await stop.wait()
             log.info("daemon.stopping", running_jobs=self.runner.running)
             schedule.pause()
+            if self.replica is not None:  # no more claims; `status` shows it handing over
+                await self._shielded(self.replica.drain)
             self.runner.stop()
             clean = await self.runner.wait_idle(d.shutdown_timeout)
             schedule.shutdown()
             beats.cancel()
-            await self._last_beat()
+            renewing.cancel()
+            if self.replica is not None:  # whatever is still held goes back at once
+                await self._shielded(self.replica.deregister)
+            if self.replica is None:  # other replicas keep the shared beat fresh
+                await self._last_beat()
             if self.health is not None:
                 self.health.stop()
         if not clean:
             log.error("daemon.shutdown_timeout", seconds=d.shutdown_timeout)
             return EXIT_SHUTDOWN_TIMEOUT
+        if self.fatal is not None:
+            return EXIT_LOCK_LOST
         log.info("daemon.stopped")
         return EXIT_CLEAN
 
@@ -282,19 +333,36 @@ async def run_daemon(
     if settings.daemon.discover_interval is not None:
         # Before the mirror is opened: a misconfiguration must not even create it.
         check_can_discover(settings, "daemon.discover_interval")
+    replicas = settings.daemon.mode == "replicas"
+    if replicas:
+        refuse_replicas_on(settings.database_url)
     tune_interpreter()
     mirror = Mirror(settings.database_url)
     try:
-        with daemon_lock(mirror):
-            cleared = await mirror.run_write(_clear_leases, mirror)
-            if cleared:
-                log.info("daemon.leases_cleared", threads=cleared)
+        with _exclusion(mirror, replicas) as lock:
             metrics = DaemonMetrics()
+            replica = None
+            if replicas:
+                # Never clear leases here: they may be other live replicas' (a rolling deploy).
+                replica = Replica(mirror, ttl=settings.daemon.lease_ttl, metrics=metrics)
+                await mirror.run_write(replica.register)
+            else:
+                # Safe only because the lock makes this the only daemon: leases left are a
+                # crashed predecessor's, and waiting 900 s for them would stall those threads.
+                cleared = await mirror.run_write(_clear_leases, mirror)
+                if cleared:
+                    log.info("daemon.leases_cleared", threads=cleared)
             pacer = Pacer(settings.daemon.requests_per_second)
             async with ApiClient(
-                settings.api, settings.retry, pacer=pacer, events=metrics.client_events()
+                settings.api,
+                settings.retry,
+                pacer=pacer,
+                events=metrics.client_events(),
+                agent=None if replica is None else f"replica/{replica.id}",
             ) as client:
-                daemon = Daemon(settings, mirror, client, metrics=metrics)
+                daemon = Daemon(
+                    settings, mirror, client, metrics=metrics, replica=replica, lock=lock
+                )
                 stop = stop or anyio.Event()
                 async with anyio.create_task_group() as tg:
                     if handle_signals:
@@ -304,6 +372,17 @@ async def run_daemon(
                 return code
     finally:
         mirror.dispose()
+
+
+@contextmanager
+def _exclusion(mirror: Mirror, replicas: bool) -> Iterator[LockWatch | None]:
+    """Single mode: the one-daemon lock. Replicas: none (row leases coordinate; a session lock
+    would not survive PgBouncer's transaction mode)."""
+    if replicas:
+        yield None
+        return
+    with daemon_lock(mirror) as lock:
+        yield lock
 
 
 def _clear_leases(mirror: Mirror) -> int:

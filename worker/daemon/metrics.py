@@ -90,10 +90,39 @@ class DaemonMetrics:
             "Unix time the Entra token in use expires (auth = entra).",
             registry=r,
         )
+        self._replica_metrics(r)
         for state in EDIT_STATES:
             self.edits.labels(state=state).set(0)
         for change in ("added", "changed", "deleted", "restored"):
             self.messages.labels(change=change)
+
+    def _replica_metrics(self, r: CollectorRegistry) -> None:
+        """Replicas mode (issue 21); each replica serves its own, so no replica label but one."""
+        self.replica = Gauge(
+            "threadsync_replica_info",
+            "This daemon's replica id (replicas mode).",
+            ["replica"],
+            registry=r,
+        )
+        self.leases_held = Gauge(
+            "threadsync_leases_held", "Thread and job leases this replica holds now.", registry=r
+        )
+        self.lease_claims = Counter(
+            "threadsync_lease_claims", "Thread leases claimed by this replica.", registry=r
+        )
+        self.lease_renewals = Counter(
+            "threadsync_lease_renewals", "Bulk lease renewal rounds that succeeded.", registry=r
+        )
+        self.leases_lost = Counter(
+            "threadsync_leases_lost",
+            "Leases found taken over by another replica (a renewal or a fenced write).",
+            registry=r,
+        )
+        self.lease_takeovers = Counter(
+            "threadsync_lease_takeovers",
+            "Threads claimed from another replica whose lease had expired.",
+            registry=r,
+        )
 
     def record_outcome(self, outcome: ThreadOutcome) -> None:
         """One thread pass finished (the sync runner's ``on_thread_done``)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -187,6 +188,7 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     headers = _ids(route.profile)
     query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
     request_headers = dict(scope["headers"])
+    arrived = time.monotonic()
     body: Any = None
     applied = False
     rule: FaultRule | None = None
@@ -251,6 +253,9 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     if rule is not None and rule.fault == "truncate":
         payload = payload[: max(1, len(payload) // 2)]
     await _send(send, status, payload, headers)
+    if route.thread_id:
+        agent = request_headers.get(b"user-agent", b"").decode("latin-1")
+        emulator.walks.record(route.thread_id, agent, arrived, time.monotonic())
 
 
 def _relist(

@@ -35,6 +35,7 @@ from worker.emulator.validation import (
     check_tool_resources,
     text_part,
 )
+from worker.emulator.walks import WalkLog
 from worker.emulator.wire import (
     WireError,
     bad_request,
@@ -92,6 +93,7 @@ class Emulator:
         self.conversations = Conversations()
         self.request_counts: Counter[tuple[str, int]] = Counter()
         self.modify_calls: list[dict[str, Any]] = []
+        self.walks = WalkLog()  # replicas' walks per thread (worker/emulator/walks.py)
         if state_path is not None and state_path.exists():
             persistence.load(self, state_path)
 

@@ -40,6 +40,8 @@ class TrackedThread(SQLModel, table=True):
     next_sync_at: datetime | None = _ts(default=None, index=True)
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_until: datetime | None = _ts(default=None)
+    # The fencing token: +1 at every claim; a write by an older claim's holder is refused.
+    lease_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class SyncState(SQLModel, table=True):
@@ -153,3 +155,31 @@ class MirrorMeta(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=128)
     value: str = Field(sa_type=Text)
     updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class DaemonReplica(SQLModel, table=True):
+    """One running daemon process in replicas mode (a new row per process start)."""
+
+    __tablename__ = "daemon_replica"
+
+    replica_id: str = Field(primary_key=True, max_length=128)
+    hostname: str = Field(max_length=255)
+    pid: int
+    version: str = Field(max_length=32)
+    started_at: datetime = _ts(default_factory=utcnow)
+    heartbeat_at: datetime = _ts(default_factory=utcnow)
+    draining: bool = False
+
+
+class JobSlot(SQLModel, table=True):
+    """A periodic job's lease and the schedule slot it last ran for (once across replicas)."""
+
+    __tablename__ = "job_slot"
+
+    name: str = Field(primary_key=True, max_length=32)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = _ts(default=None)
+    lease_epoch: int = 0
+    slot: datetime | None = _ts(default=None)
+    slot_done_at: datetime | None = _ts(default=None)
+    last_outcome: str | None = Field(default=None, max_length=16)

@@ -53,17 +53,29 @@ class Wire:
     """One thread's requests, each counted on the pass's outcome."""
 
     def __init__(
-        self, client: ApiClient, thread_id: str, limit: int, outcome: ThreadOutcome
+        self,
+        client: ApiClient,
+        thread_id: str,
+        limit: int,
+        outcome: ThreadOutcome,
+        *,
+        before: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.thread_id = thread_id
         self.limit = limit
         self._outcome = outcome
+        self._before = before  # replicas: refuses once the lease is known lost (WriteRefused)
+
+    def _sending(self) -> None:
+        if self._before is not None:
+            self._before()
+        self._outcome.requests += 1
 
     async def list_page(
         self, *, order: Order, after: str | None = None, limit: int | None = None
     ) -> MessagePage:
-        self._outcome.requests += 1
+        self._sending()
         page = await self.client.list_messages(
             self.thread_id, limit=limit or self.limit, order=order, after=after
         )
@@ -71,7 +83,7 @@ class Wire:
         return page
 
     async def list_unless(self, *, order: Order, after: str | None, unless: bytes | None) -> Listed:
-        self._outcome.requests += 1
+        self._sending()
         listed = await self.client.list_messages_unless(
             self.thread_id, unless, limit=self.limit, order=order, after=after
         )
@@ -79,7 +91,7 @@ class Wire:
         return listed
 
     async def get(self, message_id: str) -> dict[str, Any]:
-        self._outcome.requests += 1
+        self._sending()
         message = await self.client.get_message(self.thread_id, message_id)
         self._outcome.answered = True
         return message

@@ -44,6 +44,7 @@ from worker.sync.outcome import ThreadOutcome, cause_of, describe, unexpected
 from worker.sync.plan import Counts
 from worker.sync.thread_pass import Known, ThreadPass
 from worker.sync.ties import TieConvention
+from worker.sync.writer import Lease
 
 log = get_logger()
 
@@ -108,10 +109,14 @@ async def sync_threads(
     on_run_started: Callable[[RunReport, int], None] | None = None,
     deadline: float | None = None,
     gone_recheck: float = GONE_RECHECK,
+    fence: Lease | None = None,
 ) -> RunReport:
     """Sync ``thread_ids`` (default: every active tracked thread, and the gone ones due for a
     re-check) and record the run. Raises :class:`MisconfiguredError`, having marked nothing, when
     the answers point at the configuration (see the module's docstring).
+
+    ``fence``: replicas mode, the leases the dispatcher claimed these threads under; every write
+    of a pass checks its lease (see ``worker/daemon/fence.py``).
 
     ``deadline``: seconds the run may take from here. Threads not begun by then are reported
     ``not reached``, passes still running are stopped and reported ``stopped``; both count as
@@ -156,6 +161,7 @@ async def sync_threads(
                         now=now,
                         known=known,
                         censuses=censuses,
+                        lease=fence,
                     )
                     outcome = await run_until(one_pass, full, stop_at, deadline)
             except Exception as exc:  # the pass records its own failures: this is the last net
@@ -194,7 +200,7 @@ async def sync_threads(
     if watch.stop is not None:
         await mirror.run_write(_close_run, mirror, report, now())
         raise watch.stop
-    await _judge_missing(client, mirror, report, now(), proven=watch.proven)
+    await _judge_missing(client, mirror, report, now(), proven=watch.proven, fence=fence)
     if on_thread_done is not None:
         for outcome in report.outcomes:
             if outcome.not_found is not None:
@@ -432,7 +438,13 @@ class _Watch:
 
 
 async def _judge_missing(
-    client: ApiClient, mirror: Mirror, report: RunReport, now: datetime, *, proven: bool
+    client: ApiClient,
+    mirror: Mirror,
+    report: RunReport,
+    now: datetime,
+    *,
+    proven: bool,
+    fence: Lease | None = None,
 ) -> None:
     """Decide what each 404 of the run means, then write those threads' states (see the
     module's docstring); raises :class:`MisconfiguredError`, writing nothing, when no request
@@ -452,7 +464,7 @@ async def _judge_missing(
     previous = await mirror.run(_last_error_kinds, mirror, [o.thread_id for o in missing])
     for outcome in missing:
         _settle_missing(outcome, previous.get(outcome.thread_id))
-    await mirror.run_write(_write_missing, mirror, missing, revived, now)
+    await mirror.run_write(_write_missing, mirror, missing, revived, now, fence)
 
 
 def _every_thread_missing(
@@ -536,9 +548,16 @@ def _settle_missing(outcome: ThreadOutcome, previous_kind: str | None) -> None:
 
 
 def _write_missing(
-    mirror: Mirror, missing: list[ThreadOutcome], revived: list[str], now: datetime
+    mirror: Mirror,
+    missing: list[ThreadOutcome],
+    revived: list[str],
+    now: datetime,
+    fence: Lease | None = None,
 ) -> None:
     with mirror.write() as session:
+        if fence is not None:  # fencing hook 3 (replicas): a lost thread is the new holder's
+            missing = [o for o in missing if fence.holds(session, o.thread_id)]
+            revived = [t for t in revived if fence.holds(session, t)]
         for thread_id in revived:
             row = session.get(TrackedThread, thread_id)
             if row is not None and row.state == "gone":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple
 
 from worker.client import ApiClient
@@ -29,6 +30,7 @@ from worker.errors import (
     PermanentError,
     ThreadsyncError,
     TransientError,
+    WriteRefused,
 )
 from worker.jsontext import column_text
 from worker.logs import get_logger
@@ -44,7 +46,7 @@ from worker.sync.outcome import ThreadOutcome, cause_of, describe, raised_at, un
 from worker.sync.plan import prepare
 from worker.sync.ties import TieConvention
 from worker.sync.walking import Rescan, Walk
-from worker.sync.writer import Cursor, Guard, PageWriter
+from worker.sync.writer import Cursor, Guard, Lease, PageWriter
 
 log = get_logger()
 
@@ -71,8 +73,13 @@ class ThreadPass:
         known: Known | None = None,
         censuses: CensusAhead | None = None,
         guard: Guard | None = None,
+        lease: Lease | None = None,
     ) -> None:
+        """``lease`` (replicas mode): every write transaction checks it first and every request
+        is preceded by its local check; ``guard`` is a bare write check (tests, tools)."""
         self.thread_id = thread_id
+        if lease is not None and guard is None:
+            guard = partial(lease.guard, thread_id=thread_id)
         self.outcome = ThreadOutcome(thread_id, "synced")
         self._known = known  # read by the run for this pass: spares the pass its first read
         self._parked: float | None = None
@@ -84,7 +91,8 @@ class ThreadPass:
             counts=self.outcome.counts,
             guard=guard,
         )
-        wire = Wire(client, thread_id, page_limit, self.outcome)
+        before = partial(lease.ensure, thread_id) if lease is not None else None
+        wire = Wire(client, thread_id, page_limit, self.outcome, before=before)
         self.walk = Walk(wire, writer, ties, self.outcome, now, censuses=censuses)
 
     async def run(self, *, full: bool = False) -> ThreadOutcome:
@@ -92,6 +100,8 @@ class ThreadPass:
         started = time.monotonic()
         try:
             await self._mapped(full)
+        except WriteRefused as exc:  # another process holds the thread now: it writes, not us
+            self._fail("lost", exc)
         except Exception as exc:
             # Not one of the failures the walks expect (a write the database refused, a bug):
             # still this thread's failure alone, recorded and shown by `status`; the other

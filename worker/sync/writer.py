@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import Session
 
+from worker.errors import WriteRefused
 from worker.store import messages, sync_state
 from worker.store.db import Mirror
 from worker.store.models import SyncState
@@ -43,6 +44,22 @@ from worker.sync.plan import (
 # Run first in each write transaction of a pass, in that transaction (so what it checks holds
 # until the commit); raising writes nothing of the piece and fails the pass.
 Guard = Callable[[Session], None]
+
+
+class Lease(Protocol):
+    """Who may touch a thread (replicas mode: ``worker.daemon.fence.Fence``): the run builds each
+    pass's :data:`Guard` and its pre-request check from it."""
+
+    def guard(self, session: Session, thread_id: str) -> None:
+        """In a write transaction, first: raise :class:`WriteRefused` unless still held."""
+
+    def holds(self, session: Session, thread_id: str) -> bool:
+        """:meth:`guard` as a yes/no, for a write that should simply not happen when refused."""
+
+    def ensure(self, thread_id: str) -> None:
+        """Before a request: raise :class:`WriteRefused` once the thread is known lost."""
+
+
 Sweep = tuple[int | None, int | None, frozenset[str]]  # a full walk's window: low, high, seen
 
 
@@ -253,7 +270,10 @@ class PageWriter:
             sets.update(self.late)
 
         def write(session: Session) -> None:
-            self._guarded(session)
+            try:
+                self._guarded(session)
+            except WriteRefused:
+                return  # the thread's new holder writes its state; nobody waits for this piece
             sync_state.close(session, thread_id, sets, adds)
 
         self.mirror.queue_grouped(write, isolated=not self.mirror.is_sqlite, thread_id=thread_id)

@@ -1,0 +1,180 @@
+"""Periodic jobs across replicas: once per schedule slot, through a lease per job.
+
+Every replica keeps the same APScheduler timers; a timer firing only means "try". The job's row in
+``job_slot`` decides, in one statement on the database clock (graphile-worker's
+``known_crontabs`` rule, procrastinate's unique ``(task, ts)`` and River's term-scoped lease in one
+row, see ../shared/SCALEOUT.md §9.5):
+
+- the slot is the current time truncated to the job's period (a minute for crontab jobs, which
+  fire on the same minute everywhere);
+- a replica may take the job when nobody holds its lease (free, or expired by the database
+  clock) and its last slot is either finished and older than the current one, or not finished at
+  all: an unfinished slot (its holder died, or handed it back on SIGTERM) is resumed for that same
+  slot before any newer one runs;
+- the winner's lease is renewed with its thread leases (``worker/daemon/replicas.py``); a lost
+  lease cancels the job; the end is recorded with ``slot_done_at`` only while its epoch still
+  holds, so a slot is finished exactly once.
+
+Each replica also looks for unfinished slots every renewal round, so another replica finishes a
+slot whose holder died without waiting for the job's next timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+import anyio
+from sqlalchemy import text
+from sqlmodel import Session
+
+from worker.daemon.due import aware
+from worker.daemon.replicas import Held, Replica
+from worker.logs import get_logger
+from worker.store.db import Mirror
+
+log = get_logger()
+
+CRON_PERIOD = 60.0  # crontab jobs fire on the same minute on every replica: that minute is the slot
+
+_CLAIM = text(
+    """
+    WITH current AS (
+      SELECT to_timestamp(floor(extract(epoch FROM now()) / :period) * :period) AS slot
+    )
+    UPDATE job_slot AS j
+    SET lease_owner = :owner,
+        lease_until = now() + make_interval(secs => :ttl),
+        lease_epoch = j.lease_epoch + 1,
+        slot = CASE WHEN j.slot IS NOT NULL AND j.slot_done_at IS NULL THEN j.slot
+                    ELSE current.slot END,
+        slot_done_at = NULL,
+        last_outcome = NULL
+    FROM current
+    WHERE j.name = :name
+      AND (j.lease_until IS NULL OR j.lease_until < now())
+      AND (j.slot IS NULL OR j.slot_done_at IS NULL OR j.slot < current.slot)
+    RETURNING j.lease_epoch, j.slot
+    """
+)
+
+_DONE = text(
+    """
+    UPDATE job_slot SET slot_done_at = now(), last_outcome = :outcome,
+                        lease_owner = NULL, lease_until = NULL
+    WHERE name = :name AND lease_owner = :owner AND lease_epoch = :epoch
+    """
+)
+
+_HAND_BACK = text(
+    """
+    UPDATE job_slot SET lease_owner = NULL, lease_until = NULL
+    WHERE name = :name AND lease_owner = :owner AND lease_epoch = :epoch
+    """
+)
+
+_ORPHANS = text(
+    """
+    SELECT name FROM job_slot
+    WHERE slot IS NOT NULL AND slot_done_at IS NULL
+      AND (lease_until IS NULL OR lease_until < now())
+    """
+)
+
+
+def claim_slot(
+    session: Session, name: str, owner: str, period: float, ttl: float
+) -> tuple[int, datetime] | None:
+    """The job's lease and the slot to run, or None when another replica has it or it is done."""
+    session.execute(
+        text("INSERT INTO job_slot (name, lease_epoch) VALUES (:name, 0) ON CONFLICT DO NOTHING"),
+        {"name": name},
+    )
+    row = session.execute(
+        _CLAIM, {"name": name, "owner": owner, "period": period, "ttl": ttl}
+    ).first()
+    if row is None:
+        return None
+    slot = aware(row[1])
+    assert slot is not None
+    return int(row[0]), slot
+
+
+class Slots:
+    """Wraps job bodies so that each slot runs once across replicas."""
+
+    def __init__(self, mirror: Mirror, replica: Replica) -> None:
+        self.mirror = mirror
+        self.replica = replica
+        self.bodies: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+
+    def wrap(
+        self, name: str, period: float, body: Callable[[], Awaitable[Any]]
+    ) -> Callable[[], Awaitable[None]]:
+        async def once_per_slot() -> None:
+            await self.run(name, period, body)
+
+        return once_per_slot
+
+    def remember(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """The runner-wrapped job, started by :meth:`catch_up` for an unfinished slot."""
+        self.bodies[name] = run
+
+    async def run(self, name: str, period: float, body: Callable[[], Awaitable[Any]]) -> None:
+        replica = self.replica
+        if replica.draining or name in replica.jobs:
+            return
+        claimed = await self.mirror.run_write(self._claim, name, period)
+        if claimed is None:
+            return
+        epoch, slot = claimed
+        held = Held(name, epoch)
+        replica.jobs[name] = held
+        outcome = "cancelled"
+        log.info("daemon.slot_started", job=name, slot=slot.isoformat(), replica=replica.id)
+        try:
+            with anyio.CancelScope() as scope:
+                held.scope = scope
+                try:
+                    await body()
+                    outcome = "ok"
+                except Exception:
+                    outcome = "error"
+                    raise
+        finally:
+            replica.jobs.pop(name, None)
+            with anyio.CancelScope(shield=True):
+                done = await self.mirror.run_write(self._end, held, outcome)
+            if done:
+                log.info("daemon.slot_done", job=name, slot=slot.isoformat(), outcome=outcome)
+            elif held.lost:
+                log.warning("daemon.slot_lost", job=name, slot=slot.isoformat())
+
+    async def catch_up(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the jobs whose slot was left unfinished by a holder that died or stopped."""
+        if self.replica.draining:
+            return
+        for name in await self.mirror.run(self._orphans):
+            run = self.bodies.get(name)
+            if run is not None and name not in self.replica.jobs:
+                log.info("daemon.slot_resumed", job=name, replica=self.replica.id)
+                tg.start_soon(run)
+
+    def _claim(self, name: str, period: float) -> tuple[int, datetime] | None:
+        with self.mirror.write() as session:
+            return claim_slot(session, name, self.replica.id, period, self.replica.ttl)
+
+    def _end(self, held: Held, outcome: str) -> bool:
+        """Finished (ok or error): the slot is done. Cancelled: handed back, still unfinished."""
+        params = {"name": held.name, "owner": self.replica.id, "epoch": held.epoch}
+        with self.mirror.write() as session:
+            if outcome == "cancelled":
+                session.execute(_HAND_BACK, params)
+                return False
+            result = session.execute(_DONE, {**params, "outcome": outcome})
+            return bool(getattr(result, "rowcount", 0))
+
+    def _orphans(self) -> list[str]:
+        with self.mirror.read() as session:
+            return [row[0] for row in session.execute(_ORPHANS)]
