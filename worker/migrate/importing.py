@@ -25,9 +25,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import col
 
 from worker.errors import ConfigError, StoreError, TransientError
-from worker.store import messages
+from worker.store import messages, sync_state
 from worker.store.db import Mirror
-from worker.store.models import SyncState, TrackedThread, utcnow
+from worker.store.models import TrackedThread, utcnow
 from worker.sync.plan import Incoming, prepare
 from worker.sync.writer import write_page
 
@@ -179,7 +179,7 @@ def _write(mirror: Mirror, path: Path, thread_field: str, threads: dict[str, int
             added = start + timedelta(microseconds=i)
             session.add(TrackedThread(thread_id=thread_id, added_at=added, state="imported"))
             session.flush()
-            session.add(SyncState(thread_id=thread_id, initial_done=True))
+            sync_state.add_imported(session, thread_id)
         session.flush()
         per_thread: dict[str, list[_Line]] = {t: [] for t in threads}
         for line in _lines(path, thread_field):

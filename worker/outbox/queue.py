@@ -19,6 +19,7 @@ from worker.errors import ConfigError
 from worker.outbox.limits import apply_edit
 from worker.outbox.merge import Conflict, as_metadata, changed_keys
 from worker.outbox.models import OPEN_STATES, MetadataEdit
+from worker.store import messages
 from worker.store.db import Mirror
 from worker.store.models import Message, utcnow
 
@@ -60,7 +61,7 @@ class MetadataView:
 
 
 def _message(session: Session, thread_id: str, message_id: str) -> Message:
-    msg = session.get(Message, message_id)
+    msg = messages.get(session, message_id)
     if msg is None or msg.thread_id != thread_id:
         raise UnknownMessageError(
             f"message {message_id} of thread {thread_id} is not in the mirror; track the thread"

@@ -261,6 +261,11 @@ def census_sig(rows: Sequence[tuple[str, int, int, str, bool]], *, sqlite: bool)
     return sha256(orjson.dumps([tuple(r) for r in rows])).digest()
 
 
+def get(session: Session, message_id: str) -> Message | None:
+    """The stored row of a message (live or tombstoned), as the ORM object."""
+    return session.get(Message, message_id)
+
+
 def place(session: Session, message_id: str) -> Placed | None:
     """Where a stored, live message sits; None if unknown or tombstoned."""
     row = session.execute(

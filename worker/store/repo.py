@@ -252,14 +252,6 @@ def tracked_in_order(session: Session) -> list[str]:
     return [r[0] for r in session.execute(query)]
 
 
-def state_of(session: Session, thread_id: str) -> SyncState:
-    state = session.get(SyncState, thread_id)
-    if state is None:
-        state = SyncState(thread_id=thread_id)
-        session.add(state)
-    return state
-
-
 def mark_gone(session: Session, thread_id: str, now: datetime) -> None:
     row = session.get(TrackedThread, thread_id)
     if row is not None and row.state != "gone":

@@ -47,6 +47,11 @@ def ensure(session: Session, thread_id: str) -> SyncState:
     return state
 
 
+def add_imported(session: Session, thread_id: str) -> None:
+    """The row of a thread made by ``threadsync import``: nothing to sync first, ever."""
+    session.add(SyncState(thread_id=thread_id, initial_done=True))
+
+
 def of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str, SyncState]:
     query = select(SyncState).where(col(SyncState.thread_id).in_(list(thread_ids)))
     return {row.thread_id: row for row in session.scalars(query)}
