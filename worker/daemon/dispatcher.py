@@ -22,7 +22,8 @@ import anyio
 
 from worker.client import ApiClient
 from worker.config import Settings
-from worker.daemon.due import Cadence, claim, release, reschedule
+from worker.daemon.due import Cadence, Checked, claim, release, reschedule
+from worker.daemon.freshness import Freshness, claim_size, update_estimate
 from worker.daemon.heartbeat import write_problem
 from worker.daemon.metrics import DaemonMetrics
 from worker.errors import MisconfiguredError
@@ -78,6 +79,22 @@ class Dispatcher:
         self.batch = batch
         d = settings.daemon
         self.cadence = Cadence(d.sync_interval, d.sync_jitter, d.max_backoff)
+        low, high = d.interval_bounds
+        # Two dispatch intervals of lead: a due thread waits up to one to be claimed and up to
+        # one more while its batch is paced (claims are sized to fit one interval of budget).
+        lead = min(2 * d.dispatch_interval, low / 2)
+        self.freshness = Freshness(
+            low,
+            high,
+            d.interval_stretch,
+            d.sync_jitter,
+            d.max_backoff,
+            lead=lead,
+            promise=d.min_interval is not None or d.max_interval is not None,
+        )
+        self.budget = d.request_budget
+        # Requests per pass, learnt from each batch: what a claim is sized from.
+        self.requests_per_pass = 1.0
         # A lease outlives any sane batch; the lock makes this daemon the only one, and a restart
         # clears leases, so the length only matters for the future multi-daemon PostgreSQL case.
         self.lease = max(900.0, 4 * d.sync_interval)
@@ -145,8 +162,11 @@ class Dispatcher:
         started = time.monotonic()
         done: dict[str, ThreadOutcome] = {}
 
+        ended: dict[str, datetime] = {}
+
         def on_done(outcome: ThreadOutcome) -> None:
             done[outcome.thread_id] = outcome
+            ended[outcome.thread_id] = self.now()  # the pass's own time, not the batch's end
             if self.metrics is not None:
                 self.metrics.record_outcome(outcome)
 
@@ -173,13 +193,18 @@ class Dispatcher:
             # Shielded: on shutdown the finished threads still get their next time and the rest
             # give their lease back (they stay due and the next daemon takes them first).
             with anyio.CancelScope(shield=True):
-                await self.mirror.run_write(self._settle, ids, list(done))
+                checked = {t: _checked(o, ended.get(t)) for t, o in done.items()}
+                await self.mirror.run_write(self._settle, ids, checked)
         await self._note_problem(result.problem)
         result.outcomes = list(done.values())
         result.finished = len(done)
         result.failed = sum(not o.ok for o in done.values())
         result.requests = sum(o.requests for o in done.values())
         result.seconds = time.monotonic() - started
+        if not full:
+            self.requests_per_pass = update_estimate(
+                self.requests_per_pass, result.requests, result.finished
+            )
         changed = sum(o.counts.writes for o in done.values())
         (log.info if changed or result.failed else log.debug)(
             "daemon.batch_finished",
@@ -219,22 +244,38 @@ class Dispatcher:
                 now=now,
                 owner=self.owner,
                 lease=self.lease,
-                limit=self.batch,
+                limit=self.batch if full else self.claim_limit(),
                 due_only=not full,
                 after=after,
+                default_interval=self.freshness.min_interval,
             )
 
-    def _settle(self, claimed: list[str], finished: list[str]) -> None:
+    def claim_limit(self) -> int:
+        """Due threads to claim: as many passes as the budget serves in one dispatch interval."""
+        horizon = self.settings.daemon.dispatch_interval
+        return claim_size(self.budget, horizon, self.requests_per_pass, self.batch)
+
+    def _settle(self, claimed: list[str], checked: dict[str, Checked]) -> None:
         now = self.now()
-        rand = {thread_id: self.rng.random() for thread_id in finished}
-        finished_set = set(finished)
+        rand = {thread_id: self.rng.random() for thread_id in checked}
         with self.mirror.write() as session:
             reschedule(
                 session,
-                finished,
+                list(checked),
                 now=now,
                 cadence=self.cadence,
                 rand=rand,
                 gone_recheck=self.settings.sync.gone_recheck_interval,
+                freshness=self.freshness,
+                checked=checked,
             )
-            release(session, [t for t in claimed if t not in finished_set], self.owner)
+            release(session, [t for t in claimed if t not in checked], self.owner)
+
+
+def _checked(outcome: ThreadOutcome, at: datetime | None) -> Checked:
+    """What the schedule needs from a pass: did it change anything, did it succeed, when."""
+    return Checked(
+        changed=outcome.counts.writes > 0,
+        ok=outcome.result == "synced",
+        at=at if at is not None else utcnow(),
+    )

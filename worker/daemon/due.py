@@ -15,14 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Integer, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Float, Integer, and_, cast, func, or_, select, update
 from sqlmodel import Session, col
 
+from worker.daemon.freshness import Freshness, backoff_delay, check_delay, next_interval
 from worker.store.models import SyncState, TrackedThread
-
-# Failures beyond this many double no further (2**20 intervals is past any sane max_backoff).
-_MAX_DOUBLINGS = 20
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,11 @@ def next_delay(cadence: Cadence, failures: int, rand: float) -> float:
     ``max_backoff`` (never below the interval itself); the jitter applies after the cap so a crowd
     of failing threads is spread too, and the result never exceeds the cap.
     """
-    base = cadence.interval
-    ceiling = max(cadence.max_backoff, cadence.interval)
     if failures > 0:
-        base = min(ceiling, cadence.interval * 2 ** min(failures, _MAX_DOUBLINGS))
+        return backoff_delay(cadence.interval, failures, cadence.jitter, cadence.max_backoff, rand)
+    base = cadence.interval
     spread = base * cadence.jitter * (2.0 * rand - 1.0)
-    limit = ceiling if failures > 0 else base * (1.0 + cadence.jitter)
-    return max(0.0, min(limit, base + spread))
+    return max(0.0, min(base * (1.0 + cadence.jitter), base + spread))
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -67,11 +64,14 @@ def claim(
     limit: int,
     due_only: bool = True,
     after: str | None = None,
+    default_interval: float = 300.0,
 ) -> list[str]:
     """Lease up to ``limit`` active, unleased, unparked threads and return their ids.
 
-    ``due_only``: threads whose time has come, most overdue first (never-synced ones first of all),
-    and threads marked gone whose re-check has come (:func:`reschedule` sets it).
+    ``due_only``: threads whose time has come, most overdue relative to their own interval first
+    (``(now - next_sync_at) / check_interval``, never-scheduled ones first of all; a thread never
+    checked counts ``default_interval``), and threads marked gone whose re-check has come
+    (:func:`reschedule` sets it).
     Otherwise every such thread in id order from ``after`` (exclusive): the reconcile walks the
     whole set in keyset batches this way.
     """
@@ -89,7 +89,9 @@ def claim(
         query = query.where(
             or_(col(TrackedThread.next_sync_at).is_(None), col(TrackedThread.next_sync_at) <= now)
         ).order_by(
-            col(TrackedThread.next_sync_at).asc().nulls_first(), col(TrackedThread.thread_id)
+            col(TrackedThread.next_sync_at).is_(None).desc(),
+            overdue_ratio_sql(session, now, default_interval).desc(),
+            col(TrackedThread.thread_id),
         )
     else:
         if after is not None:
@@ -107,6 +109,29 @@ def claim(
     return ids
 
 
+def epoch_seconds(session: Session, column: Any) -> ColumnElement[float]:
+    """A timestamp column as Unix seconds, in the mirror's dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(func.extract("epoch", column), Float)
+    # SQLite keeps UTC timestamps as text; julianday() reads them (2440587.5 is the Unix epoch).
+    return (func.julianday(column) - 2440587.5) * 86400.0
+
+
+def overdue_ratio_sql(session: Session, now: datetime, default_interval: float) -> Any:
+    """:func:`worker.daemon.freshness.overdue_ratio` as SQL (for the claim's ORDER BY)."""
+    late = now.timestamp() - epoch_seconds(session, col(TrackedThread.next_sync_at))
+    return late / func.coalesce(col(TrackedThread.check_interval), default_interval)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the schedule needs from one pass (the dispatcher builds it from the outcome)."""
+
+    changed: bool  # the pass wrote something: messages added, changed, deleted or restored
+    ok: bool
+    at: datetime  # when the pass ended
+
+
 def reschedule(
     session: Session,
     finished: Iterable[str],
@@ -115,13 +140,29 @@ def reschedule(
     cadence: Cadence,
     rand: Mapping[str, float],
     gone_recheck: float = 86400.0,
+    freshness: Freshness | None = None,
+    checked: Mapping[str, Checked] | None = None,
 ) -> dict[str, datetime]:
     """Set each finished thread's next time from its failure count and release its lease.
 
     A parked thread (the server asked for a long wait) is not due before ``parked_until``; a
     thread marked gone comes back for its re-check after ``gone_recheck`` seconds.
     ``rand`` holds one uniform draw per thread (missing ids draw 0.5: no jitter).
+
+    With ``freshness``, each thread's own interval adapts (:mod:`worker.daemon.freshness`) from
+    what its pass found (``checked``; a thread missing there counts as an unchanged failure) and
+    is stored with the pass's time; without it, ``cadence`` fixes every interval, as before.
     """
+    if freshness is not None:
+        return _reschedule_adaptive(
+            session,
+            list(finished),
+            now=now,
+            freshness=freshness,
+            rand=rand,
+            gone_recheck=gone_recheck,
+            checked=checked or {},
+        )
     ids = list(finished)
     if not ids:
         return {}
@@ -159,6 +200,69 @@ def reschedule(
         ],
     )
     return plan
+
+
+def _reschedule_adaptive(
+    session: Session,
+    ids: list[str],
+    *,
+    now: datetime,
+    freshness: Freshness,
+    rand: Mapping[str, float],
+    gone_recheck: float,
+    checked: Mapping[str, Checked],
+) -> dict[str, datetime]:
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(
+            col(TrackedThread.thread_id),
+            col(TrackedThread.state),
+            col(TrackedThread.check_interval),
+            col(SyncState.consecutive_failures),
+            col(SyncState.parked_until),
+        )
+        .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
+        .where(col(TrackedThread.thread_id).in_(ids))
+    ).all()
+    plan: dict[str, datetime] = {}
+    updates: list[dict[str, Any]] = []
+    for thread_id, state, interval, failures, parked_until in rows:
+        seen = checked.get(thread_id)
+        changed, ok = (seen.changed, seen.ok) if seen is not None else (False, False)
+        at = seen.at if seen is not None else now
+        new_interval = next_interval(freshness, interval, changed=changed, ok=ok)
+        delay = check_delay(freshness, new_interval, failures or 0, rand.get(thread_id, 0.5))
+        due = at + timedelta(seconds=delay)
+        if state == "gone":
+            due = now + timedelta(seconds=gone_recheck)
+        parked = aware(parked_until)
+        if parked is not None and parked > due:
+            due = parked
+        plan[thread_id] = due
+        row: dict[str, Any] = {
+            "thread_id": thread_id,
+            "next_sync_at": due,
+            "check_interval": new_interval,
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        if ok:
+            row["last_checked_at"] = at
+        if changed:
+            row["last_changed_at"] = at
+        updates.append(row)
+    _bulk_update(session, updates)
+    return plan
+
+
+def _bulk_update(session: Session, rows: list[dict[str, Any]]) -> None:
+    """One executemany per set of keys (an ORM bulk update needs the same keys in every row)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    for group in groups.values():
+        session.execute(update(TrackedThread), group)
 
 
 def release(session: Session, thread_ids: Iterable[str], owner: str) -> None:

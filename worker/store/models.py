@@ -40,6 +40,12 @@ class TrackedThread(SQLModel, table=True):
     next_sync_at: datetime | None = _ts(default=None, index=True)
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_until: datetime | None = _ts(default=None)
+    # Freshness under a budget (worker/daemon/freshness.py): the thread's own check interval
+    # (seconds; NULL: never checked, taken as daemon.min_interval), when a pass last found a
+    # change, and when a pass last succeeded. `last_changed_at` is indexed for the lag gauges.
+    check_interval: float | None = Field(default=None)
+    last_changed_at: datetime | None = _ts(default=None, index=True)
+    last_checked_at: datetime | None = _ts(default=None)
 
 
 class SyncState(SQLModel, table=True):

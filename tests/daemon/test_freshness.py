@@ -1,0 +1,163 @@
+"""The adaptive interval, the check delay, the claim size and the lag maths (pure, Hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.daemon.due import Cadence, next_delay
+from worker.daemon.freshness import (
+    Freshness,
+    backoff_delay,
+    check_delay,
+    claim_size,
+    lag_of,
+    next_interval,
+    overdue_ratio,
+    percentile,
+    update_estimate,
+)
+
+F = Freshness(min_interval=60.0, max_interval=3600.0, stretch=2.0, jitter=0.1, lead=10.0)
+
+bounds = st.tuples(st.floats(0.01, 1e5), st.floats(0.01, 1e5)).map(sorted)
+freshness = st.builds(
+    lambda b, stretch, jitter, cap, lead: Freshness(b[0], b[1], stretch, jitter, cap, lead),
+    bounds,
+    st.floats(1.0, 10.0),
+    st.floats(0.0, 1.0),
+    st.floats(0.01, 1e6),
+    st.floats(0.0, 100.0),
+)
+intervals = st.none() | st.floats(0.0, 1e6)
+rands = st.floats(0.0, 1.0, exclude_max=True)
+
+
+def test_idle_checks_stretch_the_interval_to_the_maximum_and_a_change_resets_it() -> None:
+    """60 -> 120 -> ... -> 3600 (capped) on idle checks; one change brings it back to 60."""
+    interval: float | None = None
+    seen = []
+    for _ in range(8):
+        interval = next_interval(F, interval, changed=False, ok=True)
+        seen.append(interval)
+    assert seen == [120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0, 3600.0, 3600.0]
+    assert next_interval(F, interval, changed=True, ok=True) == 60.0
+    assert next_interval(F, interval, changed=True, ok=False) == 60.0
+
+
+def test_a_failed_pass_keeps_the_interval() -> None:
+    """A failure says nothing about activity: the interval stays, the backoff decides the delay."""
+    assert next_interval(F, 480.0, changed=False, ok=False) == 480.0
+    assert next_interval(F, None, changed=False, ok=False) == 60.0
+
+
+@given(f=freshness, interval=intervals, changed=st.booleans(), ok=st.booleans())
+def test_interval_always_within_the_bounds(
+    f: Freshness, interval: float | None, changed: bool, ok: bool
+) -> None:
+    """Whatever was stored (even out of bounds after a settings change), the next is in bounds;
+    a change gives the minimum; an idle success never shortens it."""
+    new = next_interval(f, interval, changed=changed, ok=ok)
+    assert f.min_interval <= new <= f.max_interval
+    if changed:
+        assert new == f.min_interval
+    elif ok and interval is not None:
+        assert new >= min(f.max_interval, max(f.min_interval, interval))
+
+
+@given(f=freshness, interval=st.floats(0.0, 1e6), rand=rands)
+def test_a_healthy_thread_is_due_no_later_than_its_interval_minus_the_lead(
+    f: Freshness, interval: float, rand: float
+) -> None:
+    """The interval is a promise: jitter only brings the check forward, by at most ``jitter``."""
+    delay = check_delay(f, interval, 0, rand)
+    target = max(0.0, interval - f.lead)
+    assert 0.0 <= delay <= target
+    assert delay >= target * (1 - f.jitter) * (1 - 1e-12)
+
+
+@given(f=freshness, interval=st.floats(0.01, 1e5), failures=st.integers(1, 500), rand=rands)
+def test_failure_backoff_is_todays(
+    f: Freshness, interval: float, failures: int, rand: float
+) -> None:
+    """A failing thread backs off exactly as the fixed schedule always did."""
+    expected = next_delay(Cadence(interval, f.jitter, f.max_backoff), failures, rand)
+    assert check_delay(f, interval, failures, rand) == expected
+    assert check_delay(f, interval, failures, rand) <= max(f.max_backoff, interval) * (1 + 1e-9)
+
+
+@given(interval=st.floats(0.01, 1e5), jitter=st.floats(0.0, 1.0), rand=rands)
+def test_without_configured_bounds_the_schedule_is_the_fixed_one(
+    interval: float, jitter: float, rand: float
+) -> None:
+    """promise=False (no min/max set): exactly today's ``interval +- jitter``."""
+    f = Freshness(interval, interval, jitter=jitter, lead=10.0, promise=False)
+    expected = next_delay(Cadence(interval, jitter, 3600.0), 0, rand)
+    assert check_delay(f, interval, 0, rand) == pytest.approx(expected)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff_delay(60.0, n, 0.0, 900.0, 0.5) for n in range(1, 6)] == [
+        120.0,
+        240.0,
+        480.0,
+        900.0,
+        900.0,
+    ]
+
+
+def test_overdue_ratio_puts_an_active_thread_before_a_long_idle_one() -> None:
+    """Five seconds late on a minute beats an hour late on a day; never scheduled beats all."""
+    active = overdue_ratio(1000.0, 995.0, 60.0)
+    idle = overdue_ratio(1000.0, 1000.0 - 3600.0, 86400.0)
+    assert active > idle
+    assert overdue_ratio(1000.0, None, 60.0) == math.inf
+
+
+@given(
+    budget=st.floats(0.01, 1e4),
+    horizon=st.floats(0.01, 600.0),
+    per_pass=st.floats(0.0, 1e3),
+    cap=st.integers(1, 10_000),
+)
+def test_claim_fits_the_budget(budget: float, horizon: float, per_pass: float, cap: int) -> None:
+    """The claim's expected requests never exceed one horizon of budget (unless one thread alone
+    does), and it never exceeds the batch cap."""
+    n = claim_size(budget, horizon, per_pass, cap)
+    assert 1 <= n <= cap
+    if n > 1:
+        assert n * max(per_pass, 1e-9) <= budget * horizon * (1 + 1e-9)
+
+
+def test_claim_size_from_a_budget() -> None:
+    assert claim_size(50.0, 5.0, 1.0, 500) == 250
+    assert claim_size(50.0, 5.0, 2.5, 500) == 100
+    assert claim_size(1000.0, 5.0, 1.0, 500) == 500
+    assert claim_size(0.1, 5.0, 3.0, 500) == 1
+
+
+def test_estimate_moves_towards_what_a_batch_saw() -> None:
+    assert update_estimate(1.0, 30, 10) == pytest.approx(1.4)
+    assert update_estimate(2.0, 0, 0) == 2.0
+    assert update_estimate(2.0, 0, 5) == pytest.approx(1.8)  # never below one request per pass
+
+
+@given(st.lists(st.floats(0.0, 1e6), max_size=300))
+def test_lag_percentiles_are_order_statistics(values: list[float]) -> None:
+    lag = lag_of(values)
+    assert lag.threads == len(values)
+    if values:
+        assert min(values) <= lag.p50 <= lag.p99 <= lag.max == max(values)
+        assert lag.p50 in values and lag.p99 in values
+    else:
+        assert (lag.p50, lag.p99, lag.max) == (0.0, 0.0, 0.0)
+
+
+def test_percentile_nearest_rank() -> None:
+    ordered = [float(v) for v in range(1, 101)]
+    assert percentile(ordered, 0.5) == 50.0
+    assert percentile(ordered, 0.99) == 99.0
+    assert percentile([7.0], 0.99) == 7.0

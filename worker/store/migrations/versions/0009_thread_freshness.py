@@ -1,0 +1,40 @@
+"""Freshness under a budget (issue 21): each tracked thread's own check interval.
+
+``check_interval`` (seconds), ``last_changed_at`` and ``last_checked_at`` on ``tracked_thread``.
+NULL in every row after this upgrade: a thread never checked since is taken as just changed (its
+interval starts at ``daemon.min_interval``) and counts in no lag figure until its next pass.
+The index on ``last_changed_at`` serves the lag gauges (threads changed in the last hour).
+
+Revision ID: 0009
+Revises: 0007
+Create Date: 2026-12-06 12:00:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+# The integrator re-chains this after the replicas revision "0008".
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tracked_thread", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("check_interval", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("last_changed_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("last_checked_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index(
+            batch_op.f("ix_tracked_thread_last_changed_at"), ["last_changed_at"], unique=False
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tracked_thread", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_tracked_thread_last_changed_at"))
+        batch_op.drop_column("last_checked_at")
+        batch_op.drop_column("last_changed_at")
+        batch_op.drop_column("check_interval")
