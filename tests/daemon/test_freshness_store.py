@@ -86,7 +86,9 @@ def test_adaptive_reschedule_stores_interval_and_times(mirror: Mirror) -> None:
     with mirror.read() as session:
         rows = {t: session.get(TrackedThread, t) for t in plan}
     changed, idle, failed = rows["thread_changed"], rows["thread_idle"], rows["thread_failed"]
-    assert changed is not None and idle is not None and failed is not None
+    assert changed is not None
+    assert idle is not None
+    assert failed is not None
     assert (changed.check_interval, idle.check_interval, failed.check_interval) == (
         60.0,
         960.0,
