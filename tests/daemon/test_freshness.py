@@ -162,3 +162,20 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(ordered, 0.5) == 50.0
     assert percentile(ordered, 0.99) == 99.0
     assert percentile([7.0], 0.99) == 7.0
+
+
+def test_metrics_expose_the_lag_and_the_budget() -> None:
+    """/metrics: recently changed threads, staleness by quantile, the budget and the claim size."""
+    from worker.daemon.metrics import DaemonMetrics  # noqa: PLC0415 - keeps the pure tests light
+
+    metrics = DaemonMetrics()
+    metrics.set_lag(lag_of([10.0, 20.0, 300.0]))
+    metrics.budget.set(50.0)
+    metrics.claim_size.set(250)
+    body = metrics.render().decode()
+    assert "threadsync_recently_changed_threads 3.0" in body
+    assert 'threadsync_recent_staleness_seconds{quantile="0.5"} 20.0' in body
+    assert 'threadsync_recent_staleness_seconds{quantile="0.99"} 300.0' in body
+    assert 'threadsync_recent_staleness_seconds{quantile="1"} 300.0' in body
+    assert "threadsync_request_budget_per_second 50.0" in body
+    assert "threadsync_claim_size 250.0" in body

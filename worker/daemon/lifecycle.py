@@ -28,9 +28,11 @@ from worker.client import ApiClient, Pacer
 from worker.config import Settings
 from worker.daemon.dispatcher import Dispatcher
 from worker.daemon.due import clear_leases, threads_by_state
+from worker.daemon.freshness import Lag
 from worker.daemon.health import HealthServer
 from worker.daemon.heartbeat import STALE_AFTER_BEATS, write_beat
 from worker.daemon.jobs import JobRunner, Jobs, edit_counts
+from worker.daemon.lag import recent_lag
 from worker.daemon.lock import daemon_lock
 from worker.daemon.metrics import DaemonMetrics
 from worker.daemon.scheduler import Cron, Every, JobSpec, Schedule
@@ -167,6 +169,9 @@ class Daemon:
             counts = await self.mirror.run(self._read_counts, now)
             self.metrics.set_threads(counts[0])
             self.metrics.set_edits(counts[1])
+            self.metrics.set_lag(counts[2])
+            self.metrics.budget.set(self.dispatcher.budget)
+            self.metrics.claim_size.set(self.dispatcher.claim_limit())
             self._warn_if_idle(sum(counts[0].values()))
         except (ThreadsyncError, SQLAlchemyError) as exc:
             self.beat_error = describe_exception(exc)
@@ -182,10 +187,11 @@ class Daemon:
             )
         self.warned_idle = tracked == 0
 
-    def _read_counts(self, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+    def _read_counts(self, now: datetime) -> tuple[dict[str, int], dict[str, int], Lag]:
         with self.mirror.read() as session:
             threads = threads_by_state(session, now)
-        return threads, edit_counts(self.mirror)
+            lag = recent_lag(session, now)
+        return threads, edit_counts(self.mirror), lag
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -226,7 +232,9 @@ class Daemon:
                 mirror=self.mirror.safe_url,
                 dispatch_interval=d.dispatch_interval,
                 sync_interval=d.sync_interval,
-                requests_per_second=d.requests_per_second,
+                requests_per_second=d.request_budget,
+                min_interval=self.dispatcher.freshness.min_interval,
+                max_interval=self.dispatcher.freshness.max_interval,
                 jobs=[s.name for s in self.job_specs()],
             )
             self.started.set()
@@ -290,7 +298,8 @@ async def run_daemon(
             if cleared:
                 log.info("daemon.leases_cleared", threads=cleared)
             metrics = DaemonMetrics()
-            pacer = Pacer(settings.daemon.requests_per_second)
+            # One pacer for every request the daemon makes: the budget is global.
+            pacer = Pacer(settings.daemon.request_budget)
             async with ApiClient(
                 settings.api, settings.retry, pacer=pacer, events=metrics.client_events()
             ) as client:
