@@ -5,6 +5,7 @@ Map: ``due`` (which threads are due, leases and the next time: pure maths plus b
 dispatch, reconcile, push, backup, and the runner that cancels them cleanly), ``scheduler`` (the
 only module that imports APScheduler), ``heartbeat`` (the liveness record `threadsync check`
 reads), ``freshness`` (the adaptive per-thread interval and the claim size planned from the request
-budget: pure maths), ``lag`` (staleness of the recently changed threads), ``lock`` (one daemon per mirror), ``metrics`` (Prometheus), ``health`` (the HTTP listener),
+budget: pure maths), ``lag`` (staleness of the recently changed threads), ``lock`` (one daemon per
+mirror), ``metrics`` (Prometheus), ``health`` (the HTTP listener),
 ``lifecycle`` (signals, start-up and graceful shutdown).
 """
