@@ -179,3 +179,31 @@ def test_metrics_expose_the_lag_and_the_budget() -> None:
     assert 'threadsync_recent_staleness_seconds{quantile="1"} 300.0' in body
     assert "threadsync_request_budget_per_second 50.0" in body
     assert "threadsync_claim_size 250.0" in body
+
+
+@given(
+    rate=st.floats(0.5, 500.0),
+    burst=st.integers(1, 5),
+    gaps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=200),
+    window=st.floats(0.01, 30.0),
+)
+def test_the_budget_is_never_exceeded(
+    rate: float, burst: int, gaps: list[float], window: float
+) -> None:
+    """The daemon's one pacer (GCRA), under any arrival pattern on a fake clock: in every window
+    of ``window`` seconds at most ``rate * window + burst`` requests go."""
+    from worker.client.pacer import reserve  # noqa: PLC0415 - keeps the pure tests light
+
+    interval, tolerance = 1.0 / rate, (burst - 1) / rate
+    tat, now, sent = float("-inf"), 0.0, []
+    for gap in gaps:
+        now += gap
+        slot = reserve(tat, now, interval, tolerance)
+        tat = slot.tat
+        sent.append(slot.at)
+    sent.sort()
+    j = 0
+    for i, start in enumerate(sent):
+        while j < len(sent) and sent[j] < start + window:
+            j += 1
+        assert j - i <= rate * window + burst + 1e-9
