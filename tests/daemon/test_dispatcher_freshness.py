@@ -18,7 +18,7 @@ from worker.store.models import TrackedThread
 __all__ = ["emulator"]  # the fixture, shared with test_dispatcher
 pytestmark = pytest.mark.anyio
 
-ADAPTIVE = {"min_interval": 60.0, "max_interval": 960.0, "interval_stretch": 2.0}
+ADAPTIVE: dict[str, Any] = {"min_interval": 60.0, "max_interval": 960.0, "interval_stretch": 2.0}
 
 
 def rows(mirror: Mirror) -> dict[str, TrackedThread]:
@@ -58,9 +58,10 @@ async def test_a_changed_thread_comes_back_at_the_minimum_an_idle_one_stretches(
             if append:
                 emulator.append_messages(thread, n=1)
             await d.dispatch_once()
-            row = rows(mirror)[thread]
-            seen.append((row.check_interval, aware(row.next_sync_at) - clock.at))
-            clock.at = aware(row.next_sync_at) or clock.at
+            due = aware(rows(mirror)[thread].next_sync_at)
+            assert due is not None
+            seen.append((rows(mirror)[thread].check_interval, due - clock.at))
+            clock.at = due
         return seen
 
     seen = await run_with(emulator, mirror, passes, clock=clock, sync_jitter=0.0, **ADAPTIVE)
