@@ -74,3 +74,20 @@ async def test_a_changed_thread_comes_back_at_the_minimum_an_idle_one_stretches(
     row = rows(mirror)[thread]
     assert aware(row.last_changed_at) == clock.at - (timedelta(seconds=60) - lead)
     assert aware(row.last_checked_at) > NOW  # type: ignore[operator]
+
+
+async def test_the_dispatch_job_runs_batches_back_to_back_while_claims_are_full(
+    emulator: Emulator, mirror: Mirror
+) -> None:
+    """25 due, claims of 10: a job run takes batches while they come back full (10, then 10 + 5);
+    a stop request ends it after the batch in hand."""
+    ids = emulator.seed(seed=23, threads=25, messages=1)
+    track(mirror, *ids)
+
+    async def job(d: Dispatcher) -> tuple[int, int]:
+        stopped = await d.dispatch(lambda: False)
+        rest = await d.dispatch()
+        return stopped.claimed, rest.claimed
+
+    got = await run_with(emulator, mirror, job, max_requests_per_second=2.0, dispatch_interval=5.0)
+    assert got == (10, 15)

@@ -128,6 +128,25 @@ class Dispatcher:
             self.metrics.dispatches.inc()
         return result
 
+    async def dispatch(self, keep_going: Callable[[], bool] = lambda: True) -> BatchResult:
+        """The dispatch job: batches back to back while each claim comes back full.
+
+        A claim holds one dispatch interval of budget; waiting for the next tick after each batch
+        would leave the budget idle for the rest of the interval whenever threads are waiting.
+        The gate is taken per batch, so a reconcile waiting for it goes next.
+        """
+        total = BatchResult()
+        while True:
+            limit = self.claim_limit()
+            result = await self.dispatch_once()
+            total.claimed += result.claimed
+            total.finished += result.finished
+            total.failed += result.failed
+            total.requests += result.requests
+            total.problem = result.problem
+            if result.claimed < limit or result.problem is not None or not keep_going():
+                return total
+
     async def reconcile(self) -> BatchResult:
         """A full pass over every active thread, batch by batch (waits for a running dispatch)."""
         total = BatchResult()

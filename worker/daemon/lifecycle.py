@@ -117,7 +117,7 @@ class Daemon:
         specs = [
             JobSpec(
                 "dispatch",
-                wrap("dispatch", self.dispatcher.dispatch_once),
+                wrap("dispatch", self._dispatch),
                 Every(d.dispatch_interval),
             ),
             JobSpec(
@@ -149,6 +149,9 @@ class Daemon:
             JobSpec("history", wrap("history", self.jobs.prune_history), Every(3600.0, 60.0))
         )
         return specs
+
+    async def _dispatch(self) -> None:
+        await self.dispatcher.dispatch(lambda: not self.runner.stopping)
 
     async def _last_beat(self) -> None:
         """Say in the mirror that this daemon stopped (a probe reports it at once)."""
