@@ -18,10 +18,10 @@ request rate the emulator counted against the budget, and the staleness (seconds
 successful check) of the threads changed in the last hour, sampled every 10 s from the mirror:
 p50/p90/p99/max, against ``min_interval``.
 
-Run: ``.venv/bin/python -m bench.bench_freshness [--minutes N]``; ``THREADSYNC_BENCH_FRESHNESS_MINUTES``
-sets the length, ``THREADSYNC_BENCH_SCALE`` shrinks the thread counts (smoke test: tiny), and
-``THREADSYNC_BENCH_POSTGRES_URL`` (or ``THREADSYNC_TEST_POSTGRES_URL``) names the server; a database
-of its own is created and dropped.
+Run: ``.venv/bin/python -m bench.bench_freshness [--minutes N]``;
+``THREADSYNC_BENCH_FRESHNESS_MINUTES`` sets the length, ``THREADSYNC_BENCH_SCALE`` shrinks the
+thread counts (smoke test: tiny), and ``THREADSYNC_BENCH_POSTGRES_URL`` (or
+``THREADSYNC_TEST_POSTGRES_URL``) names the server; a database of its own is created and dropped.
 """
 
 from __future__ import annotations
@@ -367,8 +367,8 @@ def main() -> dict[str, float]:
             target=lambda: samples.extend(sample_lag(db.url, run_s + 30, halt)), daemon=True
         )
         with tempfile.TemporaryDirectory() as tmp:
-            config = {"db": db.url, "base": emulator.base_url, "seconds": run_s}
-            config["out"] = str(Path(tmp) / "out.json")
+            out = Path(tmp) / "out.json"
+            config = {"db": db.url, "base": emulator.base_url, "seconds": run_s, "out": str(out)}
             (Path(tmp) / "config.json").write_text(json.dumps(config))
             mutator.start()
             sampler.start()
@@ -383,7 +383,7 @@ def main() -> dict[str, float]:
             mutator.join()
             if proc.returncode != 0:
                 raise RuntimeError(f"the daemon child exited with {proc.returncode}")
-            figures.update(json.loads(Path(config["out"]).read_text()))
+            figures.update(json.loads(out.read_text()))
         requests = count_requests(emulator.stats())["total"]
         with Mirror(db.url).read() as session:
             final = recent_lag(session, utcnow())
