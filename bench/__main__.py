@@ -12,7 +12,17 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ["emulator", "sync", "reconcile", "push", "daemon", "export", "import", "migrate"]
+BENCHMARKS = [
+    "emulator",
+    "sync",
+    "reconcile",
+    "push",
+    "daemon",
+    "export",
+    "import",
+    "migrate",
+    "freshness",
+]
 
 
 def main(argv: list[str]) -> int:
