@@ -62,7 +62,7 @@ ACTIVE = 500
 BUDGET = 50.0
 MIN_INTERVAL = 60.0
 MAX_INTERVAL = 86400.0
-DISPATCH_INTERVAL = 2.0
+DISPATCH_INTERVAL = 5.0
 MINUTES_ENV = "THREADSYNC_BENCH_FRESHNESS_MINUTES"
 DEFAULT_MINUTES = 10.0
 SAMPLE_S = 10.0
@@ -168,8 +168,22 @@ def populate(url: str, reachable: list[str], active: int, total: int, run_s: flo
             ),
             {"ids": reachable[:active], "min": MIN_INTERVAL},
         )
+    with engine.begin() as conn:
+        # Every thread has synced before (its first sync is history): passes are the steady
+        # state's incremental ones.
+        conn.execute(
+            text(
+                """
+                INSERT INTO sync_state (thread_id, initial_done, pages, consecutive_failures,
+                    added, changed, deleted, restored, last_sync_at, last_success_at)
+                SELECT thread_id, true, 1, 0, 0, 0, 0, 0, last_checked_at, last_checked_at
+                FROM tracked_thread
+                """
+            )
+        )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE tracked_thread"))
+        conn.execute(text("VACUUM ANALYZE sync_state"))
     engine.dispose()
     return time.monotonic() - started
 
@@ -211,7 +225,15 @@ def child(config_path: str) -> None:
     from worker import logs  # noqa: PLC0415 - the child's own imports are part of its RSS
 
     logs.configure(level="warning")
-    figures = anyio.run(_serve, config, backend="asyncio")
+    profile = os.environ.get("THREADSYNC_BENCH_PROFILE")  # a path: cProfile the daemon into it
+    if profile:
+        import cProfile  # noqa: PLC0415
+
+        with cProfile.Profile() as prof:
+            figures = anyio.run(_serve, config, backend="asyncio")
+        prof.dump_stats(profile)
+    else:
+        figures = anyio.run(_serve, config, backend="asyncio")
     Path(config["out"]).write_text(json.dumps(figures))
 
 
