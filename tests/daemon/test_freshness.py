@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -207,3 +208,33 @@ def test_the_budget_is_never_exceeded(
         while j < len(sent) and sent[j] < start + window:
             j += 1
         assert j - i <= rate * window + burst + 1e-9
+
+
+def test_settings_bounds_fall_back_to_the_sync_interval() -> None:
+    """Unset: both are sync_interval (the fixed schedule); one set: the other from sync_interval;
+    the budget defaults to requests_per_second; min above max is refused."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from worker.config import DaemonSettings  # noqa: PLC0415
+
+    assert DaemonSettings().interval_bounds == (300.0, 300.0)
+    assert DaemonSettings(min_interval=60.0).interval_bounds == (60.0, 300.0)
+    assert DaemonSettings(max_interval=86400.0).interval_bounds == (300.0, 86400.0)
+    assert DaemonSettings(max_interval=100.0).interval_bounds == (100.0, 100.0)
+    assert DaemonSettings(min_interval=900.0).interval_bounds == (900.0, 900.0)
+    assert DaemonSettings().request_budget == 20.0
+    assert DaemonSettings(max_requests_per_second=50.0).request_budget == 50.0
+    with pytest.raises(ValidationError, match="min_interval"):
+        DaemonSettings(min_interval=600.0, max_interval=60.0)
+
+
+def test_a_bad_bound_is_one_line(tmp_path: Path) -> None:
+    from worker.config import load_settings  # noqa: PLC0415
+    from worker.errors import ConfigError  # noqa: PLC0415
+
+    config = tmp_path / "threadsync.toml"
+    config.write_text("[daemon]\nmin_interval = 600\nmax_interval = 60\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert "\n" not in str(caught.value)
+    assert "min_interval" in str(caught.value)

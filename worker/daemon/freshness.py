@@ -75,7 +75,8 @@ def check_delay(f: Freshness, interval: float, failures: int, rand: float) -> fl
     if failures > 0:
         return backoff_delay(interval, failures, f.jitter, f.max_backoff, rand)
     if not f.promise:
-        return max(0.0, interval * (1.0 + f.jitter * (2.0 * rand - 1.0)))
+        spread = interval * f.jitter * (2.0 * rand - 1.0)  # as worker/daemon/due.py next_delay
+        return max(0.0, min(interval * (1.0 + f.jitter), interval + spread))
     return max(0.0, interval - f.lead) * (1.0 - f.jitter * rand)
 
 
