@@ -189,7 +189,7 @@ def populate(url: str, reachable: list[str], active: int, total: int, run_s: flo
 
 
 def explain_claim(url: str) -> str:
-    """The due query's plan on the full table (EXPLAIN ANALYZE, rolled back)."""
+    """The claim's plans on the full table (EXPLAIN ANALYZE, rolled back)."""
     from sqlmodel import Session  # noqa: PLC0415 - bench-local
 
     from worker.daemon.due import claim  # noqa: PLC0415
@@ -200,7 +200,7 @@ def explain_claim(url: str) -> str:
     statements: list[tuple[str, Any]] = []
 
     def grab(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and not statements:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
             statements.append((statement, params))
 
     with Session(engine) as session:
@@ -208,9 +208,10 @@ def explain_claim(url: str) -> str:
         event.listen(engine, "before_cursor_execute", grab)
         claim(session, now=utcnow(), owner="x", lease=60, limit=250, default_interval=60.0)
         event.remove(engine, "before_cursor_execute", grab)
-        statement, params = statements[0]
-        plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params).all()
-        lines = [row[0] for row in plan]
+        lines: list[str] = []
+        for statement, params in statements:  # the candidate pool, then the locking pick
+            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params)
+            lines.extend(row[0] for row in plan.all())
         session.rollback()
     engine.dispose()
     return "\n".join(lines)
@@ -433,10 +434,13 @@ def main() -> dict[str, float]:
 
 
 def _execution_ms(plan: str) -> float:
-    for line in plan.splitlines():
-        if line.strip().startswith("Execution Time:"):
-            return float(line.split(":")[1].split()[0])
-    return -1.0
+    """The statements' execution times, summed."""
+    times = [
+        float(line.split(":")[1].split()[0])
+        for line in plan.splitlines()
+        if line.strip().startswith("Execution Time:")
+    ]
+    return sum(times) if times else -1.0
 
 
 if __name__ == "__main__":
