@@ -277,6 +277,11 @@ class DaemonSettings(Section):
     interval_stretch: float = Field(
         default=2.0, ge=1, le=10, description="Each idle check multiplies the interval by this."
     )
+    active_hold: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds after a change during which a thread stays at min_interval.",
+    )
     max_requests_per_second: float | None = Field(
         default=None,
         gt=0,

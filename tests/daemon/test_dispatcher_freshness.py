@@ -64,7 +64,9 @@ async def test_a_changed_thread_comes_back_at_the_minimum_an_idle_one_stretches(
             clock.at = due
         return seen
 
-    seen = await run_with(emulator, mirror, passes, clock=clock, sync_jitter=0.0, **ADAPTIVE)
+    seen = await run_with(
+        emulator, mirror, passes, clock=clock, sync_jitter=0.0, active_hold=0.0, **ADAPTIVE
+    )
     lead = timedelta(seconds=10.0)  # two dispatch intervals of 5 s
     assert seen == [
         (60.0, timedelta(seconds=60) - lead),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -49,21 +50,45 @@ def test_idle_checks_stretch_the_interval_to_the_maximum_and_a_change_resets_it(
     assert next_interval(F, interval, changed=True, ok=False) == 60.0
 
 
+def test_within_the_hold_an_idle_check_keeps_the_minimum() -> None:
+    """Changed 10 minutes ago with a one-hour hold: still the minimum; an hour on: stretching."""
+    held = Freshness(60.0, 3600.0, stretch=2.0, hold=3600.0)
+    assert next_interval(held, 60.0, changed=False, ok=True, idle_for=600.0) == 60.0
+    assert next_interval(held, 60.0, changed=False, ok=True, idle_for=3600.0) == 120.0
+    assert next_interval(held, 60.0, changed=False, ok=True, idle_for=None) == 120.0
+    assert next_interval(held, 480.0, changed=False, ok=False, idle_for=10.0) == 480.0
+
+
 def test_a_failed_pass_keeps_the_interval() -> None:
     """A failure says nothing about activity: the interval stays, the backoff decides the delay."""
     assert next_interval(F, 480.0, changed=False, ok=False) == 480.0
     assert next_interval(F, None, changed=False, ok=False) == 60.0
 
 
-@given(f=freshness, interval=intervals, changed=st.booleans(), ok=st.booleans())
+@given(
+    f=freshness,
+    interval=intervals,
+    changed=st.booleans(),
+    ok=st.booleans(),
+    hold=st.floats(0.0, 1e5),
+    idle_for=st.none() | st.floats(0.0, 1e6),
+)
 def test_interval_always_within_the_bounds(
-    f: Freshness, interval: float | None, changed: bool, ok: bool
+    f: Freshness,
+    interval: float | None,
+    changed: bool,
+    ok: bool,
+    hold: float,
+    idle_for: float | None,
 ) -> None:
     """Whatever was stored (even out of bounds after a settings change), the next is in bounds;
-    a change gives the minimum; an idle success never shortens it."""
-    new = next_interval(f, interval, changed=changed, ok=ok)
+    a change, or an idle check within the hold, gives the minimum; an idle success past the hold
+    never shortens it."""
+    f = dataclasses.replace(f, hold=hold)
+    new = next_interval(f, interval, changed=changed, ok=ok, idle_for=idle_for)
     assert f.min_interval <= new <= f.max_interval
-    if changed:
+    held = idle_for is not None and idle_for < hold
+    if changed or (ok and held):
         assert new == f.min_interval
     elif ok and interval is not None:
         assert new >= min(f.max_interval, max(f.min_interval, interval))

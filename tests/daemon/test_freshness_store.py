@@ -121,3 +121,29 @@ def test_lag_counts_only_threads_changed_in_the_last_hour(mirror: Mirror) -> Non
     assert lag.p50 == 30.0
     assert lag.p99 == 90.0
     assert lag.max == 90.0
+
+
+def test_a_thread_changed_within_the_hold_stays_at_the_minimum(mirror: Mirror) -> None:
+    """The reschedule reads last_changed_at: changed 10 min before an idle pass, hold 1 h: 60 s."""
+    _track(mirror, thread_recent=(0.0, 60.0), thread_old=(0.0, 60.0))
+    with mirror.write() as session:
+        for thread_id, ago in (("thread_recent", 600.0), ("thread_old", 7200.0)):
+            row = session.get(TrackedThread, thread_id)
+            assert row is not None
+            row.last_changed_at = NOW - timedelta(seconds=ago)
+    checked = {t: Checked(changed=False, ok=True, at=NOW) for t in ("thread_recent", "thread_old")}
+    held = Freshness(60.0, 3600.0, stretch=2.0, jitter=0.0, hold=3600.0)
+    with mirror.write() as session:
+        plan = reschedule(
+            session,
+            list(checked),
+            now=NOW,
+            cadence=CADENCE,
+            rand={},
+            freshness=held,
+            checked=checked,
+        )
+    assert plan == {
+        "thread_recent": NOW + timedelta(seconds=60),
+        "thread_old": NOW + timedelta(seconds=120),
+    }

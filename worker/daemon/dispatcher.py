@@ -90,6 +90,7 @@ class Dispatcher:
             d.sync_jitter,
             d.max_backoff,
             lead=lead,
+            hold=d.active_hold,
             promise=d.min_interval is not None or d.max_interval is not None,
         )
         self.budget = d.request_budget

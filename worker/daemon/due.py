@@ -259,6 +259,7 @@ def _reschedule_adaptive(
             col(TrackedThread.thread_id),
             col(TrackedThread.state),
             col(TrackedThread.check_interval),
+            col(TrackedThread.last_changed_at),
             col(SyncState.consecutive_failures),
             col(SyncState.parked_until),
         )
@@ -267,11 +268,13 @@ def _reschedule_adaptive(
     ).all()
     plan: dict[str, datetime] = {}
     updates: list[dict[str, Any]] = []
-    for thread_id, state, interval, failures, parked_until in rows:
+    for thread_id, state, interval, last_changed, failures, parked_until in rows:
         seen = checked.get(thread_id)
         changed, ok = (seen.changed, seen.ok) if seen is not None else (False, False)
         at = seen.at if seen is not None else now
-        new_interval = next_interval(freshness, interval, changed=changed, ok=ok)
+        since = aware(last_changed)
+        idle_for = None if since is None else (at - since).total_seconds()
+        new_interval = next_interval(freshness, interval, changed=changed, ok=ok, idle_for=idle_for)
         delay = check_delay(freshness, new_interval, failures or 0, rand.get(thread_id, 0.5))
         due = at + timedelta(seconds=delay)
         if state == "gone":

@@ -6,7 +6,9 @@ request budget"):
 
 - a pass that wrote anything (messages added, changed, deleted or restored) sets it to
   ``min_interval``: a thread that just changed is likely to change again;
-- a pass that found nothing multiplies it by ``stretch``, up to ``max_interval``;
+- a pass that found nothing multiplies it by ``stretch``, up to ``max_interval``, once the thread
+  has been idle for ``hold`` (default one hour: the window of the lag figure, so a thread that
+  changed in the last hour is checked every ``min_interval``);
 - a failed pass leaves it alone (a failure says nothing about activity) and the failure backoff
   decides the delay, exactly as before: ``interval * 2**failures`` capped at ``max_backoff``.
 
@@ -40,6 +42,9 @@ class Freshness:
     jitter: float = 0.1
     max_backoff: float = 3600.0
     lead: float = 0.0
+    # Seconds after a change during which idle checks do not stretch: a recently active thread
+    # stays at min_interval (so the lag of recently changed threads can be held to it).
+    hold: float = 0.0
     # False when neither bound is configured: the interval is then a mean, ``interval +- jitter``,
     # exactly the fixed schedule threadsync always had.
     promise: bool = True
@@ -58,8 +63,19 @@ def backoff_delay(interval: float, failures: int, jitter: float, cap: float, ran
     return max(0.0, min(ceiling, base + spread))
 
 
-def next_interval(f: Freshness, interval: float | None, *, changed: bool, ok: bool) -> float:
-    """The thread's check interval after a pass (``None``: never checked, taken as the minimum)."""
+def next_interval(
+    f: Freshness,
+    interval: float | None,
+    *,
+    changed: bool,
+    ok: bool,
+    idle_for: float | None = None,
+) -> float:
+    """The thread's check interval after a pass (``None``: never checked, taken as the minimum).
+
+    ``idle_for``: seconds since a pass last found a change in the thread (None: never); within
+    ``hold`` of a change an idle check keeps the minimum instead of stretching.
+    """
     current = (
         f.min_interval if interval is None else min(f.max_interval, max(f.min_interval, interval))
     )
@@ -67,6 +83,8 @@ def next_interval(f: Freshness, interval: float | None, *, changed: bool, ok: bo
         return f.min_interval
     if not ok:
         return current
+    if idle_for is not None and idle_for < f.hold:
+        return f.min_interval
     return min(f.max_interval, current * f.stretch)
 
 
