@@ -23,18 +23,22 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("tracked_thread", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("check_interval", sa.Float(), nullable=True))
-        batch_op.add_column(sa.Column("last_changed_at", sa.DateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("last_checked_at", sa.DateTime(timezone=True), nullable=True))
-        batch_op.create_index(
-            batch_op.f("ix_tracked_thread_last_changed_at"), ["last_changed_at"], unique=False
-        )
+    # Plain ALTER TABLE, not batch mode: on SQLite a batch recreates tracked_thread, which
+    # sync_state's foreign key forbids dropping (SQLite >= 3.35 drops a column in place).
+    op.add_column("tracked_thread", sa.Column("check_interval", sa.Float(), nullable=True))
+    op.add_column(
+        "tracked_thread", sa.Column("last_changed_at", sa.DateTime(timezone=True), nullable=True)
+    )
+    op.add_column(
+        "tracked_thread", sa.Column("last_checked_at", sa.DateTime(timezone=True), nullable=True)
+    )
+    op.create_index(
+        "ix_tracked_thread_last_changed_at", "tracked_thread", ["last_changed_at"], unique=False
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tracked_thread", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_tracked_thread_last_changed_at"))
-        batch_op.drop_column("last_checked_at")
-        batch_op.drop_column("last_changed_at")
-        batch_op.drop_column("check_interval")
+    op.drop_index("ix_tracked_thread_last_changed_at", table_name="tracked_thread")
+    op.drop_column("tracked_thread", "last_checked_at")
+    op.drop_column("tracked_thread", "last_changed_at")
+    op.drop_column("tracked_thread", "check_interval")
