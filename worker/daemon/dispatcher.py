@@ -38,6 +38,10 @@ log = get_logger()
 # Threads claimed per run. Bounded so one run's transaction and IN-lists stay small, and so that a
 # thread added during a long backlog waits for one batch, not for the whole backlog.
 DEFAULT_BATCH = 500
+# Dispatch lanes: while one settles a batch and claims the next, the other's requests go.
+LANES = 2
+# Seconds the dispatch job holds the gate before letting a waiting reconcile in.
+GATE_HOLD = 60.0
 
 
 @dataclass
@@ -123,30 +127,62 @@ class Dispatcher:
             self.last_run_finished = time.monotonic()
             return BatchResult()
         async with self.gate:
-            result = await self._batch(full=False, after=None)
+            return await self._dispatch_batch(self.claim_limit())
+
+    async def _dispatch_batch(self, limit: int) -> BatchResult:
+        """One batch of due threads; the caller holds the gate."""
+        self.last_run_started = time.monotonic()
+        if self.problem is not None and self.clock() < self._retry_at:
+            self.last_run_finished = time.monotonic()
+            return BatchResult(problem=self.problem)
+        result = await self._batch(full=False, after=None, limit=limit)
         self.last_run_finished = time.monotonic()
         if result.claimed and self.metrics is not None:
             self.metrics.dispatches.inc()
         return result
 
     async def dispatch(self, keep_going: Callable[[], bool] = lambda: True) -> BatchResult:
-        """The dispatch job: batches back to back while each claim comes back full.
+        """The dispatch job: batches back to back, in LANES overlapping lanes, while claims come
+        back full.
 
         A claim holds one dispatch interval of budget; waiting for the next tick after each batch
-        would leave the budget idle for the rest of the interval whenever threads are waiting.
-        The gate is taken per batch, so a reconcile waiting for it goes next.
+        would leave the budget idle for the rest of the interval whenever threads are waiting, and
+        one lane alone leaves it idle while a batch settles and the next is claimed (measured: 7.6%
+        of the budget unused). Each lane claims its share of the budget, so the two together plan
+        for it. The gate is held for at most GATE_HOLD seconds at a time, so a reconcile waiting
+        for it goes next.
         """
         total = BatchResult()
         while True:
-            limit = self.claim_limit()
-            result = await self.dispatch_once()
-            total.claimed += result.claimed
-            total.finished += result.finished
-            total.failed += result.failed
-            total.requests += result.requests
-            total.problem = result.problem
-            if result.claimed < limit or result.problem is not None or not keep_going():
+            if self.gate.locked():
+                log.info("daemon.dispatch_skipped", reason="reconcile running")
                 return total
+            async with self.gate:
+                saturated = await self._lanes(total, keep_going, self.clock() + GATE_HOLD)
+            if not saturated or not keep_going():
+                return total
+
+    async def _lanes(
+        self, total: BatchResult, keep_going: Callable[[], bool], until: float
+    ) -> bool:
+        """Run the lanes until a claim comes back short or ``until``; True: still saturated."""
+        saturated = [False] * LANES
+
+        async def lane(index: int) -> None:
+            while True:
+                limit = max(1, self.claim_limit() // LANES)
+                result = await self._dispatch_batch(limit)
+                _add(total, result)
+                if result.claimed < limit or result.problem is not None or not keep_going():
+                    return
+                if self.clock() >= until:
+                    saturated[index] = True
+                    return
+
+        async with anyio.create_task_group() as tg:
+            for index in range(LANES):
+                tg.start_soon(lane, index)
+        return all(saturated)
 
     async def reconcile(self) -> BatchResult:
         """A full pass over every active thread, batch by batch (waits for a running dispatch)."""
@@ -173,9 +209,9 @@ class Dispatcher:
         )
         return total
 
-    async def _batch(self, *, full: bool, after: str | None) -> BatchResult:
+    async def _batch(self, *, full: bool, after: str | None, limit: int = 0) -> BatchResult:
         now = self.now()
-        ids = await self.mirror.run_write(self._claim, now, full, after)
+        ids = await self.mirror.run_write(self._claim, now, full, after, limit)
         result = BatchResult(claimed=len(ids), ids=ids)
         if not ids:
             return result
@@ -257,14 +293,14 @@ class Dispatcher:
             await self.mirror.run_write(write_problem, self.mirror, problem, self.now())
         self._problem_stored = True
 
-    def _claim(self, now: datetime, full: bool, after: str | None) -> list[str]:
+    def _claim(self, now: datetime, full: bool, after: str | None, limit: int) -> list[str]:
         with self.mirror.write() as session:
             return claim(
                 session,
                 now=now,
                 owner=self.owner,
                 lease=self.lease,
-                limit=self.batch if full else self.claim_limit(),
+                limit=self.batch if full else (limit or self.claim_limit()),
                 due_only=not full,
                 after=after,
                 default_interval=self.freshness.min_interval,
@@ -290,6 +326,14 @@ class Dispatcher:
                 checked=checked,
             )
             release(session, [t for t in claimed if t not in checked], self.owner)
+
+
+def _add(total: BatchResult, result: BatchResult) -> None:
+    total.claimed += result.claimed
+    total.finished += result.finished
+    total.failed += result.failed
+    total.requests += result.requests
+    total.problem = result.problem or total.problem
 
 
 def _checked(outcome: ThreadOutcome, at: datetime | None) -> Checked:
