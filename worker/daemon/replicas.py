@@ -152,9 +152,17 @@ class Replica:
     # -- thread leases -------------------------------------------------------------------------
 
     def claim(
-        self, session: Session, *, now: datetime, limit: int, due_only: bool, after: str | None
+        self,
+        session: Session,
+        *,
+        now: datetime,
+        limit: int,
+        due_only: bool,
+        after: str | None,
+        default_interval: float = 300.0,
     ) -> Fence:
-        """In a write transaction: claim due threads; the :class:`Fence` their passes check."""
+        """In a write transaction: claim due threads; the :class:`Fence` their passes check.
+        ``default_interval``: the interval of a thread never checked (the claim's order)."""
         started = self.clock()
         claimed = claim_leases(
             session,
@@ -165,6 +173,7 @@ class Replica:
             due_only=due_only,
             after=after,
             fenced=True,
+            default_interval=default_interval,
         )
         fence = Fence(
             self.id,
