@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import Session, select
 
 from tests.daemon.test_dispatcher import NOW, Clock, settings
@@ -176,3 +177,39 @@ def test_settling_reschedules_only_the_threads_the_replica_still_holds(pg: Mirro
     assert (lost.check_interval, lost.last_checked_at, lost.last_changed_at) == (None, None, None)
     assert lost.next_sync_at is None
     assert fence.lost == {"thread_lost"}
+
+
+def test_the_budget_is_shared_by_the_live_replicas(pg: Mirror) -> None:
+    """daemon.max_requests_per_second is global: each replica plans for and paces at its share,
+    counted at registration and at every renewal round; a replica gone stops counting."""
+    a = Replica(pg, ttl=60.0, replica_id="a")
+    a.register()
+    assert a.peers == 1
+    d = Dispatcher(
+        None,  # type: ignore[arg-type]  # no request here
+        pg,
+        settings(pg, max_requests_per_second=50.0, dispatch_interval=1.0),
+        owner=a.id,
+        replica=a,
+        now=Clock(),
+    )
+    assert d.budget == 50.0
+    b = Replica(pg, ttl=60.0, replica_id="b")
+    b.register()
+    assert b.peers == 2
+    a.renew()
+    assert (a.peers, d.budget) == (2, 25.0)
+    b.deregister()
+    a.renew()
+    assert (a.peers, d.budget) == (1, 50.0)
+    c = Replica(pg, ttl=60.0, replica_id="c")
+    c.register()
+    with pg.write() as session:  # c's heartbeat older than one TTL: killed, not yet pruned
+        session.execute(
+            text(
+                "UPDATE daemon_replica SET heartbeat_at = now() - interval '61 seconds'"
+                " WHERE replica_id = 'c'"
+            )
+        )
+    a.renew()
+    assert a.peers == 1

@@ -106,7 +106,6 @@ class Dispatcher:
             hold=d.active_hold,
             promise=d.min_interval is not None or d.max_interval is not None,
         )
-        self.budget = d.request_budget
         # Requests per pass, learnt from each batch: what a claim is sized from.
         self.requests_per_pass = 1.0
         # A lease outlives any sane batch; the lock makes this daemon the only one, and a restart
@@ -352,6 +351,13 @@ class Dispatcher:
                 after=after,
                 default_interval=self.freshness.min_interval,
             )
+
+    @property
+    def budget(self) -> float:
+        """Requests per second this daemon may send: ``daemon.max_requests_per_second``, or in
+        replicas mode this replica's share of it (the budget is global)."""
+        share = 1 if self.replica is None else self.replica.peers
+        return self.settings.daemon.request_budget / max(1, share)
 
     def claim_limit(self) -> int:
         """Due threads to claim: as many passes as the budget serves in one dispatch interval,

@@ -67,6 +67,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         replica: Replica | None = None,
         lock: LockWatch | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.settings = settings
         self.mirror = mirror
@@ -77,6 +78,7 @@ class Daemon:
         self.replica = replica  # replicas mode (worker/daemon/replicas.py)
         self.slots = None if replica is None else Slots(mirror, replica)
         self.lock = lock  # single mode: the one-daemon lock, re-checked every heartbeat
+        self.pacer = pacer  # the one the client paces every request with (replicas: its share)
         self.fatal: str | None = None  # why the daemon stopped itself (the lock was lost)
         self._stop: anyio.Event | None = None
         self.owner = replica.id if replica is not None else f"{socket.gethostname()}:{os.getpid()}"
@@ -161,6 +163,14 @@ class Daemon:
 
     async def _dispatch(self) -> None:
         await self.dispatcher.dispatch(lambda: not self.runner.stopping)
+
+    def _share_budget(self) -> None:
+        """Replicas: pace at this replica's share of the global budget (live replicas counted at
+        each renewal round), so the replicas together stay within it."""
+        rate = self.dispatcher.budget
+        if self.pacer is not None and self.pacer.rate != rate:
+            self.pacer.set_rate(rate)
+            log.info("daemon.budget_share", requests_per_second=round(rate, 3))
 
     async def _last_beat(self) -> None:
         """Say in the mirror that this daemon stopped (a probe reports it at once)."""
@@ -260,6 +270,7 @@ class Daemon:
                 slots = self.slots
 
                 async def catch_up() -> None:
+                    self._share_budget()
                     await slots.catch_up(tg)
 
                 async def renewals(replica: Replica) -> None:
@@ -363,8 +374,10 @@ async def run_daemon(
                 cleared = await mirror.run_write(_clear_leases, mirror)
                 if cleared:
                     log.info("daemon.leases_cleared", threads=cleared)
-            # One pacer for every request the daemon makes: the budget is global.
-            pacer = Pacer(settings.daemon.request_budget)
+            # One pacer for every request the daemon makes: the budget is global (replicas: this
+            # one's share of it, following the live replicas at each renewal round).
+            share = 1 if replica is None else replica.peers
+            pacer = Pacer(settings.daemon.request_budget / share)
             async with ApiClient(
                 settings.api,
                 settings.retry,
@@ -373,7 +386,13 @@ async def run_daemon(
                 agent=None if replica is None else f"replica/{replica.id}",
             ) as client:
                 daemon = Daemon(
-                    settings, mirror, client, metrics=metrics, replica=replica, lock=lock
+                    settings,
+                    mirror,
+                    client,
+                    metrics=metrics,
+                    replica=replica,
+                    lock=lock,
+                    pacer=pacer,
                 )
                 stop = stop or anyio.Event()
                 async with anyio.create_task_group() as tg:
