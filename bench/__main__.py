@@ -22,6 +22,7 @@ BENCHMARKS = [
     "import",
     "migrate",
     "replicas",
+    "freshness",
 ]
 
 

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -258,6 +266,28 @@ class DaemonSettings(Section):
     push_interval: float = Field(default=60.0, gt=0)
     backup_cron: str | None = None
     requests_per_second: float = Field(default=20.0, gt=0)
+    # Freshness under a budget (README "Freshness under a request budget"): unset, min and max
+    # are sync_interval (a fixed interval, as before) and the budget is requests_per_second.
+    min_interval: float | None = Field(
+        default=None, gt=0, description="Seconds: how soon a thread that changed is checked again."
+    )
+    max_interval: float | None = Field(
+        default=None, gt=0, description="Seconds: the longest an idle thread waits between checks."
+    )
+    interval_stretch: float = Field(
+        default=2.0, ge=1, le=10, description="Each idle check multiplies the interval by this."
+    )
+    active_hold: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds after a change during which a thread stays at min_interval.",
+    )
+    max_requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="The request budget every request of the daemon shares (default"
+        " requests_per_second).",
+    )
     shutdown_timeout: float = Field(default=20.0, gt=0)
     heartbeat_interval: float = Field(default=10.0, gt=0)
     run_history_days: float = Field(default=30.0, gt=0)
@@ -274,6 +304,31 @@ class DaemonSettings(Section):
     # through row leases (see worker/daemon/replicas.py); refused on SQLite.
     mode: Literal["single", "replicas"] = "single"
     lease_ttl: float = Field(default=60.0, gt=0)  # replicas: seconds a lease lasts unrenewed
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> DaemonSettings:
+        low, high = self.min_interval, self.max_interval
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_interval ({low:g}) is above max_interval ({high:g})")
+        return self
+
+    @property
+    def interval_bounds(self) -> tuple[float, float]:
+        """(min, max) check interval: unset bounds fall back to ``sync_interval``."""
+        high = self.max_interval
+        low = self.min_interval
+        if low is None:
+            low = self.sync_interval if high is None else min(self.sync_interval, high)
+        if high is None:
+            high = max(low, self.sync_interval)
+        return low, high
+
+    @property
+    def request_budget(self) -> float:
+        """Requests per second the whole daemon may send."""
+        if self.max_requests_per_second is not None:
+            return self.max_requests_per_second
+        return self.requests_per_second
 
 
 class BackupSettings(Section):

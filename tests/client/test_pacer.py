@@ -124,3 +124,19 @@ def test_rejects_nonsense(rate: float, burst: int) -> None:
     """A non-positive rate or a burst below one is a programming error."""
     with pytest.raises(ValueError):
         Pacer(rate, burst=burst)
+
+
+@pytest.mark.anyio
+async def test_a_new_rate_applies_from_the_next_request() -> None:
+    """Replicas pace at their share of the budget: halving the rate doubles the spacing."""
+    clock = FakeClock(start=0.0)
+    pacer = Pacer(10.0, burst=1, clock=clock.now, sleep=clock.sleep)
+    granted: list[float] = []
+    for rate in (10.0, 10.0, 5.0, 5.0, 5.0):
+        pacer.set_rate(rate)
+        await pacer.acquire()
+        granted.append(clock.now())
+    # The third request had its slot from the old rate (0.1 s after the second); then 0.2 s.
+    assert granted == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.6])
+    with pytest.raises(ValueError):
+        pacer.set_rate(0.0)

@@ -24,11 +24,13 @@ from worker.cli.say import is_quiet, notice, result
 from worker.cli.signals import run_interruptible
 from worker.cli.tables import iso_utc, print_json_lines, print_table
 from worker.config import Settings, format_duration, parse_duration
+from worker.daemon.lag import describe_lag, lag_fields, recent_lag, thread_schedules
 from worker.daemon.replicas import lease_holders, replica_rows
 from worker.errors import ConfigError
 from worker.ids import check_ids
 from worker.outbox import edit_counts
 from worker.store.db import Mirror
+from worker.store.models import utcnow
 from worker.store.repo import any_tracked, thread_statuses
 from worker.sync.outcome import ThreadOutcome
 from worker.sync.runner import NOT_REACHED, STOPPED, RunReport, sync_threads
@@ -225,13 +227,30 @@ def status(
         bool,
         typer.Option("--json", envvar="THREADSYNC_STATUS__JSON", help="One JSON object per line."),
     ] = False,
+    lag_only: Annotated[
+        bool,
+        typer.Option(
+            "--lag",
+            envvar="THREADSYNC_STATUS__LAG",
+            help="Only the freshness lag: staleness of the threads changed in the last hour.",
+        ),
+    ] = False,
 ) -> None:
-    """Per thread: messages, last sync, state, last error."""
+    """Per thread: messages, last sync, state, last error; then the freshness lag."""
     mirror = globals_of(ctx).mirror(create=False)
+    with mirror.read() as session:
+        lag = recent_lag(session, utcnow())
+    if lag_only:
+        if as_json:
+            print_json_lines([lag_fields(lag)])
+        else:
+            out_console.print(describe_lag(lag))
+        return
     with mirror.read() as session:
         rows = thread_statuses(session)
         holders = lease_holders(session)  # replicas mode: which replica holds which thread
         replicas = replica_rows(session)
+        schedules = thread_schedules(session)
     if as_json:
         print_json_lines(
             {
@@ -246,6 +265,8 @@ def status(
                 "gone_at": r.gone_at,
                 "last_error": r.last_error,
                 "held_by": holders.get(r.thread_id),
+                "check_interval": schedules.get(r.thread_id, (None, None))[0],
+                "last_changed_at": schedules.get(r.thread_id, (None, None))[1],
             }
             for r in rows
         )
@@ -288,5 +309,6 @@ def status(
         f"metadata edits: {edits['pending']} pending, {edits['conflicted']} conflicted,"
         f" {edits['failed']} failed"
     )
+    out_console.print(describe_lag(lag))
     if not rows:
         notice("no tracked threads; add some with `threadsync threads add THREAD_ID`")

@@ -52,9 +52,8 @@ class Pacer:
             raise ValueError("rate must be positive or None")
         if burst < 1:
             raise ValueError("burst must be at least 1")
-        self.rate = rate
-        self._interval = 0.0 if rate is None else 1.0 / rate
-        self._tolerance = (burst - 1) * self._interval
+        self._burst = burst
+        self.set_rate(rate)
         self._clock = clock
         self._sleep = sleep
         self._tat = float("-inf")
@@ -62,6 +61,15 @@ class Pacer:
         # Bumped each time the pause is extended, so a waiter can tell "a pause began while I slept"
         # from "I woke a hair early" (asyncio may fire a timer up to its clock resolution early).
         self._pause_epoch = 0
+
+    def set_rate(self, rate: float | None) -> None:
+        """Change the limit from the next request on (replicas: each one's share of the budget
+        follows the number of live replicas). Requests already given a slot keep it."""
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive or None")
+        self.rate = rate
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._tolerance = (self._burst - 1) * self._interval
 
     @property
     def paused_until(self) -> float:

@@ -8,6 +8,12 @@ transaction. Nothing here touches the database on the event loop.
 
 The reconcile uses the same batch machinery with ``full=True`` over every active thread; a gate
 keeps it and the dispatcher from passing over one thread at the same time.
+
+Both daemon modes share one claim (:func:`worker.daemon.due.claim_leases`) and one way of running
+batches back to back (:meth:`Dispatcher.dispatch`: two lanes while claims come back full). Claims
+are sized from the request budget (:func:`worker.daemon.freshness.claim_size`), and in replicas
+mode also capped by what this replica syncs at once; a batch's threads are rescheduled only if
+this replica still holds them.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import anyio
 
 from worker.client import ApiClient
 from worker.config import Settings
-from worker.daemon.due import Cadence, claim, release, reschedule
+from worker.daemon.due import Cadence, Checked, claim, release, reschedule
 from worker.daemon.fence import Fence
+from worker.daemon.freshness import Freshness, claim_size, update_estimate
 from worker.daemon.heartbeat import write_problem
 from worker.daemon.metrics import DaemonMetrics
 from worker.daemon.replicas import Replica
@@ -39,6 +46,10 @@ log = get_logger()
 # Threads claimed per run. Bounded so one run's transaction and IN-lists stay small, and so that a
 # thread added during a long backlog waits for one batch, not for the whole backlog.
 DEFAULT_BATCH = 500
+# Dispatch lanes: while one settles a batch and claims the next, the other's requests go.
+LANES = 2
+# Seconds the dispatch job holds the gate before letting a waiting reconcile in.
+GATE_HOLD = 60.0
 
 
 @dataclass
@@ -81,6 +92,22 @@ class Dispatcher:
         self.batch = batch
         d = settings.daemon
         self.cadence = Cadence(d.sync_interval, d.sync_jitter, d.max_backoff)
+        low, high = d.interval_bounds
+        # Two dispatch intervals of lead: a due thread waits up to one to be claimed and up to
+        # one more while its batch is paced (claims are sized to fit one interval of budget).
+        lead = min(2 * d.dispatch_interval, low / 2)
+        self.freshness = Freshness(
+            low,
+            high,
+            d.interval_stretch,
+            d.sync_jitter,
+            d.max_backoff,
+            lead=lead,
+            hold=d.active_hold,
+            promise=d.min_interval is not None or d.max_interval is not None,
+        )
+        # Requests per pass, learnt from each batch: what a claim is sized from.
+        self.requests_per_pass = 1.0
         # A lease outlives any sane batch; the lock makes this daemon the only one, and a restart
         # clears leases, so the length only matters for the future multi-daemon PostgreSQL case.
         self.lease = max(900.0, 4 * d.sync_interval)
@@ -88,7 +115,8 @@ class Dispatcher:
         self.replica = replica
         if replica is not None:
             # Claim what this replica can sync at once, not a whole backlog: the other
-            # replicas' claims take the rest (Oban's demand = limit - running).
+            # replicas' claims take the rest (Oban's demand = limit - running). The budget's
+            # claim size is capped by this (claim_limit).
             self.batch = min(batch, 2 * settings.sync.concurrency)
         # The dispatcher and the reconcile never pass over the mirror at the same time.
         self.gate = anyio.Lock()
@@ -114,22 +142,70 @@ class Dispatcher:
             self.last_run_finished = time.monotonic()
             return BatchResult()
         async with self.gate:
-            result = await self._batch(full=False, after=None)
-            # Replicas: small batches back to back while there is a backlog.
-            while self._more(result):
-                result = await self._batch(full=False, after=None)
+            return await self._dispatch_batch(self.claim_limit())
+
+    async def _dispatch_batch(self, limit: int) -> BatchResult:
+        """One batch of due threads; the caller holds the gate."""
+        self.last_run_started = time.monotonic()
+        if self.problem is not None and self.clock() < self._retry_at:
+            self.last_run_finished = time.monotonic()
+            return BatchResult(problem=self.problem)
+        result = await self._batch(full=False, after=None, limit=limit)
         self.last_run_finished = time.monotonic()
         if result.claimed and self.metrics is not None:
             self.metrics.dispatches.inc()
         return result
 
-    def _more(self, result: BatchResult) -> bool:
-        return (
-            self.replica is not None
-            and not self.replica.draining
-            and result.problem is None
-            and result.claimed >= self.batch
-        )
+    async def dispatch(self, keep_going: Callable[[], bool] = lambda: True) -> BatchResult:
+        """The dispatch job: batches back to back, in LANES overlapping lanes, while claims come
+        back full.
+
+        A claim holds one dispatch interval of budget; waiting for the next tick after each batch
+        would leave the budget idle for the rest of the interval whenever threads are waiting, and
+        one lane alone leaves it idle while a batch settles and the next is claimed (measured: 7.6%
+        of the budget unused). Each lane claims its share of the budget, so the two together plan
+        for it. The gate is held for at most GATE_HOLD seconds at a time, so a reconcile waiting
+        for it goes next.
+        """
+        total = BatchResult()
+        while True:
+            if self.gate.locked():
+                log.info("daemon.dispatch_skipped", reason="reconcile running")
+                return total
+            async with self.gate:
+                saturated = await self._lanes(total, keep_going, self.clock() + GATE_HOLD)
+            if not saturated or not self._going(keep_going):
+                return total
+
+    def _going(self, keep_going: Callable[[], bool]) -> bool:
+        """More batches, unless the daemon stops or (replicas) this replica drains."""
+        return keep_going() and (self.replica is None or not self.replica.draining)
+
+    async def _lanes(
+        self, total: BatchResult, keep_going: Callable[[], bool], until: float
+    ) -> bool:
+        """Run the lanes until a claim comes back short or ``until``; True: still saturated."""
+        saturated = [False] * LANES
+
+        async def lane(index: int) -> None:
+            while True:
+                limit = max(1, self.claim_limit() // LANES)
+                result = await self._dispatch_batch(limit)
+                _add(total, result)
+                if (
+                    result.claimed < limit
+                    or result.problem is not None
+                    or not self._going(keep_going)
+                ):
+                    return
+                if self.clock() >= until:
+                    saturated[index] = True
+                    return
+
+        async with anyio.create_task_group() as tg:
+            for index in range(LANES):
+                tg.start_soon(lane, index)
+        return all(saturated)
 
     async def reconcile(self) -> BatchResult:
         """A full pass over every active thread, batch by batch (waits for a running dispatch)."""
@@ -156,13 +232,13 @@ class Dispatcher:
         )
         return total
 
-    async def _batch(self, *, full: bool, after: str | None) -> BatchResult:
+    async def _batch(self, *, full: bool, after: str | None, limit: int = 0) -> BatchResult:
         now = self.now()
         fence: Fence | None = None
         if self.replica is None:
-            ids = await self.mirror.run_write(self._claim, now, full, after)
+            ids = await self.mirror.run_write(self._claim, now, full, after, limit)
         else:
-            fence = await self.mirror.run_write(self._claim_fenced, now, full, after)
+            fence = await self.mirror.run_write(self._claim_fenced, now, full, after, limit)
             self.replica.track(fence)  # on the loop: the renewal reads the set from a thread
             ids = list(fence.epochs)
         result = BatchResult(claimed=len(ids), ids=ids)
@@ -171,8 +247,11 @@ class Dispatcher:
         started = time.monotonic()
         done: dict[str, ThreadOutcome] = {}
 
+        ended: dict[str, datetime] = {}
+
         def on_done(outcome: ThreadOutcome) -> None:
             done[outcome.thread_id] = outcome
+            ended[outcome.thread_id] = self.now()  # the pass's own time, not the batch's end
             if self.metrics is not None:
                 self.metrics.record_outcome(outcome)
 
@@ -202,7 +281,8 @@ class Dispatcher:
             with anyio.CancelScope(shield=True):
                 if fence is not None:
                     fence.closed = True
-                await self.mirror.run_write(self._settle, ids, list(done), fence)
+                checked = {t: _checked(o, ended.get(t)) for t, o in done.items()}
+                await self.mirror.run_write(self._settle, ids, checked, fence)
                 if fence is not None and self.replica is not None:
                     self.replica.forget(fence)
         await self._note_problem(result.problem)
@@ -211,6 +291,10 @@ class Dispatcher:
         result.failed = sum(not o.ok for o in done.values())
         result.requests = sum(o.requests for o in done.values())
         result.seconds = time.monotonic() - started
+        if not full:
+            self.requests_per_pass = update_estimate(
+                self.requests_per_pass, result.requests, result.finished
+            )
         changed = sum(o.counts.writes for o in done.values())
         (log.info if changed or result.failed else log.debug)(
             "daemon.batch_finished",
@@ -243,32 +327,54 @@ class Dispatcher:
             await self.mirror.run_write(write_problem, self.mirror, problem, self.now())
         self._problem_stored = True
 
-    def _claim(self, now: datetime, full: bool, after: str | None) -> list[str]:
+    def _claim(self, now: datetime, full: bool, after: str | None, limit: int) -> list[str]:
         with self.mirror.write() as session:
             return claim(
                 session,
                 now=now,
                 owner=self.owner,
                 lease=self.lease,
-                limit=self.batch,
+                limit=self.batch if full else (limit or self.claim_limit()),
                 due_only=not full,
                 after=after,
+                default_interval=self.freshness.min_interval,
             )
 
-    def _claim_fenced(self, now: datetime, full: bool, after: str | None) -> Fence:
+    def _claim_fenced(self, now: datetime, full: bool, after: str | None, limit: int) -> Fence:
         assert self.replica is not None
         with self.mirror.write() as session:
             return self.replica.claim(
-                session, now=now, limit=self.batch, due_only=not full, after=after
+                session,
+                now=now,
+                limit=self.batch if full else (limit or self.claim_limit()),
+                due_only=not full,
+                after=after,
+                default_interval=self.freshness.min_interval,
             )
 
-    def _settle(self, claimed: list[str], finished: list[str], fence: Fence | None = None) -> None:
+    @property
+    def budget(self) -> float:
+        """Requests per second this daemon may send: ``daemon.max_requests_per_second``, or in
+        replicas mode this replica's share of it (the budget is global)."""
+        share = 1 if self.replica is None else self.replica.peers
+        return self.settings.daemon.request_budget / max(1, share)
+
+    def claim_limit(self) -> int:
+        """Due threads to claim: as many passes as the budget serves in one dispatch interval,
+        at most one batch (replicas: what this replica syncs at once)."""
+        horizon = self.settings.daemon.dispatch_interval
+        return claim_size(self.budget, horizon, self.requests_per_pass, self.batch)
+
+    def _settle(
+        self, claimed: list[str], checked: dict[str, Checked], fence: Fence | None = None
+    ) -> None:
         now = self.now()
-        rand = {thread_id: self.rng.random() for thread_id in finished}
-        finished_set = set(finished)
+        rand = {thread_id: self.rng.random() for thread_id in checked}
+        finished = list(checked)
         with self.mirror.write() as session:
             if fence is not None and self.replica is not None:
-                # Only threads this replica still holds get their next time from it.
+                # Only threads this replica still holds get their next time (and interval) from
+                # it: a thread taken over since belongs to its new holder's pass.
                 finished = self.replica.held_now(session, fence, finished)
             reschedule(
                 session,
@@ -277,6 +383,25 @@ class Dispatcher:
                 cadence=self.cadence,
                 rand=rand,
                 gone_recheck=self.settings.sync.gone_recheck_interval,
+                freshness=self.freshness,
+                checked=checked,
             )
-            unfinished = [t for t in claimed if t not in finished_set]
+            unfinished = [t for t in claimed if t not in checked]
             release(session, unfinished, self.owner, None if fence is None else fence.held())
+
+
+def _add(total: BatchResult, result: BatchResult) -> None:
+    total.claimed += result.claimed
+    total.finished += result.finished
+    total.failed += result.failed
+    total.requests += result.requests
+    total.problem = result.problem or total.problem
+
+
+def _checked(outcome: ThreadOutcome, at: datetime | None) -> Checked:
+    """What the schedule needs from a pass: did it change anything, did it succeed, when."""
+    return Checked(
+        changed=outcome.counts.writes > 0,
+        ok=outcome.result == "synced",
+        at=at if at is not None else utcnow(),
+    )

@@ -4,10 +4,12 @@ The schedule lives in our own table, not in APScheduler: ``tracked_thread.next_s
 due now, so a thread never synced, or just added with `threadsync threads add`, is picked up by the
 next dispatch) and ``sync_state.consecutive_failures`` / ``parked_until`` (kept by the sync engine).
 
-Claiming a batch sets a lease (``lease_owner``, ``lease_until``) in the same transaction that
-selects it. With one daemon per mirror the lease only keeps the reconcile and the dispatcher from
-passing over the same thread at once, but the query is already the shape several daemons sharing a
-PostgreSQL mirror need: ``... FOR UPDATE SKIP LOCKED`` there, plain on SQLite (one writer anyway).
+Claiming a batch sets a lease (``lease_owner``, ``lease_until``, and in replicas mode a new
+``lease_epoch``) in the one statement that selects it (:func:`claim_leases`), most overdue
+relative to each thread's own interval first (:mod:`worker.daemon.freshness`). With one daemon per
+mirror the lease only keeps the reconcile and the dispatcher from passing over the same thread at
+once; several daemons sharing a PostgreSQL mirror rely on its ``FOR NO KEY UPDATE SKIP LOCKED``
+(plain on SQLite: one writer anyway).
 """
 
 from __future__ import annotations
@@ -17,13 +19,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, and_, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Select,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlmodel import Session, col
 
+from worker.daemon.freshness import (
+    Freshness,
+    backoff_delay,
+    check_delay,
+    next_interval,
+    overdue_ratio,
+)
 from worker.store.models import SyncState, TrackedThread
-
-# Failures beyond this many double no further (2**20 intervals is past any sane max_backoff).
-_MAX_DOUBLINGS = 20
 
 
 @dataclass(frozen=True)
@@ -43,13 +61,11 @@ def next_delay(cadence: Cadence, failures: int, rand: float) -> float:
     ``max_backoff`` (never below the interval itself); the jitter applies after the cap so a crowd
     of failing threads is spread too, and the result never exceeds the cap.
     """
-    base = cadence.interval
-    ceiling = max(cadence.max_backoff, cadence.interval)
     if failures > 0:
-        base = min(ceiling, cadence.interval * 2 ** min(failures, _MAX_DOUBLINGS))
+        return backoff_delay(cadence.interval, failures, cadence.jitter, cadence.max_backoff, rand)
+    base = cadence.interval
     spread = base * cadence.jitter * (2.0 * rand - 1.0)
-    limit = ceiling if failures > 0 else base * (1.0 + cadence.jitter)
-    return max(0.0, min(limit, base + spread))
+    return max(0.0, min(base * (1.0 + cadence.jitter), base + spread))
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -57,6 +73,10 @@ def aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+# Candidates looked at per thread claimed (see claim()).
+CANDIDATES_PER_SLOT = 4
 
 
 def claim(
@@ -69,11 +89,14 @@ def claim(
     due_only: bool = True,
     after: str | None = None,
     fenced: bool = False,
+    default_interval: float = 300.0,
 ) -> list[str]:
     """Lease up to ``limit`` active, unleased, unparked threads and return their ids.
 
-    ``due_only``: threads whose time has come, most overdue first (never-synced ones first of all),
-    and threads marked gone whose re-check has come (:func:`reschedule` sets it).
+    ``due_only``: threads whose time has come, most overdue relative to their own interval first
+    (``(now - next_sync_at) / check_interval``, never-scheduled ones first of all; a thread never
+    checked counts ``default_interval``), and threads marked gone whose re-check has come
+    (:func:`reschedule` sets it).
     Otherwise every such thread in id order from ``after`` (exclusive): the reconcile walks the
     whole set in keyset batches this way. See :func:`claim_leases` for ``fenced``.
     """
@@ -87,6 +110,7 @@ def claim(
             due_only=due_only,
             after=after,
             fenced=fenced,
+            default_interval=default_interval,
         ).epochs
     )
 
@@ -110,13 +134,16 @@ def claim_leases(
     due_only: bool = True,
     after: str | None = None,
     fenced: bool = False,
+    default_interval: float = 300.0,
 ) -> Claimed:
     """:func:`claim`, returning each claimed thread's fencing epoch.
 
-    One statement: ``UPDATE tracked_thread ... FROM (SELECT ... FOR NO KEY UPDATE SKIP LOCKED
-    LIMIT n) RETURNING thread_id, lease_epoch`` sets the owner, the lease's expiry and
-    ``lease_epoch + 1``. ``fenced`` (replicas mode, PostgreSQL): leases expire by the database's
-    ``now()``, never by a replica's own clock; ``now`` still says which threads are due.
+    One statement, in both daemon modes: ``UPDATE tracked_thread ... FROM (SELECT ... FOR NO KEY
+    UPDATE SKIP LOCKED LIMIT n) RETURNING thread_id, lease_epoch`` sets the owner, the lease's
+    expiry and ``lease_epoch + 1``. ``fenced`` (replicas mode, PostgreSQL): leases expire by the
+    database's ``now()``, never by a replica's own clock; ``now`` still says which threads are due
+    and how overdue. The due order comes from a candidate pool inside the same statement
+    (:func:`_due_pick`).
     """
     pg = session.get_bind().dialect.name == "postgresql"
     lease_now: Any = func.now() if fenced and pg else now
@@ -126,7 +153,10 @@ def claim_leases(
         else now + timedelta(seconds=lease)
     )
     epoch = col(TrackedThread.lease_epoch) + (1 if fenced else 0)
-    picked = _claimable(now, lease_now, limit, due_only, after)
+    if due_only:
+        picked = _due_pick(session, now, lease_now, limit, default_interval)
+    else:
+        picked = _walk_pick(now, lease_now, limit, after)
     if pg:
         # NO KEY: the claim changes no key, so it does not block sync_state's FK checks.
         picked = picked.with_for_update(of=TrackedThread, skip_locked=True, key_share=True)
@@ -138,46 +168,138 @@ def claim_leases(
         .returning(
             col(TrackedThread.thread_id),
             col(TrackedThread.lease_epoch),
+            sub.c.lease_owner,  # the holder before this claim (the subquery's row; PostgreSQL)
             col(TrackedThread.next_sync_at),
-            sub.c.lease_owner,  # the holder before this claim (the subquery's row)
+            col(TrackedThread.check_interval),
         )
     )
     rows = list(session.execute(statement, execution_options={"synchronize_session": False}))
-    # RETURNING comes in no particular order: give the claim's own (most overdue first).
+    # RETURNING comes in no particular order: give the claim's own (never scheduled first, then
+    # most overdue relative to the interval; the reconcile's walk: by id).
     if due_only:
-        rows.sort(key=lambda r: (r[2] is not None, aware(r[2]) or now, r[0]))
+        at = now.timestamp()
+
+        def overdue(r: Any) -> tuple[bool, float, str]:
+            due_at = aware(r[3])
+            ratio = overdue_ratio(at, due_at.timestamp(), r[4] or default_interval) if due_at else 0
+            return (due_at is not None, -ratio, r[0])
+
+        rows.sort(key=overdue)
     else:
         rows.sort(key=lambda r: r[0])
-    taken = sum(r[3] is not None and r[3] != owner for r in rows)
+    taken = sum(r[2] is not None and r[2] != owner for r in rows)
     return Claimed({str(r[0]): int(r[1]) for r in rows}, taken)
 
 
-def _claimable(
-    now: datetime, lease_now: Any, limit: int, due_only: bool, after: str | None
-) -> Select[str, str | None]:
-    """The threads a claim may take, in the order it takes them, with their current holder."""
-    query = (
-        select(col(TrackedThread.thread_id), col(TrackedThread.lease_owner))
-        .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
-        .where(
-            col(TrackedThread.state).in_(("active", "gone") if due_only else ("active",)),
-            or_(
-                col(TrackedThread.lease_until).is_(None),
-                col(TrackedThread.lease_until) <= lease_now,
-            ),
-            or_(col(SyncState.parked_until).is_(None), col(SyncState.parked_until) <= now),
+def _claimable(table: Any, lease_now: Any, due_only: bool) -> tuple[Any, ...]:
+    """Active (or gone, for its re-check) and not leased: what any claim may take."""
+    return (
+        table.c.state.in_(("active", "gone") if due_only else ("active",)),
+        or_(table.c.lease_until.is_(None), table.c.lease_until <= lease_now),
+    )
+
+
+def _due_order(session: Session, table: Any, now: datetime, default_interval: float) -> Any:
+    """Never scheduled first, then the most overdue relative to the thread's own interval."""
+    return (
+        table.c.next_sync_at.is_(None).desc(),
+        overdue_ratio_sql(session, now, default_interval, table).desc(),
+        table.c.thread_id,
+    )
+
+
+def _due_pick(
+    session: Session, now: datetime, lease_now: Any, limit: int, default_interval: float
+) -> Select[Any]:
+    """The due threads a claim takes, most overdue first: the claim's ``FROM`` subquery.
+
+    A candidate pool of CANDIDATES_PER_SLOT x ``limit`` is ordered on tracked_thread alone and
+    only the pool is checked against sync_state (parked) and locked: joined first, PostgreSQL
+    hashed the whole of sync_state for every claim (1.4 s with 1M threads and 40,000 due; EXPLAIN
+    in bench/bench_freshness.py). On PostgreSQL the pool is ``= ANY(ARRAY(pool))``, an init plan
+    run once whose ids are then fetched by primary key: as a join or ``IN (pool)`` the planner
+    scanned tracked_thread a second time. A parked thread is rarely due (its next time is
+    parked_until), so the pool leaves plenty after the check; a concurrent claim's locked rows are
+    skipped (SKIP LOCKED) and its committed ones fail the lease condition, re-checked on the row.
+    """
+    threads = TrackedThread.__table__  # type: ignore[attr-defined]
+    pool_rows = threads.alias("pool")
+    due = or_(pool_rows.c.next_sync_at.is_(None), pool_rows.c.next_sync_at <= now)
+    pool = (
+        select(pool_rows.c.thread_id)
+        .where(*_claimable(pool_rows, lease_now, True), due)
+        .order_by(*_due_order(session, pool_rows, now, default_interval))
+        .limit(limit * CANDIDATES_PER_SLOT)
+        .scalar_subquery()
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        in_pool = threads.c.thread_id == func.any(func.array(pool))
+    else:
+        in_pool = threads.c.thread_id.in_(pool)
+    # The parked check as a per-row subquery, not a join: a join let PostgreSQL hash all of
+    # sync_state again; a scalar subquery is one primary-key probe per candidate.
+    parked = (
+        select(col(SyncState.parked_until))
+        .where(col(SyncState.thread_id) == threads.c.thread_id)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            threads.c.thread_id,
+            threads.c.lease_owner,
         )
+        .where(*_claimable(threads, lease_now, True), in_pool, func.coalesce(parked, now) <= now)
+        .order_by(*_due_order(session, threads, now, default_interval))
         .limit(limit)
     )
-    if due_only:
-        return query.where(
-            or_(col(TrackedThread.next_sync_at).is_(None), col(TrackedThread.next_sync_at) <= now)
-        ).order_by(
-            col(TrackedThread.next_sync_at).asc().nulls_first(), col(TrackedThread.thread_id)
+
+
+def _walk_pick(now: datetime, lease_now: Any, limit: int, after: str | None) -> Select[Any]:
+    """The reconcile's keyset walk: every active, unleased, unparked thread by id from ``after``."""
+    threads = TrackedThread.__table__  # type: ignore[attr-defined]
+    query = (
+        select(
+            threads.c.thread_id,
+            threads.c.lease_owner,
         )
+        .outerjoin(SyncState, col(SyncState.thread_id) == threads.c.thread_id)
+        .where(
+            *_claimable(threads, lease_now, False),
+            or_(col(SyncState.parked_until).is_(None), col(SyncState.parked_until) <= now),
+        )
+        .order_by(threads.c.thread_id)
+        .limit(limit)
+    )
     if after is not None:
-        query = query.where(col(TrackedThread.thread_id) > after)
-    return query.order_by(col(TrackedThread.thread_id))
+        query = query.where(threads.c.thread_id > after)
+    return query
+
+
+def epoch_seconds(session: Session, column: Any) -> ColumnElement[float]:
+    """A timestamp column as Unix seconds, in the mirror's dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(func.extract("epoch", column), Float)
+    # SQLite keeps UTC timestamps as text; julianday() reads them (2440587.5 is the Unix epoch).
+    return (func.julianday(column) - 2440587.5) * 86400.0
+
+
+def overdue_ratio_sql(
+    session: Session, now: datetime, default_interval: float, table: Any = None
+) -> Any:
+    """:func:`worker.daemon.freshness.overdue_ratio` as SQL (for the claim's ORDER BY), over
+    ``table`` (tracked_thread or an alias of it)."""
+    rows = TrackedThread.__table__ if table is None else table  # type: ignore[attr-defined]
+    late = now.timestamp() - epoch_seconds(session, rows.c.next_sync_at)
+    return late / func.coalesce(rows.c.check_interval, default_interval)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the schedule needs from one pass (the dispatcher builds it from the outcome)."""
+
+    changed: bool  # the pass wrote something: messages added, changed, deleted or restored
+    ok: bool
+    at: datetime  # when the pass ended
 
 
 def reschedule(
@@ -188,13 +310,29 @@ def reschedule(
     cadence: Cadence,
     rand: Mapping[str, float],
     gone_recheck: float = 86400.0,
+    freshness: Freshness | None = None,
+    checked: Mapping[str, Checked] | None = None,
 ) -> dict[str, datetime]:
     """Set each finished thread's next time from its failure count and release its lease.
 
     A parked thread (the server asked for a long wait) is not due before ``parked_until``; a
     thread marked gone comes back for its re-check after ``gone_recheck`` seconds.
     ``rand`` holds one uniform draw per thread (missing ids draw 0.5: no jitter).
+
+    With ``freshness``, each thread's own interval adapts (:mod:`worker.daemon.freshness`) from
+    what its pass found (``checked``; a thread missing there counts as an unchanged failure) and
+    is stored with the pass's time; without it, ``cadence`` fixes every interval, as before.
     """
+    if freshness is not None:
+        return _reschedule_adaptive(
+            session,
+            list(finished),
+            now=now,
+            freshness=freshness,
+            rand=rand,
+            gone_recheck=gone_recheck,
+            checked=checked or {},
+        )
     ids = list(finished)
     if not ids:
         return {}
@@ -232,6 +370,72 @@ def reschedule(
         ],
     )
     return plan
+
+
+def _reschedule_adaptive(
+    session: Session,
+    ids: list[str],
+    *,
+    now: datetime,
+    freshness: Freshness,
+    rand: Mapping[str, float],
+    gone_recheck: float,
+    checked: Mapping[str, Checked],
+) -> dict[str, datetime]:
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(
+            col(TrackedThread.thread_id),
+            col(TrackedThread.state),
+            col(TrackedThread.check_interval),
+            col(TrackedThread.last_changed_at),
+            col(SyncState.consecutive_failures),
+            col(SyncState.parked_until),
+        )
+        .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
+        .where(col(TrackedThread.thread_id).in_(ids))
+    ).all()
+    plan: dict[str, datetime] = {}
+    updates: list[dict[str, Any]] = []
+    for thread_id, state, interval, last_changed, failures, parked_until in rows:
+        seen = checked.get(thread_id)
+        changed, ok = (seen.changed, seen.ok) if seen is not None else (False, False)
+        at = seen.at if seen is not None else now
+        since = aware(last_changed)
+        idle_for = None if since is None else (at - since).total_seconds()
+        new_interval = next_interval(freshness, interval, changed=changed, ok=ok, idle_for=idle_for)
+        delay = check_delay(freshness, new_interval, failures or 0, rand.get(thread_id, 0.5))
+        due = at + timedelta(seconds=delay)
+        if state == "gone":
+            due = now + timedelta(seconds=gone_recheck)
+        parked = aware(parked_until)
+        if parked is not None and parked > due:
+            due = parked
+        plan[thread_id] = due
+        row: dict[str, Any] = {
+            "thread_id": thread_id,
+            "next_sync_at": due,
+            "check_interval": new_interval,
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        if ok:
+            row["last_checked_at"] = at
+        if changed:
+            row["last_changed_at"] = at
+        updates.append(row)
+    _bulk_update(session, updates)
+    return plan
+
+
+def _bulk_update(session: Session, rows: list[dict[str, Any]]) -> None:
+    """One executemany per set of keys (an ORM bulk update needs the same keys in every row)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    for group in groups.values():
+        session.execute(update(TrackedThread), group)
 
 
 def release(

@@ -29,9 +29,11 @@ from worker.client import ApiClient, Pacer
 from worker.config import Settings
 from worker.daemon.dispatcher import Dispatcher
 from worker.daemon.due import clear_leases, threads_by_state
+from worker.daemon.freshness import Lag
 from worker.daemon.health import HealthServer
 from worker.daemon.heartbeat import STALE_AFTER_BEATS, write_beat
 from worker.daemon.jobs import JobBody, JobRunner, Jobs, edit_counts
+from worker.daemon.lag import recent_lag
 from worker.daemon.lock import LockWatch, daemon_lock
 from worker.daemon.metrics import DaemonMetrics
 from worker.daemon.replicas import Replica, refuse_replicas_on
@@ -65,6 +67,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         replica: Replica | None = None,
         lock: LockWatch | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.settings = settings
         self.mirror = mirror
@@ -75,6 +78,7 @@ class Daemon:
         self.replica = replica  # replicas mode (worker/daemon/replicas.py)
         self.slots = None if replica is None else Slots(mirror, replica)
         self.lock = lock  # single mode: the one-daemon lock, re-checked every heartbeat
+        self.pacer = pacer  # the one the client paces every request with (replicas: its share)
         self.fatal: str | None = None  # why the daemon stopped itself (the lock was lost)
         self._stop: anyio.Event | None = None
         self.owner = replica.id if replica is not None else f"{socket.gethostname()}:{os.getpid()}"
@@ -136,7 +140,7 @@ class Daemon:
         specs = [
             JobSpec(
                 "dispatch",
-                wrap("dispatch", self.dispatcher.dispatch_once),
+                wrap("dispatch", self._dispatch),
                 Every(d.dispatch_interval),
             ),
             periodic("reconcile", self.dispatcher.reconcile, Cron(d.reconcile_cron)),
@@ -156,6 +160,17 @@ class Daemon:
         # Hourly, the first a minute after start: a daemon restarted often still prunes.
         specs.append(periodic("history", self.jobs.prune_history, Every(3600.0, 60.0)))
         return specs
+
+    async def _dispatch(self) -> None:
+        await self.dispatcher.dispatch(lambda: not self.runner.stopping)
+
+    def _share_budget(self) -> None:
+        """Replicas: pace at this replica's share of the global budget (live replicas counted at
+        each renewal round), so the replicas together stay within it."""
+        rate = self.dispatcher.budget
+        if self.pacer is not None and self.pacer.rate != rate:
+            self.pacer.set_rate(rate)
+            log.info("daemon.budget_share", requests_per_second=round(rate, 3))
 
     async def _last_beat(self) -> None:
         """Say in the mirror that this daemon stopped (a probe reports it at once)."""
@@ -183,6 +198,9 @@ class Daemon:
             counts = await self.mirror.run(self._read_counts, now)
             self.metrics.set_threads(counts[0])
             self.metrics.set_edits(counts[1])
+            self.metrics.set_lag(counts[2])
+            self.metrics.budget.set(self.dispatcher.budget)
+            self.metrics.claim_size.set(self.dispatcher.claim_limit())
             self._warn_if_idle(sum(counts[0].values()))
         except (ThreadsyncError, SQLAlchemyError) as exc:
             self.beat_error = describe_exception(exc)
@@ -198,10 +216,11 @@ class Daemon:
             )
         self.warned_idle = tracked == 0
 
-    def _read_counts(self, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+    def _read_counts(self, now: datetime) -> tuple[dict[str, int], dict[str, int], Lag]:
         with self.mirror.read() as session:
             threads = threads_by_state(session, now)
-        return threads, edit_counts(self.mirror)
+            lag = recent_lag(session, now)
+        return threads, edit_counts(self.mirror), lag
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -251,6 +270,7 @@ class Daemon:
                 slots = self.slots
 
                 async def catch_up() -> None:
+                    self._share_budget()
                     await slots.catch_up(tg)
 
                 async def renewals(replica: Replica) -> None:
@@ -269,7 +289,9 @@ class Daemon:
                 mirror=self.mirror.safe_url,
                 dispatch_interval=d.dispatch_interval,
                 sync_interval=d.sync_interval,
-                requests_per_second=d.requests_per_second,
+                requests_per_second=d.request_budget,
+                min_interval=self.dispatcher.freshness.min_interval,
+                max_interval=self.dispatcher.freshness.max_interval,
                 jobs=[s.name for s in self.job_specs()],
             )
             self.started.set()
@@ -352,7 +374,10 @@ async def run_daemon(
                 cleared = await mirror.run_write(_clear_leases, mirror)
                 if cleared:
                     log.info("daemon.leases_cleared", threads=cleared)
-            pacer = Pacer(settings.daemon.requests_per_second)
+            # One pacer for every request the daemon makes: the budget is global (replicas: this
+            # one's share of it, following the live replicas at each renewal round).
+            share = 1 if replica is None else replica.peers
+            pacer = Pacer(settings.daemon.request_budget / share)
             async with ApiClient(
                 settings.api,
                 settings.retry,
@@ -361,7 +386,13 @@ async def run_daemon(
                 agent=None if replica is None else f"replica/{replica.id}",
             ) as client:
                 daemon = Daemon(
-                    settings, mirror, client, metrics=metrics, replica=replica, lock=lock
+                    settings,
+                    mirror,
+                    client,
+                    metrics=metrics,
+                    replica=replica,
+                    lock=lock,
+                    pacer=pacer,
                 )
                 stop = stop or anyio.Event()
                 async with anyio.create_task_group() as tg:

@@ -15,6 +15,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.client import ClientEvents
+from worker.daemon.freshness import Lag
 from worker.sync.outcome import ThreadOutcome
 
 PASS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -90,6 +91,28 @@ class DaemonMetrics:
             "Unix time the Entra token in use expires (auth = entra).",
             registry=r,
         )
+        self.recent_threads = Gauge(
+            "threadsync_recently_changed_threads",
+            "Active threads a pass found changed in the last hour.",
+            registry=r,
+        )
+        self.staleness = Gauge(
+            "threadsync_recent_staleness_seconds",
+            "Seconds since the last successful check of the recently changed threads, by"
+            " quantile (0.5, 0.99, 1 = max).",
+            ["quantile"],
+            registry=r,
+        )
+        self.budget = Gauge(
+            "threadsync_request_budget_per_second",
+            "daemon.max_requests_per_second: the rate every request of the daemon shares.",
+            registry=r,
+        )
+        self.claim_size = Gauge(
+            "threadsync_claim_size",
+            "Due threads the next dispatch claims (from the budget and requests per pass).",
+            registry=r,
+        )
         self._replica_metrics(r)
         for state in EDIT_STATES:
             self.edits.labels(state=state).set(0)
@@ -143,6 +166,11 @@ class DaemonMetrics:
     def set_threads(self, counts: dict[str, int]) -> None:
         for state, n in counts.items():
             self.threads.labels(state=state).set(n)
+
+    def set_lag(self, lag: Lag) -> None:
+        self.recent_threads.set(lag.threads)
+        for quantile, value in (("0.5", lag.p50), ("0.99", lag.p99), ("1", lag.max)):
+            self.staleness.labels(quantile=quantile).set(value)
 
     def set_edits(self, counts: dict[str, int]) -> None:
         for state in EDIT_STATES:

@@ -101,6 +101,9 @@ class Replica:
         self.jobs: dict[str, Held] = {}  # periodic job leases held now
         self.draining = False
         self.last_renewal: float | None = None
+        # Live replicas (heartbeat within one TTL, this one included), counted at each renewal:
+        # the request budget is global, so each replica paces at its share (budget / peers).
+        self.peers = 1
         if metrics is not None:
             metrics.replica.labels(replica=self.id).set(1)
 
@@ -127,7 +130,9 @@ class Replica:
                     version=__version__,
                 )
             )
-        log.info("daemon.replica_registered", replica=self.id, lease_ttl=self.ttl)
+            session.flush()
+            self.peers = max(1, live_replicas(session, self.ttl))
+        log.info("daemon.replica_registered", replica=self.id, lease_ttl=self.ttl, peers=self.peers)
 
     def drain(self) -> None:
         """Blocking. Say (for `status`) that this replica is handing its work over."""
@@ -152,9 +157,17 @@ class Replica:
     # -- thread leases -------------------------------------------------------------------------
 
     def claim(
-        self, session: Session, *, now: datetime, limit: int, due_only: bool, after: str | None
+        self,
+        session: Session,
+        *,
+        now: datetime,
+        limit: int,
+        due_only: bool,
+        after: str | None,
+        default_interval: float = 300.0,
     ) -> Fence:
-        """In a write transaction: claim due threads; the :class:`Fence` their passes check."""
+        """In a write transaction: claim due threads; the :class:`Fence` their passes check.
+        ``default_interval``: the interval of a thread never checked (the claim's order)."""
         started = self.clock()
         claimed = claim_leases(
             session,
@@ -165,6 +178,7 @@ class Replica:
             due_only=due_only,
             after=after,
             fenced=True,
+            default_interval=default_interval,
         )
         fence = Fence(
             self.id,
@@ -245,6 +259,7 @@ class Replica:
                         draining=self.draining,
                     )
                 )
+            self.peers = max(1, live_replicas(session, self.ttl))
             renewed = renew_threads(session, self.id, pairs, self.ttl) if pairs else set()
             kept = renew_jobs(session, self.id, jobs, self.ttl) if jobs else set()
         for fence in fences:
@@ -283,6 +298,13 @@ class Replica:
                 await on_round()
             except (ThreadsyncError, SQLAlchemyError) as exc:
                 log.warning("daemon.catch_up_failed", error=describe_exception(exc))
+
+
+def live_replicas(session: Session, ttl: float) -> int:
+    """Replicas whose heartbeat is younger than one TTL (draining ones too: they still send
+    requests until their pages end). A killed replica stops counting one TTL after its death."""
+    query = select(func.count()).where(col(DaemonReplica.heartbeat_at) > func.now() - _seconds(ttl))
+    return int(session.execute(query).scalar_one())
 
 
 def _seconds(n: float) -> object:

@@ -42,6 +42,12 @@ class TrackedThread(SQLModel, table=True):
     lease_until: datetime | None = _ts(default=None)
     # The fencing token: +1 at every claim; a write by an older claim's holder is refused.
     lease_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Freshness under a budget (worker/daemon/freshness.py): the thread's own check interval
+    # (seconds; NULL: never checked, taken as daemon.min_interval), when a pass last found a
+    # change, and when a pass last succeeded. `last_changed_at` is indexed for the lag gauges.
+    check_interval: float | None = Field(default=None)
+    last_changed_at: datetime | None = _ts(default=None, index=True)
+    last_checked_at: datetime | None = _ts(default=None)
 
 
 class SyncState(SQLModel, table=True):
