@@ -125,7 +125,7 @@ def test_a_failing_write_at_the_boundary_leaves_no_partial_snapshot(
         raise raised
 
     if isinstance(raised, sqlite3.Error):
-        monkeypatch.setattr(snapshot, "_single_file", failing)
+        monkeypatch.setattr(snapshot.sqlite_files, "make_self_contained", failing)
     else:
         monkeypatch.setattr(snapshot, "_fsync_dir", failing)
     line = one_error_line(backup(synced, dest))
