@@ -1,5 +1,8 @@
 """The ledger's queries and state changes (blocking; callers run them in a worker thread).
 
+What it reads of the mirror's messages and sync states comes from ``worker/store`` (``messages``,
+``sync_state``): the ledger's own statements are on its tables only.
+
 Changes take a session: the run commits them through the mirror's group commit (threads
 migrating side by side share a transaction, one commit for many), and waits for the commit
 before the request it prepares is sent (``planned`` -> ``sent``) or right after the answer
