@@ -18,6 +18,7 @@ from tests.filesystems import fill, remount_read_only, tmpfs
 from worker.backup import list_backups, snapshot, verify
 from worker.cli.app import app
 from worker.emulator import Emulator, ManualClock
+from worker.store import sqlite_files
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.runner import sync_threads
@@ -125,7 +126,7 @@ def test_a_failing_write_at_the_boundary_leaves_no_partial_snapshot(
         raise raised
 
     if isinstance(raised, sqlite3.Error):
-        monkeypatch.setattr(snapshot, "_single_file", failing)
+        monkeypatch.setattr(sqlite_files, "make_self_contained", failing)
     else:
         monkeypatch.setattr(snapshot, "_fsync_dir", failing)
     line = one_error_line(backup(synced, dest))

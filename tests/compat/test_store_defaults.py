@@ -1,4 +1,4 @@
-"""What ``worker/store/repo.py`` assumes of SQLAlchemy's internals, named by test.
+"""What ``worker/store/sync_state.py`` assumes of SQLAlchemy's internals, named by test.
 
 ``_state_defaults`` renders ``sync_state``'s model defaults as SQL literals by picking the columns
 whose default is a ``sqlalchemy.sql.schema.ScalarElementColumnDefault`` (a class SQLAlchemy does

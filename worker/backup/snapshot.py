@@ -20,14 +20,13 @@ import hashlib
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from worker import __version__
 from worker.backup.manifest import (
@@ -45,6 +44,7 @@ from worker.export.jsonl import deleted_line, text_of
 from worker.export.source import Row, Selection, iter_rows, sqlite_raw_batches
 from worker.files import disk_trouble, open_flushing, write_failure
 from worker.logs import get_logger
+from worker.store import sqlite_files
 from worker.store.db import Mirror, sqlite_path
 from worker.store.schema import current_revision
 
@@ -101,28 +101,13 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _single_file(db: Path) -> None:
-    """Leave the copy as one self-contained file (no -wal/-shm beside it)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=DELETE")
-    finally:
-        conn.close()
-
-
 def copy_database(mirror: Mirror, db: Path) -> None:
     """A consistent copy of ``mirror`` as a SQLite mirror file at ``db``."""
     if mirror.is_sqlite:
         source = sqlite_path(mirror.url)
         if source is None:
             raise ConfigError("an in-memory mirror cannot be backed up; use a file or PostgreSQL")
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-        dst = sqlite3.connect(db)
-        try:
-            src.backup(dst)  # pages=-1: one step under one read transaction, hence consistent
-        finally:
-            dst.close()
-            src.close()
+        sqlite_files.copy_online(source, db)
         return
     copy = Mirror(f"sqlite:///{db}")  # a fresh mirror made by the same migrations
     try:
@@ -174,7 +159,7 @@ def _seal(db: Path) -> str:
 
     The sync (the kernel writing back) and the checksum (reading the page cache) overlap.
     """
-    _single_file(db)
+    sqlite_files.make_self_contained(db)
     with ThreadPoolExecutor(max_workers=1) as pool:
         synced = pool.submit(_fsync_file, db)
         digest = sha256_of(db)
@@ -235,7 +220,9 @@ def write_messages(rows: Iterable[Row], target: Path) -> tuple[dict[str, ThreadC
     return _write_runs(runs(), target)
 
 
-def write_sqlite_messages(conn: Any, target: Path) -> tuple[dict[str, ThreadCount], str, int]:
+def write_sqlite_messages(
+    conn: sqlite_files.Connection, target: Path
+) -> tuple[dict[str, ThreadCount], str, int]:
     """:func:`write_messages` from a SQLite connection, the stored bytes written as they are.
 
     A million rows pass through here, so the per-row work is one list comprehension; the rare
@@ -271,43 +258,19 @@ def copy_and_export_sqlite(source: Path, db: Path, target: Path) -> Written:
     a few milliseconds). The copy (SQLite's backup API: C code that releases the GIL) and the
     export (Python) then run side by side instead of one after the other.
     """
-    uri = f"file:{source}?mode=ro"
-    # mode=rw: a file this user cannot write would otherwise open read-only, and its BEGIN
-    # IMMEDIATE would hold no lock at all; the caller then falls back (see copy_and_export).
-    gate = sqlite3.connect(f"file:{source}?mode=rw", uri=True, isolation_level=None, timeout=30)
-    copier = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    reader = sqlite3.connect(uri, uri=True, isolation_level=None)
-    try:
-        gate.execute("BEGIN IMMEDIATE")
-        try:
-            for conn in (copier, reader):
-                conn.execute("BEGIN")
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot
-        finally:
-            gate.execute("ROLLBACK")
+    with sqlite_files.twin_snapshots(source) as twins:
 
         def copy() -> str:
-            dst = sqlite3.connect(db)
-            # No journal for a file nobody else sees yet; it is fsynced whole when sealed.
-            dst.execute("PRAGMA journal_mode=OFF")
-            dst.execute("PRAGMA synchronous=OFF")
-            try:
-                copier.backup(dst)  # inside copier's open read transaction: its snapshot
-            finally:
-                dst.close()
-            copier.rollback()  # the snapshot is copied: let checkpoints proceed
+            sqlite_files.copy_snapshot(twins.copier, db)  # then checkpoints may proceed
             return _seal(db)  # while the export is still writing
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             copied = pool.submit(copy)
             try:
-                threads, jsonl_sha, jsonl_size = write_sqlite_messages(reader, target)
+                threads, jsonl_sha, jsonl_size = write_sqlite_messages(twins.reader, target)
             finally:
                 db_sha = copied.result()  # the copy always finishes; its error comes first
         return Written(threads, jsonl_sha, jsonl_size, db_sha)
-    finally:
-        for conn in (reader, copier, gate):
-            conn.close()
 
 
 def copy_and_export(mirror: Mirror, db: Path, target: Path) -> Written:
@@ -382,11 +345,7 @@ def backup_failure(dest: Path, exc: OSError) -> OutputError:
 
 
 def _revision_of(db: Path) -> str:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    finally:
-        conn.close()
-    if row is None:
+    revision = sqlite_files.schema_revision(db)
+    if revision is None:
         raise StoreError(f"{db}: the copy carries no schema revision")
-    return str(row[0])
+    return revision

@@ -19,7 +19,6 @@ million messages: ``threadsync backup verify --thorough`` runs it.
 
 from __future__ import annotations
 
-import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from worker.backup.manifest import (
 )
 from worker.export.jsonl import DELETED_KEY
 from worker.jsontext import JsonTextError, loads
+from worker.store import messages, sqlite_files
 
 
 class Damaged(Exception):
@@ -133,31 +133,19 @@ def _checked_database(
 
 def _database_counts(db: Path, thorough: bool) -> dict[str, ThreadCount]:
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
-    except sqlite3.Error as exc:
+        with sqlite_files.open_readonly(db, immutable=True) as conn:
+            verdict = sqlite_files.integrity_check(conn, thorough=thorough)
+            if verdict != "ok":
+                raise Damaged(f"{DATABASE}: SQLite integrity check failed: {verdict}")
+            counts: dict[str, ThreadCount] = {}
+            for thread_id, live, deleted in messages.file_counts(conn):
+                counts[thread_id] = ThreadCount(live, deleted)
+            for thread_id, count in counts.items():
+                count.newest_message_id = messages.file_newest_live(conn, thread_id)
+    except sqlite_files.CannotOpen as exc:
         raise Damaged(f"{DATABASE}: cannot be opened ({exc})") from None
-    try:
-        check = "integrity_check" if thorough else "quick_check"
-        (verdict,) = conn.execute(f"PRAGMA {check}(1)").fetchone()
-        if verdict != "ok":
-            raise Damaged(f"{DATABASE}: SQLite integrity check failed: {verdict}")
-        counts: dict[str, ThreadCount] = {}
-        for thread_id, live, deleted in conn.execute(
-            "SELECT thread_id, SUM(deleted_at IS NULL), SUM(deleted_at IS NOT NULL)"
-            " FROM message GROUP BY thread_id"
-        ):
-            counts[thread_id] = ThreadCount(int(live), int(deleted))
-        for thread_id, count in counts.items():
-            newest = conn.execute(
-                "SELECT id FROM message WHERE thread_id = ? AND deleted_at IS NULL"
-                " ORDER BY created_at DESC, tie_rank DESC, id DESC LIMIT 1",
-                (thread_id,),
-            ).fetchone()
-            count.newest_message_id = newest[0] if newest else None
-    except sqlite3.DatabaseError as exc:
+    except sqlite_files.Unreadable as exc:
         raise Damaged(f"{DATABASE}: unreadable ({exc})") from None
-    finally:
-        conn.close()
     return counts
 
 

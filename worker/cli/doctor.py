@@ -21,9 +21,7 @@ import anyio.to_thread
 import httpx
 import typer
 from rich.markup import escape
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col
 
 from worker.cli.common import EXIT_CONFIG, Globals, command, globals_of, out_console, run_async
 from worker.client import ApiClient
@@ -41,8 +39,8 @@ from worker.errors import (
     ThreadsyncError,
 )
 from worker.logs import scrub
+from worker.store import sync_state
 from worker.store.db import Mirror, normalise_url, sqlite_path
-from worker.store.models import SyncState, TrackedThread
 from worker.store.schema import ensure_schema
 
 # A well-formed id no thread has: asked for when the mirror tracks none, so that the answer
@@ -126,7 +124,7 @@ def _open_mirror(f: Findings, url: str) -> Verdict:
     try:
         ensure_schema(mirror.engine, create=False)
         with mirror.read() as session:
-            f.probe_thread = _a_tracked_thread(session)
+            f.probe_thread = sync_state.probe_thread(session)
     except NoMirrorError:
         return failed(
             f"no mirror at {mirror.safe_url} (the database holds none)",
@@ -146,18 +144,6 @@ def _open_mirror(f: Findings, url: str) -> Verdict:
     finally:
         mirror.dispose()
     return passed(f"{mirror.safe_url} opens; schema current")
-
-
-def _a_tracked_thread(session: Session) -> str | None:
-    """An active thread, one that synced well if there is one (it surely exists upstream)."""
-    query = (
-        select(col(TrackedThread.thread_id))
-        .join(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id), isouter=True)
-        .where(col(TrackedThread.state) == "active")
-        .order_by(col(SyncState.last_success_at).is_(None), col(TrackedThread.added_at))
-        .limit(1)
-    )
-    return session.execute(query).scalar()
 
 
 async def check_endpoint(f: Findings) -> Verdict:

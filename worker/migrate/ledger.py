@@ -1,5 +1,8 @@
 """The ledger's queries and state changes (blocking; callers run them in a worker thread).
 
+What it reads of the mirror's messages and sync states comes from ``worker/store`` (``messages``,
+``sync_state``): the ledger's own statements are on its tables only.
+
 Changes take a session: the run commits them through the mirror's group commit (threads
 migrating side by side share a transaction, one commit for many), and waits for the commit
 before the request it prepares is sent (``planned`` -> ``sent``) or right after the answer
@@ -15,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlmodel import Session, col
 
 from worker.migrate.models import MigrateBatch, MigrateThread
+from worker.store import messages, sync_state
 from worker.store.db import Mirror
-from worker.store.models import Message, SyncState, TrackedThread, utcnow
+from worker.store.models import TrackedThread, utcnow
 
 
 @dataclass(frozen=True)
@@ -61,26 +65,8 @@ def candidates(
     """Threads whose first sync finished (or that were imported), in the order they were added;
     ``thread_ids`` picks some (each named if it cannot go); ``since``: a message at or after."""
     with mirror.read() as session:
-        query = (
-            select(
-                col(TrackedThread.thread_id),
-                col(TrackedThread.state),
-                col(SyncState.initial_done),
-            )
-            .join(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id), isouter=True)
-            .order_by(col(TrackedThread.added_at), col(TrackedThread.thread_id))
-        )
-        rows = {r[0]: (r[1], bool(r[2])) for r in session.execute(query)}
-        newest: dict[str, int] = {}
-        if since is not None:
-            newest = {
-                r[0]: r[1]
-                for r in session.execute(
-                    select(col(Message.thread_id), func.max(col(Message.created_at)))
-                    .where(col(Message.deleted_at).is_(None))
-                    .group_by(col(Message.thread_id))
-                )
-            }
+        rows = {r[0]: (r[1], r[2]) for r in sync_state.first_sync_done(session)}
+        newest = messages.newest_live(session) if since is not None else {}
     out: list[Candidate] = []
     for thread_id in thread_ids if thread_ids is not None else list(rows):
         found = rows.get(thread_id)
@@ -115,14 +101,7 @@ def load_plan(mirror: Mirror, target: str, thread_id: str) -> Plan:
                 .order_by(col(MigrateBatch.seq))
             )
         )
-        live = [
-            (r[0], r[1])
-            for r in session.execute(
-                select(col(Message.id), col(Message.created_at))
-                .where(col(Message.thread_id) == thread_id, col(Message.deleted_at).is_(None))
-                .order_by(col(Message.created_at), col(Message.tie_rank), col(Message.id))
-            )
-        ]
+        live = messages.live_in_order(session, thread_id)
     return Plan(row, batches, live)
 
 
@@ -133,14 +112,7 @@ def new_id() -> str:
 def raws(mirror: Mirror, message_ids: Sequence[str]) -> list[bytes]:
     """The stored objects of ``message_ids``, in that order."""
     with mirror.read() as session:
-        found = {
-            r[0]: r[1]
-            for r in session.execute(
-                select(col(Message.id), col(Message.raw)).where(
-                    col(Message.id).in_(list(message_ids))
-                )
-            )
-        }
+        found = messages.raws_by_id(session, message_ids)
     return [found[m].encode() for m in message_ids]
 
 
@@ -331,11 +303,4 @@ def stamp(when: datetime | None) -> str:
 def live_counts(mirror: Mirror) -> dict[str, int]:
     """Live messages per thread in the mirror."""
     with mirror.read() as session:
-        return {
-            r[0]: int(r[1])
-            for r in session.execute(
-                select(col(Message.thread_id), func.count())
-                .where(col(Message.deleted_at).is_(None))
-                .group_by(col(Message.thread_id))
-            )
-        }
+        return messages.live_counts(session)

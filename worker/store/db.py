@@ -28,7 +28,7 @@ import anyio
 import anyio.to_thread
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlmodel import Session
 
 from worker.errors import ConfigError, NoMirrorError, StoreError, ThreadsyncError
@@ -44,6 +44,10 @@ READ_CACHE_KIB = 1024
 WRITE_CACHE_KIB = 4096
 P = ParamSpec("P")
 T = TypeVar("T")
+# What a statement on the mirror may raise, through SQLAlchemy or straight from the driver (the hot
+# paths of ``worker/store`` call the DB-API connection): callers outside the package catch these,
+# never a driver's exception by name.
+STORE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error)
 
 
 def normalise_url(url: str) -> URL:

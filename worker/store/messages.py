@@ -24,7 +24,7 @@ from hashlib import sha256
 from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Integer, Select, bindparam, func, select, update
 from sqlmodel import Session, col
 
 from worker.store.models import Message
@@ -303,6 +303,89 @@ def threads_holding(session: Session, thread_ids: Sequence[str]) -> set[str]:
     """Which of ``thread_ids`` the mirror holds messages of."""
     query = select(col(Message.thread_id)).where(col(Message.thread_id).in_(thread_ids)).distinct()
     return set(session.scalars(query))
+
+
+# -- reads of a migration (worker/migrate/ledger.py) and of `threadsync status` ------------------
+
+_LIVE = col(Message.deleted_at).is_(None)
+NEWEST_LIVE_SELECT = (
+    select(col(Message.thread_id), func.max(col(Message.created_at)))
+    .where(_LIVE)
+    .group_by(col(Message.thread_id))
+)
+LIVE_COUNTS_SELECT = (
+    select(col(Message.thread_id), func.count()).where(_LIVE).group_by(col(Message.thread_id))
+)
+LIVE_IN_ORDER_SELECT = select(col(Message.id), col(Message.created_at)).order_by(
+    col(Message.created_at), col(Message.tie_rank), col(Message.id)
+)
+STATUS_COUNTS_SELECT = select(
+    col(Message.thread_id),
+    func.sum(func.cast(_LIVE, type_=Integer)),
+    func.count(),
+    func.sum(func.cast((col(Message.status) == "in_progress") & _LIVE, type_=Integer)),
+).group_by(col(Message.thread_id))
+
+
+def newest_live(session: Session) -> dict[str, int]:
+    """Per thread holding live messages, the newest one's ``created_at``."""
+    return {r[0]: r[1] for r in session.execute(NEWEST_LIVE_SELECT)}
+
+
+def live_counts(session: Session) -> dict[str, int]:
+    """Live messages per thread holding any."""
+    return {r[0]: int(r[1]) for r in session.execute(LIVE_COUNTS_SELECT)}
+
+
+def live_in_order(session: Session, thread_id: str) -> list[tuple[str, int]]:
+    """``(id, created_at)`` of the thread's live messages in server order (oldest first)."""
+    query = LIVE_IN_ORDER_SELECT.where(col(Message.thread_id) == thread_id, _LIVE)
+    return [(r[0], r[1]) for r in session.execute(query)]
+
+
+def raws_by_id(session: Session, ids: Sequence[str]) -> dict[str, str]:
+    """The stored object text of ``ids`` (live or tombstoned), by id, in one statement on either
+    backend (a migration batch; the page path's :func:`stored_raw` goes straight to SQLite)."""
+    query = select(col(Message.id), col(Message.raw)).where(col(Message.id).in_(list(ids)))
+    return {r[0]: r[1] for r in session.execute(query)}
+
+
+class StatusCounts(NamedTuple):
+    live: int
+    deleted: int
+    in_progress: int  # live ones still being written
+
+
+def status_counts(session: Session) -> dict[str, StatusCounts]:
+    """Per thread holding messages: live, tombstoned and in-progress counts (one scan)."""
+    return {
+        r[0]: StatusCounts(int(r[1] or 0), int(r[2] - (r[1] or 0)), int(r[3] or 0))
+        for r in session.execute(STATUS_COUNTS_SELECT)
+    }
+
+
+# -- reads of a SQLite snapshot file (worker/backup/verify.py), through its DB-API connection ------
+
+FILE_COUNTS_SQL = (
+    "SELECT thread_id, SUM(deleted_at IS NULL), SUM(deleted_at IS NOT NULL)"
+    " FROM message GROUP BY thread_id"
+)
+FILE_NEWEST_LIVE_SQL = (
+    "SELECT id FROM message WHERE thread_id = ? AND deleted_at IS NULL"
+    " ORDER BY created_at DESC, tie_rank DESC, id DESC LIMIT 1"
+)
+
+
+def file_counts(conn: Any) -> Iterator[tuple[str, int, int]]:
+    """``(thread_id, live, deleted)`` per thread of a SQLite file opened by ``sqlite_files``."""
+    for thread_id, live, deleted in conn.execute(FILE_COUNTS_SQL):
+        yield thread_id, int(live), int(deleted)
+
+
+def file_newest_live(conn: Any, thread_id: str) -> str | None:
+    """The id of the thread's newest live message in a SQLite file, if it has one."""
+    row = conn.execute(FILE_NEWEST_LIVE_SQL, (thread_id,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 # -- writes ------------------------------------------------------------------------------------

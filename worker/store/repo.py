@@ -1,4 +1,8 @@
-"""Queries on tracked threads, sync state and mirror facts (all but the page hot path)."""
+"""Statements on ``tracked_thread``, ``mirror_meta`` and the run history.
+
+Statements on ``message`` and ``sync_state`` live in their own modules (``messages.py``,
+``sync_state.py``); what here needs them (a thread's status, a new thread's state row) calls those.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Integer, Table, delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col
 
-from worker.store.models import (
-    Message,
-    MirrorMeta,
-    SyncRun,
-    SyncRunThread,
-    SyncState,
-    TrackedThread,
-    utcnow,
-)
+from worker.store import messages, sync_state
+from worker.store.models import MirrorMeta, SyncRun, SyncRunThread, TrackedThread, utcnow
 
 
 def add_threads(session: Session, thread_ids: Iterable[str]) -> list[str]:
@@ -30,7 +26,7 @@ def add_threads(session: Session, thread_ids: Iterable[str]) -> list[str]:
         if row is None:
             session.add(TrackedThread(thread_id=thread_id))
             session.flush()  # the state row refers to the thread row
-            session.add(SyncState(thread_id=thread_id))
+            sync_state.add_fresh(session, thread_id)
             changed.append(thread_id)
         elif row.state != "active":
             row.state, row.gone_at, row.next_sync_at = "active", None, None
@@ -101,15 +97,13 @@ def _insert_tracked(session: Session, thread_ids: list[str], start: datetime) ->
     """
     conn = session.connection()
     postgres = conn.dialect.name == "postgresql"
-    names, defaults = _state_defaults(postgres)
     stamps = [start + timedelta(microseconds=n) for n in range(len(thread_ids))]
     if postgres:
         sql = (
-            "WITH new AS (INSERT INTO tracked_thread (thread_id, added_at, state)"  # noqa: S608 - names and literals from the model, ids bound
+            "WITH new AS (INSERT INTO tracked_thread (thread_id, added_at, state)"  # noqa: S608 - the state INSERT from the model, ids bound
             " SELECT t, a, 'active' FROM unnest(%s::text[], %s::timestamptz[]) AS u(t, a)"
-            " ON CONFLICT DO NOTHING RETURNING thread_id)"
-            f" INSERT INTO sync_state (thread_id, {names}) SELECT thread_id, {defaults} FROM new"
-            " ON CONFLICT DO NOTHING"
+            " ON CONFLICT DO NOTHING RETURNING thread_id) "
+            + sync_state.insert_defaults_sql(postgres=True, from_cte="new")
         )
         for offset in range(0, len(thread_ids), BULK_CHUNK * 4):
             window = slice(offset, offset + BULK_CHUNK * 4)
@@ -121,31 +115,9 @@ def _insert_tracked(session: Session, thread_ids: list[str], start: datetime) ->
         list(zip(thread_ids, map(sqlite_time, stamps), strict=True)),
     )
     conn.exec_driver_sql(
-        f"INSERT INTO sync_state (thread_id, {names}) VALUES (?, {defaults})"  # noqa: S608 - ditto
-        " ON CONFLICT DO NOTHING",
+        sync_state.insert_defaults_sql(postgres=False),
         [(thread_id,) for thread_id in thread_ids],
     )
-
-
-def _state_defaults(postgres: bool) -> tuple[str, str]:
-    """``sync_state``'s columns with a default in the model, and those defaults as SQL
-    literals (the migrations give the columns no server defaults)."""
-    states: Table = SyncState.__table__  # type: ignore[attr-defined]
-    names, values = [], []
-    for column in states.columns:
-        default = column.default
-        if column.name == "thread_id" or not isinstance(default, ScalarElementColumnDefault):
-            continue
-        value = default.arg
-        if isinstance(value, bool):
-            rendered = ("true" if value else "false") if postgres else str(int(value))
-        elif isinstance(value, int):
-            rendered = str(value)
-        else:
-            raise TypeError(f"sync_state.{column.name}: no SQL literal for {value!r}")
-        names.append(column.name)
-        values.append(rendered)
-    return ", ".join(names), ", ".join(values)
 
 
 def sqlite_time(stamp: datetime) -> str:
@@ -298,39 +270,19 @@ class ThreadStatus:
 
 
 def thread_statuses(session: Session) -> list[ThreadStatus]:
-    live = func.sum(func.cast(col(Message.deleted_at).is_(None), type_=Integer))
-    counts = {
-        row[0]: (row[1] or 0, row[2] - (row[1] or 0), row[3] or 0)
-        for row in session.execute(
-            select(
-                col(Message.thread_id),
-                live,
-                func.count(),
-                func.sum(
-                    func.cast(
-                        (col(Message.status) == "in_progress") & col(Message.deleted_at).is_(None),
-                        type_=Integer,
-                    )
-                ),
-            ).group_by(col(Message.thread_id))
-        )
-    }
+    counts = messages.status_counts(session)
+    none = messages.StatusCounts(0, 0, 0)
     out = []
-    query = (
-        select(TrackedThread, SyncState)
-        .join(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id), isouter=True)
-        .order_by(col(TrackedThread.added_at), col(TrackedThread.thread_id))
-    )
-    for thread, state in session.execute(query):
-        live_n, deleted_n, busy_n = counts.get(thread.thread_id, (0, 0, 0))
+    for thread, state in sync_state.tracked_with_state(session):
+        count = counts.get(thread.thread_id, none)
         out.append(
             ThreadStatus(
                 thread_id=thread.thread_id,
                 state=thread.state,
                 gone_at=thread.gone_at,
-                messages=int(live_n),
-                deleted=int(deleted_n),
-                in_progress=int(busy_n),
+                messages=count.live,
+                deleted=count.deleted,
+                in_progress=count.in_progress,
                 last_sync_at=state.last_sync_at if state else None,
                 last_success_at=state.last_success_at if state else None,
                 last_error=state.last_error if state else None,

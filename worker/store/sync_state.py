@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col
 
 from worker.store.messages import driver_of, is_sqlite, sqlite_time
@@ -32,6 +33,25 @@ SUCCEEDED_SELECT = (
     .where(col(TrackedThread.state) == "active", col(SyncState.last_success_at).is_not(None))
     .order_by(col(SyncState.last_success_at).desc())
 )
+# Tracked threads (rows of ``tracked_thread``) with their state, if they have one: the joins whose
+# subject is a thread as tracked live here too, beside every other read of ``sync_state``.
+_OUTER = (SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
+_ADDED_ORDER = (col(TrackedThread.added_at), col(TrackedThread.thread_id))
+FIRST_SYNC_SELECT = (
+    select(col(TrackedThread.thread_id), col(TrackedThread.state), col(SyncState.initial_done))
+    .join(*_OUTER, isouter=True)
+    .order_by(*_ADDED_ORDER)
+)
+TRACKED_WITH_STATE_SELECT = (
+    select(TrackedThread, SyncState).join(*_OUTER, isouter=True).order_by(*_ADDED_ORDER)
+)
+PROBE_SELECT = (
+    select(col(TrackedThread.thread_id))
+    .join(*_OUTER, isouter=True)
+    .where(col(TrackedThread.state) == "active")
+    .order_by(col(SyncState.last_success_at).is_(None), col(TrackedThread.added_at))
+    .limit(1)
+)
 
 
 def get(session: Session, thread_id: str) -> SyncState | None:
@@ -50,6 +70,64 @@ def ensure(session: Session, thread_id: str) -> SyncState:
 def add_imported(session: Session, thread_id: str) -> None:
     """The row of a thread made by ``threadsync import``: nothing to sync first, ever."""
     session.add(SyncState(thread_id=thread_id, initial_done=True))
+
+
+def add_fresh(session: Session, thread_id: str) -> None:
+    """The row of a newly tracked thread, with the model's defaults (its thread row flushed)."""
+    session.add(SyncState(thread_id=thread_id))
+
+
+def insert_defaults_sql(*, postgres: bool, from_cte: str | None = None) -> str:
+    """The INSERT of default rows, one per thread id bound (``?``), or per ``thread_id`` of the
+    CTE ``from_cte``; rows already present are left as they are."""
+    names, defaults = _state_defaults(postgres)
+    rows = (
+        f"VALUES (?, {defaults})"
+        if from_cte is None
+        else f"SELECT thread_id, {defaults} FROM {from_cte}"  # noqa: S608 - a CTE name of the caller
+    )
+    return (
+        f"INSERT INTO sync_state (thread_id, {names}) {rows}"  # names, literals: the model
+        " ON CONFLICT DO NOTHING"
+    )
+
+
+def _state_defaults(postgres: bool) -> tuple[str, str]:
+    """``sync_state``'s columns with a default in the model, and those defaults as SQL
+    literals (the migrations give the columns no server defaults)."""
+    states: Table = _TABLE
+    names, values = [], []
+    for column in states.columns:
+        default = column.default
+        if column.name == "thread_id" or not isinstance(default, ScalarElementColumnDefault):
+            continue
+        value = default.arg
+        if isinstance(value, bool):
+            rendered = ("true" if value else "false") if postgres else str(int(value))
+        elif isinstance(value, int):
+            rendered = str(value)
+        else:
+            raise TypeError(f"sync_state.{column.name}: no SQL literal for {value!r}")
+        names.append(column.name)
+        values.append(rendered)
+    return ", ".join(names), ", ".join(values)
+
+
+def first_sync_done(session: Session) -> list[tuple[str, str, bool]]:
+    """``(thread_id, tracking state, first sync finished)`` of every tracked thread, in the
+    order they were added."""
+    return [(r[0], r[1], bool(r[2])) for r in session.execute(FIRST_SYNC_SELECT)]
+
+
+def tracked_with_state(session: Session) -> list[tuple[TrackedThread, SyncState | None]]:
+    """Every tracked thread with its state row (None if it has none), in the order added."""
+    return [(r[0], r[1]) for r in session.execute(TRACKED_WITH_STATE_SELECT)]
+
+
+def probe_thread(session: Session) -> str | None:
+    """An active thread, one that synced well if there is one (it surely exists upstream)."""
+    found: str | None = session.execute(PROBE_SELECT).scalar()
+    return found
 
 
 def of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str, SyncState]:

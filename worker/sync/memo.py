@@ -39,7 +39,6 @@ it, so a memo from older code is never trusted.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -48,10 +47,9 @@ from typing import Any, Literal, NamedTuple
 import anyio
 import anyio.lowlevel
 import orjson
-from sqlalchemy.exc import SQLAlchemyError
 
 from worker.logs import get_logger
-from worker.store.db import Mirror
+from worker.store.db import STORE_ERRORS, Mirror
 from worker.store.messages import census_sig
 from worker.sync.census import Census, load_census
 from worker.sync.order import (
@@ -299,7 +297,7 @@ class CensusAhead:
                 try:
                     if batch:
                         self._sigs.update(await self._mirror.run(self._read, batch))
-                except (SQLAlchemyError, sqlite3.Error) as exc:  # each walk reads its own then
+                except STORE_ERRORS as exc:  # each walk reads its own then
                     log.warning("sync.census_read_failed", error=type(exc).__name__)
                 for thread_id in whole:
                     self._ready[thread_id].set()

@@ -13,12 +13,10 @@ memo (the pages before it were not compared).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from worker.logs import get_logger
+from worker.store.db import STORE_ERRORS
 from worker.sync.census import Census
 from worker.sync.feed import Page, PageFeed, feeding
 from worker.sync.memo import MemoRecorder, WalkMemo
@@ -154,7 +152,7 @@ async def _prove(walk: Walk, record: MemoRecorder, census_of: CensusOf) -> None:
         return
     try:
         census = await census_of()
-    except (SQLAlchemyError, sqlite3.Error) as exc:  # the walk is done: only its memo is lost
+    except STORE_ERRORS as exc:  # the walk is done: only its memo is lost
         log.warning("sync.walk_memo_unproven", thread=walk.thread_id, error=type(exc).__name__)
         census = None
     found = record.proven(census, walk.limit, walk.ties.effective)
