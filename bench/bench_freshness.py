@@ -18,7 +18,9 @@ request rate the emulator counted against the budget, and the staleness (seconds
 successful check) of the threads changed in the last hour, sampled every 10 s from the mirror:
 p50/p90/p99/max, against ``min_interval``.
 
-Run: ``.venv/bin/python -m bench.bench_freshness [--minutes N]``;
+Run: ``.venv/bin/python -m bench.bench_freshness [--minutes N]``; with
+``THREADSYNC_BENCH_PROFILE=PATH`` the daemon child runs under cProfile: the event loop's thread
+into ``PATH``, the worker threads (the database work) merged into ``PATH.threads``;
 ``THREADSYNC_BENCH_FRESHNESS_MINUTES`` sets the length, ``THREADSYNC_BENCH_SCALE`` shrinks the
 thread counts (smoke test: tiny), and ``THREADSYNC_BENCH_POSTGRES_URL`` (or
 ``THREADSYNC_TEST_POSTGRES_URL``) names the server; a database of its own is created and dropped.
@@ -239,12 +241,48 @@ def child(config_path: str) -> None:
     if profile:
         import cProfile  # noqa: PLC0415
 
+        workers = _profile_worker_threads()
         with cProfile.Profile() as prof:
             figures = anyio.run(_serve, config, backend="asyncio")
-        prof.dump_stats(profile)
+        prof.dump_stats(profile)  # the event loop's thread
+        _dump_merged(workers, profile + ".threads")  # the worker threads' (the database's work)
     else:
         figures = anyio.run(_serve, config, backend="asyncio")
     Path(config["out"]).write_text(json.dumps(figures))
+
+
+def _profile_worker_threads() -> list[Any]:
+    """A cProfile of its own in every thread started from now on (anyio's worker threads, where
+    the database work runs): the loop's profile alone does not see them."""
+    import cProfile  # noqa: PLC0415
+
+    profiles: list[Any] = []
+
+    def start(*_: Any) -> None:
+        prof = cProfile.Profile()
+        profiles.append(prof)
+        prof.enable()  # replaces this hook in the new thread
+
+    threading.setprofile(start)
+    return profiles
+
+
+def _dump_merged(profiles: list[Any], path: str) -> None:
+    """The worker threads' profiles as one pstats file (they are idle once the daemon stopped)."""
+    import marshal  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    threading.setprofile(None)
+    merged: pstats.Stats | None = None
+    for n, prof in enumerate(profiles):
+        prof.snapshot_stats()
+        part = f"{path}.{n}"
+        with open(part, "wb") as f:
+            marshal.dump(prof.stats, f)
+        merged = pstats.Stats(part) if merged is None else merged.add(part)
+        os.unlink(part)
+    if merged is not None:
+        merged.dump_stats(path)
 
 
 async def _serve(config: dict[str, Any]) -> dict[str, float]:

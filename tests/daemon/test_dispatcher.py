@@ -25,6 +25,7 @@ from worker.store.db import Mirror
 from worker.store.models import SyncState, TrackedThread
 from worker.store.repo import add_threads
 from worker.sync.outcome import ThreadOutcome
+from worker.sync.thread_pass import ThreadPass
 from worker.testing import emulated_client
 
 pytestmark = pytest.mark.anyio
@@ -226,3 +227,45 @@ async def test_a_cancelled_batch_reschedules_the_finished_and_releases_the_rest(
     result = await run_with(emulator, mirror, lambda d: d.dispatch_once())
     assert result.claimed == 6 - len(scheduled)
     assert exported(mirror) == truth(emulator)
+
+
+async def test_the_lanes_share_sync_concurrency_passes_in_flight(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both dispatch lanes claim and sync at once, yet no more than ``sync.concurrency`` passes
+    are in flight in the whole process (each lane used to run that many of its own)."""
+    ids = emulator.seed(seed=7, threads=24, messages=3)
+    track(mirror, *ids)
+    running, peak, claims = 0, 0, 0
+    original = ThreadPass.run
+
+    async def counted(self: ThreadPass, *, full: bool = False) -> ThreadOutcome:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            return await original(self, full=full)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(ThreadPass, "run", counted)
+
+    async def body(d: Dispatcher) -> int:
+        d.batch = 8  # each lane claims 4 at a time: both lanes have passes to run
+        claim = d._claim
+
+        def noted(*args: Any) -> list[str]:
+            nonlocal claims
+            got = claim(*args)
+            claims += bool(got)
+            return got
+
+        d._claim = noted  # type: ignore[method-assign,assignment]
+        total = await d.dispatch()
+        return int(total.finished)
+
+    assert await run_with(emulator, mirror, body) == 24
+    assert claims >= 6  # 24 threads, 4 a claim: the lanes claimed batch after batch
+    assert peak == 4  # sync.concurrency (settings()), not 2 lanes x 4
+    assert exported(mirror) == truth(emulator)
+    assert leases(mirror) == []

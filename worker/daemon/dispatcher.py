@@ -130,6 +130,9 @@ class Dispatcher:
         self._problems = 0
         self._retry_at = 0.0
         self.clock: Callable[[], float] = time.monotonic
+        # The passes in flight, across the lanes and the reconcile: sync.concurrency in all, not
+        # per lane (made on first use, inside the event loop).
+        self._passes: anyio.CapacityLimiter | None = None
 
     async def dispatch_once(self) -> BatchResult:
         """One dispatcher run: the due threads (up to one batch), synced and rescheduled."""
@@ -267,6 +270,7 @@ class Dispatcher:
                 on_thread_done=on_done,
                 gone_recheck=self.settings.sync.gone_recheck_interval,
                 fence=fence,
+                limiter=self._pass_slots(),
             )
             # Threads the runner skipped (parked, gone) get a next time too.
             for outcome in report.outcomes:
@@ -306,6 +310,16 @@ class Dispatcher:
             seconds=round(result.seconds, 3),
         )
         return result
+
+    def _pass_slots(self) -> anyio.CapacityLimiter:
+        """The one limiter every batch's passes share: two lanes each running
+        ``sync.concurrency`` passes would have twice that in flight (and twice the connections)."""
+        concurrency = max(1, self.settings.sync.concurrency)
+        if self._passes is None:
+            self._passes = anyio.CapacityLimiter(concurrency)
+        elif self._passes.total_tokens != concurrency:  # the setting changed (tests, a reload)
+            self._passes.total_tokens = concurrency
+        return self._passes
 
     async def _note_problem(self, problem: str | None) -> None:
         """Remember (and persist, for `threadsync check`) a configuration error, or its end."""
