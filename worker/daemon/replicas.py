@@ -113,6 +113,16 @@ class Replica:
 
     # -- registry ------------------------------------------------------------------------------
 
+    def _row(self) -> DaemonReplica:
+        """This process's registry row (the first beat, or again after being pruned)."""
+        return DaemonReplica(
+            replica_id=self.id,
+            hostname=socket.gethostname()[:255],
+            pid=os.getpid(),
+            version=__version__,
+            draining=self.draining,
+        )
+
     def register(self) -> None:
         """Blocking. Insert this replica's row; prune rows of replicas long dead."""
         with self.mirror.write() as session:
@@ -122,14 +132,7 @@ class Replica:
                     < func.now() - _seconds(STALE_AFTER_TTLS * self.ttl)
                 )
             )
-            session.add(
-                DaemonReplica(
-                    replica_id=self.id,
-                    hostname=socket.gethostname()[:255],
-                    pid=os.getpid(),
-                    version=__version__,
-                )
-            )
+            session.add(self._row())
             session.flush()
             self.peers = max(1, live_replicas(session, self.ttl))
         log.info("daemon.replica_registered", replica=self.id, lease_ttl=self.ttl, peers=self.peers)
@@ -250,15 +253,7 @@ class Replica:
                 .values(heartbeat_at=func.now())
             )
             if not getattr(beat, "rowcount", 1):  # pruned while paused: register again
-                session.add(
-                    DaemonReplica(
-                        replica_id=self.id,
-                        hostname=socket.gethostname()[:255],
-                        pid=os.getpid(),
-                        version=__version__,
-                        draining=self.draining,
-                    )
-                )
+                session.add(self._row())
             self.peers = max(1, live_replicas(session, self.ttl))
             renewed = renew_threads(session, self.id, pairs, self.ttl) if pairs else set()
             kept = renew_jobs(session, self.id, jobs, self.ttl) if jobs else set()
