@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy import delete, func, select, tuple_, update
@@ -36,11 +37,13 @@ from sqlmodel import Session, col
 from worker import __version__
 from worker.daemon.due import claim_leases
 from worker.daemon.fence import Fence
-from worker.daemon.metrics import DaemonMetrics
 from worker.errors import ConfigError, ThreadsyncError
 from worker.logs import describe_exception, get_logger
 from worker.store.db import Mirror, normalise_url
 from worker.store.models import DaemonReplica, JobSlot, TrackedThread
+
+if TYPE_CHECKING:  # metrics load prometheus_client: `status` and `migrate` need none of it
+    from worker.daemon.metrics import DaemonMetrics
 
 log = get_logger()
 
