@@ -10,6 +10,11 @@ relative to each thread's own interval first (:mod:`worker.daemon.freshness`). W
 mirror the lease only keeps the reconcile and the dispatcher from passing over the same thread at
 once; several daemons sharing a PostgreSQL mirror rely on its ``FOR NO KEY UPDATE SKIP LOCKED``
 (plain on SQLite: one writer anyway).
+
+Every statement here is on ``tracked_thread`` (the schedule and the leases). The claim and the
+counts read ``sync_state.parked_until`` / ``consecutive_failures`` inside the same statement (a
+claim must be one statement); a read of ``sync_state`` alone goes through
+:mod:`worker.store.sync_state`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from worker.daemon.freshness import (
     next_interval,
     overdue_ratio,
 )
+from worker.store import sync_state
 from worker.store.models import SyncState, TrackedThread
 
 
@@ -337,14 +343,8 @@ def reschedule(
     if not ids:
         return {}
     states = {
-        row[0]: (row[1], aware(row[2]))
-        for row in session.execute(
-            select(
-                col(SyncState.thread_id),
-                col(SyncState.consecutive_failures),
-                col(SyncState.parked_until),
-            ).where(col(SyncState.thread_id).in_(ids))
-        )
+        thread_id: (failures, aware(parked))
+        for thread_id, (failures, parked) in sync_state.backoff_of(session, ids).items()
     }
     gone = set(
         session.execute(

@@ -135,6 +135,16 @@ def of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str, SyncSta
     return {row.thread_id: row for row in session.scalars(query)}
 
 
+def backoff_of(
+    session: Session, thread_ids: Sequence[str]
+) -> dict[str, tuple[int, datetime | None]]:
+    """Each thread's consecutive failures and parked-until (the daemon's next-time inputs)."""
+    query = select(
+        col(SyncState.thread_id), col(SyncState.consecutive_failures), col(SyncState.parked_until)
+    ).where(col(SyncState.thread_id).in_(list(thread_ids)))
+    return {row[0]: (row[1], row[2]) for row in session.execute(query)}
+
+
 def error_kinds(session: Session, thread_ids: Sequence[str]) -> dict[str, str | None]:
     query = ERROR_KINDS_SELECT.where(col(SyncState.thread_id).in_(list(thread_ids)))
     return {row[0]: row[1] for row in session.execute(query)}
