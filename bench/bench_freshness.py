@@ -195,7 +195,7 @@ def explain_claim(url: str, *, fenced: bool = False) -> str:
     candidate pool inside it. ``fenced``: the replicas mode's (database-clock lease, epoch)."""
     from sqlmodel import Session  # noqa: PLC0415 - bench-local
 
-    from worker.daemon.due import claim  # noqa: PLC0415
+    from worker.daemon.due import claim_leases  # noqa: PLC0415
 
     engine = create_engine(url)
     from sqlalchemy import event  # noqa: PLC0415
@@ -209,7 +209,7 @@ def explain_claim(url: str, *, fenced: bool = False) -> str:
     with Session(engine) as session:
         conn = session.connection()
         event.listen(engine, "before_cursor_execute", grab)
-        claim(
+        claim_leases(
             session,
             now=utcnow(),
             owner="x",

@@ -12,21 +12,8 @@ TS="$BIN/threadsync"
 DEMO=${DEMO_DIR:-demo-foundry}
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
-PORT=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-KEY="demo-$("$BIN/python" -c 'import secrets; print(secrets.token_hex(8))')"
+source scripts/lib.sh
 HEADER="id-$("$BIN/python" -c 'import secrets; print(secrets.token_hex(8))')"
-URL="http://127.0.0.1:$PORT"
-control() { # control METHOD PATH [JSON]: the emulator's control plane (outside the API namespace)
-  "$BIN/python" - "$1" "$URL/_emulator/$2" "${3:-}" <<'PY'
-import sys, httpx, json
-method, url, body = sys.argv[1:4]
-r = httpx.request(method, url, json=json.loads(body) if body else None, timeout=30)
-r.raise_for_status()
-print(json.dumps(r.json()))
-PY
-}
-field() { "$BIN/python" -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Start the emulator on $URL: Foundry takes Entra tokens only, tokens live 20 s"
 "$TS" --log-level warning emulator --port "$PORT" --api-key "$KEY" --seed 7 --threads 3 \
@@ -34,11 +21,7 @@ step "Start the emulator on $URL: Foundry takes Entra tokens only, tokens live 2
   >"$DEMO/emulator.log" 2>&1 &
 EMU=$!
 trap 'kill $EMU 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if control GET identity >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
-control GET identity >/dev/null
+wait_for_emulator identity
 
 # What a Foundry user sets: the project endpoint, the profile, Entra tokens from a managed identity.
 unset AZURE_OPENAI_API_KEY OPENAI_API_KEY AZURE_OPENAI_ENDPOINT OPENAI_BASE_URL

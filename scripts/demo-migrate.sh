@@ -9,29 +9,14 @@ DEMO="${THREADSYNC_DEMO_DIR:-$ROOT/demo}"
 unset THREADSYNC_DEMO_DIR  # the script's own: threadsync refuses THREADSYNC_* names it does not know
 mkdir -p "$DEMO"
 
-PORT=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-KEY="demo-$("$BIN/python" -c 'import secrets; print(secrets.token_hex(8))')"
-URL="http://127.0.0.1:$PORT"
-control() { # control METHOD PATH: the emulator's control plane
-  "$BIN/python" - "$1" "$URL/_emulator/$2" <<'PY'
-import sys, httpx, json
-r = httpx.request(sys.argv[1], sys.argv[2], timeout=30)
-r.raise_for_status()
-print(json.dumps(r.json()))
-PY
-}
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+source "$ROOT/scripts/lib.sh"
 
 step "Start an emulator on $URL: the Conversations target (and the source, if needed)"
 "$TS" --log-level warning emulator --port "$PORT" --api-key "$KEY" --seed 7 --threads 3 \
   --messages 45 --latency-ms 2 >"$DEMO/emulator-migrate.log" 2>&1 &
 EMU=$!
 trap 'kill $EMU 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if control GET behaviour >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
-control GET behaviour >/dev/null
+wait_for_emulator
 
 export THREADSYNC_DATABASE_URL="sqlite:///$DEMO/threadsync.db" THREADSYNC_LOG__FORMAT=console
 if [ ! -f "$DEMO/threadsync.db" ]; then

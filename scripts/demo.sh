@@ -8,19 +8,7 @@ TS="$BIN/threadsync"
 DEMO=demo
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
-PORT=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-KEY="demo-$("$BIN/python" -c 'import secrets; print(secrets.token_hex(8))')"
-URL="http://127.0.0.1:$PORT"
-control() { # control METHOD PATH [JSON]: the emulator's control plane (outside the API namespace)
-  "$BIN/python" - "$1" "$URL/_emulator/$2" "${3:-}" <<'PY'
-import sys, httpx, json
-method, url, body = sys.argv[1:4]
-r = httpx.request(method, url, json=json.loads(body) if body else None, timeout=30)
-r.raise_for_status()
-print(json.dumps(r.json()))
-PY
-}
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+source scripts/lib.sh
 
 step "Start the emulator on $URL (5 seeded threads x 300 messages, 5 ms latency)"
 "$TS" --log-level warning emulator --port "$PORT" --api-key "$KEY" --seed 42 --threads 5 \
@@ -28,11 +16,7 @@ step "Start the emulator on $URL (5 seeded threads x 300 messages, 5 ms latency)
   --threads-file "$DEMO/threads.txt" >"$DEMO/emulator.log" 2>&1 &
 EMU=$!
 trap 'kill $EMU 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if control GET behaviour >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
-control GET behaviour >/dev/null
+wait_for_emulator
 
 export AZURE_OPENAI_ENDPOINT="$URL" AZURE_OPENAI_API_KEY="$KEY" OPENAI_API_VERSION=2024-08-01-preview
 export THREADSYNC_DATABASE_URL="sqlite:///$DEMO/threadsync.db" THREADSYNC_LOG__FORMAT=console

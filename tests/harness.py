@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from worker.emulator import Emulator, serve_in_thread
+from worker.emulator.identity import TOKEN_PATH
 from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
 
@@ -148,22 +149,55 @@ def served() -> Iterator[tuple[Emulator, str]]:
         yield emulator, url
 
 
-def user_env(url: str, db: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("THREADSYNC_", "AZURE_", "OPENAI_"))
-    }
+def bare_environ(*also: str) -> dict[str, str]:
+    """This process's environment without a variable threadsync or the SDKs read (nor the
+    prefixes in ``also``): a child sees only what its test gives it."""
+    prefixes = ("THREADSYNC_", "AZURE_", "OPENAI_", *also)
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+def shell_env(url: str, key: str, db_url: str, **settings: str) -> dict[str, str]:
+    """A user's shell: the SDK's Azure variables for the emulator at ``url``, the mirror, quick
+    retries; ``settings`` (variable names) add to it or override it."""
+    env = bare_environ()
     env.update(
         AZURE_OPENAI_ENDPOINT=url,
-        AZURE_OPENAI_API_KEY=KEY,
+        AZURE_OPENAI_API_KEY=key,
         OPENAI_API_VERSION="2024-08-01-preview",
-        THREADSYNC_DATABASE_URL=f"sqlite:///{db}",
+        THREADSYNC_DATABASE_URL=db_url,
         THREADSYNC_RETRY__INITIAL_DELAY="0.01",
         THREADSYNC_RETRY__MAX_DELAY="0.05",
-        THREADSYNC_RETRY__MAX_ATTEMPTS="10",
     )
+    env.update(settings)
     return env
+
+
+def user_env(url: str, db: Path) -> dict[str, str]:
+    return shell_env(url, KEY, f"sqlite:///{db}", THREADSYNC_RETRY__MAX_ATTEMPTS="10")
+
+
+# What azure-identity's managed-identity credential reads besides the App Service pair: unset, so
+# the credential takes the pair (pointed at the emulator) and nothing of the machine's own.
+OTHER_IDENTITY_VARIABLES = (
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE_CLIENT_ID",
+)
+
+
+def managed_identity_env(base_url: str, header: str) -> dict[str, str]:
+    """The App Service managed-identity pair, naming the emulator's token endpoint."""
+    return {"IDENTITY_ENDPOINT": base_url + TOKEN_PATH, "IDENTITY_HEADER": header}
+
+
+def use_managed_identity(monkeypatch: pytest.MonkeyPatch, base_url: str, header: str) -> None:
+    """This process's managed identity is the emulator's (see :func:`managed_identity_env`)."""
+    for name in OTHER_IDENTITY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in managed_identity_env(base_url, header).items():
+        monkeypatch.setenv(name, value)
 
 
 def run(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from tests.harness import shell_env
 from worker.emulator import Emulator, serve_in_thread
 from worker.store.db import Mirror
 
@@ -28,25 +29,15 @@ def served() -> Iterator[tuple[Emulator, str]]:
 
 
 def env_for(url: str, mirror_url: str, **extra: str) -> dict[str, str]:
-    import os  # noqa: PLC0415 - only here
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("THREADSYNC_", "AZURE_", "OPENAI_"))
-    }
-    env.update(
-        AZURE_OPENAI_ENDPOINT=url,
-        AZURE_OPENAI_API_KEY=KEY,
-        OPENAI_API_VERSION="2024-08-01-preview",
-        THREADSYNC_DATABASE_URL=mirror_url,
+    return shell_env(
+        url,
+        KEY,
+        mirror_url,
         THREADSYNC_LOG__LEVEL="warning",
-        THREADSYNC_RETRY__INITIAL_DELAY="0.01",
         THREADSYNC_RETRY__MAX_DELAY="0.02",
         THREADSYNC_RETRY__MAX_ATTEMPTS="3",
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 def threadsync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

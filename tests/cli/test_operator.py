@@ -7,7 +7,6 @@ the point) against the emulator on a loopback port.
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import pexpect
 import pytest
 import typer.main
 
-from tests.harness import DaemonProcess, env_for
+from tests.harness import DaemonProcess, env_for, shell_env
 from worker.cli.app import app
 from worker.emulator import Emulator, serve_in_thread
 
@@ -37,20 +36,7 @@ def served() -> Iterator[tuple[Emulator, str]]:
 
 
 def user_env(url: str, db_url: str, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("THREADSYNC_", "AZURE_", "OPENAI_"))
-    }
-    env.update(
-        AZURE_OPENAI_ENDPOINT=url,
-        AZURE_OPENAI_API_KEY=KEY,
-        THREADSYNC_DATABASE_URL=db_url,
-        THREADSYNC_RETRY__INITIAL_DELAY="0.01",
-        THREADSYNC_RETRY__MAX_DELAY="0.05",
-        **extra,
-    )
-    return env
+    return shell_env(url, KEY, db_url, **extra)
 
 
 def run(

@@ -14,6 +14,7 @@ from azure.core.pipeline.transport import AsyncHttpTransport, AsyncioRequestsTra
 from azure.identity.aio import ManagedIdentityCredential
 from pydantic import SecretStr
 
+from tests.harness import use_managed_identity
 from worker.client import ApiClient
 from worker.client.auth import EntraTokens
 from worker.client.entra import async_transport, fetcher_for
@@ -33,11 +34,7 @@ def emulator() -> Emulator:
 @pytest.fixture
 def served(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with serve_in_thread(emulator) as base_url:
-        for name in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv("AZURE_CLIENT_ID", raising=False)
-        monkeypatch.setenv("IDENTITY_ENDPOINT", base_url + TOKEN_PATH)
-        monkeypatch.setenv("IDENTITY_HEADER", HEADER)
+        use_managed_identity(monkeypatch, base_url, HEADER)
         yield base_url
 
 

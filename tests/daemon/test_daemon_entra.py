@@ -21,9 +21,17 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import DaemonProcess, env_for, exported, truth, wait_for
+from tests.harness import (
+    OTHER_IDENTITY_VARIABLES,
+    DaemonProcess,
+    env_for,
+    exported,
+    managed_identity_env,
+    truth,
+    wait_for,
+)
 from worker.emulator import Emulator, serve_in_thread
-from worker.emulator.identity import TOKEN_PATH, Identity
+from worker.emulator.identity import Identity
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 
@@ -77,11 +85,10 @@ def entra_env(served: str, emulator: Emulator, db_url: str, identity_port: int) 
         THREADSYNC_API__AUTH="entra",
         THREADSYNC_API__CREDENTIAL="managed-identity",
         THREADSYNC_DAEMON__MAX_BACKOFF="1",
-        IDENTITY_ENDPOINT=f"http://127.0.0.1:{identity_port}{TOKEN_PATH}",
-        IDENTITY_HEADER=HEADER,
+        **managed_identity_env(f"http://127.0.0.1:{identity_port}", HEADER),
     )
     del env["AZURE_OPENAI_API_KEY"]  # no key anywhere: tokens or nothing
-    for name in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
+    for name in OTHER_IDENTITY_VARIABLES:
         env.pop(name, None)
     return env
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from worker.daemon.due import (
     Cadence,
     aware,
-    claim,
+    claim_leases,
     clear_leases,
     due_count,
     next_delay,
@@ -72,9 +73,10 @@ def _track(mirror: Mirror, *ids: str) -> None:
         add_threads(session, ids)
 
 
-def _claim(mirror: Mirror, now: datetime = NOW, **kw: object) -> list[str]:
+def _claim(mirror: Mirror, now: datetime = NOW, *, limit: int = 100, **kw: Any) -> list[str]:
     with mirror.write() as session:
-        return claim(session, now=now, owner="me", lease=60.0, limit=kw.pop("limit", 100), **kw)  # type: ignore[arg-type]
+        claimed = claim_leases(session, now=now, owner="me", lease=60.0, limit=limit, **kw)
+    return list(claimed.epochs)
 
 
 def test_new_threads_are_due_at_once_and_a_claim_leases_them(mirror: Mirror) -> None:

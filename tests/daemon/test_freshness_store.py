@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from worker.daemon.due import Cadence, Checked, aware, claim, reschedule
+from worker.daemon.due import Cadence, Checked, aware, claim_leases, reschedule
 from worker.daemon.freshness import Freshness
 from worker.daemon.lag import recent_lag
 from worker.store.db import Mirror
@@ -31,7 +31,10 @@ def _track(mirror: Mirror, **schedule: tuple[float | None, float | None]) -> Non
 
 def _claim(mirror: Mirror, limit: int = 100) -> list[str]:
     with mirror.write() as session:
-        return claim(session, now=NOW, owner="me", lease=60.0, limit=limit, default_interval=60.0)
+        claimed = claim_leases(
+            session, now=NOW, owner="me", lease=60.0, limit=limit, default_interval=60.0
+        )
+    return list(claimed.epochs)
 
 
 def test_claim_takes_the_most_overdue_relative_to_its_interval_first(mirror: Mirror) -> None:

@@ -15,12 +15,12 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from tests.harness import KEY, run, user_env
+from tests.harness import KEY, run, use_managed_identity, user_env
 from worker.client.auth import EntraTokens
 from worker.client.entra import CredentialChoice, fetcher_of
 from worker.config import CredentialKind
 from worker.emulator import Emulator, ManualClock, serve_in_thread
-from worker.emulator.identity import TOKEN_PATH, Identity
+from worker.emulator.identity import Identity
 from worker.errors import AuthError, ConfigError
 from worker.migrate import ledger
 from worker.migrate.mapping import Policy
@@ -52,11 +52,7 @@ def target(clock: ManualClock) -> Emulator:
 @pytest.fixture
 def served(target: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with serve_in_thread(target) as base_url:
-        for name in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv("AZURE_CLIENT_ID", raising=False)
-        monkeypatch.setenv("IDENTITY_ENDPOINT", base_url + TOKEN_PATH)
-        monkeypatch.setenv("IDENTITY_HEADER", HEADER)
+        use_managed_identity(monkeypatch, base_url, HEADER)
         yield base_url
 
 

@@ -28,7 +28,7 @@ import anyio
 
 from worker.client import ApiClient
 from worker.config import Settings
-from worker.daemon.due import Cadence, Checked, claim, release, reschedule
+from worker.daemon.due import Cadence, Checked, claim_leases, release, reschedule
 from worker.daemon.fence import Fence
 from worker.daemon.freshness import Freshness, claim_size, update_estimate
 from worker.daemon.heartbeat import write_problem
@@ -343,7 +343,7 @@ class Dispatcher:
 
     def _claim(self, now: datetime, full: bool, after: str | None, limit: int) -> list[str]:
         with self.mirror.write() as session:
-            return claim(
+            claimed = claim_leases(
                 session,
                 now=now,
                 owner=self.owner,
@@ -353,6 +353,7 @@ class Dispatcher:
                 after=after,
                 default_interval=self.freshness.min_interval,
             )
+        return list(claimed.epochs)
 
     def _claim_fenced(self, now: datetime, full: bool, after: str | None, limit: int) -> Fence:
         assert self.replica is not None

@@ -81,44 +81,8 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-# Candidates looked at per thread claimed (see claim()).
+# Candidates looked at per thread claimed (see claim_leases()).
 CANDIDATES_PER_SLOT = 4
-
-
-def claim(
-    session: Session,
-    *,
-    now: datetime,
-    owner: str,
-    lease: float,
-    limit: int,
-    due_only: bool = True,
-    after: str | None = None,
-    fenced: bool = False,
-    default_interval: float = 300.0,
-) -> list[str]:
-    """Lease up to ``limit`` active, unleased, unparked threads and return their ids.
-
-    ``due_only``: threads whose time has come, most overdue relative to their own interval first
-    (``(now - next_sync_at) / check_interval``, never-scheduled ones first of all; a thread never
-    checked counts ``default_interval``), and threads marked gone whose re-check has come
-    (:func:`reschedule` sets it).
-    Otherwise every such thread in id order from ``after`` (exclusive): the reconcile walks the
-    whole set in keyset batches this way. See :func:`claim_leases` for ``fenced``.
-    """
-    return list(
-        claim_leases(
-            session,
-            now=now,
-            owner=owner,
-            lease=lease,
-            limit=limit,
-            due_only=due_only,
-            after=after,
-            fenced=fenced,
-            default_interval=default_interval,
-        ).epochs
-    )
 
 
 @dataclass(frozen=True)
@@ -142,7 +106,14 @@ def claim_leases(
     fenced: bool = False,
     default_interval: float = 300.0,
 ) -> Claimed:
-    """:func:`claim`, returning each claimed thread's fencing epoch.
+    """Lease up to ``limit`` active, unleased, unparked threads; their ids (in claim order) and
+    fencing epochs are the result's ``epochs``.
+
+    ``due_only``: threads whose time has come, most overdue relative to their own interval first
+    (``(now - next_sync_at) / check_interval``, never-scheduled ones first of all; a thread never
+    checked counts ``default_interval``), and threads marked gone whose re-check has come
+    (:func:`reschedule` sets it). Otherwise every such thread in id order from ``after``
+    (exclusive): the reconcile walks the whole set in keyset batches this way.
 
     One statement, in both daemon modes: ``UPDATE tracked_thread ... FROM (SELECT ... FOR NO KEY
     UPDATE SKIP LOCKED LIMIT n) RETURNING thread_id, lease_epoch`` sets the owner, the lease's

@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args
 
 import orjson
 
+from worker.emulator.conversations import KINDS as CONVERSATION_KINDS
+
 FaultKind = Literal[
     "400",
     "429",
@@ -32,29 +34,24 @@ FaultKind = Literal[
     "trickle",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
-# Route kinds a rule can match; message routes are bare, thread routes carry a prefix.
-ROUTE_KINDS = frozenset(
-    {
-        "list",
-        "get",
-        "create",
-        "modify",
-        "delete",
-        "thread.list",
-        "thread.get",
-        "thread.create",
-        "thread.modify",
-        "thread.delete",
-        "conversation.create",
-        "conversation.list",
-        "conversation.get",
-        "conversation.update",
-        "conversation.delete",
-        "items.create",
-        "items.list",
-        "item.get",
-        "item.delete",
-    }
+# Route kinds a rule can match; message routes are bare, thread routes carry a prefix, and the
+# Conversations API's are its own (conversations.KINDS).
+ROUTE_KINDS = (
+    frozenset(
+        {
+            "list",
+            "get",
+            "create",
+            "modify",
+            "delete",
+            "thread.list",
+            "thread.get",
+            "thread.create",
+            "thread.modify",
+            "thread.delete",
+        }
+    )
+    | CONVERSATION_KINDS
 )
 
 
