@@ -135,8 +135,15 @@ async def run_backup(
     dest: Path | None = None,
     sync_first: bool = True,
     now: Callable[[], datetime] = utcnow,
+    slot: datetime | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> BackupResult:
     """Lock, sync (when ``sync_first`` and a client is given), snapshot, then apply retention.
+
+    ``slot`` and ``before_publish`` (the daemon in replicas mode): the snapshot is named by the
+    schedule slot and published at most once under that name; ``before_publish`` (the job's
+    lease check, blocking) runs right before the publish and again before retention, and
+    refuses either by raising (see :func:`worker.backup.snapshot.take_snapshot`).
 
     A sync that fails for some threads does not stop the backup (the mirror is still worth
     keeping; the API may be gone for good): the result's ``sync_ok`` says so and the CLI exits 1.
@@ -166,8 +173,12 @@ async def run_backup(
             # Shielded: a cancelled caller still waits for the snapshot to finish or clean up, so
             # the lock is never released while a worker thread is still writing.
             snapshot = await anyio.to_thread.run_sync(
-                lambda: take_snapshot(mirror, target, now=now())
+                lambda: take_snapshot(
+                    mirror, target, now=now(), slot=slot, before_publish=before_publish
+                )
             )
+            if before_publish is not None:
+                await anyio.to_thread.run_sync(before_publish)
             removed = await anyio.to_thread.run_sync(apply_retention, target, settings.backup)
     log.info(
         "backup.finished",

@@ -12,16 +12,23 @@
 Either way all three files describe the same instant. The JSONL has ``--include-deleted``
 semantics: a backup keeps everything the mirror knows, deleted messages marked as
 ``worker/export/jsonl.py`` documents.
+
+A daemon's backup in replicas mode is named by its schedule slot (``slot=``), not by the clock, and
+published only if that name is free: the rename of a complete directory onto a name that already
+holds one fails, atomically, so two publishes for one slot (a paused holder's late one and its
+successor's) leave exactly one complete snapshot under that name. ``before_publish`` (the job's
+lease check) runs right before the rename; when it raises, nothing is published.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +42,7 @@ from worker.backup.manifest import (
     MESSAGES,
     Manifest,
     ThreadCount,
+    read_totals,
     render,
     sha256_of,
 )
@@ -289,9 +297,34 @@ def copy_and_export(mirror: Mirror, db: Path, target: Path) -> Written:
     return Written(threads, jsonl_sha, jsonl_size, _seal(db))
 
 
-def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
+def published(path: Path) -> Snapshot | None:
+    """The complete snapshot at ``path`` (a slot's name), if one was published there."""
+    taken = taken_at_of(path.name)
+    totals = read_totals(path) if taken is not None else None
+    if taken is None or totals is None:
+        return None
+    return Snapshot(path, taken, totals.threads, totals.messages, totals.deleted, totals.bytes)
+
+
+def take_snapshot(
+    mirror: Mirror,
+    dest: Path,
+    *,
+    now: datetime,
+    slot: datetime | None = None,
+    before_publish: Callable[[], None] | None = None,
+) -> Snapshot:
     """Build a complete snapshot of ``mirror`` in ``dest``; nothing named ``threadsync-*`` appears
-    unless every file is written, synced and listed in the manifest."""
+    unless every file is written, synced and listed in the manifest.
+
+    ``slot``: the snapshot is named by it and published only if no snapshot holds that name yet
+    (else the one there is returned, and this one discarded). ``before_publish`` runs right
+    before the rename and may refuse it by raising."""
+    if slot is not None:
+        existing = published(dest / snapshot_name(slot))
+        if existing is not None:  # this slot's snapshot was published (by a holder now gone)
+            log.info("backup.slot_published_already", path=str(existing.path))
+            return existing
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{PREFIX}", suffix=PARTIAL_SUFFIX, dir=dest))
     except OSError as exc:
@@ -315,8 +348,14 @@ def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
         (tmp / MANIFEST).write_bytes(render(manifest))
         _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
-        final = _free_name(dest, now)
-        tmp.rename(final)
+        final = _free_name(dest, now) if slot is None else dest / snapshot_name(slot)
+        if before_publish is not None:
+            before_publish()
+        existing = _publish(tmp, final)
+        if existing is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("backup.slot_published_already", path=str(final))
+            return existing
         _fsync_dir(dest)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -335,6 +374,20 @@ def take_snapshot(mirror: Mirror, dest: Path, *, now: datetime) -> Snapshot:
         sum(t.deleted for t in threads.values()),
         size,
     )
+
+
+def _publish(tmp: Path, final: Path) -> Snapshot | None:
+    """Rename the complete ``tmp`` to ``final``: None when done; the snapshot already there when
+    ``final`` holds one (a directory rename never replaces a non-empty directory: the check and
+    the act are one)."""
+    try:
+        tmp.rename(final)
+    except OSError as exc:
+        existing = published(final) if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) else None
+        if existing is None:
+            raise
+        return existing
+    return None
 
 
 def backup_failure(dest: Path, exc: OSError) -> OutputError:

@@ -10,6 +10,10 @@ savepoint) rolls back.
 A :class:`Fence` is what the dispatcher hands a batch's passes: the epochs it claimed, and a local
 trust window (monotonic clock, River's rule) so that a replica that could not renew, or was paused
 past its TTL, sends no more requests for those threads; the database check is the authority.
+
+A periodic job's remote side effects (a push's metadata modify, a backup's publish) are fenced by
+the job's own lease in ``job_slot`` the same way: :class:`SlotLost` is what that check raises
+(``worker/daemon/slots.py``, :class:`~worker.daemon.slots.SlotFence`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ class LeaseLost(WriteRefused):
     def __init__(self, thread_id: str) -> None:
         super().__init__(f"the lease on thread {thread_id} was lost to another replica")
         self.thread_id = thread_id
+
+
+class SlotLost(WriteRefused):
+    """This replica no longer holds a periodic job's lease: the job's remote act must not happen,
+    and what it did so far is not recorded (another replica may be running that slot)."""
+
+    def __init__(self, job: str) -> None:
+        super().__init__(f"the lease on the periodic job {job} was lost to another replica")
+        self.job = job
 
 
 def check_lease(session: Session, thread_id: str, owner: str, epoch: int, ttl: float) -> None:

@@ -4,6 +4,11 @@ APScheduler only decides *when*; :class:`JobRunner` wraps every job body in an a
 of ours. Shutdown cancels those scopes (never the asyncio task underneath), so the shields around
 page transactions hold: an in-flight page commits, then the job unwinds.
 
+In replicas mode each body runs in a schedule slot (``worker/daemon/slots.py``) and fences its side
+effects with the slot's lease (:func:`~worker.daemon.slots.current_fence`): the push checks it
+before each modify and in each record, the backup before it publishes (under the slot's name) and
+before retention, the history pruning in each batch's transaction.
+
 The push and backup bodies import their modules lazily: the daemon starts (and syncs) even where
 those features are not installed, and says so once in the log.
 """
@@ -22,6 +27,7 @@ import anyio
 from worker.client import ApiClient
 from worker.config import Settings
 from worker.daemon.metrics import DaemonMetrics
+from worker.daemon.slots import current_fence
 from worker.discover import discover
 from worker.errors import ThreadsyncError
 from worker.logs import get_logger, redact_message
@@ -156,12 +162,14 @@ class Jobs:
         if push_pending is None:
             self._missing("push", "worker.outbox.push_pending")
             return
+        fence = current_fence()
         await _settle(
             push_pending(
                 self.client,
                 self.mirror,
                 policy=self.settings.push.conflict_policy,
                 concurrency=self.settings.push.concurrency,
+                guard=None if fence is None else fence.guard,
             )
         )
 
@@ -169,6 +177,21 @@ class Jobs:
         run_backup = _optional("worker.backup", "run_backup")
         if run_backup is None:
             self._missing("backup", "worker.backup.run_backup")
+            return
+        fence = current_fence()
+        if fence is not None:
+            # Replicas: no sync first (it would walk threads other replicas hold; their
+            # dispatchers keep the mirror fresh), one snapshot per slot, published under the lease.
+            await _settle(
+                run_backup(
+                    self.settings,
+                    self.mirror,
+                    None,
+                    sync_first=False,
+                    slot=fence.slot,
+                    before_publish=fence.check,
+                )
+            )
             return
         async with self.gate:
             await _settle(run_backup(self.settings, self.mirror, self.client))
@@ -202,9 +225,12 @@ class Jobs:
         """
         days = self.settings.daemon.run_history_days
         before = (now or utcnow()) - timedelta(days=days)
+        fence = current_fence()
 
         def batch() -> int:
             with self.mirror.write() as session:
+                if fence is not None:  # replicas: each batch only while the job's lease holds
+                    fence.guard(session)
                 return prune_runs(session, before, limit=self.prune_batch)
 
         total = 0

@@ -17,11 +17,22 @@ row, see ../shared/SCALEOUT.md §9.5):
 
 Each replica also looks for unfinished slots every renewal round, so another replica finishes a
 slot whose holder died without waiting for the job's next timer.
+
+A job's side effects are fenced by its lease (:class:`SlotFence`, available to the body as
+:func:`current_fence`): each database write of the job (a push's outcomes, a prune batch) checks
+the lease in its own transaction, and each remote act (a push's modify, a backup's publish)
+checks it in a transaction of its own immediately before acting. The check runs on the database
+clock and extends the lease by a TTL, so a holder paused past its lease finds it lost when it
+wakes. What a check cannot fence is the moment between its commit and the act reaching the
+service (a remote service checks no token): the acts are made idempotent for that window
+(README, "Replicas: what runs exactly once").
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +41,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from worker.daemon.due import aware
+from worker.daemon.fence import SlotLost
 from worker.daemon.replicas import Held, Replica
 from worker.logs import get_logger
 from worker.store.db import Mirror
@@ -74,6 +86,17 @@ _HAND_BACK = text(
     """
 )
 
+# The fence of a job's side effects: its lease still held (owner and epoch), extended by a TTL
+# from the database clock; the row stays locked until the transaction commits.
+_GUARD = text(
+    """
+    UPDATE job_slot
+    SET lease_until = greatest(lease_until, now() + make_interval(secs => :ttl))
+    WHERE name = :name AND lease_owner = :owner AND lease_epoch = :epoch
+    RETURNING name
+    """
+)
+
 _ORPHANS = text(
     """
     SELECT name FROM job_slot
@@ -99,6 +122,44 @@ def claim_slot(
     slot = aware(row[1])
     assert slot is not None
     return int(row[0]), slot
+
+
+@dataclass(eq=False)
+class SlotFence:
+    """The lease of the slot a job body is running: what its side effects check."""
+
+    mirror: Mirror
+    owner: str
+    ttl: float
+    held: Held
+    slot: datetime
+
+    @property
+    def job(self) -> str:
+        return self.held.name
+
+    def guard(self, session: Session) -> None:
+        """In the transaction that records (or precedes) an act: raise :class:`SlotLost` unless
+        this replica still holds the job's lease; then it lasts at least a TTL more."""
+        if self.held.lost:
+            raise SlotLost(self.job)
+        params = {"name": self.job, "owner": self.owner, "epoch": self.held.epoch, "ttl": self.ttl}
+        if session.execute(_GUARD, params).first() is None:
+            self.held.lost = True
+            raise SlotLost(self.job)
+
+    def check(self) -> None:
+        """Blocking: :meth:`guard` in a transaction of its own, right before a remote act."""
+        with self.mirror.write(small=True) as session:
+            self.guard(session)
+
+
+_current: ContextVar[SlotFence | None] = ContextVar("threadsync_slot_fence", default=None)
+
+
+def current_fence() -> SlotFence | None:
+    """The fence of the slot the calling job body runs in (None: single mode, no slots)."""
+    return _current.get()
 
 
 class Slots:
@@ -133,6 +194,7 @@ class Slots:
         replica.jobs[name] = held
         outcome = "cancelled"
         log.info("daemon.slot_started", job=name, slot=slot.isoformat(), replica=replica.id)
+        token = _current.set(SlotFence(self.mirror, replica.id, replica.ttl, held, slot))
         try:
             with anyio.CancelScope() as scope:
                 held.scope = scope
@@ -143,6 +205,7 @@ class Slots:
                     outcome = "error"
                     raise
         finally:
+            _current.reset(token)
             replica.jobs.pop(name, None)
             with anyio.CancelScope(shield=True):
                 done = await self.mirror.run_write(self._end, held, outcome)

@@ -9,6 +9,14 @@ if the server does not already hold it. That last check is what makes the effect
 - a modify answered by a 5xx, a dropped connection or a cut body may have been applied, so it is
   never repeated blindly: the push reads the message again and decides afresh.
 
+In replicas mode (a ``guard``: the push job's lease, ``worker/daemon/slots.py``) each modify is
+preceded by a check, in its own transaction on the database clock, that the lease still holds and
+the edit is still the version read; outcomes are recorded only under the same check. A push that
+finds its lease lost stops: nothing more is sent or recorded, and the replica now holding the slot
+completes the edits by the read above. The modify carries the complete map, so the one case no
+check can close (a pause between the check and the request reaching the service, longer than the
+lease) repeats the same write at most once (README, "Replicas: what runs exactly once").
+
 Only a 429 (which proves nothing was done) is retried by the client itself. A modify answered
 with a malformed message is treated like a cut body (read again); a read answering one fails the
 edit, naming the field, and nothing of it reaches the mirror. Permanent errors (400,
@@ -38,6 +46,7 @@ from worker.errors import (
     ParkedError,
     PermanentError,
     TransientError,
+    WriteRefused,
 )
 from worker.logs import get_logger
 from worker.outbox.limits import check_limits
@@ -50,7 +59,7 @@ from worker.outbox.merge import (
     merge3,
     wire_map,
 )
-from worker.outbox.record import Outcome, Snapshot, load_open, store_outcomes
+from worker.outbox.record import Guard, Outcome, Snapshot, load_open, still_open, store_outcomes
 from worker.store.db import Mirror
 
 log = get_logger()
@@ -131,9 +140,19 @@ class _Push:
     sleep: Callable[[float], Awaitable[None]]
     rng: random.Random
     record: MemoryObjectSendStream[Outcome]
+    mirror: Mirror
+    guard: Guard | None = None
     aborted: str | None = None
 
     async def one(self, snap: Snapshot) -> EditOutcome:
+        try:
+            return await self._one(snap)
+        except WriteRefused as exc:  # the lease is lost: nothing more is sent nor recorded
+            self.aborted = str(exc)
+            log.warning("push.lease_lost", thread=snap.thread_id, message=snap.message_id)
+            return EditOutcome(snap.thread_id, snap.message_id, "deferred", error=str(exc))
+
+    async def _one(self, snap: Snapshot) -> EditOutcome:
         requests, error = 0, "not attempted"
         attempts = snap.attempts
         for attempt in range(self.retry.max_attempts):
@@ -153,6 +172,19 @@ class _Push:
                 if not keys:
                     return await self._applied(snap, remote_obj, [], attempts, requests, False)
                 check_limits(wanted)
+                if self.guard is not None and not await self.mirror.run_write(
+                    still_open, self.mirror, snap, self.guard
+                ):
+                    # Edited (or settled) since it was read: send nothing, record nothing;
+                    # the next push sends the newer wish.
+                    return EditOutcome(
+                        snap.thread_id,
+                        snap.message_id,
+                        "deferred",
+                        attempts=attempts,
+                        requests=requests,
+                        error="edited meanwhile",
+                    )
                 requests += 1
                 answer = await modify_once(self.client, snap.thread_id, snap.message_id, wanted)
                 return await self._applied(snap, answer, keys, attempts, requests, True)
@@ -251,11 +283,15 @@ class _Push:
         )
 
 
-async def _recorder(mirror: Mirror, receive: MemoryObjectReceiveStream[Outcome]) -> None:
+async def _recorder(
+    mirror: Mirror, receive: MemoryObjectReceiveStream[Outcome], push: _Push
+) -> None:
     """Write outcomes in batches: whatever arrived while the previous batch was being written.
 
     One transaction per edit would serialise the push on SQLite's single writer; batching is safe
     because an outcome lost to a crash only costs the next push one read (the exactly-once check).
+    A batch the guard refuses (the lease lost) is dropped, and so is everything after it: the
+    push stops, and the replica now holding the slot finds those edits still open.
     """
     async with receive:
         ended = False
@@ -272,7 +308,13 @@ async def _recorder(mirror: Mirror, receive: MemoryObjectReceiveStream[Outcome])
                 except anyio.EndOfStream:
                     ended = True
                     break
-            await mirror.run_write(store_outcomes, mirror, batch)
+            if push.aborted is not None and push.guard is not None:
+                continue  # the lease is lost: drain, record nothing more
+            try:
+                await mirror.run_write(store_outcomes, mirror, batch, push.guard)
+            except WriteRefused as exc:
+                push.aborted = str(exc)
+                log.warning("push.lease_lost", unrecorded=len(batch))
 
 
 async def push_pending(
@@ -285,17 +327,21 @@ async def push_pending(
     retry: RetrySettings | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     rng: random.Random | None = None,
+    guard: Guard | None = None,
 ) -> PushReport:
     """Send every open edit (``concurrency`` at once) and record each outcome in the mirror.
 
     ``retry`` bounds the read-merge-write rounds per edit after an untrusted answer (its
-    ``max_attempts``, backoff between rounds); ``sleep`` and ``rng`` are for tests.
+    ``max_attempts``, backoff between rounds); ``sleep`` and ``rng`` are for tests. ``guard``
+    (replicas mode): the push job's lease, checked before each modify and in each record.
     """
     if policy not in POLICIES:
         raise ConfigError(f"conflict policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     snaps = await mirror.run_write(load_open, mirror, retry_failed=retry_failed)
     send, receive = anyio.create_memory_object_stream[Outcome](math.inf)
-    push = _Push(client, policy, retry or RetrySettings(), sleep, rng or random.Random(), send)
+    push = _Push(
+        client, policy, retry or RetrySettings(), sleep, rng or random.Random(), send, mirror, guard
+    )
     report = PushReport()
     limiter = anyio.CapacityLimiter(concurrency)
     started = time.monotonic()
@@ -309,7 +355,7 @@ async def push_pending(
                 report.outcomes.append(await push.one(snap))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_recorder, mirror, receive)
+        tg.start_soon(_recorder, mirror, receive, push)
         async with send, anyio.create_task_group() as edits:
             for snap in snaps:
                 edits.start_soon(one, snap)

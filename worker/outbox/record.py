@@ -3,11 +3,15 @@
 Every outcome is written with a check of the edit's ``revision``: when the user edited the message
 again while the push was talking to the server, the newer wish is kept (rebased onto what the
 server now holds) instead of being marked done or failed.
+
+In replicas mode the push runs under its job's lease (``worker/daemon/slots.py``): a ``guard``
+then opens every transaction here, so a push whose lease was lost records nothing, and
+:func:`still_open` checks the lease and the edit's version right before each modify.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,9 +79,29 @@ class Outcome:
     conflicts: tuple[Conflict, ...] = ()
 
 
-def store_outcomes(mirror: Mirror, outcomes: Sequence[Outcome]) -> None:
-    """Record a batch of outcomes in one transaction (a push writes as its answers arrive)."""
+Guard = Callable[[Session], None]  # raises (worker.errors.WriteRefused) when the lease is lost
+
+
+def still_open(mirror: Mirror, snap: Snapshot, guard: Guard) -> bool:
+    """Right before a modify, in a transaction of its own: the ``guard`` holds (it raises
+    otherwise), and the edit is still the version the push read. False: edited meanwhile, or
+    no longer open: the modify is not sent (the next push sends the newer wish)."""
+    with mirror.write(small=True) as session:
+        guard(session)
+        row = session.get(MetadataEdit, snap.message_id)
+        return (
+            row is not None
+            and row.revision == snap.revision
+            and row.state in ("pending", "conflicted")
+        )
+
+
+def store_outcomes(mirror: Mirror, outcomes: Sequence[Outcome], guard: Guard | None = None) -> None:
+    """Record a batch of outcomes in one transaction (a push writes as its answers arrive);
+    under ``guard``, only while it holds (its exception rolls the whole batch back)."""
     with mirror.write() as session:
+        if guard is not None:
+            guard(session)
         # Message rows are written under their threads' locks, as a sync writes them.
         lock_threads(session, (o.snap.thread_id for o in outcomes if o.obj is not None))
         for outcome in outcomes:
