@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
+import anyio.to_thread
 
 from worker.emulator import api, control, identity, routes
-from worker.emulator.faults import HOSTILE, FaultRule, hostile, relisted
+from worker.emulator.faults import HOSTILE, FaultRule, HeldRequest, hostile, relisted
 from worker.emulator.state import Emulator
 from worker.emulator.wire import WireError, bad_request, dumps
 from worker.jsontext import JsonTextError, loads
@@ -188,6 +189,7 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     headers = _ids(route.profile)
     query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
     request_headers = dict(scope["headers"])
+    agent = request_headers.get(b"user-agent", b"").decode("latin-1")
     arrived = time.monotonic()
     body: Any = None
     applied = False
@@ -205,7 +207,9 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
             )
         with emulator.lock:
             wait = emulator.faults.throttle(key, emulator.monotonic())
-            rule = emulator.faults.pick(method, route.kind, route.thread_id, emulator.fault_rng)
+            rule = emulator.faults.pick(
+                method, route.kind, route.thread_id, emulator.fault_rng, agent
+            )
             delay = emulator.faults.latency(emulator.fault_rng)
         if wait > 0:
             raise _throttled(wait, f"Rate limit exceeded. Please retry after {wait:.3f} seconds.")
@@ -213,6 +217,9 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
             delay += (rule.latency_ms + emulator.fault_rng.uniform(0, rule.jitter_ms)) / 1000
         if delay > 0:
             await anyio.sleep(delay)
+        if rule is not None and rule.fault == "gate":
+            held = HeldRequest(route.kind, route.thread_id, agent)
+            await anyio.to_thread.run_sync(emulator.gate.hold, held, abandon_on_cancel=True)
         early = _pre_fault(rule)
         if early is not None:
             raise early
@@ -254,7 +261,6 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
         payload = payload[: max(1, len(payload) // 2)]
     await _send(send, status, payload, headers)
     if route.thread_id:
-        agent = request_headers.get(b"user-agent", b"").decode("latin-1")
         emulator.walks.record(route.thread_id, agent, arrived, time.monotonic())
 
 

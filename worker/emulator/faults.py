@@ -3,7 +3,11 @@
 and hostile answers: a 200 whose message objects break the contract (``malform``: fields set or
 removed, or the whole item replaced) or list one message twice (``duplicate`` within a page;
 ``relist``: a listing after a cursor also lists the cursor's own message first, as a server whose
-cursor is inclusive would).
+cursor is inclusive would). A ``gate`` holds a matching request, before it is handled, until the
+test releases it, and tells the test it holds it (:class:`Gate`): a client provably has that
+request in flight (a replica mid-page, a push mid-read) while the test kills or pauses it. Rules
+may match on the client's ``User-Agent`` (``agent``: a substring, such as ``replica/<id>``).
+No rule is in force unless added.
 
 This module only decides *which* fault a request meets; the ASGI layer acts it out.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import random
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -32,6 +37,7 @@ FaultKind = Literal[
     "duplicate",
     "relist",
     "trickle",
+    "gate",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # Route kinds a rule can match; message routes are bare, thread routes carry a prefix, and the
@@ -61,7 +67,8 @@ class FaultRule:
 
     ``times``: answer the next N matching requests, then retire (None: unlimited).
     ``probability``: hit a matching request with this chance (None: always).
-    ``method``/``route``/``thread_id``: None matches anything.
+    ``method``/``route``/``thread_id``: None matches anything; ``agent``: a substring of the
+    request's ``User-Agent`` (None matches anything).
 
     Hostile answers act on the ``index``-th message of a list answer (Python indexing: -1 is the
     last; a page without that item is answered as it is), or on the message a get, create or
@@ -72,6 +79,8 @@ class FaultRule:
     emulator's state, so the ASGI layer acts it out (:func:`relisted`).
     ``trickle``: the headers at once, then the body one byte every ``byte_interval_ms`` (a slow
     or wedged proxy: each read succeeds long before any read timeout, the answer never ends).
+    ``gate``: the request waits, before it is handled, until :meth:`Gate.release`; then it is
+    answered as usual (if its client is still there).
     """
 
     fault: FaultKind
@@ -88,6 +97,7 @@ class FaultRule:
     drop: list[str] | None = None
     item: Any = None
     byte_interval_ms: float = 2000.0
+    agent: str | None = None
 
     def __post_init__(self) -> None:
         if self.fields is not None and not isinstance(self.fields, dict):
@@ -111,11 +121,12 @@ class FaultRule:
         if self.method is not None:
             self.method = self.method.upper()
 
-    def matches(self, method: str, route: str, thread_id: str | None) -> bool:
+    def matches(self, method: str, route: str, thread_id: str | None, agent: str = "") -> bool:
         return (
             (self.method is None or self.method == method)
             and (self.route is None or self.route == route)
             and (self.thread_id is None or self.thread_id == thread_id)
+            and (self.agent is None or self.agent in agent)
         )
 
     @classmethod
@@ -212,11 +223,16 @@ class Faults:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
     def pick(
-        self, method: str, route: str, thread_id: str | None, rng: random.Random
+        self,
+        method: str,
+        route: str,
+        thread_id: str | None,
+        rng: random.Random,
+        agent: str = "",
     ) -> FaultRule | None:
         """The first rule hitting this request; scripted rules count down and retire."""
         for rule in self.rules:
-            if not rule.matches(method, route, thread_id):
+            if not rule.matches(method, route, thread_id, agent):
                 continue
             if rule.probability is not None and rng.random() >= rule.probability:
                 continue
@@ -262,3 +278,45 @@ class Faults:
             jitter_ms=float(data.get("jitter_ms", 0.0)),
             rate_limit=None if limit is None else RateLimit(**limit),
         )
+
+
+@dataclass(slots=True)
+class HeldRequest:
+    """A request a ``gate`` fault holds: which route, thread and client."""
+
+    route: str
+    thread_id: str | None
+    agent: str
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+class Gate:
+    """Where ``gate`` faults hold their requests; thread-safe (the server may run in a thread of
+    its own). A test waits for :meth:`wait_held`, acts, then calls :meth:`release`."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held: list[HeldRequest] = []
+        self._seen = 0
+
+    def hold(self, request: HeldRequest) -> None:
+        """Blocking (a worker thread of the server): wait until released."""
+        with self._cond:
+            self._held.append(request)
+            self._cond.notify_all()
+        request.released.wait()
+
+    def wait_held(self, timeout: float) -> HeldRequest:
+        """The next request held (in the order they were held); TimeoutError after ``timeout``."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._held) > self._seen, timeout):
+                raise TimeoutError(f"no request was held within {timeout} s")
+            request = self._held[self._seen]
+            self._seen += 1
+            return request
+
+    def release(self) -> None:
+        """Let every request held so far go on."""
+        with self._cond:
+            for request in self._held:
+                request.released.set()

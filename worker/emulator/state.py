@@ -19,7 +19,7 @@ from typing import Any
 from worker.emulator import persistence, seeding
 from worker.emulator.behaviour import Behaviour
 from worker.emulator.conversations import Conversations
-from worker.emulator.faults import FaultRule, Faults
+from worker.emulator.faults import FaultRule, Faults, Gate
 from worker.emulator.identity import Identity
 from worker.emulator.objects import deleted_object, message_object, thread_object
 from worker.emulator.timeline import Order, Page, Record, Timeline, list_page
@@ -94,6 +94,7 @@ class Emulator:
         self.request_counts: Counter[tuple[str, int]] = Counter()
         self.modify_calls: list[dict[str, Any]] = []
         self.walks = WalkLog()  # replicas' walks per thread (worker/emulator/walks.py)
+        self.gate = Gate()  # requests held by `gate` faults (worker/emulator/faults.py)
         if state_path is not None and state_path.exists():
             persistence.load(self, state_path)
 
@@ -147,6 +148,7 @@ class Emulator:
             self.messages = {}
             self.conversations = Conversations()
             self.faults = Faults()
+            self.gate.release()
             self.reset_stats()
             self.changed()
 
