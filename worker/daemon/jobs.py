@@ -20,14 +20,14 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
 from worker.client import ApiClient
 from worker.config import Settings
 from worker.daemon.metrics import DaemonMetrics
-from worker.daemon.slots import current_fence
+from worker.daemon.slots import SlotFence, current_fence
 from worker.discover import discover
 from worker.errors import ThreadsyncError
 from worker.logs import get_logger, redact_message
@@ -38,6 +38,7 @@ from worker.store.repo import PRUNE_BATCH, prune_runs
 log = get_logger()
 
 JobBody = Callable[[], Awaitable[Any]]
+BUSY_RETRY = 1.0  # seconds between tries of a backup destination another backup holds
 
 
 class JobRunner:
@@ -180,21 +181,37 @@ class Jobs:
             return
         fence = current_fence()
         if fence is not None:
-            # Replicas: no sync first (it would walk threads other replicas hold; their
-            # dispatchers keep the mirror fresh), one snapshot per slot, published under the lease.
-            await _settle(
-                run_backup(
-                    self.settings,
-                    self.mirror,
-                    None,
-                    sync_first=False,
-                    slot=fence.slot,
-                    before_publish=fence.check,
-                )
-            )
+            await self._slot_backup(run_backup, fence)
             return
         async with self.gate:
             await _settle(run_backup(self.settings, self.mirror, self.client))
+
+    async def _slot_backup(self, run_backup: Callable[..., object], fence: SlotFence) -> None:
+        """Replicas: no sync first (it would walk threads other replicas hold; their dispatchers
+        keep the mirror fresh); one snapshot per slot, published under the lease. A destination
+        busy with another backup (a holder paused past its lease still holds the directory's
+        lock until it wakes, finds its lease lost and lets go) is waited for: this slot is ours
+        now, and the job's lease is renewed meanwhile (lost: the job is cancelled)."""
+        busy = _optional("worker.backup", "BackupBusyError")
+        while True:
+            try:
+                await _settle(
+                    run_backup(
+                        self.settings,
+                        self.mirror,
+                        None,
+                        sync_first=False,
+                        slot=fence.slot,
+                        before_publish=fence.check,
+                    )
+                )
+            except Exception as exc:
+                if busy is None or not isinstance(exc, cast(type, busy)):
+                    raise
+                log.info("daemon.backup_waits", job=fence.job)
+                await anyio.sleep(BUSY_RETRY)
+                continue
+            return
 
     async def discover(self) -> int:
         """Track the threads the Foundry project lists and the mirror does not; how many."""

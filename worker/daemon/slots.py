@@ -30,7 +30,8 @@ service (a remote service checks no token): the acts are made idempotent for tha
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -162,6 +163,16 @@ def current_fence() -> SlotFence | None:
     return _current.get()
 
 
+@contextmanager
+def running_in(fence: SlotFence) -> Iterator[None]:
+    """Job bodies called in this block see ``fence`` as :func:`current_fence`."""
+    token = _current.set(fence)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
 class Slots:
     """Wraps job bodies so that each slot runs once across replicas."""
 
@@ -194,9 +205,9 @@ class Slots:
         replica.jobs[name] = held
         outcome = "cancelled"
         log.info("daemon.slot_started", job=name, slot=slot.isoformat(), replica=replica.id)
-        token = _current.set(SlotFence(self.mirror, replica.id, replica.ttl, held, slot))
+        fence = SlotFence(self.mirror, replica.id, replica.ttl, held, slot)
         try:
-            with anyio.CancelScope() as scope:
+            with anyio.CancelScope() as scope, running_in(fence):
                 held.scope = scope
                 try:
                     await body()
@@ -205,7 +216,6 @@ class Slots:
                     outcome = "error"
                     raise
         finally:
-            _current.reset(token)
             replica.jobs.pop(name, None)
             with anyio.CancelScope(shield=True):
                 done = await self.mirror.run_write(self._end, held, outcome)
