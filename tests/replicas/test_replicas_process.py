@@ -2,8 +2,11 @@
 
 The emulator serves 300 threads on a loopback socket with 503s and 429s on; three replicas share
 the mirror (`daemon.mode = replicas`, TTL 3 s, renewed every second). One is SIGKILLed in the
-middle of a page, another SIGSTOPped for longer than the TTL and then SIGCONTed. Pinned: the
-export ends equal to the truth; the emulator saw no thread walked by two replicas at once; the
+middle of a page, another SIGSTOPped for longer than the TTL and then SIGCONTed; "in the
+middle" is an event, not a count: the emulator's gate fault holds that replica's next list
+request (keyed on its `User-Agent: ... replica/<id>`) and says so, and the signal is sent while
+it is held. Pinned: the export ends equal to the truth; the emulator saw no thread walked by two
+replicas at once; the
 paused replica found its leases lost; a trigger shows every message row was written by the
 replica holding its thread's lease in that transaction; every periodic slot finished
 exactly once. Then a rolling restart, one replica at a time: no thread waits longer than one TTL
@@ -24,6 +27,7 @@ from sqlalchemy import text
 
 from tests.harness import DaemonProcess, env_for, exported, truth, wait_for
 from worker.emulator import Emulator, FaultRule, serve_in_thread
+from worker.emulator.faults import HeldRequest
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 
@@ -105,14 +109,20 @@ def test_three_replicas_kill_pause_converge_without_overlap_and_slots_run_once(
         assert len(set(names)) == 3
         killed, paused, steady = daemons
 
-        # SIGKILL the first in the middle of its pages: its page transactions roll back whole.
-        wait_for(lambda: _walked_by(emulator, names[0]) >= 20, 60, "the first walking", killed)
+        # SIGKILL the first while a page of it is provably in flight (held by the gate): its
+        # page transactions roll back whole, its threads are taken over after the TTL.
+        wait_for(lambda: _walked_by(emulator, names[0]) >= 5, 60, "the first walking", killed)
+        in_flight = hold_next_page(emulator, mirror, names[0])
         killed.proc.send_signal(signal.SIGKILL)
         killed.proc.wait(timeout=10)
+        emulator.gate.release()  # answered to nobody; the walk ends before any takeover
 
-        # SIGSTOP the second for twice the TTL while it holds leases, then let it go on.
-        wait_for(lambda: _walked_by(emulator, names[1]) >= 20, 60, "the second walking", paused)
+        # SIGSTOP the second while a page of it is in flight, for twice the TTL: the page is
+        # answered while it sleeps, and its write, when it wakes, finds the lease lost.
+        wait_for(lambda: _walked_by(emulator, names[1]) >= 5, 60, "the second walking", paused)
+        paused_page = hold_next_page(emulator, mirror, names[1])
         paused.proc.send_signal(signal.SIGSTOP)
+        emulator.gate.release()
         time.sleep(2 * TTL)  # the pause itself is the fault under test
         emulator.append_messages(ids[5], n=3)  # news while it sleeps
         paused.proc.send_signal(signal.SIGCONT)
@@ -127,6 +137,11 @@ def test_three_replicas_kill_pause_converge_without_overlap_and_slots_run_once(
 
         overlaps = emulator.walks.overlaps()
         assert overlaps == [], overlaps[:3]
+        # The held pages' threads (leased by the replica killed or paused over them) ended
+        # equal to the truth, finished by another replica.
+        for page in (in_flight, paused_page):
+            assert page.thread_id is not None
+            assert exported(mirror)[page.thread_id] == truth(emulator)[page.thread_id]
         # Every message row written (inserted, changed, tombstoned) was written by the replica
         # holding the thread's lease in that very transaction: no write under a lost lease.
         by_app = {f"r{i}": name for i, name in enumerate(names)}
@@ -189,6 +204,21 @@ def test_rolling_restart_hands_threads_over_within_a_ttl_plus_an_interval(
         for daemon in daemons:
             daemon.close()
         mirror.dispose()
+
+
+def hold_next_page(emulator: Emulator, mirror: Mirror, replica: str) -> HeldRequest:
+    """Hold ``replica``'s next list request at the emulator; return once it is held, the page
+    provably in flight for a thread whose lease ``replica`` holds."""
+    emulator.add_fault(FaultRule("gate", route="list", agent=f"replica/{replica}"))
+    held = emulator.gate.wait_held(60)
+    assert f"replica/{replica}" in held.agent
+    with mirror.read() as session:
+        owner = session.execute(
+            text("SELECT lease_owner FROM tracked_thread WHERE thread_id = :t"),
+            {"t": held.thread_id},
+        ).scalar_one()
+    assert owner == replica, (held.thread_id, owner)
+    return held
 
 
 def audit_writes(db_url: str) -> None:
