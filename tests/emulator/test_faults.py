@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.to_thread
 import httpx
 import orjson
 import pytest
@@ -111,6 +112,34 @@ async def test_scripted_rule_hits_the_next_n_matching_calls_only(
         )
     assert codes == [503, 503, 503, 200]
     assert emulator.faults.rules == []
+
+
+async def test_a_gate_holds_only_the_named_clients_request_until_released(
+    client: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    """A ``gate`` matching ``replica/a`` holds a's list request (and says so) while another
+    client's passes; released, a's request is answered as usual."""
+    (tid,) = emulator.seed(seed=2, threads=1, messages=3)
+    emulator.add_fault(FaultRule(fault="gate", route="list", agent="replica/a"))
+    url = f"/openai/threads/{tid}/messages"
+    answers: dict[str, int] = {}
+
+    async def get(agent: str) -> None:
+        r = await client.get(url, params=AZURE_Q, headers={"User-Agent": f"threadsync/1 {agent}"})
+        answers[agent] = r.status_code
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(get, "replica/a")
+        held = await anyio.to_thread.run_sync(emulator.gate.wait_held, 10.0)
+        assert (held.route, held.thread_id) == ("list", tid)
+        assert "replica/a" in held.agent
+        await get("replica/b")  # not held
+        assert answers == {"replica/b": 200}
+        emulator.gate.release()
+    assert answers == {"replica/b": 200, "replica/a": 200}
+    assert emulator.faults.rules == []
+    with pytest.raises(TimeoutError):
+        emulator.gate.wait_held(0.01)  # nothing else was held
 
 
 async def test_probabilistic_faults_are_seeded(emulator: Emulator) -> None:
