@@ -27,13 +27,14 @@ from sqlmodel import Session
 from tests.daemon.test_history import _left, _run
 from tests.outbox.conftest import World, make_world
 from worker.backup import run_backup
+from worker.backup.lock import backup_lock
 from worker.backup.manifest import MANIFEST
 from worker.backup.snapshot import snapshot_name, take_snapshot
 from worker.backup.verify import verify
 from worker.client import ApiClient
-from worker.config import Settings
+from worker.config import BackupSettings, Settings
 from worker.daemon.fence import SlotLost
-from worker.daemon.jobs import Jobs
+from worker.daemon.jobs import BUSY_RETRY, Jobs
 from worker.daemon.replicas import Held
 from worker.daemon.slots import SlotFence, claim_slot, running_in
 from worker.emulator import FaultRule
@@ -285,6 +286,32 @@ def test_two_publishes_of_one_slot_leave_one_complete_snapshot(
     again = take_snapshot(mirror, tmp_path, now=second, slot=SLOT, before_publish=Switch().check)
     assert again.path == tmp_path / name
     assert _snapshots(tmp_path) == [name]
+
+
+@pytest.mark.anyio
+async def test_a_slot_backup_waits_for_a_destination_another_backup_still_locks(
+    pg: Mirror, tmp_path: Path
+) -> None:
+    """A holder paused past its lease keeps the destination's lock until it wakes: its
+    successor waits for it (never ending the slot as failed), then publishes the slot once."""
+    fence = slot_fence(pg, "b", "backup")
+    settings = Settings(database_url=pg.safe_url, backup=BackupSettings(dest=tmp_path))
+    jobs = Jobs(cast(ApiClient, None), pg, settings, gate=anyio.Lock())
+    paused_holder = backup_lock(tmp_path)
+    paused_holder.__enter__()
+    waits: list[float] = []
+
+    async def holder_wakes(seconds: float) -> None:  # the successor found the lock held
+        waits.append(seconds)
+        paused_holder.__exit__(None, None, None)
+
+    jobs.sleep = holder_wakes
+    with running_in(fence):
+        await jobs.backup()
+    assert waits == [BUSY_RETRY]
+    name = snapshot_name(fence.slot)
+    assert _snapshots(tmp_path) == [".threadsync-backup.lock", name]
+    assert verify(tmp_path / name).ok
 
 
 @pytest.mark.anyio

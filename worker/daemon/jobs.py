@@ -148,6 +148,7 @@ class Jobs:
         self.gate = gate
         self._said_missing: set[str] = set()
         self.prune_batch = PRUNE_BATCH
+        self.sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # tests: a fake
         # The newest thread's creation time the last discovery saw: later ones list newest
         # first and stop there, one request when nothing is new (threads never appear later
         # with an older created_at: the server sets it when it makes them).
@@ -209,7 +210,7 @@ class Jobs:
                 if busy is None or not isinstance(exc, cast(type, busy)):
                     raise
                 log.info("daemon.backup_waits", job=fence.job)
-                await anyio.sleep(BUSY_RETRY)
+                await self.sleep(BUSY_RETRY)
                 continue
             return
 
