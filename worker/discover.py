@@ -12,10 +12,12 @@ the mirror has never tracked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlmodel import Session
 
 from worker.client.api import Order
 from worker.client.pager import ThreadLister, iter_thread_pages
@@ -117,14 +119,18 @@ async def discover(
     *,
     since: int | None = None,
     dry_run: bool = False,
+    guard: Callable[[Session], None] | None = None,
 ) -> Discovery:
-    """List the project's threads and track the ones never tracked (``dry_run``: only say)."""
+    """List the project's threads and track the ones never tracked (``dry_run``: only say).
+
+    ``guard``: the daemon's discover job lease in replicas mode, checked in the tracking
+    transaction (it raises when lost: nothing is tracked)."""
     listing = await list_threads(client, since=since)
     if dry_run or mirror is None:
         known = await _known(mirror, listing.ids)
         new = [t for t in listing.ids if t not in known]
     else:
-        new = await mirror.run_write(_track, mirror, listing.ids)
+        new = await mirror.run_write(_track, mirror, listing.ids, guard)
     if listing.refused:
         log.warning("discover.ids_refused", count=len(listing.refused), first=listing.refused[0])
     return Discovery(
@@ -142,6 +148,10 @@ async def _known(mirror: Mirror | None, thread_ids: list[str]) -> set[str]:
     return await mirror.run(known_ids, mirror, thread_ids)
 
 
-def _track(mirror: Mirror, thread_ids: list[str]) -> list[str]:
+def _track(
+    mirror: Mirror, thread_ids: list[str], guard: Callable[[Session], None] | None
+) -> list[str]:
     with mirror.write() as session:
+        if guard is not None:
+            guard(session)
         return track_many(session, thread_ids, reactivate=False).added

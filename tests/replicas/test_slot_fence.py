@@ -164,6 +164,7 @@ async def test_a_modify_past_its_check_lands_at_most_once_more_with_the_same_map
         assert show_metadata(pg, thread, message).state == "applied"
         world.emulator.gate.release()
     assert reports[0].aborted is not None  # its record was refused: the lease is b's
+    assert [o.result for o in reports[0].outcomes] == ["unrecorded"]
     modifies = world.applied_modifies()
     assert [c["message_id"] for c in modifies] == [message, message]
     assert modifies[0]["body"] == modifies[1]["body"] == {"metadata": intended}
@@ -193,6 +194,11 @@ async def test_a_push_whose_lease_is_lost_during_its_modify_records_nothing(
         world.emulator.gate.release()
     assert reports[0].aborted is not None
     assert show_metadata(mirror, thread, message).state == "pending"
+    # The report says what the mirror holds: sent and answered, but not recorded as applied.
+    [unrecorded] = reports[0].outcomes
+    assert (unrecorded.result, unrecorded.written) == ("unrecorded", True)
+    assert reports[0].applied == []
+    assert reports[0].unrecorded == [unrecorded]
 
     report = await push_under(world, Switch().guard)
     assert report.ok

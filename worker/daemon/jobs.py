@@ -7,7 +7,9 @@ page transactions hold: an in-flight page commits, then the job unwinds.
 In replicas mode each body runs in a schedule slot (``worker/daemon/slots.py``) and fences its side
 effects with the slot's lease (:func:`~worker.daemon.slots.current_fence`): the push checks it
 before each modify and in each record, the backup before it publishes (under the slot's name) and
-before retention, the history pruning in each batch's transaction.
+before retention, the history pruning in each batch's transaction, the migration in each ledger
+change and before each create, append and metadata write, the discovery in its tracking
+transaction.
 
 The push and backup bodies import their modules lazily: the daemon starts (and syncs) even where
 those features are not installed, and says so once in the log.
@@ -216,7 +218,13 @@ class Jobs:
 
     async def discover(self) -> int:
         """Track the threads the Foundry project lists and the mirror does not; how many."""
-        found = await discover(self.client, self.mirror, since=self.discovered_since)
+        fence = current_fence()
+        found = await discover(
+            self.client,
+            self.mirror,
+            since=self.discovered_since,
+            guard=None if fence is None else fence.guard,
+        )
         if found.newest is not None:
             self.discovered_since = max(found.newest, self.discovered_since or found.newest)
         if found.new:
@@ -228,9 +236,14 @@ class Jobs:
         one ``migrate`` pass; a thread that fails is retried on the next."""
         from worker.migrate.service import run_migration  # noqa: PLC0415 - only when enabled
 
-        report = await run_migration(self.settings, self.mirror)
+        fence = current_fence()
+        guard = None if fence is None else fence.guard
+        report = await run_migration(self.settings, self.mirror, guard=guard)
         totals = report.totals()
-        log.info("daemon.migrated", **totals)
+        if report.aborted is not None:  # the lease was lost: the slot's new holder goes on
+            log.warning("daemon.migrate_aborted", **totals)
+        else:
+            log.info("daemon.migrated", **totals)
         for outcome in report.failed:
             log.warning("daemon.migrate_failed", thread_id=outcome.thread_id, error=outcome.error)
 

@@ -14,6 +14,13 @@ message appended after it, so a lost create leaves at most an empty conversation
 (a ``lost`` batch, counted in ``lost_creates``), sent again, and the lost one never referenced.
 That costs one request per thread: one create plus one append per 20 messages (or part of 20),
 against Foundry's one create plus one append per further 20.
+
+Under a ``guard`` (the daemon's migrate job in replicas mode: its slot lease,
+``worker/daemon/slots.py``) every ledger change checks the lease in its own transaction, and each
+create, append and metadata write is preceded by a check in a transaction of its own: a run whose
+lease was lost records nothing more and sends nothing more (its report says ``aborted``); the
+replica now holding the slot settles what it left ``sent``. README, "What runs exactly once",
+says what no check can fence (a request paused past the lease after its check).
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from typing import Any, TypeVar
 
 import anyio
 import orjson
+from sqlmodel import Session
 
 from worker.client.api import ApiClient
-from worker.errors import PermanentError, ThreadsyncError, TransientError
+from worker.errors import PermanentError, ThreadsyncError, TransientError, WriteRefused
 from worker.logs import get_logger
 from worker.migrate import ledger
 from worker.migrate.ledger import Confirmation, Plan
@@ -48,6 +56,7 @@ from worker.store.db import Mirror
 
 log = get_logger()
 T = TypeVar("T")
+Guard = Callable[[Session], None]  # raises WriteRefused once the job's lease is lost
 
 SEND_ATTEMPTS = 3  # a batch settled as absent after an unknown outcome is sent again, this often
 SCAN_PAGES = 20  # conversations read (x100, newest first) to find a create whose answer was lost
@@ -78,6 +87,7 @@ class ThreadOutcome:
 class MigrateReport:
     threads: list[ThreadOutcome]
     dry_run: bool = False
+    aborted: str | None = None  # why the run stopped early (its lease lost: nothing more sent)
 
     @property
     def failed(self) -> list[ThreadOutcome]:
@@ -112,6 +122,10 @@ class Migration:
     source: ApiClient | None = None
     # Whether the target lists conversations, for a dry run (a real run asks its client).
     lists_conversations: bool = False
+    # The daemon's migrate job in replicas mode: its slot lease, checked in every ledger change
+    # and, in a transaction of its own, right before every create, append and metadata write.
+    guard: Guard | None = None
+    aborted: str | None = None
     _thread_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -128,13 +142,14 @@ class Migration:
 
         async def one(outcome: ThreadOutcome) -> None:
             async with limiter:
-                await self.thread(outcome)
+                if self.aborted is None:
+                    await self.thread(outcome)
 
         async with anyio.create_task_group() as tg:
             for candidate, outcome in zip(chosen, outcomes, strict=True):
                 if candidate.eligible:
                     tg.start_soon(one, outcome)
-        return MigrateReport(outcomes, dry_run=self.client is None)
+        return MigrateReport(outcomes, dry_run=self.client is None, aborted=self.aborted)
 
     async def thread(self, out: ThreadOutcome) -> None:
         """Migrate one thread; any failure is recorded on ``out`` and in the ledger."""
@@ -144,6 +159,13 @@ class Migration:
                 await self._dry(out)
                 return
             final = await self._migrate(out, self.client)
+        except WriteRefused as exc:
+            # The lease is lost: this run sends and records nothing more, for any thread; what
+            # it left ``sent`` is settled by the replica now holding the slot.
+            self.aborted = str(exc)
+            log.warning("migrate.lease_lost", thread_id=out.thread_id)
+            self._thread_meta.pop(out.thread_id, None)
+            return
         except (ThreadsyncError, MappingError) as exc:
             out.error = str(exc)
             log.warning("migrate.thread_failed", thread_id=out.thread_id, error=out.error)
@@ -154,8 +176,22 @@ class Migration:
     # -- one thread --------------------------------------------------------------------------
 
     async def _write(self, change: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A ledger change, committed (with whatever other threads have waiting) on return."""
-        return await self.mirror.write_grouped(lambda session: change(session, *args, **kwargs))
+        """A ledger change, committed (with whatever other threads have waiting) on return;
+        under the ``guard``, only while the lease holds (refused: rolled back, and raised)."""
+        guard = self.guard
+
+        def guarded(session: Session) -> T:
+            if guard is not None:
+                guard(session)
+            return change(session, *args, **kwargs)
+
+        return await self.mirror.write_grouped(guarded)
+
+    async def _fence(self) -> None:
+        """Right before a create, append or metadata write: the lease still holds (its own
+        transaction, on the database clock; raises WriteRefused otherwise)."""
+        if self.guard is not None:
+            await self.mirror.run_write(_check, self.mirror, self.guard)
 
     async def _plan(self, thread_id: str) -> Plan:
         return await self.mirror.run(ledger.load_plan, self.mirror, self.target, thread_id)
@@ -193,6 +229,7 @@ class Migration:
         if existed and row.conversation_id:
             # The provenance counts and times moved on; setting a map is safe to repeat.
             metadata = self._metadata(plan, row)
+            await self._fence()
             await client.set_metadata(row.conversation_id, metadata)
         return True
 
@@ -256,6 +293,7 @@ class Migration:
         for attempt in range(1, SEND_ATTEMPTS + 1):
             if attempt > 1:
                 await self._write(ledger.mark_sent, batch.id)
+            await self._fence()
             out.requests += 1
             try:
                 if row.conversation_id is None:
@@ -408,6 +446,11 @@ def _confirmation(
         replaced=sum(c.action == "replaced" for c in changes),
         conversation_id=conversation,
     )
+
+
+def _check(mirror: Mirror, guard: Guard) -> None:
+    with mirror.write(small=True) as session:
+        guard(session)
 
 
 def _reload(mirror: Mirror, target: str, thread_id: str) -> MigrateThread:

@@ -10,7 +10,7 @@ from worker.client.pacer import Pacer
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.migrate.mapping import Policy
-from worker.migrate.run import MigrateReport, Migration
+from worker.migrate.run import Guard, MigrateReport, Migration
 from worker.migrate.target import ConversationsClient, lists_conversations, target_key
 from worker.store.db import Mirror
 
@@ -34,7 +34,9 @@ async def run_migration(
     thread_ids: Sequence[str] | None = None,
     since: int | None = None,
     dry_run: bool = False,
+    guard: Guard | None = None,
 ) -> MigrateReport:
+    """``guard``: the daemon's migrate job lease in replicas mode (``Migration.guard``)."""
     key = target_key(settings.migrate.target)
 
     def migration(client: ConversationsClient | None, source: ApiClient | None) -> Migration:
@@ -47,6 +49,7 @@ async def run_migration(
             concurrency=settings.migrate.concurrency,
             source=source,
             lists_conversations=lists_conversations(settings.migrate.target.profile),
+            guard=guard,
         )
 
     if dry_run:

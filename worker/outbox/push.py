@@ -30,7 +30,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -67,7 +67,10 @@ log = get_logger()
 
 @dataclass(frozen=True, slots=True)
 class EditOutcome:
-    """What one push did with one edit. ``result``: applied | conflicted | failed | deferred."""
+    """What one push did with one edit. ``result``: applied | conflicted | failed | deferred |
+    unrecorded (replicas mode: its answer came but the push's lease was lost before it was
+    recorded, so the mirror still holds the edit open; ``written`` says whether a modify was
+    sent; the replica now holding the slot settles it by a read)."""
 
     thread_id: str
     message_id: str
@@ -107,6 +110,10 @@ class PushReport:
         return self._with("deferred")
 
     @property
+    def unrecorded(self) -> list[EditOutcome]:
+        return self._with("unrecorded")
+
+    @property
     def requests(self) -> int:
         return sum(o.requests for o in self.outcomes)
 
@@ -143,6 +150,7 @@ class _Push:
     mirror: Mirror
     guard: Guard | None = None
     aborted: str | None = None
+    unrecorded: set[str] = field(default_factory=set)  # message ids whose outcome was dropped
 
     async def one(self, snap: Snapshot) -> EditOutcome:
         try:
@@ -309,11 +317,13 @@ async def _recorder(
                     ended = True
                     break
             if push.aborted is not None and push.guard is not None:
+                push.unrecorded.update(o.snap.message_id for o in batch)
                 continue  # the lease is lost: drain, record nothing more
             try:
                 await mirror.run_write(store_outcomes, mirror, batch, push.guard)
             except WriteRefused as exc:
                 push.aborted = str(exc)
+                push.unrecorded.update(o.snap.message_id for o in batch)
                 log.warning("push.lease_lost", unrecorded=len(batch))
 
 
@@ -361,6 +371,10 @@ async def push_pending(
                 edits.start_soon(one, snap)
     report.seconds = time.monotonic() - started
     report.aborted = push.aborted
+    if push.unrecorded:  # the report says what the mirror holds: those edits are still open
+        report.outcomes = [
+            _unrecorded(o) if o.message_id in push.unrecorded else o for o in report.outcomes
+        ]
     speak(
         "push.finished",
         edits=len(snaps),
@@ -368,8 +382,19 @@ async def push_pending(
         conflicted=len(report.conflicted),
         failed=len(report.failed),
         deferred=len(report.deferred),
+        unrecorded=len(report.unrecorded),
         requests=report.requests,
         seconds=round(report.seconds, 3),
         aborted=report.aborted,
     )
     return report
+
+
+def _unrecorded(outcome: EditOutcome) -> EditOutcome:
+    """An outcome the lost lease kept out of the mirror (what it would have been: ``error``)."""
+    return replace(
+        outcome,
+        result="unrecorded",
+        error=f"{outcome.result}, not recorded (the push's lease was lost)"
+        + (f": {outcome.error}" if outcome.error else ""),
+    )
