@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -28,14 +28,16 @@ from tests.migrate.conftest import (
     target_client,
     target_settings,
 )
+from tests.migrate.test_daemon import settings_for
 from tests.replicas.test_slot_fence import HELD, Switch, slot_fence, take_over
 from tests.threads.test_discover import KEY as DISCOVER_KEY
+from worker.client import ApiClient
 from worker.config import Profile, Settings
 from worker.daemon.fence import SlotLost
 from worker.daemon.jobs import Jobs
 from worker.daemon.slots import running_in
 from worker.discover import discover
-from worker.emulator import Emulator, FaultRule, ManualClock
+from worker.emulator import Emulator, FaultRule, ManualClock, serve_in_thread
 from worker.migrate import ledger
 from worker.migrate.mapping import Policy
 from worker.migrate.run import Guard, MigrateReport, Migration
@@ -238,6 +240,23 @@ async def test_a_lease_lost_after_a_batch_is_marked_sent_stops_its_append(mirror
     assert again.threads[0].settled == 1
     assert again.totals()["requests"] == 3
     assert items_in(target, conversation) == expected_items(mirror, thread_id)
+
+
+@pytest.mark.anyio
+async def test_the_migrate_job_of_a_slot_taken_over_sends_and_records_nothing(pg: Mirror) -> None:
+    """The daemon's migrate job passes its slot's fence down: run by a holder whose slot was
+    taken over, it creates no conversation and leaves the ledger empty."""
+    _, _thread_id = await one_thread(pg, 5)
+    target = new_emulator()
+    stale = slot_fence(pg, "a", "migrate")
+    take_over(pg, "b", "migrate")
+    with serve_in_thread(target) as url:
+        jobs = Jobs(cast(ApiClient, None), pg, settings_for(pg, url, 60.0), gate=anyio.Lock())
+        with running_in(stale):
+            await jobs.migrate()
+    assert stale.held.lost
+    assert target.conversations.by_id == {}
+    assert ledger.rows(pg, KEY) == []
 
 
 def _tracked(mirror: Mirror) -> list[str]:

@@ -176,16 +176,24 @@ class Migration:
     # -- one thread --------------------------------------------------------------------------
 
     async def _write(self, change: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A ledger change, committed (with whatever other threads have waiting) on return;
-        under the ``guard``, only while the lease holds (refused: rolled back, and raised)."""
+        """A ledger change, committed (with whatever other threads have waiting) on return.
+
+        Under the ``guard``: in a transaction of its own that checks the lease first (refused:
+        nothing written, WriteRefused raised). Not in the shared group: the check locks the
+        job's ``job_slot`` row until commit, and a sync page sharing that transaction would then
+        lock its thread's row, the opposite order to the lease renewal's (thread rows, then job
+        rows): a deadlock. Replicas mode is PostgreSQL only, where a commit costs little.
+        """
         guard = self.guard
+        if guard is None:
+            return await self.mirror.write_grouped(lambda s: change(s, *args, **kwargs))
 
-        def guarded(session: Session) -> T:
-            if guard is not None:
+        def guarded() -> T:
+            with self.mirror.write() as session:
                 guard(session)
-            return change(session, *args, **kwargs)
+                return change(session, *args, **kwargs)
 
-        return await self.mirror.write_grouped(guarded)
+        return await self.mirror.run_write(guarded)
 
     async def _fence(self) -> None:
         """Right before a create, append or metadata write: the lease still holds (its own
