@@ -19,13 +19,15 @@ Each replica also looks for unfinished slots every renewal round, so another rep
 slot whose holder died without waiting for the job's next timer.
 
 A job's side effects are fenced by its lease (:class:`SlotFence`, available to the body as
-:func:`current_fence`): each database write of the job (a push's outcomes, a prune batch) checks
-the lease in its own transaction, and each remote act (a push's modify, a backup's publish)
-checks it in a transaction of its own immediately before acting. The check runs on the database
-clock and extends the lease by a TTL, so a holder paused past its lease finds it lost when it
-wakes. What a check cannot fence is the moment between its commit and the act reaching the
-service (a remote service checks no token): the acts are made idempotent for that window
-(README, "Replicas: what runs exactly once").
+:func:`current_fence`): each database write of the job (a push's outcomes, a prune batch, a
+migration's ledger change, a discovery's new threads) checks the lease in its own transaction,
+and each remote act (a push's modify, a backup's publish, a migration's create, append or
+metadata write) checks it in a transaction of its own immediately before acting. The check
+runs on the database clock and extends the lease by a TTL, so a holder paused past its lease
+finds it lost when it wakes. What a check cannot fence is the moment between its commit and the
+act reaching the service (a remote service checks no token): the acts are made idempotent for
+that window, but for a migration's append, which cannot be (README, "Migration across
+replicas").
 """
 
 from __future__ import annotations

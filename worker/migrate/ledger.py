@@ -6,8 +6,9 @@ What it reads of the mirror's messages and sync states comes from ``worker/store
 Changes take a session: the run commits them through the mirror's group commit (threads
 migrating side by side share a transaction, one commit for many), and waits for the commit
 before the request it prepares is sent (``planned`` -> ``sent``) or right after the answer
-(``confirmed``), so a process killed at any instant leaves a ledger that says exactly which
-batch may or may not have landed.
+(``confirmed``) (under a daemon job's lease, each change in a transaction of its own that checks
+the lease first: ``run.py``), so a process killed at any instant leaves a ledger that says
+exactly which batch may or may not have landed.
 """
 
 from __future__ import annotations
