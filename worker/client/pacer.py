@@ -9,10 +9,10 @@ storm does not multiply into one retry per task.
 In replicas mode the rate is this replica's share of a global budget and changes as replicas come
 and go (:meth:`Pacer.set_rate`, driven by ``worker/daemon/replicas.py``), and it is granted only
 until a deadline: past it (or while held, ``until=-inf``) every caller waits for the next grant.
-The bucket's level, in requests, is kept across a change, and a lower rate sends every caller
-already holding a slot back into the queue, so over any window the requests sent are at most
-``burst`` plus the integral of the rate in force: the sum of the replicas' shares bounds the sum
-of their requests.
+The bucket's level, in requests, is kept across a change, and a change sends every caller already
+holding a slot back into the queue, so over any window the requests sent are at most ``burst``
+plus the integral of the rate in force: the sum of the replicas' shares bounds the sum of their
+requests.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class Pacer:
         self._pause_epoch = 0
         self._interval = 0.0
         self._until = math.inf  # the rate is granted until then (clock time)
-        self._rate_epoch = 0  # bumped when the rate drops or the grant ends: slots given are void
+        self._rate_epoch = 0  # bumped when the rate changes or the grant ends: slots given are void
+        self._holding = 0  # callers asleep on a slot of the current rate epoch
         self._granted: anyio.Event | None = None  # set at the next grant (made on first wait)
         self.set_rate(rate)
 
@@ -80,9 +81,9 @@ class Pacer:
 
         Replicas: each one's share of the budget follows the number of live replicas, granted
         until its count could be stale. The bucket keeps its level in requests (``tat`` rescaled),
-        so a change neither banks nor forfeits a burst. A lower rate, or a grant ending, voids
-        the slots already given: their callers queue again at the new rate when they wake (a
-        slot given at the old rate would be too early for the new one). Call on the event loop.
+        so a change neither banks nor forfeits a burst. A new rate, or a grant ending, voids the
+        slots already given (and gives them back): their callers queue again at the new rate when
+        they wake, so every request goes on a slot of the rate in force. Call on the event loop.
         """
         if rate is not None and rate <= 0:
             raise ValueError("rate must be positive or None")
@@ -93,8 +94,11 @@ class Pacer:
         self._tolerance = (self._burst - 1) * self._interval
         if old > 0 and self._interval > 0 and self._tat > now:
             self._tat = now + (self._tat - now) * self._interval / old
-        if self._interval > old or until < self._until:
+        if self._interval != old or until < self._until:
             self._rate_epoch += 1
+            # The voided slots are given back: their callers take new ones when they wake.
+            self._tat -= self._holding * self._interval
+            self._holding = 0
         self._until = until
         if until > now and self._granted is not None:
             self._granted.set()
@@ -139,11 +143,16 @@ class Pacer:
                 self._tat = slot.tat
                 at = slot.at
             if at > now:
-                await self._sleep(at - now)
+                self._holding += 1
+                try:
+                    await self._sleep(at - now)
+                finally:
+                    if self._rate_epoch == rates:
+                        self._holding -= 1
             elif self.rate is None:
                 return  # nothing to wait for; unlimited callers take no checkpoint here
             if self._rate_epoch != rates or self._clock() >= self._until:
-                continue  # the rate dropped or the grant ended meanwhile: this slot is void
+                continue  # the rate changed or the grant ended meanwhile: this slot is void
             if self._pause_epoch == epoch or self._clock() >= self._paused_until:
                 return
             # A new pause began while we waited: our slot is void, queue again behind the pause.
