@@ -189,6 +189,7 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
     request_headers = dict(scope["headers"])
     arrived = time.monotonic()
+    emulator.requests.record(arrived, request_headers.get(b"user-agent", b"").decode("latin-1"))
     body: Any = None
     applied = False
     rule: FaultRule | None = None
