@@ -346,6 +346,10 @@ async def test_a_joiner_sends_nothing_until_every_live_replica_counted_it(pg: Mi
     b.beat()  # a has made no beat since b joined: b still waits
     assert not b.admitted
     assert not await went(pacers["b"])
+    with pg.write() as session:
+        add_threads(session, ["thread_due"])
+    with pg.write() as session:  # nor does it claim: its passes could not send
+        assert b.claim(session, now=NOW, limit=5, due_only=True, after=None).epochs == {}
     with pg.write() as session:  # a's claim: a counted beat first
         a.claim(session, now=NOW, limit=5, due_only=True, after=None)
     assert (a.peers, pacers["a"].rate) == (2, 10.0)
@@ -397,4 +401,37 @@ async def test_a_replica_paused_past_its_grant_joins_again(pg: Mirror) -> None:
     a.beat()
     assert a.admitted
     assert await went(pacers["a"])
+    assert granted(pacers, clock.now()) == 20.0
+
+
+@pytest.mark.anyio
+async def test_a_replica_pruned_while_paused_registers_and_joins_again(pg: Mirror) -> None:
+    """Its row gone (pruned after five TTLs): its next beat writes the row again, and it sends
+    nothing until the live replicas have counted it."""
+    clock = FakeClock(start=0.0)
+    pacers = {n: Pacer(20.0, clock=clock.now, sleep=clock.sleep) for n in ("a", "b")}
+    a = Replica(pg, ttl=60.0, replica_id="a", budget=20.0, clock=clock.now)
+    b = Replica(pg, ttl=60.0, replica_id="b", budget=20.0, clock=clock.now)
+    a.attach(pacers["a"])
+    b.attach(pacers["b"])
+    a.register()
+    b.register()
+    a.renew()
+    b.beat()
+    assert (a.admitted, b.admitted) == (True, True)
+    with pg.write() as session:
+        session.execute(text("DELETE FROM daemon_replica WHERE replica_id = 'a'"))
+    b.renew()  # b no longer counts a: its share grows to the whole budget
+    assert pacers["b"].rate == 20.0
+    clock.advance(300.0)
+    a.renew()
+    assert not a.admitted
+    with pg.read() as session:
+        assert session.execute(text("SELECT count(*) FROM daemon_replica")).scalar_one() == 2
+    assert not await went(pacers["a"])
+    a.beat()
+    b.renew()
+    assert pacers["b"].rate == 10.0
+    a.beat()
+    assert a.admitted
     assert granted(pacers, clock.now()) == 20.0
