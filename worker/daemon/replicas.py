@@ -248,7 +248,9 @@ class Replica:
 
     def _grant(self, started: float) -> None:
         """After a counted beat committed: the share holds until the heartbeat could look dead."""
-        self.granted_until = max(self.granted_until, started + self.ttl - lease_margin(self.ttl))
+        if self.admitted:  # not if a later beat found this replica lapsed meanwhile
+            until = started + self.ttl - lease_margin(self.ttl)
+            self.granted_until = max(self.granted_until, until)
         self._apply()
 
     def _apply(self) -> None:
@@ -256,10 +258,12 @@ class Replica:
         pacer, budget = self.pacer, self.budget
         if pacer is None or budget is None:
             return
-        rate = budget / self.peers
-        until = self.granted_until if self.admitted else -math.inf
 
         def apply() -> None:
+            # Read on the loop, not when called: a later beat's share, set meanwhile from
+            # another thread, must not be overwritten by this one's.
+            rate = budget / self.peers
+            until = self.granted_until if self.admitted else -math.inf
             if pacer.rate != rate:
                 log.info("daemon.budget_share", requests_per_second=round(rate, 3))
             pacer.set_rate(rate, until=until)
