@@ -128,7 +128,8 @@ def test_rejects_nonsense(rate: float, burst: int) -> None:
 
 @pytest.mark.anyio
 async def test_a_new_rate_applies_from_the_next_request() -> None:
-    """Replicas pace at their share of the budget: halving the rate doubles the spacing."""
+    """Replicas pace at their share of the budget: halving the rate doubles the spacing, from
+    the last request sent on (the bucket keeps its level in requests across the change)."""
     clock = FakeClock(start=0.0)
     pacer = Pacer(10.0, burst=1, clock=clock.now, sleep=clock.sleep)
     granted: list[float] = []
@@ -136,7 +137,8 @@ async def test_a_new_rate_applies_from_the_next_request() -> None:
         pacer.set_rate(rate)
         await pacer.acquire()
         granted.append(clock.now())
-    # The third request had its slot from the old rate (0.1 s after the second); then 0.2 s.
-    assert granted == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.6])
+    # The third request goes 0.2 s after the second: a slot 0.1 s on, at the old rate, would
+    # let a replica whose share just shrank overshoot it.
+    assert granted == pytest.approx([0.0, 0.1, 0.3, 0.5, 0.7])
     with pytest.raises(ValueError):
         pacer.set_rate(0.0)

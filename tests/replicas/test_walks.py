@@ -12,8 +12,9 @@ from pydantic import SecretStr
 
 from worker.client import ApiClient
 from worker.config import ApiSettings
-from worker.emulator import Emulator, serve_in_thread
+from worker.emulator import Emulator, control, serve_in_thread
 from worker.emulator.walks import WalkLog
+from worker.testing import EmulatorTransport
 
 UA = "threadsync/0.1.0 replica/"
 
@@ -64,3 +65,28 @@ def test_run_in_replicas_mode_on_sqlite_is_one_line_and_exit_2(tmp_path: Path) -
     assert len(lines) == 1, done.stderr
     assert "daemon.mode = replicas needs a PostgreSQL mirror" in lines[0]
     assert not db.exists()
+
+
+@pytest.mark.anyio
+async def test_the_request_log_is_off_until_started_and_keeps_the_last_n() -> None:
+    """The budget's witness: each API request's arrival and replica, the last ``capacity`` of
+    them once started (control plane: ``POST /_emulator/requests {"capacity": n}``)."""
+    emulator = Emulator(seed=5)
+    [thread] = emulator.seed(seed=5, threads=1, messages=3)
+    api = ApiSettings(endpoint="http://127.0.0.1:1", api_key=SecretStr(emulator.api_key))
+    transport = EmulatorTransport(emulator)
+    async with ApiClient(api, agent="replica/host:7:abc", transport=transport) as client:
+        await client.list_messages(thread, limit=10, order="asc")
+        assert emulator.requests.entries() == []  # off by default
+        assert control.handle(emulator, "POST", "/_emulator/requests", {"capacity": 2}) == {
+            "capacity": 2,
+            "requests": [],
+        }
+        for _ in range(3):
+            await client.list_messages(thread, limit=10, order="asc")
+    async with ApiClient(api, transport=transport) as anonymous:
+        await anonymous.list_messages(thread, limit=10, order="asc")
+    got = control.handle(emulator, "GET", "/_emulator/requests", None)
+    assert [replica for _, replica in got["requests"]] == ["host:7:abc", ""]
+    first, second = (at for at, _ in got["requests"])
+    assert first <= second

@@ -164,14 +164,6 @@ class Daemon:
     async def _dispatch(self) -> None:
         await self.dispatcher.dispatch(lambda: not self.runner.stopping)
 
-    def _share_budget(self) -> None:
-        """Replicas: pace at this replica's share of the global budget (live replicas counted at
-        each renewal round), so the replicas together stay within it."""
-        rate = self.dispatcher.budget
-        if self.pacer is not None and self.pacer.rate != rate:
-            self.pacer.set_rate(rate)
-            log.info("daemon.budget_share", requests_per_second=round(rate, 3))
-
     async def _last_beat(self) -> None:
         """Say in the mirror that this daemon stopped (a probe reports it at once)."""
         with anyio.CancelScope(shield=True):
@@ -270,7 +262,6 @@ class Daemon:
                 slots = self.slots
 
                 async def catch_up() -> None:
-                    self._share_budget()
                     await slots.catch_up(tg)
 
                 async def renewals(replica: Replica) -> None:
@@ -366,7 +357,12 @@ async def run_daemon(
             replica = None
             if replicas:
                 # Never clear leases here: they may be other live replicas' (a rolling deploy).
-                replica = Replica(mirror, ttl=settings.daemon.lease_ttl, metrics=metrics)
+                replica = Replica(
+                    mirror,
+                    ttl=settings.daemon.lease_ttl,
+                    metrics=metrics,
+                    budget=settings.daemon.request_budget,
+                )
                 await mirror.run_write(replica.register)
             else:
                 # Safe only because the lock makes this the only daemon: leases left are a
@@ -375,9 +371,11 @@ async def run_daemon(
                 if cleared:
                     log.info("daemon.leases_cleared", threads=cleared)
             # One pacer for every request the daemon makes: the budget is global (replicas: this
-            # one's share of it, following the live replicas at each renewal round).
+            # one's share of it, set at each counted beat and held until admitted).
             share = 1 if replica is None else replica.peers
             pacer = Pacer(settings.daemon.request_budget / share)
+            if replica is not None:
+                replica.attach(pacer)
             async with ApiClient(
                 settings.api,
                 settings.retry,

@@ -16,13 +16,36 @@ database's clock.
 - Shutdown: the replica row says ``draining``, claims stop, passes end at a page boundary and
   their leases are released at once (another replica takes them at its next dispatch); then the
   row is deleted.
+
+The request budget ``B`` (``daemon.max_requests_per_second``) is global. Each replica paces at
+``B / n``, ``n`` the live replicas it counted (heartbeat younger than one TTL, itself and joiners
+included) at its last *counted beat*: its heartbeat (never moving back) and the count in one
+transaction, at registration, at every claim and at every renewal round. The pacer takes the new
+share on the event loop before that transaction commits, granted until ``TTL - TTL/6`` after the
+beat began (monotonic clock); past it the pacer holds every request until the next beat.
+
+Admission closes the join window: a replica that (re)joins (its first beat, or a beat finding its
+own heartbeat older than ``TTL - TTL/6``: paused, or renewals failing) sends nothing until every
+other live replica has made a counted beat after its (re)join: that beat counted it and set its
+pacer to the smaller share before it committed. So at every instant the replicas that may send,
+``S``, each pace at ``B / n_i`` with ``n_i >= |S|``: the shares add up to at most ``B``. With the
+pacer's bucket (``burst`` requests, kept in requests across a change; a lower rate voids slots
+given at the higher one), the requests of all replicas in any window of ``w`` seconds are at most
+``B * w + burst * k``, ``k`` the replicas admitted in that window (a replica re-admitted counts once
+per admission). A joiner waits about one dispatch interval (others beat at each claim), at most
+one renewal period. Assumed: replicas' monotonic clocks agree within ``TTL/6`` per TTL, a beat's
+transaction lasts under ``TTL/6``, and the database clock does not step back. A replica leaving
+lowers nobody's rate; the others' shares grow at their next beat after its row is deleted (or
+its heartbeat ages past one TTL): under-use, never overshoot.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -30,7 +53,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
-from sqlalchemy import delete, func, select, tuple_, update
+import anyio.from_thread
+import anyio.lowlevel
+from anyio.lowlevel import EventLoopToken
+from sqlalchemy import delete, event, func, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
@@ -42,7 +68,8 @@ from worker.logs import describe_exception, get_logger
 from worker.store.db import Mirror, normalise_url
 from worker.store.models import DaemonReplica, JobSlot, TrackedThread
 
-if TYPE_CHECKING:  # metrics load prometheus_client: `status` and `migrate` need none of it
+if TYPE_CHECKING:  # metrics load prometheus_client, the client httpx: `status` and `migrate`
+    from worker.client.pacer import Pacer  # need none of it
     from worker.daemon.metrics import DaemonMetrics
 
 log = get_logger()
@@ -94,6 +121,7 @@ class Replica:
         metrics: DaemonMetrics | None = None,
         replica_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        budget: float | None = None,
     ) -> None:
         self.mirror = mirror
         self.ttl = ttl
@@ -104,9 +132,16 @@ class Replica:
         self.jobs: dict[str, Held] = {}  # periodic job leases held now
         self.draining = False
         self.last_renewal: float | None = None
-        # Live replicas (heartbeat within one TTL, this one included), counted at each renewal:
-        # the request budget is global, so each replica paces at its share (budget / peers).
+        # Live replicas (heartbeat within one TTL, this one included), counted at each counted
+        # beat: the request budget is global, so each replica paces at its share (budget / peers)
+        # once admitted (the module docstring gives the rule and its bound).
         self.peers = 1
+        self.budget = budget
+        self.admitted = False
+        self.joined_at: datetime | None = None  # database time after this replica's (re)join
+        self.granted_until = -math.inf  # monotonic: the share's grant (see lease_margin)
+        self.pacer: Pacer | None = None
+        self._loop: tuple[int, EventLoopToken] | None = None  # the pacer's loop: thread, token
         if metrics is not None:
             metrics.replica.labels(replica=self.id).set(1)
 
@@ -138,7 +173,9 @@ class Replica:
             session.add(self._row())
             session.flush()
             self.peers = max(1, live_replicas(session, self.ttl))
+            _beat_now(session, self.id)
         log.info("daemon.replica_registered", replica=self.id, lease_ttl=self.ttl, peers=self.peers)
+        self.beat()  # after the insert committed: the join's time, and admitted at once if alone
 
     def drain(self) -> None:
         """Blocking. Say (for `status`) that this replica is handing its work over."""
@@ -160,6 +197,82 @@ class Replica:
             )
             session.execute(delete(DaemonReplica).where(col(DaemonReplica.replica_id) == self.id))
 
+    # -- the budget's share (module docstring: the rule and its bound) -------------------------
+
+    def attach(self, pacer: Pacer) -> None:
+        """On the event loop: the pacer this replica's share of the budget governs."""
+        self.pacer = pacer
+        self._loop = (threading.get_ident(), anyio.lowlevel.current_token())
+        self._apply()
+
+    def beat(self) -> None:
+        """Blocking. A counted beat on its own (after registration; tests)."""
+        started = self.clock()
+        with self.mirror.write(small=True) as session:
+            self._beat(session, started)
+
+    def _beat(self, session: Session, started: float) -> None:
+        """First in a write transaction: the heartbeat, the live replicas counted, admission.
+
+        The update takes this replica's row lock, so its beats (claims of two lanes, renewal)
+        run one at a time and each applies its count after the previous one's. The share is
+        applied before commit; its grant is extended only once the heartbeat has committed.
+        """
+        margin = lease_margin(self.ttl)
+        mine = col(DaemonReplica.replica_id) == self.id
+        fresh = session.execute(
+            update(DaemonReplica)
+            .where(mine, col(DaemonReplica.heartbeat_at) > func.now() - _seconds(self.ttl - margin))
+            .values(heartbeat_at=func.greatest(col(DaemonReplica.heartbeat_at), func.now()))
+        )
+        if not getattr(fresh, "rowcount", 1):
+            # Paused or cut off past the grant (or pruned): the others may have counted without
+            # this replica, so it joins again, its join time taken after this beat commits.
+            if not getattr(_beat_now(session, self.id), "rowcount", 1):
+                session.add(self._row())
+                session.flush()
+                _beat_now(session, self.id)
+            if self.admitted:
+                log.warning("daemon.budget_rejoin", replica=self.id)
+            self.admitted, self.joined_at, self.granted_until = False, None, -math.inf
+        elif not self.admitted:
+            if self.joined_at is None:  # this transaction began after the (re)join committed
+                self.joined_at = session.execute(select(func.now())).scalar_one()
+            self.admitted = not others_behind(session, self.id, self.joined_at, self.ttl)
+            if self.admitted:
+                log.info("daemon.budget_admitted", replica=self.id)
+        self.peers = max(1, live_replicas(session, self.ttl))
+        self._apply()
+        if self.admitted:
+            event.listen(session, "after_commit", lambda _: self._grant(started), once=True)
+
+    def _grant(self, started: float) -> None:
+        """After a counted beat committed: the share holds until the heartbeat could look dead."""
+        if self.admitted:  # not if a later beat found this replica lapsed meanwhile
+            until = started + self.ttl - lease_margin(self.ttl)
+            self.granted_until = max(self.granted_until, until)
+        self._apply()
+
+    def _apply(self) -> None:
+        """Set the pacer to this replica's share and grant (on its event loop, waiting for it)."""
+        pacer, budget = self.pacer, self.budget
+        if pacer is None or budget is None:
+            return
+
+        def apply() -> None:
+            # Read on the loop, not when called: a later beat's share, set meanwhile from
+            # another thread, must not be overwritten by this one's.
+            rate = budget / self.peers
+            until = self.granted_until if self.admitted else -math.inf
+            if pacer.rate != rate:
+                log.info("daemon.budget_share", requests_per_second=round(rate, 3))
+            pacer.set_rate(rate, until=until)
+
+        if self._loop is None or self._loop[0] == threading.get_ident():
+            apply()
+        else:
+            anyio.from_thread.run_sync(apply, token=self._loop[1])
+
     # -- thread leases -------------------------------------------------------------------------
 
     def claim(
@@ -175,12 +288,13 @@ class Replica:
         """In a write transaction: claim due threads; the :class:`Fence` their passes check.
         ``default_interval``: the interval of a thread never checked (the claim's order)."""
         started = self.clock()
+        self._beat(session, started)  # first: a claim by a replica not yet admitted takes none
         claimed = claim_leases(
             session,
             now=now,
             owner=self.id,
             lease=self.ttl,
-            limit=0 if self.draining else limit,
+            limit=0 if self.draining or not self.admitted else limit,
             due_only=due_only,
             after=after,
             fenced=True,
@@ -250,14 +364,7 @@ class Replica:
         pairs = [(t, e) for f in fences for t, e in f.held().items()]
         jobs = [(h.name, h.epoch) for h in running if not h.lost]
         with self.mirror.write(small=True) as session:
-            beat = session.execute(
-                update(DaemonReplica)
-                .where(col(DaemonReplica.replica_id) == self.id)
-                .values(heartbeat_at=func.now())
-            )
-            if not getattr(beat, "rowcount", 1):  # pruned while paused: register again
-                session.add(self._row())
-            self.peers = max(1, live_replicas(session, self.ttl))
+            self._beat(session, started)  # first: the heartbeat row orders this replica's beats
             renewed = renew_threads(session, self.id, pairs, self.ttl) if pairs else set()
             kept = renew_jobs(session, self.id, jobs, self.ttl) if jobs else set()
         for fence in fences:
@@ -303,6 +410,26 @@ def live_replicas(session: Session, ttl: float) -> int:
     requests until their pages end). A killed replica stops counting one TTL after its death."""
     query = select(func.count()).where(col(DaemonReplica.heartbeat_at) > func.now() - _seconds(ttl))
     return int(session.execute(query).scalar_one())
+
+
+def others_behind(session: Session, replica_id: str, since: datetime, ttl: float) -> int:
+    """Live replicas other than ``replica_id`` whose last counted beat began at or before
+    ``since``: they may not have counted it yet."""
+    query = select(func.count()).where(
+        col(DaemonReplica.replica_id) != replica_id,
+        col(DaemonReplica.heartbeat_at) > func.now() - _seconds(ttl),
+        col(DaemonReplica.heartbeat_at) <= since,
+    )
+    return int(session.execute(query).scalar_one())
+
+
+def _beat_now(session: Session, replica_id: str) -> object:
+    """The heartbeat on the database clock (a registration's own would be the host's)."""
+    return session.execute(
+        update(DaemonReplica)
+        .where(col(DaemonReplica.replica_id) == replica_id)
+        .values(heartbeat_at=func.now())
+    )
 
 
 def _seconds(n: float) -> object:

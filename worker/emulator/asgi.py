@@ -191,6 +191,7 @@ async def _api(emulator: Emulator, scope: Scope, receive: Receive, send: Send) -
     request_headers = dict(scope["headers"])
     agent = request_headers.get(b"user-agent", b"").decode("latin-1")
     arrived = time.monotonic()
+    emulator.requests.record(arrived, request_headers.get(b"user-agent", b"").decode("latin-1"))
     body: Any = None
     applied = False
     rule: FaultRule | None = None

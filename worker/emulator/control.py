@@ -62,6 +62,10 @@ def _dispatch(emulator: Emulator, method: str, parts: list[str], args: dict[str,
     if (method, head, n) == ("GET", "conversations", 1):
         with emulator.lock:
             return emulator.conversations.to_dict()
+    if head == "requests" and n == 1 and method in ("GET", "POST"):
+        if method == "POST":  # {"capacity": n}: record the last n requests from now on (0: off)
+            emulator.requests.start(int(args.get("capacity", 0)))
+        return {"capacity": emulator.requests.capacity, "requests": emulator.requests.entries()}
     if head == "threads":
         return _threads(emulator, method, parts[1:], args)
     raise WireError(404, f"No control route {method} /{'/'.join(parts)}", code="not_found")

@@ -35,7 +35,7 @@ from worker.emulator.validation import (
     check_tool_resources,
     text_part,
 )
-from worker.emulator.walks import WalkLog
+from worker.emulator.walks import RequestLog, WalkLog
 from worker.emulator.wire import (
     WireError,
     bad_request,
@@ -95,6 +95,7 @@ class Emulator:
         self.modify_calls: list[dict[str, Any]] = []
         self.walks = WalkLog()  # replicas' walks per thread (worker/emulator/walks.py)
         self.gate = Gate()  # requests held by `gate` faults (worker/emulator/faults.py)
+        self.requests = RequestLog()  # off until started: each request's arrival and replica
         if state_path is not None and state_path.exists():
             persistence.load(self, state_path)
 

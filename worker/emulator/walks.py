@@ -6,12 +6,17 @@ A replica's *walk* of a thread is a run of its requests for that thread with at 
 seconds between one's end and the next's start (a pass's pages follow each other at once; two
 passes over one thread are a sync interval apart). Two walks of one thread by different replicas
 that overlap in time are what a lease must prevent: :meth:`WalkLog.overlaps` lists them.
+
+:class:`RequestLog` is the budget's witness: each API request's arrival (the emulator's monotonic
+clock) and replica, so a test can count the replicas' combined rate over any window. Off by
+default; on, it keeps the last ``capacity`` requests (bounded memory).
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 REPLICA = re.compile(r"\breplica/(\S+)")
@@ -80,3 +85,32 @@ class WalkLog:
                     if a.replica != b.replica:
                         found.append((thread_id, a, b))
         return found
+
+
+class RequestLog:
+    """Arrival time and replica ("" for none) of each API request, the last ``capacity`` of them."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._entries: deque[tuple[float, str]] = deque(maxlen=max(0, capacity))
+
+    @property
+    def capacity(self) -> int:
+        return self._entries.maxlen or 0
+
+    def start(self, capacity: int) -> None:
+        """Record from now on, keeping the last ``capacity`` requests (0: off); forgets the past."""
+        with self._lock:
+            self._entries = deque(maxlen=max(0, capacity))
+
+    def record(self, at: float, user_agent: str) -> None:
+        if not self._entries.maxlen:
+            return  # off: the hot path takes no lock
+        found = REPLICA.search(user_agent)
+        with self._lock:
+            self._entries.append((at, "" if found is None else found.group(1)))
+
+    def entries(self) -> list[tuple[float, str]]:
+        """``(arrival, replica)`` in arrival order."""
+        with self._lock:
+            return sorted(self._entries)
