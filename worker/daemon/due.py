@@ -475,31 +475,32 @@ def threads_by_state(session: Session, now: datetime) -> dict[str, int]:
     """Counts for the ``threadsync_threads`` gauge; a fixed set of labels (bounded cardinality).
 
     ``active``/``paused``/``gone`` partition the tracked threads; ``parked``, ``failing`` (one or
-    more consecutive failures) and ``never_synced`` are subsets of ``active``.
+    more consecutive failures) and ``never_synced`` are subsets of ``active``. One statement
+    (one snapshot; the subsets from the ``active`` group): it reads every row of both tables, so
+    the daemon reads it rarely on a large mirror (``worker.daemon.metrics.Refresh``).
     """
+
+    def flag(condition: ColumnElement[bool]) -> Any:
+        return func.sum(func.cast(condition, Integer))
+
     out = dict.fromkeys(THREAD_STATES, 0)
-    for state, n in session.execute(
-        select(col(TrackedThread.state), func.count()).group_by(col(TrackedThread.state))
-    ):
-        if state in out:
-            out[state] = int(n)
-    active = col(TrackedThread.state) == "active"
-    row = session.execute(
+    query = (
         select(
-            func.sum(
-                func.cast(
-                    and_(
-                        col(SyncState.parked_until).is_not(None), col(SyncState.parked_until) > now
-                    ),
-                    Integer,
-                )
-            ),
-            func.sum(func.cast(col(SyncState.consecutive_failures) > 0, Integer)),
-            func.sum(func.cast(col(SyncState.last_sync_at).is_(None), Integer)),
+            col(TrackedThread.state),
+            func.count(),
+            flag(and_(col(SyncState.parked_until).is_not(None), col(SyncState.parked_until) > now)),
+            flag(col(SyncState.consecutive_failures) > 0),
+            flag(col(SyncState.last_sync_at).is_(None)),
         )
         .select_from(TrackedThread)
         .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
-        .where(active)
-    ).one()
-    out["parked"], out["failing"], out["never_synced"] = (int(v or 0) for v in row)
+        .group_by(col(TrackedThread.state))
+    )
+    for state, n, parked, failing, never in session.execute(query):
+        if state in out:
+            out[state] = int(n)
+        if state == "active":
+            out["parked"], out["failing"], out["never_synced"] = (
+                int(v or 0) for v in (parked, failing, never)
+            )
     return out
