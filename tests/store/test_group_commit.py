@@ -14,7 +14,7 @@ from sqlalchemy import event, text
 from sqlmodel import Session
 
 from worker.store import db
-from worker.store.db import Mirror
+from worker.store.db import STORE_ERRORS, Mirror
 from worker.store.repo import add_threads, tracked
 
 pytestmark = pytest.mark.anyio
@@ -244,5 +244,28 @@ def test_the_writer_keeps_a_larger_page_cache_than_readers(tmp_path: Path) -> No
             with mirror.read() as session:
                 assert cache(session) == -db.READ_CACHE_KIB
         assert db.WRITE_CACHE_KIB > db.READ_CACHE_KIB
+    finally:
+        mirror.dispose()
+
+
+def test_lock_threads_takes_each_threads_lock_for_the_transaction(pg_url: str) -> None:
+    """PostgreSQL: a writer of thread ``t1`` waits while another transaction holds ``t1``'s lock
+    (here: gives up at its lock timeout), and takes a lock nobody holds at once; the locks end
+    with the transaction."""
+    mirror = Mirror(pg_url)
+    try:
+        with mirror.write() as holder:
+            db.lock_threads(holder, ["t1", "t0"])
+            with mirror.write() as other:
+                other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                db.lock_threads(other, ["t2"])  # nobody holds it
+            with mirror.write() as other:
+                other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                with pytest.raises(STORE_ERRORS, match="lock timeout"):
+                    db.lock_threads(other, ["t3", "t1"])
+                other.rollback()
+        with mirror.write() as after:  # the holder committed: its locks are gone
+            after.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            db.lock_threads(after, ["t1", "t0"])
     finally:
         mirror.dispose()
