@@ -9,7 +9,9 @@ process (one writer at a time is all SQLite allows) and each write transaction s
 :meth:`Mirror.write_grouped` is group commit for the sync's many small writes: work that arrives
 while a write transaction is running waits and then shares the next one, each piece in its own
 savepoint so one failing piece never takes the others down with it (unless the piece opts
-out: work a rerun converges from, such as a sync page, needs no savepoint).
+out: work a rerun converges from, such as a sync page, needs no savepoint). Pieces of one kind
+queued with a ``together`` function (the passes' closing states) run at once, in one savepoint,
+and each alone if that fails.
 """
 
 from __future__ import annotations
