@@ -14,7 +14,7 @@ from sqlalchemy import event, text
 from sqlmodel import Session
 
 from worker.store import db
-from worker.store.db import Mirror
+from worker.store.db import STORE_ERRORS, Mirror
 from worker.store.repo import add_threads, tracked
 
 pytestmark = pytest.mark.anyio
@@ -244,5 +244,62 @@ def test_the_writer_keeps_a_larger_page_cache_than_readers(tmp_path: Path) -> No
             with mirror.read() as session:
                 assert cache(session) == -db.READ_CACHE_KIB
         assert db.WRITE_CACHE_KIB > db.READ_CACHE_KIB
+    finally:
+        mirror.dispose()
+
+
+def test_lock_threads_takes_each_threads_lock_for_the_transaction(pg_url: str) -> None:
+    """PostgreSQL: a writer of thread ``t1`` waits while another transaction holds ``t1``'s lock
+    (here: gives up at its lock timeout), and takes a lock nobody holds at once; the locks end
+    with the transaction."""
+    mirror = Mirror(pg_url)
+    try:
+        with mirror.write() as holder:
+            db.lock_threads(holder, ["t1", "t0"])
+            with mirror.write() as other:
+                other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                db.lock_threads(other, ["t2"])  # nobody holds it
+            with mirror.write() as other:
+                other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                with pytest.raises(STORE_ERRORS, match="lock timeout"):
+                    db.lock_threads(other, ["t3", "t1"])
+                other.rollback()
+        with mirror.write() as after:  # the holder committed: its locks are gone
+            after.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            db.lock_threads(after, ["t1", "t0"])
+    finally:
+        mirror.dispose()
+
+
+async def test_when_sqlite_drops_the_transaction_under_pieces_run_together_none_commits(
+    tmp_path: Path,
+) -> None:
+    """Pieces run together (``together``) whose statement fills the disk: SQLite rolls the whole
+    transaction back, so they and the piece before them all fail, and none is retried alone
+    into a transaction of its own."""
+    mirror = Mirror(f"sqlite:///{tmp_path / 'm.db'}")
+    with mirror.read() as session:
+        pages = int(session.execute(text("PRAGMA page_count")).scalar_one())
+    event.listen(
+        mirror.engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count={pages + 3}")
+    )
+    mirror.engine.dispose()
+    ran: list[str] = []
+
+    def huge(session: Session, fns: list[Callable[[Session], None]]) -> None:
+        ran.append("together")
+        session.connection().exec_driver_sql(
+            "INSERT INTO mirror_meta (key, value, updated_at) VALUES ('x', ?, '2026-01-01')",
+            ("y" * 200_000,),
+        )
+
+    try:
+        mirror.queue_grouped(partial(_track, "before"))
+        mirror.queue_grouped(partial(_track, "q1"), together=huge)
+        mirror.queue_grouped(partial(_track, "q2"), together=huge)
+        with pytest.raises(STORE_ERRORS, match="full"):
+            await mirror.flush_grouped()
+        assert ran == ["together"]  # once for both; no piece ran alone afterwards
+        assert _tracked(mirror, "before", "q1", "q2") == set()
     finally:
         mirror.dispose()

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Integer,
     Select,
     and_,
+    bindparam,
     cast,
     func,
     or_,
@@ -150,7 +151,9 @@ def claim_leases(
             col(TrackedThread.check_interval),
         )
     )
-    rows = list(session.execute(statement, execution_options={"synchronize_session": False}))
+    # Core, on the session's connection: the ORM's UPDATE handling (it would synchronise
+    # loaded objects; none are) cost more of the worker thread than the statement's own work.
+    rows = list(session.connection().execute(statement))
     # RETURNING comes in no particular order: give the claim's own (never scheduled first, then
     # most overdue relative to the interval; the reconcile's walk: by id).
     if due_only:
@@ -333,8 +336,8 @@ def reschedule(
         if parked_until is not None and parked_until > due:
             due = parked_until
         plan[thread_id] = due
-    session.execute(
-        update(TrackedThread),
+    _bulk_update(
+        session,
         [
             {"thread_id": t, "next_sync_at": due, "lease_owner": None, "lease_until": None}
             for t, due in plan.items()
@@ -355,7 +358,7 @@ def _reschedule_adaptive(
 ) -> dict[str, datetime]:
     if not ids:
         return {}
-    rows = session.execute(
+    query = (
         select(
             col(TrackedThread.thread_id),
             col(TrackedThread.state),
@@ -366,7 +369,8 @@ def _reschedule_adaptive(
         )
         .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
         .where(col(TrackedThread.thread_id).in_(ids))
-    ).all()
+    )
+    rows = session.connection().execute(query).all()
     plan: dict[str, datetime] = {}
     updates: list[dict[str, Any]] = []
     for thread_id, state, interval, last_changed, failures, parked_until in rows:
@@ -401,12 +405,21 @@ def _reschedule_adaptive(
 
 
 def _bulk_update(session: Session, rows: list[dict[str, Any]]) -> None:
-    """One executemany per set of keys (an ORM bulk update needs the same keys in every row)."""
+    """``UPDATE tracked_thread`` by ``thread_id``, one executemany per set of keys (psycopg
+    sends each as one pipeline). Core, not the ORM's bulk update by primary key: that cost
+    the settle about 20 ms of a worker thread per batch for its bookkeeping alone."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(sorted(row)), []).append(row)
-    for group in groups.values():
-        session.execute(update(TrackedThread), group)
+    threads = TrackedThread.__table__  # type: ignore[attr-defined]
+    conn = session.connection()
+    for keys, group in groups.items():
+        statement = (
+            update(threads)
+            .where(threads.c.thread_id == bindparam("_thread"))
+            .values({key: bindparam(key) for key in keys if key != "thread_id"})
+        )
+        conn.execute(statement, [{**row, "_thread": row["thread_id"]} for row in group])
 
 
 def release(
@@ -425,14 +438,14 @@ def release(
         return 0
     mine = and_(col(TrackedThread.thread_id).in_(ids), col(TrackedThread.lease_owner) == owner)
     if epochs is None:
-        result = session.execute(
+        result = session.connection().execute(
             update(TrackedThread).where(mine).values(lease_owner=None, lease_until=None)
         )
         return int(getattr(result, "rowcount", 0) or 0)
     pairs = [(t, epochs[t]) for t in ids if t in epochs]
     if not pairs:
         return 0
-    result = session.execute(
+    result = session.connection().execute(
         update(TrackedThread)
         .where(
             col(TrackedThread.lease_owner) == owner,
@@ -475,31 +488,32 @@ def threads_by_state(session: Session, now: datetime) -> dict[str, int]:
     """Counts for the ``threadsync_threads`` gauge; a fixed set of labels (bounded cardinality).
 
     ``active``/``paused``/``gone`` partition the tracked threads; ``parked``, ``failing`` (one or
-    more consecutive failures) and ``never_synced`` are subsets of ``active``.
+    more consecutive failures) and ``never_synced`` are subsets of ``active``. One statement
+    (one snapshot; the subsets from the ``active`` group): it reads every row of both tables, so
+    the daemon reads it rarely on a large mirror (``worker.daemon.metrics.Refresh``).
     """
+
+    def flag(condition: ColumnElement[bool]) -> Any:
+        return func.sum(func.cast(condition, Integer))
+
     out = dict.fromkeys(THREAD_STATES, 0)
-    for state, n in session.execute(
-        select(col(TrackedThread.state), func.count()).group_by(col(TrackedThread.state))
-    ):
-        if state in out:
-            out[state] = int(n)
-    active = col(TrackedThread.state) == "active"
-    row = session.execute(
+    query = (
         select(
-            func.sum(
-                func.cast(
-                    and_(
-                        col(SyncState.parked_until).is_not(None), col(SyncState.parked_until) > now
-                    ),
-                    Integer,
-                )
-            ),
-            func.sum(func.cast(col(SyncState.consecutive_failures) > 0, Integer)),
-            func.sum(func.cast(col(SyncState.last_sync_at).is_(None), Integer)),
+            col(TrackedThread.state),
+            func.count(),
+            flag(and_(col(SyncState.parked_until).is_not(None), col(SyncState.parked_until) > now)),
+            flag(col(SyncState.consecutive_failures) > 0),
+            flag(col(SyncState.last_sync_at).is_(None)),
         )
         .select_from(TrackedThread)
         .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
-        .where(active)
-    ).one()
-    out["parked"], out["failing"], out["never_synced"] = (int(v or 0) for v in row)
+        .group_by(col(TrackedThread.state))
+    )
+    for state, n, parked, failing, never in session.execute(query):
+        if state in out:
+            out[state] = int(n)
+        if state == "active":
+            out["parked"], out["failing"], out["never_synced"] = (
+                int(v or 0) for v in (parked, failing, never)
+            )
     return out

@@ -35,7 +35,7 @@ from worker.daemon.heartbeat import STALE_AFTER_BEATS, write_beat
 from worker.daemon.jobs import JobBody, JobRunner, Jobs, edit_counts
 from worker.daemon.lag import recent_lag
 from worker.daemon.lock import LockWatch, daemon_lock
-from worker.daemon.metrics import DaemonMetrics
+from worker.daemon.metrics import THREAD_COUNTS_COST_RATIO, DaemonMetrics, Refresh
 from worker.daemon.replicas import Replica, refuse_replicas_on
 from worker.daemon.scheduler import Cron, Every, JobSpec, Schedule
 from worker.daemon.slots import CRON_PERIOD, Slots
@@ -88,6 +88,7 @@ class Daemon:
         self.jobs = Jobs(client, mirror, settings, gate=self.dispatcher.gate)
         self.runner = JobRunner(metrics)
         self.last_beat: float | None = None
+        self.thread_counts = Refresh(THREAD_COUNTS_COST_RATIO, clock)
         self.beat_error: str | None = None
         self.health: HealthServer | None = None
         self.started = anyio.Event()
@@ -187,13 +188,16 @@ class Daemon:
             self.beat_error = None
             self.metrics.heartbeat.set(time.time())
             now = self.now()
-            counts = await self.mirror.run(self._read_counts, now)
-            self.metrics.set_threads(counts[0])
-            self.metrics.set_edits(counts[1])
-            self.metrics.set_lag(counts[2])
+            threads, edits, lag = await self.mirror.run(
+                self._read_counts, now, self.thread_counts.due()
+            )
+            if threads is not None:
+                self.metrics.set_threads(threads)
+                self._warn_if_idle(sum(threads.values()))
+            self.metrics.set_edits(edits)
+            self.metrics.set_lag(lag)
             self.metrics.budget.set(self.dispatcher.budget)
             self.metrics.claim_size.set(self.dispatcher.claim_limit())
-            self._warn_if_idle(sum(counts[0].values()))
         except (ThreadsyncError, SQLAlchemyError) as exc:
             self.beat_error = describe_exception(exc)
             log.warning("daemon.heartbeat_failed", error=self.beat_error)
@@ -208,9 +212,17 @@ class Daemon:
             )
         self.warned_idle = tracked == 0
 
-    def _read_counts(self, now: datetime) -> tuple[dict[str, int], dict[str, int], Lag]:
+    def _read_counts(
+        self, now: datetime, with_threads: bool
+    ) -> tuple[dict[str, int] | None, dict[str, int], Lag]:
+        """The gauges' reads; the thread-state counts only when ``with_threads`` (they read
+        the whole mirror: see ``metrics.THREAD_COUNTS_COST_RATIO``)."""
+        threads = None
         with self.mirror.read() as session:
-            threads = threads_by_state(session, now)
+            if with_threads:
+                started = time.monotonic()
+                threads = threads_by_state(session, now)
+                self.thread_counts.took(time.monotonic() - started)
             lag = recent_lag(session, now)
         return threads, edit_counts(self.mirror), lag
 

@@ -9,7 +9,9 @@ process (one writer at a time is all SQLite allows) and each write transaction s
 :meth:`Mirror.write_grouped` is group commit for the sync's many small writes: work that arrives
 while a write transaction is running waits and then shares the next one, each piece in its own
 savepoint so one failing piece never takes the others down with it (unless the piece opts
-out: work a rerun converges from, such as a sync page, needs no savepoint).
+out: work a rerun converges from, such as a sync page, needs no savepoint). Pieces of one kind
+queued with a ``together`` function (the passes' closing states) run at once, in one savepoint,
+and each alone if that fails.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlmodel import Session
@@ -153,6 +155,11 @@ def _sqlite_engine(url: URL, *, create: bool = True) -> Engine:
     return engine
 
 
+# Runs several queued pieces (their ``fn``s, in queue order) at once, with the same effect as
+# running each in turn; if it raises, its savepoint rolls back and each piece runs alone.
+Together = Callable[[Session, list[Any]], None]
+
+
 @dataclass(eq=False)
 class _Grouped(Generic[T]):
     """One piece of work waiting for a shared write transaction."""
@@ -165,6 +172,7 @@ class _Grouped(Generic[T]):
     detached: bool = False  # queued without a waiter: a failure is kept for flush_grouped
     isolated: bool = True  # in a savepoint of its own (see Mirror.write_grouped)
     thread_id: str | None = None  # the thread whose rows it writes (see lock_threads)
+    together: Together | None = None  # runs the transaction's pieces of its kind at once
 
 
 @dataclass(eq=False)
@@ -198,6 +206,9 @@ def _thread_key(thread_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+_LOCK_THREADS_SQL = "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(%s AS bigint[])) AS k"
+
+
 def lock_threads(session: Session, thread_ids: Iterable[str]) -> None:
     """On PostgreSQL, take each thread's transaction-scoped advisory lock, in key order.
 
@@ -212,31 +223,54 @@ def lock_threads(session: Session, thread_ids: Iterable[str]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     keys = sorted({_thread_key(t) for t in thread_ids})
-    if keys:
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-            {"keys": keys},
-        )
+    if keys:  # to the driver: through the ORM's execute this cost more than the lock itself
+        session.connection().exec_driver_sql(_LOCK_THREADS_SQL, (keys,))
+
+
+def _run_piece(session: Session, job: _Grouped[Any]) -> None:
+    try:
+        if job.isolated:
+            with session.begin_nested():
+                job.result = job.fn(session)
+        else:
+            job.result = job.fn(session)
+    except Exception as exc:
+        job.error = exc
+        if not _still_open(session):
+            # The savepoint's rollback failed too; the first error is the cause.
+            job.error = exc.__context__ or exc
+            raise _TransactionLost from job.error
+
+
+def _run_together(session: Session, together: Together, jobs: list[_Grouped[Any]]) -> None:
+    """``jobs`` (pieces of one kind) in one call and one savepoint; each alone if that fails."""
+    try:
+        with session.begin_nested():
+            together(session, [job.fn for job in jobs])
+    except Exception as exc:
+        if not _still_open(session):
+            for job in jobs:
+                job.error = exc.__context__ or exc
+            raise _TransactionLost from (exc.__context__ or exc)
+        for job in jobs:  # which piece failed, and the others' work: as if never batched
+            _run_piece(session, job)
 
 
 def _write_group(mirror: Mirror, batch: list[_Grouped[Any]]) -> None:
-    """Run ``batch`` in one write transaction, one savepoint per isolated piece."""
+    """Run ``batch`` in one write transaction, one savepoint per isolated piece; the pieces
+    that share a ``together`` run at once, in one savepoint, where the first of them is."""
+    kinds: dict[Together, list[_Grouped[Any]]] = {}
+    for job in batch:
+        if job.together is not None:
+            kinds.setdefault(job.together, []).append(job)
     try:
         with mirror.write(small=True) as session:  # a sync's pages and closing states
             lock_threads(session, (job.thread_id for job in batch if job.thread_id is not None))
             for job in batch:
-                try:
-                    if job.isolated:
-                        with session.begin_nested():
-                            job.result = job.fn(session)
-                    else:
-                        job.result = job.fn(session)
-                except Exception as exc:
-                    job.error = exc
-                    if not _still_open(session):
-                        # The savepoint's rollback failed too; the first error is the cause.
-                        job.error = exc.__context__ or exc
-                        raise _TransactionLost from job.error
+                if job.together is None:
+                    _run_piece(session, job)
+                elif (jobs := kinds.pop(job.together, None)) is not None:
+                    _run_together(session, job.together, jobs)
     except Exception as exc:
         failure: BaseException = exc
         if isinstance(exc, _TransactionLost) and exc.__cause__ is not None:
@@ -372,7 +406,12 @@ class Mirror:
         return len(self._group.queue)
 
     def queue_grouped(
-        self, fn: Callable[[Session], None], *, isolated: bool = True, thread_id: str | None = None
+        self,
+        fn: Callable[[Session], None],
+        *,
+        isolated: bool = True,
+        thread_id: str | None = None,
+        together: Together | None = None,
     ) -> None:
         """Queue ``fn`` for the next grouped write transaction without waiting for it.
 
@@ -380,9 +419,16 @@ class Mirror:
         the next page another pass writes, or with :meth:`flush_grouped`, which the owner of the
         work must call before it reports the work done. ``isolated`` as for
         :meth:`write_grouped` (a single statement needs no savepoint on SQLite: it fails whole).
+
+        ``together``: the transaction's pieces queued with this same function run in one call,
+        ``together(session, fns)`` (the ``fn`` objects, in queue order), in one savepoint, at
+        the place of the first of them, instead of a savepoint each: many passes' closing
+        states become one statement (a savepoint and its release were two round trips per
+        pass on PostgreSQL). It must have the effect of running each ``fn`` in turn; if it
+        raises, its savepoint rolls back and each ``fn`` then runs alone, as without it.
         """
         self._group.queue.append(
-            _Grouped(fn, detached=True, isolated=isolated, thread_id=thread_id)
+            _Grouped(fn, detached=True, isolated=isolated, thread_id=thread_id, together=together)
         )
 
     async def flush_grouped(self) -> None:

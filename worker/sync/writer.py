@@ -150,6 +150,49 @@ def _plan(
     return plan, gone
 
 
+@dataclass(slots=True, eq=False)
+class _Closing:
+    """A pass's closing state, queued for a grouped write transaction."""
+
+    thread_id: str
+    sets: dict[str, Any]
+    adds: dict[str, int]
+    guard: Guard | None
+    # What the guard raised (other than a refusal) among other closing states: the grouped
+    # write then runs each alone, and this one fails with it, its guard not asked twice.
+    failure: Exception | None = None
+
+    def allowed(self, session: Session) -> bool:
+        """The pass's guard, first in the transaction: False (write nothing) if it refuses."""
+        if self.failure is not None:
+            raise self.failure
+        if self.guard is None:
+            return True
+        try:
+            self.guard(session)
+        except WriteRefused:
+            return False  # the thread's new holder writes its state; nobody waits for this
+        except Exception as exc:
+            self.failure = exc
+            raise
+        return True
+
+    def __call__(self, session: Session) -> None:
+        """Alone (in a savepoint of its own on PostgreSQL)."""
+        if self.allowed(session):
+            sync_state.close(session, self.thread_id, self.sets, self.adds)
+
+
+def close_together(session: Session, closings: list[_Closing]) -> None:
+    """Several passes' closing states in one grouped transaction (``Mirror.queue_grouped``'s
+    ``together``): each guard first, in queue order, then the states whose guard let them
+    through in one go (:func:`worker.store.sync_state.close_many`). A pass whose lease was lost
+    writes nothing, exactly as alone. Any other failure raises: the grouped write then rolls
+    this back and writes each closing state alone."""
+    allowed = [c for c in closings if c.allowed(session)]
+    sync_state.close_many(session, [(c.thread_id, c.sets, c.adds) for c in allowed])
+
+
 class PageWriter:
     """One pass's writes to its thread: pages with their cursor advance, and the closing state."""
 
@@ -263,20 +306,19 @@ class PageWriter:
     def close(self, sets: dict[str, Any], adds: dict[str, int]) -> None:
         """The pass's closing state: one UPDATE, no read (the pass created the row when it
         began). Not waited for: it rides with another pass's next page, or with the run's final
-        flush. One statement, so on SQLite it needs no savepoint: it fails whole or not at all."""
-        thread_id = self.thread_id
+        flush, together with the other passes' closing states of that transaction
+        (:func:`close_together`). Alone, one statement: on SQLite it needs no savepoint, it
+        fails whole or not at all."""
         if self.late:  # a walk's end that wrote nothing else
             adds["pages"] = 1
             sets.update(self.late)
-
-        def write(session: Session) -> None:
-            try:
-                self._guarded(session)
-            except WriteRefused:
-                return  # the thread's new holder writes its state; nobody waits for this piece
-            sync_state.close(session, thread_id, sets, adds)
-
-        self.mirror.queue_grouped(write, isolated=not self.mirror.is_sqlite, thread_id=thread_id)
+        closing = _Closing(self.thread_id, sets, adds, self._guard)
+        self.mirror.queue_grouped(
+            closing,
+            isolated=not self.mirror.is_sqlite,
+            thread_id=self.thread_id,
+            together=close_together,
+        )
 
     # -- the plumbing --------------------------------------------------------------------------
 
