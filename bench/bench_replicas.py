@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -88,6 +89,76 @@ def _registered(mirror: Mirror) -> int:
         return int(session.execute(text("SELECT count(*) FROM daemon_replica")).scalar_one())
 
 
+def _cpu_of(pid: int) -> float:
+    """CPU seconds a running process has used (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Timeline:
+    """One replica's run, in seconds from the launch (where the time went)."""
+
+    registered: float = 0.0
+    first_request: float = 0.0
+    last_request: float = 0.0
+    threads: int = 0
+    requests: int = 0
+    busy: float = 0.0  # mean passes in flight between its first and last request
+    cpu: float = 0.0
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name}: registered {self.registered:.2f} first request {self.first_request:.2f}"
+            f" last {self.last_request:.2f} threads {self.threads} requests {self.requests}"
+            f" in flight {self.busy:.2f} cpu {self.cpu:.2f}"
+        )
+
+
+def _timelines(
+    mirror: Mirror,
+    emulator: Emulator,
+    ids: list[str],
+    cpu: dict[int, float],
+    started: float,
+    wall: float,
+) -> list[Timeline]:
+    """Per replica: registration (its row's start, wall clock mapped to the monotonic one) and
+    its requests as the emulator recorded them (the User-Agent names the replica)."""
+    with mirror.read() as session:
+        rows = session.execute(
+            text("SELECT replica_id, pid, started_at FROM daemon_replica ORDER BY started_at")
+        ).all()
+    spans: dict[str, list[tuple[float, float]]] = {}
+    threads: dict[str, set[str]] = {}
+    requests: dict[str, int] = {}
+    for thread_id in ids:
+        for walk in emulator.walks.walks(thread_id, gap=1.0):
+            spans.setdefault(walk.replica, []).append((walk.start, walk.end))
+            threads.setdefault(walk.replica, set()).add(thread_id)
+            requests[walk.replica] = requests.get(walk.replica, 0) + walk.requests
+    out = []
+    for replica_id, pid, started_at in rows:
+        mine = spans.get(replica_id, [])
+        first = min((s for s, _ in mine), default=started)
+        last = max((e for _, e in mine), default=started)
+        out.append(
+            Timeline(
+                registered=started_at.timestamp() - wall,
+                first_request=first - started,
+                last_request=last - started,
+                threads=len(threads.get(replica_id, ())),
+                requests=requests.get(replica_id, 0),
+                busy=sum(e - s for s, e in mine) / max(1e-9, last - first),
+                cpu=cpu.get(pid, 0.0),
+            )
+        )
+    return out
+
+
 def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float]:
     """Seconds for ``n`` replicas to finish the first sync of ``threads`` threads: from their
     launch, from the moment all of them were registered (start-up excluded), and the CPU
@@ -109,6 +180,7 @@ def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float
         with serve_in_thread(emulator) as base:
             env = _env(base, emulator.api_key, db_url)
             started = time.monotonic()
+            wall = time.time()  # the replicas' rows hold wall-clock times
             for i in range(n):
                 log = (log_dir / f"replicas{n}-{i}.log").open("wb")
                 procs.append(
@@ -129,6 +201,10 @@ def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float
                 time.sleep(0.05)
             finished = time.monotonic()
             elapsed = finished - started, finished - (ready or started)
+            cpu = {p.pid: _cpu_of(p.pid) for p in procs}
+            print(f"{n} replica(s): done {elapsed[0]:.2f} s from launch")
+            for i, line in enumerate(_timelines(mirror, emulator, ids, cpu, started, wall)):
+                print("  " + line.line(f"replica {i}"))
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
