@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,7 +31,6 @@ from worker.config import Settings
 from worker.daemon.dispatcher import Dispatcher
 from worker.daemon.due import clear_leases, threads_by_state
 from worker.daemon.freshness import Lag
-from worker.daemon.health import HealthServer
 from worker.daemon.heartbeat import STALE_AFTER_BEATS, write_beat
 from worker.daemon.jobs import JobBody, JobRunner, Jobs, edit_counts
 from worker.daemon.lag import recent_lag
@@ -44,6 +44,9 @@ from worker.errors import ConfigError, ThreadsyncError
 from worker.logs import describe_exception, get_logger
 from worker.store.db import Mirror
 from worker.store.models import utcnow
+
+if TYPE_CHECKING:  # uvicorn loads only when the health listener is configured
+    from worker.daemon.health import HealthServer
 
 log = get_logger()
 
@@ -248,6 +251,8 @@ class Daemon:
         if self.beat_error is not None:
             raise ConfigError(f"the mirror is not writable: {self.beat_error}")
         if d.health_port is not None:
+            from worker.daemon.health import HealthServer  # noqa: PLC0415 - see the imports
+
             try:
                 self.health = HealthServer(self, d.health_host, d.health_port)
             except OSError as exc:
@@ -342,9 +347,9 @@ GIL_SWITCH_INTERVAL = 0.001
 
 
 def tune_interpreter() -> None:
-    """Short GIL hand-offs to the loop thread; start-up objects frozen out of full collections."""
+    """Short GIL hand-offs to the loop thread; start-up objects frozen out of full collections
+    (no collection first: the imports leave almost no garbage, see worker/memory.py)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    gc.collect()
     gc.freeze()
 
 
