@@ -190,13 +190,23 @@ class Daemon:
             except (ThreadsyncError, SQLAlchemyError) as exc:  # leases then expire by the TTL
                 log.warning("daemon.replica_write_failed", error=describe_exception(exc))
 
-    async def beat(self) -> None:
-        """Write the heartbeat and refresh the database-backed gauges (all in worker threads)."""
+    async def beat(self, *, gauges: bool = True) -> None:
+        """Write the heartbeat and refresh the database-backed gauges (all in worker threads).
+        ``gauges=False``: the heartbeat alone (at start, so the first claim waits for no count)."""
         try:
             await self.mirror.run_write(write_beat, self.mirror, self.now())
             self.last_beat = self.clock()
             self.beat_error = None
             self.metrics.heartbeat.set(time.time())
+            if gauges:
+                await self._gauges()
+        except (ThreadsyncError, SQLAlchemyError) as exc:
+            self.beat_error = describe_exception(exc)
+            log.warning("daemon.heartbeat_failed", error=self.beat_error)
+
+    async def _gauges(self) -> None:
+        """The gauges read from the mirror: threads by state, queued edits, lag, budget."""
+        try:
             now = self.now()
             counts = await self.mirror.run(self._read_counts, now)
             self.metrics.set_threads(counts[0])
@@ -226,6 +236,7 @@ class Daemon:
         return threads, edit_counts(self.mirror), lag
 
     async def _heartbeat_loop(self) -> None:
+        await self._gauges()  # the first beat, at start, wrote the heartbeat alone
         while True:
             await anyio.sleep(self.settings.daemon.heartbeat_interval)
             await self.beat()
@@ -247,7 +258,7 @@ class Daemon:
     async def serve(self, stop: anyio.Event) -> int:
         """Run until ``stop`` is set, then shut down gracefully; returns the exit code."""
         d = self.settings.daemon
-        await self.beat()
+        await self.beat(gauges=False)  # proves the mirror writable; the gauges follow the start
         if self.beat_error is not None:
             raise ConfigError(f"the mirror is not writable: {self.beat_error}")
         if d.health_port is not None:
