@@ -11,14 +11,20 @@ Target: ``two_replicas_s`` at most ``one_replica_s / 1.5``.
 
 Run: ``.venv/bin/python -m bench.bench_replicas`` (PostgreSQL from ``THREADSYNC_TEST_POSTGRES_URL``,
 default ``postgresql://postgres@127.0.0.1:5432/postgres``; ``THREADSYNC_BENCH_SCALE=0.1`` for a
-smoke run).
+smoke run; ``THREADSYNC_BENCH_REPEAT=n`` for n pairs of runs, medians reported).
+
+Each run also prints a timeline per replica, in seconds from the launch: when it registered, its
+first and last request, the threads and requests it served, the passes it had in flight on
+average between those requests, and the CPU seconds it used.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -126,12 +132,16 @@ def _timelines(
     started: float,
     wall: float,
 ) -> list[Timeline]:
-    """Per replica: registration (its row's start, wall clock mapped to the monotonic one) and
-    its requests as the emulator recorded them (the User-Agent names the replica)."""
+    """Per replica launched (``cpu``: pid to CPU seconds, in launch order): registration (its
+    row's start, wall clock mapped to the monotonic one; NaN if it had not registered) and its
+    requests as the emulator recorded them (the User-Agent names the replica)."""
     with mirror.read() as session:
-        rows = session.execute(
-            text("SELECT replica_id, pid, started_at FROM daemon_replica ORDER BY started_at")
-        ).all()
+        rows = {
+            row[1]: (row[0], row[2])
+            for row in session.execute(
+                text("SELECT replica_id, pid, started_at FROM daemon_replica")
+            )
+        }
     spans: dict[str, list[tuple[float, float]]] = {}
     threads: dict[str, set[str]] = {}
     requests: dict[str, int] = {}
@@ -141,19 +151,20 @@ def _timelines(
             threads.setdefault(walk.replica, set()).add(thread_id)
             requests[walk.replica] = requests.get(walk.replica, 0) + walk.requests
     out = []
-    for replica_id, pid, started_at in rows:
+    for pid, used in cpu.items():
+        replica_id, started_at = rows.get(pid, ("", None))
         mine = spans.get(replica_id, [])
         first = min((s for s, _ in mine), default=started)
         last = max((e for _, e in mine), default=started)
         out.append(
             Timeline(
-                registered=started_at.timestamp() - wall,
+                registered=math.nan if started_at is None else started_at.timestamp() - wall,
                 first_request=first - started,
                 last_request=last - started,
                 threads=len(threads.get(replica_id, ())),
                 requests=requests.get(replica_id, 0),
                 busy=sum(e - s for s, e in mine) / max(1e-9, last - first),
-                cpu=cpu.get(pid, 0.0),
+                cpu=used,
             )
         )
     return out
@@ -220,13 +231,25 @@ def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float
         admin.dispose()
 
 
+def _repeat() -> int:
+    return max(1, int(os.environ.get("THREADSYNC_BENCH_REPEAT", "1")))
+
+
 def main() -> dict[str, float]:
     scale = _scale()
     threads = max(4, int(THREADS * scale))
     log_dir = Path("bench-results") / "replicas-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    one, one_running, one_cpu = first_sync(1, threads, log_dir)
-    two, two_running, two_cpu = first_sync(2, threads, log_dir)
+    # Pairs, one replica then two back to back: on a shared machine the load other jobs leave
+    # moves from one minute to the next, and a pair sees about the same. The figures are the
+    # medians over the pairs (THREADSYNC_BENCH_REPEAT, default 1: one pair).
+    ones, twos = [], []
+    for _ in range(_repeat()):
+        ones.append(first_sync(1, threads, log_dir))
+        twos.append(first_sync(2, threads, log_dir))
+        print(f"pair: speedup {ones[-1][0] / twos[-1][0]:.3f} load {os.getloadavg()[0]:.2f}")
+    one, one_running, one_cpu = (statistics.median(run[i] for run in ones) for i in range(3))
+    two, two_running, two_cpu = (statistics.median(run[i] for run in twos) for i in range(3))
     speedup = one / two if two else 0.0
     load = os.getloadavg()
     figures = {
@@ -234,6 +257,7 @@ def main() -> dict[str, float]:
         "threads": float(threads),
         "messages_per_thread": float(MESSAGES),
         "latency_ms": LATENCY_MS,
+        "pairs": float(len(ones)),
         "one_replica_s": one,
         "two_replicas_s": two,
         "speedup": speedup,
