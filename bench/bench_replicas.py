@@ -11,18 +11,25 @@ Target: ``two_replicas_s`` at most ``one_replica_s / 1.5``.
 
 Run: ``.venv/bin/python -m bench.bench_replicas`` (PostgreSQL from ``THREADSYNC_TEST_POSTGRES_URL``,
 default ``postgresql://postgres@127.0.0.1:5432/postgres``; ``THREADSYNC_BENCH_SCALE=0.1`` for a
-smoke run).
+smoke run; ``THREADSYNC_BENCH_REPEAT=n`` for n pairs of runs, medians reported).
+
+Each run also prints a timeline per replica, in seconds from the launch: when it registered, its
+first and last request, the threads and requests it served, the passes it had in flight on
+average between those requests, and the CPU seconds it used.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -88,6 +95,81 @@ def _registered(mirror: Mirror) -> int:
         return int(session.execute(text("SELECT count(*) FROM daemon_replica")).scalar_one())
 
 
+def _cpu_of(pid: int) -> float:
+    """CPU seconds a running process has used (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Timeline:
+    """One replica's run, in seconds from the launch (where the time went)."""
+
+    registered: float = 0.0
+    first_request: float = 0.0
+    last_request: float = 0.0
+    threads: int = 0
+    requests: int = 0
+    busy: float = 0.0  # mean passes in flight between its first and last request
+    cpu: float = 0.0
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name}: registered {self.registered:.2f} first request {self.first_request:.2f}"
+            f" last {self.last_request:.2f} threads {self.threads} requests {self.requests}"
+            f" in flight {self.busy:.2f} cpu {self.cpu:.2f}"
+        )
+
+
+def _timelines(
+    mirror: Mirror,
+    emulator: Emulator,
+    ids: list[str],
+    cpu: dict[int, float],
+    started: float,
+    wall: float,
+) -> list[Timeline]:
+    """Per replica launched (``cpu``: pid to CPU seconds, in launch order): registration (its
+    row's start, wall clock mapped to the monotonic one; NaN if it had not registered) and its
+    requests as the emulator recorded them (the User-Agent names the replica)."""
+    with mirror.read() as session:
+        rows = {
+            row[1]: (row[0], row[2])
+            for row in session.execute(
+                text("SELECT replica_id, pid, started_at FROM daemon_replica")
+            )
+        }
+    spans: dict[str, list[tuple[float, float]]] = {}
+    threads: dict[str, set[str]] = {}
+    requests: dict[str, int] = {}
+    for thread_id in ids:
+        for walk in emulator.walks.walks(thread_id, gap=1.0):
+            spans.setdefault(walk.replica, []).append((walk.start, walk.end))
+            threads.setdefault(walk.replica, set()).add(thread_id)
+            requests[walk.replica] = requests.get(walk.replica, 0) + walk.requests
+    out = []
+    for pid, used in cpu.items():
+        replica_id, started_at = rows.get(pid, ("", None))
+        mine = spans.get(replica_id, [])
+        first = min((s for s, _ in mine), default=started)
+        last = max((e for _, e in mine), default=started)
+        out.append(
+            Timeline(
+                registered=math.nan if started_at is None else started_at.timestamp() - wall,
+                first_request=first - started,
+                last_request=last - started,
+                threads=len(threads.get(replica_id, ())),
+                requests=requests.get(replica_id, 0),
+                busy=sum(e - s for s, e in mine) / max(1e-9, last - first),
+                cpu=used,
+            )
+        )
+    return out
+
+
 def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float]:
     """Seconds for ``n`` replicas to finish the first sync of ``threads`` threads: from their
     launch, from the moment all of them were registered (start-up excluded), and the CPU
@@ -109,6 +191,7 @@ def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float
         with serve_in_thread(emulator) as base:
             env = _env(base, emulator.api_key, db_url)
             started = time.monotonic()
+            wall = time.time()  # the replicas' rows hold wall-clock times
             for i in range(n):
                 log = (log_dir / f"replicas{n}-{i}.log").open("wb")
                 procs.append(
@@ -129,6 +212,10 @@ def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float
                 time.sleep(0.05)
             finished = time.monotonic()
             elapsed = finished - started, finished - (ready or started)
+            cpu = {p.pid: _cpu_of(p.pid) for p in procs}
+            print(f"{n} replica(s): done {elapsed[0]:.2f} s from launch")
+            for i, line in enumerate(_timelines(mirror, emulator, ids, cpu, started, wall)):
+                print("  " + line.line(f"replica {i}"))
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
@@ -144,13 +231,25 @@ def first_sync(n: int, threads: int, log_dir: Path) -> tuple[float, float, float
         admin.dispose()
 
 
+def _repeat() -> int:
+    return max(1, int(os.environ.get("THREADSYNC_BENCH_REPEAT", "1")))
+
+
 def main() -> dict[str, float]:
     scale = _scale()
     threads = max(4, int(THREADS * scale))
     log_dir = Path("bench-results") / "replicas-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    one, one_running, one_cpu = first_sync(1, threads, log_dir)
-    two, two_running, two_cpu = first_sync(2, threads, log_dir)
+    # Pairs, one replica then two back to back: on a shared machine the load other jobs leave
+    # moves from one minute to the next, and a pair sees about the same. The figures are the
+    # medians over the pairs (THREADSYNC_BENCH_REPEAT, default 1: one pair).
+    ones, twos = [], []
+    for _ in range(_repeat()):
+        ones.append(first_sync(1, threads, log_dir))
+        twos.append(first_sync(2, threads, log_dir))
+        print(f"pair: speedup {ones[-1][0] / twos[-1][0]:.3f} load {os.getloadavg()[0]:.2f}")
+    one, one_running, one_cpu = (statistics.median(run[i] for run in ones) for i in range(3))
+    two, two_running, two_cpu = (statistics.median(run[i] for run in twos) for i in range(3))
     speedup = one / two if two else 0.0
     load = os.getloadavg()
     figures = {
@@ -158,6 +257,7 @@ def main() -> dict[str, float]:
         "threads": float(threads),
         "messages_per_thread": float(MESSAGES),
         "latency_ms": LATENCY_MS,
+        "pairs": float(len(ones)),
         "one_replica_s": one,
         "two_replicas_s": two,
         "speedup": speedup,

@@ -6,6 +6,7 @@ Timings are never judged here (a shared machine); ``make bench`` is where they a
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -22,3 +23,23 @@ def test_bench_replicas_produces_every_figure(monkeypatch: pytest.MonkeyPatch, p
     for name in ("one_replica_s", "two_replicas_s", "speedup"):
         assert math.isfinite(figures[name])
         assert figures[name] > 0, name
+
+
+def test_bench_replicas_pairs_and_timelines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str
+) -> None:
+    """Two pairs of runs; each run's timeline accounts for every thread, split over its replicas."""
+    del pg_url
+    monkeypatch.setenv("THREADSYNC_BENCH_SCALE", "0.02")
+    monkeypatch.setenv("THREADSYNC_BENCH_REPEAT", "2")
+    figures = bench_replicas.main()
+    assert figures["pairs"] == 2.0
+    out = capsys.readouterr().out
+    runs = re.split(r"^\d replica\(s\): done .*$", out, flags=re.MULTILINE)[1:]
+    assert len(runs) == 4
+    for run, replicas in zip(runs, (1, 2, 1, 2), strict=True):
+        served = [
+            int(n) for n in re.findall(r"^  replica \d: .* threads (\d+) ", run, re.MULTILINE)
+        ]
+        assert len(served) == replicas
+        assert sum(served) == 4

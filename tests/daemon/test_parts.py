@@ -355,3 +355,51 @@ async def until(probe: Callable[[], Awaitable[bool]]) -> None:
         if await probe():
             return
         await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_the_first_dispatch_waits_for_no_gauge_read(mirror: Mirror) -> None:
+    """Start-up writes the heartbeat alone, then starts the schedule: the first passes go out
+    while the gauges' counts are still being read (they follow, and land)."""
+    emulator = Emulator(clock=ManualClock(), seed=6)
+    ids = emulator.seed(seed=6, threads=3, messages=5)
+    with mirror.write() as session:
+        add_threads(session, ids)
+    settings = Settings(
+        database_url=mirror.safe_url,
+        daemon=DaemonSettings(dispatch_interval=0.05, heartbeat_interval=60.0, sync_interval=60),
+    )
+    stop = anyio.Event()
+    release = anyio.Event()
+    async with emulated_client(emulator) as client:
+        daemon = Daemon(settings, mirror, client, metrics=DaemonMetrics())
+        read_counts = daemon._read_counts
+
+        async def slow_gauges() -> None:
+            await release.wait()
+            now = daemon.now()
+            counts = await mirror.run(read_counts, now)
+            daemon.metrics.set_threads(counts[0])
+
+        daemon._gauges = slow_gauges  # type: ignore[method-assign]  # held until released
+        registry = daemon.metrics.registry
+
+        async def synced() -> bool:
+            passes = registry.get_sample_value(
+                "threadsync_thread_passes_total", {"result": "synced"}
+            )
+            return (passes or 0) >= 3
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.serve, stop)
+            with anyio.fail_after(20):
+                await until(synced)
+                assert daemon.last_beat is not None
+                assert registry.get_sample_value("threadsync_threads", {"state": "active"}) is None
+                release.set()
+
+                async def counted() -> bool:
+                    return registry.get_sample_value("threadsync_threads", {"state": "active"}) == 3
+
+                await until(counted)
+            stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+import worker.cli as cli_package
 from worker import __version__
 from worker.cli.common import (
     EXIT_CONFIG,
@@ -21,7 +23,7 @@ from worker.cli.common import (
     setup_logging,
 )
 from worker.cli.say import notice, set_quiet
-from worker.cli.variables import check_variables
+from worker.cli.variables import check_variables, unknown_variables
 from worker.memory import limit_malloc_arenas, tune_collector
 
 
@@ -158,48 +160,98 @@ def root(
         check_variables(ctx.command)
 
 
-def _register() -> None:
-    # Imported here so that each command module can import `app` helpers without a cycle.
-    from worker.cli import (  # noqa: PLC0415 - see above
-        backup,
-        daemon,
-        db,
-        doctor,
-        emulator,
-        export,
-        importer,
-        metadata,
-        migrate,
-        runs,
-        sync,
-        threads,
-    )
+# The module that registers each command. The console entry point loads only the one the command
+# line names: the others' imports cost every start, and a daemon's start-up competes with the
+# sync for the CPU (twice when two replicas start together; bench_replicas).
+COMMANDS: dict[str, str] = {
+    "threads": "threads",
+    "sync": "sync",
+    "status": "sync",
+    "runs": "runs",
+    "export": "export",
+    "metadata": "metadata",
+    "push": "metadata",
+    "run": "daemon",
+    "check": "daemon",
+    "backup": "backup",
+    "restore": "backup",
+    "db": "db",
+    "doctor": "doctor",
+    "emulator": "emulator",
+    "migrate": "migrate",
+    "import": "importer",
+}
+# Registration order: the order `threadsync --help` lists the commands in.
+MODULES = (
+    "threads",
+    "sync",
+    "runs",
+    "export",
+    "metadata",
+    "daemon",
+    "backup",
+    "db",
+    "doctor",
+    "emulator",
+    "migrate",
+    "importer",
+)
+# The root options that take a value (the next argument, unless given as --name=value).
+VALUED_OPTIONS = frozenset({"--config", "-c", "--database-url", "--log-level", "--log-format"})
+_registered: set[str] = set()
 
-    for module in (
-        threads,
-        sync,
-        runs,
-        export,
-        metadata,
-        daemon,
-        backup,
-        db,
-        doctor,
-        emulator,
-        migrate,
-        importer,
-    ):
-        module.register(app)
+
+def command_module(args: list[str]) -> str | None:
+    """The module registering the command ``args`` name; None when they name none that is
+    certain (help, --version, a typo, clustered short options): then every module loads."""
+    value_next = False
+    for arg in args:
+        if value_next:
+            value_next = False
+        elif arg in ("-h", "--help", "--version", "--"):
+            return None
+        elif arg.startswith("--"):
+            value_next = arg in VALUED_OPTIONS
+        elif arg.startswith("-"):
+            if len(arg) > 2:  # -qc FILE or -cFILE: not worth parsing here
+                return None
+            value_next = arg in VALUED_OPTIONS
+        else:
+            return COMMANDS.get(arg)
+    return None
 
 
-_register()
+def register(modules: tuple[str, ...] = MODULES) -> None:
+    """Add the commands of ``modules`` to the root application (each module once)."""
+    for name in modules:
+        if name not in _registered:
+            _registered.add(name)
+            importlib.import_module(f"worker.cli.{name}").register(app)
+
+
+def register_for(args: list[str]) -> None:
+    """The console entry's registration: the one module ``args`` needs, or all of them. All of
+    them too when a ``THREADSYNC_*`` variable is unknown to that module's commands: it may be
+    another command's option (a variable nothing reads is refused, see variables.py)."""
+    only = command_module(args)
+    if only is None:
+        register()
+        return
+    register((only,))
+    if unknown_variables(typer.main.get_command(app)):
+        register()
+
+
+if not cli_package.lazy:  # imported by code or tests: every command, as always
+    register()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (worker.cli.main)."""
     limit_malloc_arenas()
     tune_collector()
     try:
+        register_for(sys.argv[1:])
         app()
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)

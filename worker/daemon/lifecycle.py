@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,7 +31,6 @@ from worker.config import Settings
 from worker.daemon.dispatcher import Dispatcher
 from worker.daemon.due import clear_leases, threads_by_state
 from worker.daemon.freshness import Lag
-from worker.daemon.health import HealthServer
 from worker.daemon.heartbeat import STALE_AFTER_BEATS, write_beat
 from worker.daemon.jobs import JobBody, JobRunner, Jobs, edit_counts
 from worker.daemon.lag import recent_lag
@@ -44,6 +44,9 @@ from worker.errors import ConfigError, ThreadsyncError
 from worker.logs import describe_exception, get_logger
 from worker.store.db import Mirror
 from worker.store.models import utcnow
+
+if TYPE_CHECKING:  # uvicorn loads only when the health listener is configured
+    from worker.daemon.health import HealthServer
 
 log = get_logger()
 
@@ -180,13 +183,23 @@ class Daemon:
             except (ThreadsyncError, SQLAlchemyError) as exc:  # leases then expire by the TTL
                 log.warning("daemon.replica_write_failed", error=describe_exception(exc))
 
-    async def beat(self) -> None:
-        """Write the heartbeat and refresh the database-backed gauges (all in worker threads)."""
+    async def beat(self, *, gauges: bool = True) -> None:
+        """Write the heartbeat and refresh the database-backed gauges (all in worker threads).
+        ``gauges=False``: the heartbeat alone (at start, so the first claim waits for no count)."""
         try:
             await self.mirror.run_write(write_beat, self.mirror, self.now())
             self.last_beat = self.clock()
             self.beat_error = None
             self.metrics.heartbeat.set(time.time())
+            if gauges:
+                await self._gauges()
+        except (ThreadsyncError, SQLAlchemyError) as exc:
+            self.beat_error = describe_exception(exc)
+            log.warning("daemon.heartbeat_failed", error=self.beat_error)
+
+    async def _gauges(self) -> None:
+        """The gauges read from the mirror: threads by state, queued edits, lag, budget."""
+        try:
             now = self.now()
             threads, edits, lag = await self.mirror.run(
                 self._read_counts, now, self.thread_counts.due()
@@ -227,6 +240,7 @@ class Daemon:
         return threads, edit_counts(self.mirror), lag
 
     async def _heartbeat_loop(self) -> None:
+        await self._gauges()  # the first beat, at start, wrote the heartbeat alone
         while True:
             await anyio.sleep(self.settings.daemon.heartbeat_interval)
             await self.beat()
@@ -248,10 +262,12 @@ class Daemon:
     async def serve(self, stop: anyio.Event) -> int:
         """Run until ``stop`` is set, then shut down gracefully; returns the exit code."""
         d = self.settings.daemon
-        await self.beat()
+        await self.beat(gauges=False)  # proves the mirror writable; the gauges follow the start
         if self.beat_error is not None:
             raise ConfigError(f"the mirror is not writable: {self.beat_error}")
         if d.health_port is not None:
+            from worker.daemon.health import HealthServer  # noqa: PLC0415 - see the imports
+
             try:
                 self.health = HealthServer(self, d.health_host, d.health_port)
             except OSError as exc:
@@ -345,9 +361,9 @@ GIL_SWITCH_INTERVAL = 0.001
 
 
 def tune_interpreter() -> None:
-    """Short GIL hand-offs to the loop thread; start-up objects frozen out of full collections."""
+    """Short GIL hand-offs to the loop thread; start-up objects frozen out of full collections
+    (no collection first: the imports leave almost no garbage, see worker/memory.py)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    gc.collect()
     gc.freeze()
 
 
