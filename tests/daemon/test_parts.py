@@ -378,8 +378,9 @@ async def test_the_first_dispatch_waits_for_no_gauge_read(mirror: Mirror) -> Non
         async def slow_gauges() -> None:
             await release.wait()
             now = daemon.now()
-            counts = await mirror.run(read_counts, now)
-            daemon.metrics.set_threads(counts[0])
+            threads, _, _ = await mirror.run(read_counts, now, True)
+            assert threads is not None  # asked for
+            daemon.metrics.set_threads(threads)
 
         daemon._gauges = slow_gauges  # type: ignore[method-assign]  # held until released
         registry = daemon.metrics.registry
