@@ -19,8 +19,9 @@ successful check) of the threads changed in the last hour, sampled every 10 s fr
 p50/p90/p99/max, against ``min_interval``.
 
 Run: ``.venv/bin/python -m bench.bench_freshness [--minutes N]``; with
-``THREADSYNC_BENCH_PROFILE=PATH`` the daemon child runs under cProfile: the event loop's thread
-into ``PATH``, the worker threads (the database work) merged into ``PATH.threads``;
+``THREADSYNC_BENCH_PROFILE=PATH`` the daemon child runs under cProfile, timed by each thread's
+CPU time (``time.thread_time``: what the CPU figure counts, not the loop's idle waits): the event
+loop's thread into ``PATH``, the worker threads (the database work) merged into ``PATH.threads``;
 ``THREADSYNC_BENCH_FRESHNESS_MINUTES`` sets the length, ``THREADSYNC_BENCH_SCALE`` shrinks the
 thread counts (smoke test: tiny), and ``THREADSYNC_BENCH_POSTGRES_URL`` (or
 ``THREADSYNC_TEST_POSTGRES_URL``) names the server; a database of its own is created and dropped.
@@ -244,7 +245,7 @@ def child(config_path: str) -> None:
         import cProfile  # noqa: PLC0415
 
         workers = _profile_worker_threads()
-        with cProfile.Profile() as prof:
+        with cProfile.Profile(time.thread_time) as prof:
             figures = anyio.run(_serve, config, backend="asyncio")
         prof.dump_stats(profile)  # the event loop's thread
         _dump_merged(workers, profile + ".threads")  # the worker threads' (the database's work)
@@ -261,7 +262,7 @@ def _profile_worker_threads() -> list[Any]:
     profiles: list[Any] = []
 
     def start(*_: Any) -> None:
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.thread_time)
         profiles.append(prof)
         prof.enable()  # replaces this hook in the new thread
 
