@@ -19,8 +19,9 @@ successful check) of the threads changed in the last hour, sampled every 10 s fr
 p50/p90/p99/max, against ``min_interval``.
 
 Run: ``.venv/bin/python -m bench.bench_freshness [--minutes N]``; with
-``THREADSYNC_BENCH_PROFILE=PATH`` the daemon child runs under cProfile: the event loop's thread
-into ``PATH``, the worker threads (the database work) merged into ``PATH.threads``;
+``THREADSYNC_BENCH_PROFILE=PATH`` the daemon child runs under cProfile, timed by each thread's
+CPU time (``time.thread_time``: what the CPU figure counts, not the loop's idle waits): the event
+loop's thread into ``PATH``, the worker threads (the database work) merged into ``PATH.threads``;
 ``THREADSYNC_BENCH_FRESHNESS_MINUTES`` sets the length, ``THREADSYNC_BENCH_SCALE`` shrinks the
 thread counts (smoke test: tiny), and ``THREADSYNC_BENCH_POSTGRES_URL`` (or
 ``THREADSYNC_TEST_POSTGRES_URL``) names the server; a database of its own is created and dropped.
@@ -28,6 +29,8 @@ thread counts (smoke test: tiny), and ``THREADSYNC_BENCH_POSTGRES_URL`` (or
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import os
 import random
@@ -242,7 +245,7 @@ def child(config_path: str) -> None:
         import cProfile  # noqa: PLC0415
 
         workers = _profile_worker_threads()
-        with cProfile.Profile() as prof:
+        with cProfile.Profile(time.thread_time) as prof:
             figures = anyio.run(_serve, config, backend="asyncio")
         prof.dump_stats(profile)  # the event loop's thread
         _dump_merged(workers, profile + ".threads")  # the worker threads' (the database's work)
@@ -259,7 +262,7 @@ def _profile_worker_threads() -> list[Any]:
     profiles: list[Any] = []
 
     def start(*_: Any) -> None:
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.thread_time)
         profiles.append(prof)
         prof.enable()  # replaces this hook in the new thread
 
@@ -313,7 +316,8 @@ async def _serve(config: dict[str, Any]) -> dict[str, float]:
     )
     mirror = Mirror(settings.database_url)
     metrics = DaemonMetrics()
-    stalls: list[float] = []
+    monitor_cpu_pct = await _calibrate_monitor()
+    collections = Collections()
     stop = anyio.Event()
     async with ApiClient(
         settings.api,
@@ -324,27 +328,29 @@ async def _serve(config: dict[str, Any]) -> dict[str, float]:
         daemon = Daemon(settings, mirror, client, metrics=metrics)
         async with anyio.create_task_group() as tg:
 
-            async def monitor() -> None:
-                while True:
-                    asked = time.monotonic()
-                    await anyio.sleep(0.01)
-                    stalls.append(time.monotonic() - asked - 0.01)
-
             async def timer() -> None:
                 await anyio.sleep(float(config["seconds"]))
                 stop.set()
 
-            tg.start_soon(monitor)
             tg.start_soon(timer)
+            monitor = StallMonitor()
+            gc.callbacks.append(collections.observe)
             usage0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
             loop0 = time.thread_time()  # the event loop's own thread (the rest: worker threads)
             await daemon.serve(stop)
             usage1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
             loop_cpu = time.thread_time() - loop0
+            gc.callbacks.remove(collections.observe)
+            monitor.stop()
             tg.cancel_scope.cancel()
     mirror.dispose()
     cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
-    stalls.sort()
+    stalls = sorted(monitor.stalls)
+    worst = sorted(monitor.worst, reverse=True)[:5]
+    print(
+        "worst stalls (ms, seconds into the run):",
+        [(round(s * 1000), round(t - wall0, 1)) for s, t in worst],
+    )
     return {
         "daemon_wall_s": wall1 - wall0,
         "daemon_cpu_s": cpu,
@@ -354,9 +360,77 @@ async def _serve(config: dict[str, Any]) -> dict[str, float]:
         "worst_stall_ms": (stalls[-1] if stalls else 0.0) * 1000,
         "p99_stall_ms": percentile(stalls, 0.99) * 1000,
         "stalls_over_100ms": float(sum(s > 0.1 for s in stalls)),
+        "monitor_cpu_pct": monitor_cpu_pct,
+        **collections.figures(),
         "claim_size_last": float(daemon.dispatcher.claim_limit()),
         "requests_per_pass_estimate": daemon.dispatcher.requests_per_pass,
     }
+
+
+class StallMonitor:
+    """How late the event loop runs a timer due every :data:`TICK_S` (a stall: the loop, or the
+    GIL, held by something else). A bare timer callback, not a task sleeping in a loop: the
+    monitor's own cost is counted in the daemon's CPU (see :func:`_calibrate_monitor`), and a
+    task's wake-up (anyio's checkpoint, cancel scope, future) cost twice as much CPU."""
+
+    TICK_S = 0.01
+
+    def __init__(self) -> None:
+        self.stalls: list[float] = []
+        self.worst: list[tuple[float, float]] = []  # (stall, when) of those over 50 ms
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_at(self._loop.time() + self.TICK_S, self._tick)
+        self._due = self._loop.time() + self.TICK_S
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        late = max(0.0, now - self._due)
+        self.stalls.append(late)
+        if late > 0.05:
+            self.worst.append((late, time.monotonic()))
+        self._due = now + self.TICK_S
+        self._handle = self._loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def _calibrate_monitor(seconds: float = 3.0) -> float:
+    """The monitor's own CPU (% of a core) on an otherwise idle loop, before the daemon starts:
+    part of ``daemon_cpu_pct``, not the daemon's doing."""
+    monitor = StallMonitor()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await anyio.sleep(seconds)
+    monitor.stop()
+    return (time.process_time() - cpu0) / (time.monotonic() - wall0) * 100
+
+
+class Collections:
+    """The cycle collector's passes during the run, per generation: how many, the longest
+    pause, and the time spent (a collection holds the GIL: the loop waits it out)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.total = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen, spent = info["generation"], time.perf_counter() - self._started
+        self.count[gen] += 1
+        self.total[gen] += spent
+        self.longest[gen] = max(self.longest[gen], spent)
+
+    def figures(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for gen in range(3):
+            out[f"gc{gen}_collections"] = float(self.count[gen])
+            out[f"gc{gen}_longest_ms"] = self.longest[gen] * 1000
+            out[f"gc{gen}_total_ms"] = self.total[gen] * 1000
+        return out
 
 
 def _vm_hwm_mb() -> float:

@@ -302,6 +302,19 @@ async def test_list_threads_foundry_only() -> None:
 
 
 @pytest.mark.anyio
+async def test_cookies_a_server_sets_are_never_sent_back() -> None:
+    """The client keeps no cookie jar: an answer's Set-Cookie (a load balancer's affinity
+    cookie) changes nothing in the requests that follow."""
+    first = ok(page_body([], False))
+    first.headers["Set-Cookie"] = "affinity=abc; Path=/"
+    script = Script(first, ok(page_body([], False)))
+    async with make_client(script, FakeClock()) as client:
+        await client.list_messages("thread_1")
+        await client.list_messages("thread_1")
+    assert [r.headers.get("cookie") for r in script.requests] == [None, None]
+
+
+@pytest.mark.anyio
 async def test_answers_are_freed_when_the_call_returns_not_by_the_cycle_collector() -> None:
     """httpx links a response and its body's stream both ways; the client breaks that cycle, so
     each answer (a page is ~180 KB) is freed by reference counting as soon as it was parsed,

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.client.conftest import KEY, MESSAGE, azure, make_client, settings_for
-from worker.client import ApiClient
+from worker.client import ApiClient, profiles
 from worker.client.profiles import fill_route
 from worker.config import ApiSettings, Profile
 from worker.errors import ConfigError
@@ -106,3 +106,11 @@ def test_missing_key_names_the_variable(profile: Profile, variable: str) -> None
 def test_fill_route_cannot_escape_the_path() -> None:
     """An id with slashes or a query mark is encoded whole: it cannot add segments or a query."""
     assert fill_route("/threads/{thread_id}", thread_id="../x?y=1") == "/threads/..%2Fx%3Fy%3D1"
+
+
+def test_each_request_has_a_fresh_version_4_request_id() -> None:
+    """Unique per request (the server's logs are searched by it), in the UUID form Azure takes."""
+    ids = [profiles.request_headers()["x-ms-client-request-id"] for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    assert {uuid.UUID(i).version for i in ids} == {4}
+    assert all(str(uuid.UUID(i)) == i for i in ids)

@@ -22,6 +22,7 @@ from worker.client.transport import (
     NETWORK_BACKEND,
     POOL,
     SOCKET,
+    URI_REFERENCE,
     Backend,
     RequestBuilder,
     Stream,
@@ -29,6 +30,7 @@ from worker.client.transport import (
     pooled_transport,
     readable,
     release,
+    send,
 )
 
 pytestmark = pytest.mark.anyio
@@ -277,6 +279,109 @@ async def test_httpx_build_request_is_what_request_builder_makes(
     assert built.content == wanted.content
     assert built.extensions == wanted.extensions == {"timeout": client.timeout.as_dict()}
     assert sorted(built.headers.multi_items()) == sorted(wanted.headers.multi_items())
+
+
+# -- how httpx.URL keeps a parsed URL (RequestBuilder) -------------------------------------------
+
+
+def test_httpx_url_keeps_its_parts_as__uri_reference_a_named_tuple() -> None:
+    url = httpx.URL("https://res.example.com:8443/openai/threads?api-version=1")
+    parts = getattr(url, URI_REFERENCE)
+    assert parts._fields == ("scheme", "userinfo", "host", "port", "path", "query", "fragment")
+    assert (parts.path, parts.query) == ("/openai/threads", "api-version=1")
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/threads/thread%201%2Fx/messages", {"limit": "7", "after": "msg_a b&c=d"}),
+        ("/threads/t/messages/m", None),
+        ("/threads/%2E%2E/messages", None),
+    ],
+)
+async def test_httpx_url_made_from_parts_is_the_parsed_one(
+    path: str, params: dict[str, str] | None
+) -> None:
+    """The URL :class:`RequestBuilder` puts together from the base's parts, without a parse,
+    is in every part the one httpx parses from the joined string (it skipped no parse)."""
+    async with httpx.AsyncClient(
+        base_url="https://res.example.com:8443/openai", params={"api-version": "2024-08-01"}
+    ) as client:
+        built = RequestBuilder(client, {"api-version": "2024-08-01"})
+        assert built._base_parts is not None  # the parts were found: no fallback
+        url = built.build("GET", path, params, None, {}).url
+        parsing = RequestBuilder(client, {"api-version": "2024-08-01"})
+        parsing._base_parts = None  # the joined string parsed, as before the parts were used
+        parsed = parsing.build("GET", path, params, None, {}).url
+    for part in ("scheme", "host", "port", "raw_path", "query", "fragment", "userinfo"):
+        assert getattr(url, part) == getattr(parsed, part), part
+    assert str(url) == str(parsed)
+
+
+async def test_request_builder_leaves_dot_segments_to_httpx() -> None:
+    """A path a parse would change (a dot segment) is parsed, as httpx would."""
+    async with httpx.AsyncClient(base_url="https://res.example.com/openai") as client:
+        built = RequestBuilder(client, {}).build("GET", "/threads/../messages", None, None, {})
+        assert built.url == client.build_request("GET", "/threads/../messages").url
+    assert built.url.raw_path == b"/openai/messages"
+
+
+# -- what AsyncClient.send adds to its transport's answer (send) --------------------------------
+
+
+async def test_send_answers_what_async_client_send_answers() -> None:
+    """Status, headers, body and the request bound to the answer, as ``AsyncClient.send``
+    gives them, and the answer's stream closed once read."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            201, content=b'{"id":"msg_1"}', headers={"x-request-id": "req_1", "Set-Cookie": "a=b"}
+        )
+
+    mock = httpx.MockTransport(answer)
+    async with httpx.AsyncClient(transport=mock) as client:
+        request = client.build_request("POST", "http://api.invalid/m", content=b"{}")
+        theirs = await client.send(request)
+        ours = await send(mock, request)
+    assert ours.status_code == theirs.status_code == 201
+    assert ours.headers.multi_items() == theirs.headers.multi_items()
+    assert ours.content == theirs.content == b'{"id":"msg_1"}'
+    assert ours.request is request
+    assert ours.is_closed
+    assert ours.is_stream_consumed
+
+
+async def test_send_through_the_pool_reuses_the_connection_and_maps_errors() -> None:
+    """Through httpx's pooled transport: the body read returns the connection to the pool (the
+    next request reuses it), and httpcore's errors arrive as httpx's (the retry policy's)."""
+    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
+    backend = ScriptedBackend()
+    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
+    async with plain:
+        for path in ("/a", "/b"):
+            response = await send(plain, httpx.Request("GET", f"http://api.invalid{path}"))
+            assert response.json() == {"ok": True}
+        assert len(backend.streams) == 1
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await send(plain, httpx.Request("GET", "ftp://api.invalid/x"))
+
+
+async def test_send_cancelled_mid_answer_closes_the_connection() -> None:
+    """A request cancelled while its answer is read (``api.request_timeout``) leaves nothing
+    half-read in the pool: the connection is closed, the next request gets a new one."""
+    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
+    backend = ScriptedBackend()
+    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
+    async with plain:
+        with anyio.CancelScope() as scope:
+            backend.stall = scope.cancel
+            await send(plain, httpx.Request("GET", "http://api.invalid/slow"))
+        assert scope.cancelled_caught
+        assert backend.streams[0].closed
+        backend.stall = None
+        response = await send(plain, httpx.Request("GET", "http://api.invalid/next"))
+        assert response.json() == {"ok": True}
+    assert len(backend.streams) == 2
 
 
 def test_transport_is_the_only_module_touching_httpx_and_httpcore_internals() -> None:

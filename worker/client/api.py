@@ -41,7 +41,7 @@ from worker.client.models import (
 )
 from worker.client.pacer import Pacer
 from worker.client.retry import backoff_delay, classify, parse_retry_after
-from worker.client.transport import RequestBuilder, pooled_transport, release
+from worker.client.transport import RequestBuilder, pooled_transport, release, send
 from worker.config import ApiSettings, Profile, RetrySettings, format_duration
 from worker.errors import (
     AuthError,
@@ -225,11 +225,14 @@ class ApiClient:
             max_connections=api.max_connections,
             max_keepalive_connections=api.max_connections,
         )
+        # Requests go straight to the transport (transport.send); the httpx client holds the
+        # configuration they are built from (RequestBuilder) and closes the transport.
+        self._transport = transport if transport is not None else pooled_transport(limits)
         self._http = httpx.AsyncClient(
             base_url=target.base_url,
             params=target.params,
             headers=target.headers,
-            transport=transport if transport is not None else pooled_transport(limits),
+            transport=self._transport,
             limits=limits,
             timeout=httpx.Timeout(api.read_timeout, connect=api.connect_timeout),
             http1=True,
@@ -475,7 +478,7 @@ class ApiClient:
         request was cancelled, so nothing half-read goes back to the pool.
         """
         with anyio.move_on_after(self._request_timeout):
-            return await self._http.send(request)
+            return await send(self._transport, request)
         raise _Overdue  # only the deadline's own cancellation ends the block without a return
 
     def _overdue(self, method: str, route: str) -> _Failure:
