@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from pydantic import SecretStr
+from sqlmodel import Session
 
 from tests.outbox.conftest import World, make_world
 from worker.client import ApiClient
@@ -237,15 +238,24 @@ async def test_merged_map_over_the_limit_fails_without_a_write(world: World) -> 
     assert world.emulator.stats()["modify_calls"] == []
 
 
-async def test_auth_failure_stops_the_push(world: World) -> None:
-    """401 fails the edit that met it and leaves the rest pending for a later push."""
+def _holding(_session: Session) -> None:
+    """A replicas-mode guard whose lease always holds."""
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["single", "guarded"])
+async def test_auth_failure_stops_the_push(world: World, guarded: bool) -> None:
+    """401 fails the edit that met it and leaves the rest pending for a later push; under a
+    guard that holds (replicas mode) exactly the same: an auth failure is no lost lease."""
     intended = edit_all(world)
     api = ApiSettings(endpoint="http://127.0.0.1:1", api_key=SecretStr("revoked-key"))
     transport = EmulatorTransport(world.emulator)
     async with ApiClient(api, transport=transport, sleep=SleepRecorder()) as client:
-        report = await push_pending(client, world.mirror, concurrency=1)
+        report = await push_pending(
+            client, world.mirror, concurrency=1, guard=_holding if guarded else None
+        )
     assert report.aborted
     assert len(report.failed) == 1
+    assert report.unrecorded == []
     with world.mirror.read() as session:
         assert edit_counts(session) == {"pending": len(intended) - 1, "conflicted": 0, "failed": 1}
 

@@ -149,14 +149,15 @@ class _Push:
     record: MemoryObjectSendStream[Outcome]
     mirror: Mirror
     guard: Guard | None = None
-    aborted: str | None = None
+    aborted: str | None = None  # why the push stopped: an auth failure or the lost lease
+    lease_lost: bool = False  # only a WriteRefused sets it: the recorder then records nothing
     unrecorded: set[str] = field(default_factory=set)  # message ids whose outcome was dropped
 
     async def one(self, snap: Snapshot) -> EditOutcome:
         try:
             return await self._one(snap)
         except WriteRefused as exc:  # the lease is lost: nothing more is sent nor recorded
-            self.aborted = str(exc)
+            self.aborted, self.lease_lost = str(exc), True
             log.warning("push.lease_lost", thread=snap.thread_id, message=snap.message_id)
             return EditOutcome(snap.thread_id, snap.message_id, "deferred", error=str(exc))
 
@@ -316,13 +317,13 @@ async def _recorder(
                 except anyio.EndOfStream:
                     ended = True
                     break
-            if push.aborted is not None and push.guard is not None:
+            if push.lease_lost:  # (an auth failure still records its failed edits)
                 push.unrecorded.update(o.snap.message_id for o in batch)
                 continue  # the lease is lost: drain, record nothing more
             try:
                 await mirror.run_write(store_outcomes, mirror, batch, push.guard)
             except WriteRefused as exc:
-                push.aborted = str(exc)
+                push.aborted, push.lease_lost = str(exc), True
                 push.unrecorded.update(o.snap.message_id for o in batch)
                 log.warning("push.lease_lost", unrecorded=len(batch))
 
