@@ -28,6 +28,19 @@ finds it lost when it wakes. What a check cannot fence is the moment between its
 act reaching the service (a remote service checks no token): the acts are made idempotent for
 that window, but for a migration's append, which cannot be (README, "Migration across
 replicas").
+
+Lock order (PostgreSQL), the one every transaction that meets several of these keeps:
+
+1. threads' advisory locks (:func:`worker.store.db.lock_threads`, all at once, in key order);
+2. ``tracked_thread`` rows (a page write's :func:`~worker.daemon.fence.check_lease`, the
+   renewal's ``renew_threads``);
+3. ``job_slot`` rows (a job's :meth:`SlotFence.guard`, the renewal's ``renew_jobs``).
+
+So a job write that also writes messages (a push recording what the server answered) takes the
+thread locks before its guard (``worker/outbox/record.py``); a migration's guarded ledger
+change runs in a transaction of its own, never in a sync page's shared group, which would lock
+thread rows after it (``worker/migrate/run.py``). Discovery (new rows only) and pruning (run
+rows) under a guard take neither.
 """
 
 from __future__ import annotations

@@ -100,10 +100,12 @@ def store_outcomes(mirror: Mirror, outcomes: Sequence[Outcome], guard: Guard | N
     """Record a batch of outcomes in one transaction (a push writes as its answers arrive);
     under ``guard``, only while it holds (its exception rolls the whole batch back)."""
     with mirror.write() as session:
+        # Message rows are written under their threads' locks, as a sync writes them; those
+        # advisory locks come before the guard's job_slot row (the lock order in
+        # worker/daemon/slots.py): the other way round deadlocks with a page write and a renewal.
+        lock_threads(session, (o.snap.thread_id for o in outcomes if o.obj is not None))
         if guard is not None:
             guard(session)
-        # Message rows are written under their threads' locks, as a sync writes them.
-        lock_threads(session, (o.snap.thread_id for o in outcomes if o.obj is not None))
         for outcome in outcomes:
             if outcome.obj is not None:
                 _store_truth(session, outcome.snap, outcome.obj, outcome.attempts)
