@@ -34,6 +34,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from worker.daemon.replicas import replica_rows
 from worker.emulator import Emulator, serve_in_thread
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
@@ -92,7 +93,7 @@ def _children_cpu() -> float:
 
 def _registered(mirror: Mirror) -> int:
     with mirror.read() as session:
-        return int(session.execute(text("SELECT count(*) FROM daemon_replica")).scalar_one())
+        return len(replica_rows(session))
 
 
 def _cpu_of(pid: int) -> float:
@@ -136,12 +137,7 @@ def _timelines(
     row's start, wall clock mapped to the monotonic one; NaN if it had not registered) and its
     requests as the emulator recorded them (the User-Agent names the replica)."""
     with mirror.read() as session:
-        rows = {
-            row[1]: (row[0], row[2])
-            for row in session.execute(
-                text("SELECT replica_id, pid, started_at FROM daemon_replica")
-            )
-        }
+        rows = {row.pid: (row.replica_id, row.started_at) for row in replica_rows(session)}
     spans: dict[str, list[tuple[float, float]]] = {}
     threads: dict[str, set[str]] = {}
     requests: dict[str, int] = {}

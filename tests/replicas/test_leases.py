@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from worker.daemon.fence import Fence, LeaseLost, check_lease
 from worker.daemon.lifecycle import run_daemon
 from worker.daemon.lock import daemon_lock
 from worker.daemon.metrics import DaemonMetrics
-from worker.daemon.replicas import Replica, new_replica_id
+from worker.daemon.replicas import Replica, new_replica_id, replica_rows
 from worker.daemon.slots import claim_slot
 from worker.emulator import Emulator
 from worker.errors import ConfigError
@@ -277,6 +278,7 @@ async def test_a_pass_under_a_lost_lease_writes_nothing_and_reports_lost(pg: Mir
 
 
 def test_status_shows_which_replica_holds_which_thread(pg: Mirror) -> None:
+    before = datetime.now(UTC)
     replica = Replica(pg, ttl=60.0, replica_id="host:1:feedbeef")
     replica.register()
     with pg.write() as session:
@@ -291,6 +293,10 @@ def test_status_shows_which_replica_holds_which_thread(pg: Mirror) -> None:
     table = CliRunner().invoke(app, ["--database-url", pg.safe_url, "status"])
     assert "held by" in table.stdout
     assert "replica host:1:feedbeef: 2 threads held" in table.stdout
+    with pg.read() as session:
+        (row,) = replica_rows(session)
+    assert (row.replica_id, row.threads, row.pid) == ("host:1:feedbeef", 2, os.getpid())
+    assert before <= row.started_at <= datetime.now(UTC)
 
 
 def test_a_new_slot_after_a_finished_one_can_be_orphaned_and_resumed(pg: Mirror) -> None:

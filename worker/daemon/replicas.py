@@ -503,10 +503,13 @@ class ReplicaRow:
     heartbeat_at: datetime
     draining: bool
     threads: int
+    pid: int
+    started_at: datetime
 
 
 def replica_rows(session: Session) -> list[ReplicaRow]:
-    """For `status`: every registered replica, its last heartbeat and how many threads it holds."""
+    """For `status`: every registered replica, its last heartbeat and how many threads it holds
+    (with its pid and start, which bench_replicas maps to the processes it launched)."""
     held = (
         select(func.count())
         .where(col(TrackedThread.lease_owner) == col(DaemonReplica.replica_id))
@@ -518,6 +521,8 @@ def replica_rows(session: Session) -> list[ReplicaRow]:
             col(DaemonReplica.heartbeat_at),
             col(DaemonReplica.draining),
             held,
+            col(DaemonReplica.pid),
+            col(DaemonReplica.started_at),
         ).order_by(col(DaemonReplica.replica_id))
     )
-    return [ReplicaRow(r[0], r[1], bool(r[2]), int(r[3])) for r in rows]
+    return [ReplicaRow(r[0], r[1], bool(r[2]), int(r[3]), int(r[4]), r[5]) for r in rows]
