@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import httpx
@@ -114,3 +115,23 @@ def test_each_request_has_a_fresh_version_4_request_id() -> None:
     assert len(set(ids)) == len(ids)
     assert {uuid.UUID(i).version for i in ids} == {4}
     assert all(str(uuid.UUID(i)) == i for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_draws_other_request_ids_than_its_parent() -> None:
+    """The generator is seeded once per process: a child forked from it is reseeded, or it would
+    send the ids its parent sends next."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent, and out without pytest's teardown
+        try:
+            os.write(write, profiles.request_headers()["x-ms-client-request-id"].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    parent = profiles.request_headers()["x-ms-client-request-id"]
+    assert uuid.UUID(child).version == 4
+    assert child != parent

@@ -15,6 +15,7 @@ each request.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import uuid
@@ -155,7 +156,9 @@ def build_target(api: ApiSettings, key: str | None) -> Target:
 # (uuid.uuid4): an id must be unique, not secret, and each os.urandom call is a system call
 # that gives up the GIL, so the event loop then waited for it behind the database's worker
 # threads (bench_freshness: ~90 us a request under load).
+# A forked child (a test's or a pool's process) reseeds it, or it would repeat its parent's ids.
 _REQUEST_IDS = random.Random()
+os.register_at_fork(after_in_child=_REQUEST_IDS.seed)
 
 
 def request_headers() -> dict[str, str]:
