@@ -364,6 +364,33 @@ async def test_a_joiner_sends_nothing_until_every_live_replica_counted_it(pg: Mi
     assert pacers["a"].rate == 20.0
 
 
+def test_a_paused_peer_holds_a_joiner_for_at_most_one_ttl(pg: Mirror) -> None:
+    """The bound README states: a peer paused (SIGSTOP) or killed still counts as behind a joiner
+    past its own grant (a beat it began inside the grant may yet commit), until its heartbeat is
+    one TTL old; then the joiner is admitted without it."""
+    a, b = (Replica(pg, ttl=60.0, replica_id=name, budget=20.0) for name in ("a", "b"))
+    a.register()
+    b.register()
+    assert not b.admitted
+
+    def age_a(seconds: int) -> None:
+        with pg.write() as session:
+            session.execute(
+                text(
+                    "UPDATE daemon_replica SET heartbeat_at = now() - make_interval(secs => :s)"
+                    " WHERE replica_id = 'a'"
+                ),
+                {"s": seconds},
+            )
+
+    age_a(55)  # past a's grant (50 s), not yet one TTL
+    b.beat()
+    assert not b.admitted
+    age_a(61)
+    b.beat()
+    assert (b.admitted, b.peers) == (True, 1)
+
+
 @pytest.mark.anyio
 async def test_a_replica_paused_past_its_grant_joins_again(pg: Mirror) -> None:
     """a and b admitted at 10 each. a is paused (SIGSTOP) past TTL - TTL/6: its grant ends, so its

@@ -33,7 +33,11 @@ pacer's bucket (``burst`` requests, kept in requests across a change; a lower ra
 given at the higher one), the requests of all replicas in any window of ``w`` seconds are at most
 ``B * w + burst * k``, ``k`` the replicas admitted in that window (a replica re-admitted counts once
 per admission). A joiner waits about one dispatch interval (others beat at each claim), at most
-one renewal period. Assumed: replicas' monotonic clocks agree within ``TTL/6`` per TTL, a beat's
+one renewal period while the others beat; a peer killed or paused (SIGKILL, SIGSTOP) holds it
+until that peer's heartbeat is one TTL old, which is also when the others stop counting it live:
+up to one TTL. Counting only peers within their grant (``TTL - TTL/6``) would not be safe: a beat
+begun inside the grant may still commit, unseen, up to ``TTL/6`` later with a count that missed
+the joiner. Assumed: replicas' monotonic clocks agree within ``TTL/6`` per TTL, a beat's
 transaction lasts under ``TTL/6``, and the database clock does not step back. A replica leaving
 lowers nobody's rate; the others' shares grow at their next beat after its row is deleted (or
 its heartbeat ages past one TTL): under-use, never overshoot.
@@ -414,7 +418,9 @@ def live_replicas(session: Session, ttl: float) -> int:
 
 def others_behind(session: Session, replica_id: str, since: datetime, ttl: float) -> int:
     """Live replicas other than ``replica_id`` whose last counted beat began at or before
-    ``since``: they may not have counted it yet."""
+    ``since``: they may not have counted it yet. Live for one TTL, not only for the grant
+    (``TTL - TTL/6``): a beat begun inside its grant may commit up to ``TTL/6`` later, with a
+    count that missed the joiner, and its new heartbeat is not visible before then."""
     query = select(func.count()).where(
         col(DaemonReplica.replica_id) != replica_id,
         col(DaemonReplica.heartbeat_at) > func.now() - _seconds(ttl),
