@@ -7,10 +7,19 @@ one after another (each join shrinks the others' shares: the window this pins) a
 with SIGTERM in the middle of the run (the others' shares grow once it has gone).
 
 Pinned: in every window of ``W`` seconds starting at a request, the emulator saw at most
-``BUDGET * W + BURST * k`` requests, ``k`` the replicas that ran (each pacer's bucket holds
-``BURST`` requests, granted again at each admission: ``worker/daemon/replicas.py``). The budget
-was used (a test of a budget nobody reached would prove nothing), and every request named its
-replica.
+``BUDGET * (W + JITTER) + BURST * k`` requests, ``k`` the replicas that ran (each pacer's bucket
+holds ``BURST`` requests, granted again at each admission: ``worker/daemon/replicas.py``). The
+budget was used (a test of a budget nobody reached would prove nothing), and every request named
+its replica.
+
+``JITTER`` is the witness's own error, not the replicas' allowance. The emulator stamps a request
+when its event loop (a thread of this test's process) gets to it, not when a replica sent it: a
+stall of that thread (descheduled on a loaded two-core machine, or waiting for the GIL behind
+the test's polling) stamps what was sent during the stall at its end, so ``W`` seconds of
+arrivals can hold ``W + stall`` seconds of sends. Allowed: a stall of up to 0.25 s (a few
+scheduler periods and GIL switch intervals over), i.e. ``BUDGET * 0.25`` = 5 requests per
+window. The check still fails the behaviour it was written against: before the budget was
+shared across replicas, three of them sent 32 requests in one second, above this bound's 31.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ pytestmark = [pytest.mark.process, pytest.mark.slow]
 BUDGET = 20.0  # requests per second, all replicas together
 BURST = 2  # the pacer's bucket (worker/client/pacer.py: Pacer(burst=2))
 WINDOWS = (1.0, 2.0, 5.0)  # seconds
+JITTER = 0.25  # seconds: the longest stall of the emulator's thread allowed for (docstring)
 
 
 @pytest.fixture
@@ -115,7 +125,7 @@ def test_three_replicas_joining_and_leaving_stay_within_the_budget(
     times = [at for at, _ in entries]
     admissions = len(names) + rejoins
     for width in WINDOWS:
-        bound = BUDGET * width + BURST * admissions
+        bound = BUDGET * (width + JITTER) + BURST * admissions
         most = most_in_window(times, width)
         assert most <= bound, f"{most} requests in {width:g} s, budget bound {bound:g}"
     # Saturated: over some 5 s the replicas together used at least half the budget.
