@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -37,13 +39,14 @@ from worker.daemon.fence import SlotLost
 from worker.daemon.jobs import BUSY_RETRY, Jobs
 from worker.daemon.replicas import Held
 from worker.daemon.slots import SlotFence, claim_slot, running_in
-from worker.emulator import FaultRule
+from worker.emulator import Emulator, FaultRule
 from worker.outbox import PushReport, push_pending, set_metadata, show_metadata
 from worker.store.db import Mirror
 from worker.testing import SleepRecorder, emulated_client
 
 HELD = 30.0  # how long a test waits for the gate to hold the request (it holds at once)
 SLOT = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+T = TypeVar("T")
 
 
 class Switch:
@@ -96,9 +99,32 @@ async def push_under(world: World, guard: Any) -> PushReport:
         return await push_pending(client, world.mirror, sleep=SleepRecorder(), guard=guard)
 
 
-async def held(world: World) -> None:
-    """Wait (off the event loop) until the gate holds a request."""
-    await anyio.to_thread.run_sync(world.emulator.gate.wait_held, HELD)
+@asynccontextmanager
+async def paused(
+    emulator: Emulator, rule: FaultRule, act: Callable[[], Awaitable[T]]
+) -> AsyncIterator[list[T]]:
+    """``act`` runs with the request ``rule`` matches held by ``emulator``'s gate (the holder
+    paused, its request in flight): the body runs once it is held; leaving releases it and waits
+    for ``act`` to end. The list yielded holds ``act``'s result once it has ended."""
+    emulator.add_fault(rule)
+    results: list[T] = []
+
+    async def holder() -> None:
+        results.append(await act())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.to_thread.run_sync(emulator.gate.wait_held, HELD)  # off the event loop
+        yield results
+        emulator.gate.release()
+
+
+def paused_push(
+    world: World, route: str, thread: str, guard: Any
+) -> AbstractAsyncContextManager[list[PushReport]]:
+    """A push under ``guard``, paused at its ``route`` request for ``thread`` (see ``paused``)."""
+    rule = FaultRule("gate", route=route, thread_id=thread)
+    return paused(world.emulator, rule, partial(push_under, world, guard))
 
 
 @pytest.fixture
@@ -117,17 +143,8 @@ async def test_a_push_paused_past_its_lease_sends_no_modify_and_its_successor_se
     world = await make_world(pg)
     thread, message, intended = edit_one(world)
     stale = slot_fence(pg, "a")
-    world.emulator.add_fault(FaultRule("gate", route="get", thread_id=thread))
-    reports: list[PushReport] = []
-
-    async def holder() -> None:
-        reports.append(await push_under(world, stale.guard))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(world)  # the holder is between its read and its modify, paused
-        successor = take_over(pg, "b")
-        world.emulator.gate.release()
+    async with paused_push(world, "get", thread, stale.guard) as reports:
+        successor = take_over(pg, "b")  # the holder is between its read and its modify, paused
     assert reports[0].aborted is not None
     assert stale.held.lost
     assert world.applied_modifies() == []  # no side effect after the lease was lost
@@ -150,19 +167,11 @@ async def test_a_modify_past_its_check_lands_at_most_once_more_with_the_same_map
     world = await make_world(pg)
     thread, message, intended = edit_one(world)
     stale = slot_fence(pg, "a")
-    world.emulator.add_fault(FaultRule("gate", route="modify", thread_id=thread))
-    reports: list[PushReport] = []
-
-    async def holder() -> None:
-        reports.append(await push_under(world, stale.guard))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(world)  # past its check, its modify on the wire: the window no check closes
+    async with paused_push(world, "modify", thread, stale.guard) as reports:
+        # The holder is past its check, its modify on the wire: the window no check closes.
         successor = take_over(pg, "b")
         assert (await push_under(world, successor.guard)).ok
         assert show_metadata(pg, thread, message).state == "applied"
-        world.emulator.gate.release()
     assert reports[0].aborted is not None  # its record was refused: the lease is b's
     assert [o.result for o in reports[0].outcomes] == ["unrecorded"]
     modifies = world.applied_modifies()
@@ -181,17 +190,8 @@ async def test_a_push_whose_lease_is_lost_during_its_modify_records_nothing(
     world = await make_world(mirror)
     thread, message, intended = edit_one(world)
     lease = Switch()
-    world.emulator.add_fault(FaultRule("gate", route="modify", thread_id=thread))
-    reports: list[PushReport] = []
-
-    async def holder() -> None:
-        reports.append(await push_under(world, lease.guard))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(world)
+    async with paused_push(world, "modify", thread, lease.guard) as reports:
         lease.lose()
-        world.emulator.gate.release()
     assert reports[0].aborted is not None
     assert show_metadata(mirror, thread, message).state == "pending"
     # The report says what the mirror holds: sent and answered, but not recorded as applied.
@@ -215,17 +215,8 @@ async def test_a_push_whose_lease_is_lost_before_its_modify_sends_nothing(
     world = await make_world(mirror)
     thread, message, _ = edit_one(world)
     lease = Switch()
-    world.emulator.add_fault(FaultRule("gate", route="get", thread_id=thread))
-    reports: list[PushReport] = []
-
-    async def holder() -> None:
-        reports.append(await push_under(world, lease.guard))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(world)
+    async with paused_push(world, "get", thread, lease.guard) as reports:
         lease.lose()
-        world.emulator.gate.release()
     assert reports[0].aborted is not None
     assert lease.checks == 1  # checked right before the modify, and refused it
     assert world.applied_modifies() == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any, cast
 
 import anyio
@@ -29,7 +30,7 @@ from tests.migrate.conftest import (
     target_settings,
 )
 from tests.migrate.test_daemon import settings_for
-from tests.replicas.test_slot_fence import HELD, Switch, slot_fence, take_over
+from tests.replicas.test_slot_fence import Switch, paused, slot_fence, take_over
 from tests.threads.test_discover import KEY as DISCOVER_KEY
 from worker.client import ApiClient
 from worker.config import Profile, Settings
@@ -85,10 +86,6 @@ def pg(pg_url: str) -> Iterator[Mirror]:
     mirror.dispose()
 
 
-async def held(emulator: Emulator) -> None:
-    await anyio.to_thread.run_sync(emulator.gate.wait_held, HELD)
-
-
 @pytest.mark.anyio
 async def test_a_migration_whose_lease_is_lost_before_its_first_write_sends_and_records_nothing(
     mirror: Mirror,
@@ -99,17 +96,9 @@ async def test_a_migration_whose_lease_is_lost_before_its_first_write_sends_and_
     source, thread_id = await one_thread(mirror, 25)
     target = new_emulator()
     lease = Switch()
-    source.add_fault(FaultRule("gate", route="thread.get"))
-    reports: list[MigrateReport] = []
-
-    async def holder() -> None:
-        reports.append(await migrate_under(mirror, target, lease.guard, source=source))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(source)
+    migrating = partial(migrate_under, mirror, target, lease.guard, source=source)
+    async with paused(source, FaultRule("gate", route="thread.get"), migrating) as reports:
         lease.lose()
-        source.gate.release()
     assert reports[0].aborted is not None
     assert lease.checks == 1  # the plan's transaction, refused
     assert reports[0].totals()["requests"] == 0
@@ -133,18 +122,10 @@ async def test_a_migrate_holder_paused_past_its_lease_sends_no_further_append(pg
     _, thread_id = await one_thread(pg, 45)
     target = new_emulator()
     stale = slot_fence(pg, "a", "migrate")
-    target.add_fault(FaultRule("gate", route="items.create"))
-    reports: list[MigrateReport] = []
-
-    async def holder() -> None:
-        reports.append(await migrate_under(pg, target, stale.guard))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(target)
+    migrating = partial(migrate_under, pg, target, stale.guard)
+    async with paused(target, FaultRule("gate", route="items.create"), migrating) as reports:
         at_pause = ledger_of(pg, thread_id)
         successor = take_over(pg, "b", "migrate")
-        target.gate.release()
     assert reports[0].aborted is not None
     assert stale.held.lost
     assert reports[0].totals()["requests"] == 2  # the create and the held append, nothing more
@@ -173,21 +154,13 @@ async def test_an_append_held_past_its_successors_settle_lands_twice_and_verify_
     _, thread_id = await one_thread(pg, 45)
     target = new_emulator()
     stale = slot_fence(pg, "a", "migrate")
-    target.add_fault(FaultRule("gate", route="items.create"))
-    reports: list[MigrateReport] = []
-
-    async def holder() -> None:
-        reports.append(await migrate_under(pg, target, stale.guard))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(target)
+    migrating = partial(migrate_under, pg, target, stale.guard)
+    async with paused(target, FaultRule("gate", route="items.create"), migrating) as reports:
         successor = take_over(pg, "b", "migrate")
         report = await migrate_under(pg, target, successor.guard)
         assert report.aborted is None
         assert report.threads[0].settled == 1
         settled = ledger_of(pg, thread_id)
-        target.gate.release()
     assert reports[0].aborted is not None
     assert ledger_of(pg, thread_id) == settled  # the holder recorded nothing
     [conversation] = target.conversations.by_id
@@ -279,7 +252,6 @@ async def test_a_discovery_whose_lease_is_lost_while_listing_tracks_nothing(
 ) -> None:
     project = _project(3)
     lease = Switch()
-    project.add_fault(FaultRule("gate", route="thread.list"))
     raised: list[BaseException] = []
 
     async def holder() -> None:
@@ -289,11 +261,8 @@ async def test_a_discovery_whose_lease_is_lost_while_listing_tracks_nothing(
             except SlotLost as exc:
                 raised.append(exc)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        await held(project)
+    async with paused(project, FaultRule("gate", route="thread.list"), holder):
         lease.lose()
-        project.gate.release()
     assert len(raised) == 1
     assert lease.checks == 1
     assert _tracked(mirror) == []
@@ -305,7 +274,6 @@ async def test_the_discover_job_of_a_slot_taken_over_writes_nothing(pg: Mirror) 
     tracks nothing, nor moves its ``since`` on (the successor's discovery lists those threads)."""
     project = _project(3)
     stale = slot_fence(pg, "a", "discover")
-    project.add_fault(FaultRule("gate", route="thread.list"))
     async with emulated_client(project, profile=Profile.FOUNDRY) as client:
         settings = Settings(database_url=pg.safe_url)
         jobs = Jobs(client, pg, settings, gate=anyio.Lock())
@@ -318,11 +286,8 @@ async def test_the_discover_job_of_a_slot_taken_over_writes_nothing(pg: Mirror) 
                 except SlotLost as exc:
                     raised.append(exc)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(holder)
-            await held(project)
+        async with paused(project, FaultRule("gate", route="thread.list"), holder):
             successor = take_over(pg, "b", "discover")
-            project.gate.release()
         assert len(raised) == 1
         assert stale.held.lost
         assert _tracked(pg) == []
