@@ -322,11 +322,9 @@ def granted(pacers: dict[str, Pacer], now: float) -> float:
     return sum(p.rate or 0.0 for p in pacers.values() if p.granted_until > now)
 
 
-@pytest.mark.anyio
-async def test_a_joiner_sends_nothing_until_every_live_replica_counted_it(pg: Mirror) -> None:
-    """Budget 20: a alone paces at 20. b registers and is held while a still paces at 20 (a has
-    not counted it); a's next claim counts b and halves a's share before it commits; b's next beat
-    sees that and b starts at 10. Granted together: never above 20."""
+def paced_pair(pg: Mirror) -> tuple[FakeClock, dict[str, Pacer], Replica, Replica]:
+    """Replicas a and b sharing a budget of 20 on one fake clock, each with its pacer attached
+    (neither registered yet)."""
     clock = FakeClock(start=0.0)
     pacers: dict[str, Pacer] = {}
     replicas: dict[str, Replica] = {}
@@ -334,7 +332,27 @@ async def test_a_joiner_sends_nothing_until_every_live_replica_counted_it(pg: Mi
         replicas[name] = Replica(pg, ttl=60.0, replica_id=name, budget=20.0, clock=clock.now)
         pacers[name] = Pacer(20.0, clock=clock.now, sleep=clock.sleep)
         replicas[name].attach(pacers[name])
-    a, b = replicas["a"], replicas["b"]
+    return clock, pacers, replicas["a"], replicas["b"]
+
+
+def age_heartbeat(pg: Mirror, replica: str, seconds: int) -> None:
+    """``replica``'s heartbeat as if it last beat ``seconds`` ago (paused meanwhile)."""
+    with pg.write() as session:
+        session.execute(
+            text(
+                "UPDATE daemon_replica SET heartbeat_at = now() - make_interval(secs => :s)"
+                " WHERE replica_id = :r"
+            ),
+            {"s": seconds, "r": replica},
+        )
+
+
+@pytest.mark.anyio
+async def test_a_joiner_sends_nothing_until_every_live_replica_counted_it(pg: Mirror) -> None:
+    """Budget 20: a alone paces at 20. b registers and is held while a still paces at 20 (a has
+    not counted it); a's next claim counts b and halves a's share before it commits; b's next beat
+    sees that and b starts at 10. Granted together: never above 20."""
+    clock, pacers, a, b = paced_pair(pg)
     a.register()
     assert (a.admitted, pacers["a"].rate, pacers["a"].granted_until) == (True, 20.0, 50.0)
     assert await went(pacers["a"])
@@ -372,21 +390,10 @@ def test_a_paused_peer_holds_a_joiner_for_at_most_one_ttl(pg: Mirror) -> None:
     a.register()
     b.register()
     assert not b.admitted
-
-    def age_a(seconds: int) -> None:
-        with pg.write() as session:
-            session.execute(
-                text(
-                    "UPDATE daemon_replica SET heartbeat_at = now() - make_interval(secs => :s)"
-                    " WHERE replica_id = 'a'"
-                ),
-                {"s": seconds},
-            )
-
-    age_a(55)  # past a's grant (50 s), not yet one TTL
+    age_heartbeat(pg, "a", 55)  # past a's grant (50 s), not yet one TTL
     b.beat()
     assert not b.admitted
-    age_a(61)
+    age_heartbeat(pg, "a", 61)
     b.beat()
     assert (b.admitted, b.peers) == (True, 1)
 
@@ -396,12 +403,7 @@ async def test_a_replica_paused_past_its_grant_joins_again(pg: Mirror) -> None:
     """a and b admitted at 10 each. a is paused (SIGSTOP) past TTL - TTL/6: its grant ends, so its
     pacer holds every request even before any beat; its next beat finds its heartbeat too old
     (b may have counted without it), so it must be counted again before it sends."""
-    clock = FakeClock(start=0.0)
-    pacers = {n: Pacer(20.0, clock=clock.now, sleep=clock.sleep) for n in ("a", "b")}
-    a = Replica(pg, ttl=60.0, replica_id="a", budget=20.0, clock=clock.now)
-    b = Replica(pg, ttl=60.0, replica_id="b", budget=20.0, clock=clock.now)
-    a.attach(pacers["a"])
-    b.attach(pacers["b"])
+    clock, pacers, a, b = paced_pair(pg)
     a.register()
     b.register()
     a.renew()
@@ -409,13 +411,7 @@ async def test_a_replica_paused_past_its_grant_joins_again(pg: Mirror) -> None:
     assert (a.admitted, b.admitted, a.peers, b.peers) == (True, True, 2, 2)
     assert granted(pacers, clock.now()) == 20.0
     clock.advance(51.0)  # a stopped: 51 s > 60 - 10 since its last beat began
-    with pg.write() as session:
-        session.execute(
-            text(
-                "UPDATE daemon_replica SET heartbeat_at = now() - interval '51 seconds'"
-                " WHERE replica_id = 'a'"
-            )
-        )
+    age_heartbeat(pg, "a", 51)
     assert not await went(pacers["a"])  # the grant ended: held before any beat
     b.renew()  # b's beat still counts a (younger than one TTL): b stays at 10
     assert pacers["b"].rate == 10.0
@@ -435,12 +431,7 @@ async def test_a_replica_paused_past_its_grant_joins_again(pg: Mirror) -> None:
 async def test_a_replica_pruned_while_paused_registers_and_joins_again(pg: Mirror) -> None:
     """Its row gone (pruned after five TTLs): its next beat writes the row again, and it sends
     nothing until the live replicas have counted it."""
-    clock = FakeClock(start=0.0)
-    pacers = {n: Pacer(20.0, clock=clock.now, sleep=clock.sleep) for n in ("a", "b")}
-    a = Replica(pg, ttl=60.0, replica_id="a", budget=20.0, clock=clock.now)
-    b = Replica(pg, ttl=60.0, replica_id="b", budget=20.0, clock=clock.now)
-    a.attach(pacers["a"])
-    b.attach(pacers["b"])
+    clock, pacers, a, b = paced_pair(pg)
     a.register()
     b.register()
     a.renew()
