@@ -186,14 +186,7 @@ class _Push:
                 ):
                     # Edited (or settled) since it was read: send nothing, record nothing;
                     # the next push sends the newer wish.
-                    return EditOutcome(
-                        snap.thread_id,
-                        snap.message_id,
-                        "deferred",
-                        attempts=attempts,
-                        requests=requests,
-                        error="edited meanwhile",
-                    )
+                    return _deferred(snap, attempts, requests, "edited meanwhile")
                 requests += 1
                 answer = await modify_once(self.client, snap.thread_id, snap.message_id, wanted)
                 return await self._applied(snap, answer, keys, attempts, requests, True)
@@ -223,14 +216,7 @@ class _Push:
             attempts=attempts,
             error=error,
         )
-        return EditOutcome(
-            snap.thread_id,
-            snap.message_id,
-            "deferred",
-            attempts=attempts,
-            requests=requests,
-            error=error,
-        )
+        return _deferred(snap, attempts, requests, error)
 
     async def _applied(
         self,
@@ -389,6 +375,18 @@ async def push_pending(
         aborted=report.aborted,
     )
     return report
+
+
+def _deferred(snap: Snapshot, attempts: int, requests: int, error: str) -> EditOutcome:
+    """An edit left open for the next push, with why (``error``)."""
+    return EditOutcome(
+        snap.thread_id,
+        snap.message_id,
+        "deferred",
+        attempts=attempts,
+        requests=requests,
+        error=error,
+    )
 
 
 def _unrecorded(outcome: EditOutcome) -> EditOutcome:
