@@ -20,6 +20,7 @@ from worker.emulator import Emulator, serve_in_thread
 from worker.emulator.identity import TOKEN_PATH
 from worker.export.source import Selection, iter_rows
 from worker.store.db import Mirror
+from worker.store.repo import add_threads
 
 THREADSYNC = [sys.executable, "-m", "worker"]
 KEY = "sk-test-DO-NOT-LEAK-4f9a1c2e"
@@ -126,6 +127,21 @@ def wait_for(
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline} s waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def emulator_url(emulator: Emulator) -> Iterator[str]:
+    """The test module's ``emulator`` fixture served on a loopback socket: its base URL."""
+    with serve_in_thread(emulator) as base_url:
+        yield base_url
+
+
+def track(db_url: str, ids: list[str]) -> None:
+    """Track ``ids`` in the mirror at ``db_url`` (as `threadsync threads add` does)."""
+    mirror = Mirror(db_url)
+    with mirror.write() as session:
+        add_threads(session, ids)
+    mirror.dispose()
 
 
 def exported(mirror: Mirror) -> dict[str, list[Any]]:

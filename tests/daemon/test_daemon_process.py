@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -23,37 +22,28 @@ from sqlalchemy import func, select
 from tests.harness import (
     DaemonProcess,
     cli_start,
+    emulator_url,
     env_for,
     exported,
     finish,
+    track,
     truth,
     wait_for,
 )
 from worker.client import ApiClient
 from worker.config import ApiSettings
-from worker.emulator import Emulator, FaultRule, serve_in_thread
+from worker.emulator import Emulator, FaultRule
 from worker.store.db import Mirror
 from worker.store.models import Message
-from worker.store.repo import add_threads, remove_threads
+from worker.store.repo import remove_threads
 from worker.sync.runner import RunReport, sync_threads
+
+__all__ = ["emulator_url"]  # the fixture, imported to be used here
 
 
 @pytest.fixture
 def emulator() -> Emulator:
     return Emulator(seed=21)
-
-
-@pytest.fixture
-def served(emulator: Emulator) -> Iterator[str]:
-    with serve_in_thread(emulator) as base_url:
-        yield base_url
-
-
-def track(db_url: str, ids: list[str]) -> None:
-    mirror = Mirror(db_url)
-    with mirror.write() as session:
-        add_threads(session, ids)
-    mirror.dispose()
 
 
 async def one_shot_sync(base_url: str, emulator: Emulator, db_url: str) -> RunReport:
@@ -99,7 +89,7 @@ def daemon_by_status(samples: dict[str, list[tuple[dict[str, str], float]]]) -> 
 
 @pytest.mark.slow
 def test_daemon_converges_under_faults_beside_other_commands_and_metrics_match(
-    emulator: Emulator, served: str, tmp_path: Path
+    emulator: Emulator, emulator_url: str, tmp_path: Path
 ) -> None:
     """Faults on, messages arriving, `threads add`/`status`/`export` and a refused second daemon
     beside it: the export ends equal to the truth, the request counters equal the emulator's own
@@ -110,7 +100,7 @@ def test_daemon_converges_under_faults_beside_other_commands_and_metrics_match(
     emulator.add_fault(FaultRule("503", times=None, probability=0.1, route="list"))
     emulator.add_fault(FaultRule("500", times=None, probability=0.1, route="get"))
     emulator.add_fault(FaultRule("429", times=4, retry_after=0.1))
-    env = env_for(served, emulator, db_url, THREADSYNC_DAEMON__HEALTH_PORT="0")
+    env = env_for(emulator_url, emulator, db_url, THREADSYNC_DAEMON__HEALTH_PORT="0")
     daemon = DaemonProcess(env, tmp_path / "daemon.log")
     mirror = Mirror(db_url)
     try:
@@ -173,7 +163,7 @@ def test_daemon_converges_under_faults_beside_other_commands_and_metrics_match(
 
 @pytest.mark.slow
 def test_sigterm_mid_sync_exits_0_and_a_following_sync_completes(
-    emulator: Emulator, served: str, tmp_path: Path
+    emulator: Emulator, emulator_url: str, tmp_path: Path
 ) -> None:
     """SIGTERM while pages are being written: exit 0 within the timeout, integrity ok, nothing
     half-done that a one-shot `threadsync sync` cannot finish."""
@@ -183,7 +173,7 @@ def test_sigterm_mid_sync_exits_0_and_a_following_sync_completes(
     track(db_url, ids)
     emulator.faults.latency_ms = 15
     env = env_for(
-        served,
+        emulator_url,
         emulator,
         db_url,
         THREADSYNC_DAEMON__REQUESTS_PER_SECOND="8",
@@ -211,6 +201,6 @@ def test_sigterm_mid_sync_exits_0_and_a_following_sync_completes(
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert message_count(Mirror(db_url)) < 4 * 600
     emulator.faults.latency_ms = 0
-    report = anyio.run(one_shot_sync, served, emulator, db_url)
+    report = anyio.run(one_shot_sync, emulator_url, emulator, db_url)
     assert report.ok, report.failed
     assert exported(Mirror(db_url)) == truth(emulator)

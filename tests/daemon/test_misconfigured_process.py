@@ -4,7 +4,6 @@ A subprocess against the emulator on a loopback socket, on SQLite and PostgreSQL
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,20 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from tests.harness import DaemonProcess, cli, env_for, wait_for
+from tests.harness import DaemonProcess, cli, emulator_url, env_for, wait_for
 from worker.client import ApiClient
 from worker.config import ApiSettings
-from worker.emulator import Emulator, serve_in_thread
+from worker.emulator import Emulator
 from worker.store.db import Mirror
 from worker.store.repo import add_threads
 from worker.sync.runner import sync_threads
+
+__all__ = ["emulator_url"]  # the fixture, imported to be used here
 
 
 @pytest.fixture
 def emulator() -> Emulator:
     return Emulator(seed=16)
-
-
-@pytest.fixture
-def served(emulator: Emulator) -> Iterator[str]:
-    with serve_in_thread(emulator) as base_url:
-        yield base_url
 
 
 def fingerprint(mirror: Mirror) -> dict[str, list[Any]]:
@@ -53,17 +48,19 @@ def readyz(base: str) -> httpx.Response:
 
 
 def test_a_daemon_with_a_wrong_endpoint_is_unready_and_says_why(
-    emulator: Emulator, served: str, mirror: Mirror, mirror_url: str, tmp_path: Path
+    emulator: Emulator, emulator_url: str, mirror: Mirror, mirror_url: str, tmp_path: Path
 ) -> None:
     ids = emulator.seed(seed=2, threads=4, messages=6)
     with mirror.write() as session:
         add_threads(session, ids)
-    anyio.run(synced_once, served, emulator, mirror)
+    anyio.run(synced_once, emulator_url, emulator, mirror)
     with mirror.write() as session:  # due now: the daemon's first dispatch takes them all
         session.execute(text("UPDATE tracked_thread SET next_sync_at = NULL"))
     before = fingerprint(mirror)
     emulator.set_behaviour(unknown_route="resource")  # Azure's generic "Resource not found"
-    wrong = env_for(served + "/openai", emulator, mirror_url, THREADSYNC_DAEMON__HEALTH_PORT="0")
+    wrong = env_for(
+        emulator_url + "/openai", emulator, mirror_url, THREADSYNC_DAEMON__HEALTH_PORT="0"
+    )
     daemon = DaemonProcess(wrong, tmp_path / "wrong.log")
     try:
         base = f"http://127.0.0.1:{daemon.wait_event('daemon.health_listening')['port']}"
@@ -84,7 +81,7 @@ def test_a_daemon_with_a_wrong_endpoint_is_unready_and_says_why(
         daemon.close()
 
     emulator.append_messages(ids[0], n=2)
-    fixed = env_for(served, emulator, mirror_url, THREADSYNC_DAEMON__HEALTH_PORT="0")
+    fixed = env_for(emulator_url, emulator, mirror_url, THREADSYNC_DAEMON__HEALTH_PORT="0")
     daemon = DaemonProcess(fixed, tmp_path / "fixed.log")
     try:
         base = f"http://127.0.0.1:{daemon.wait_event('daemon.health_listening')['port']}"

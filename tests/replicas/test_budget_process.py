@@ -24,16 +24,15 @@ shared across replicas, three of them sent 32 requests in one second, above this
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.harness import DaemonProcess, env_for, wait_for
-from worker.emulator import Emulator, serve_in_thread
-from worker.store.db import Mirror
-from worker.store.repo import add_threads
+from tests.harness import DaemonProcess, emulator_url, env_for, track, wait_for
+from worker.emulator import Emulator
+
+__all__ = ["emulator_url"]  # the fixture, imported to be used here
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -50,15 +49,9 @@ def emulator() -> Emulator:
     return emulator
 
 
-@pytest.fixture
-def served(emulator: Emulator) -> Iterator[str]:
-    with serve_in_thread(emulator) as base_url:
-        yield base_url
-
-
-def budget_env(served: str, emulator: Emulator, db_url: str) -> dict[str, str]:
+def budget_env(emulator_url: str, emulator: Emulator, db_url: str) -> dict[str, str]:
     return env_for(
-        served,
+        emulator_url,
         emulator,
         db_url,
         THREADSYNC_DAEMON__MODE="replicas",
@@ -90,14 +83,11 @@ def most_in_window(times: list[float], width: float) -> int:
 
 
 def test_three_replicas_joining_and_leaving_stay_within_the_budget(
-    emulator: Emulator, served: str, pg_url: str, tmp_path: Path
+    emulator: Emulator, emulator_url: str, pg_url: str, tmp_path: Path
 ) -> None:
     ids = emulator.seed(seed=3, threads=200, messages=30)
-    mirror = Mirror(pg_url)
-    with mirror.write() as session:
-        add_threads(session, ids)
-    mirror.dispose()
-    env = budget_env(served, emulator, pg_url)
+    track(pg_url, ids)
+    env = budget_env(emulator_url, emulator, pg_url)
     daemons: list[DaemonProcess] = []
     names: list[str] = []
     try:

@@ -18,18 +18,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from tests.harness import DaemonProcess, env_for, exported, truth, wait_for
-from worker.emulator import Emulator, FaultRule, serve_in_thread
+from tests.harness import DaemonProcess, emulator_url, env_for, exported, track, truth, wait_for
+from worker.emulator import Emulator, FaultRule
 from worker.emulator.faults import HeldRequest
 from worker.store.db import Mirror
-from worker.store.repo import add_threads
+
+__all__ = ["emulator_url"]  # the fixture, imported to be used here
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +45,9 @@ def emulator() -> Emulator:
     return Emulator(seed=21)
 
 
-@pytest.fixture
-def served(emulator: Emulator) -> Iterator[str]:
-    with serve_in_thread(emulator) as base_url:
-        yield base_url
-
-
-def replica_env(served: str, emulator: Emulator, db_url: str) -> dict[str, str]:
+def replica_env(emulator_url: str, emulator: Emulator, db_url: str) -> dict[str, str]:
     return env_for(
-        served,
+        emulator_url,
         emulator,
         db_url,
         THREADSYNC_DAEMON__MODE="replicas",
@@ -83,15 +77,8 @@ def slot_ends(daemons: list[DaemonProcess]) -> list[tuple[str, str]]:
     return [(e["job"], e["slot"]) for e in events(daemons, "daemon.slot_done")]
 
 
-def track(db_url: str, ids: list[str]) -> None:
-    mirror = Mirror(db_url)
-    with mirror.write() as session:
-        add_threads(session, ids)
-    mirror.dispose()
-
-
 def test_three_replicas_kill_pause_converge_without_overlap_and_slots_run_once(
-    emulator: Emulator, served: str, pg_url: str, tmp_path: Path
+    emulator: Emulator, emulator_url: str, pg_url: str, tmp_path: Path
 ) -> None:
     ids = emulator.seed(seed=1, threads=300, messages=25)
     track(pg_url, ids)
@@ -100,7 +87,11 @@ def test_three_replicas_kill_pause_converge_without_overlap_and_slots_run_once(
     emulator.add_fault(FaultRule("429", times=6, retry_after=0.1))
     # Each replica connects under its own application_name, so the audit knows who wrote.
     daemons = [
-        start(replica_env(served, emulator, f"{pg_url}&application_name=r{i}"), tmp_path, f"r{i}")
+        start(
+            replica_env(emulator_url, emulator, f"{pg_url}&application_name=r{i}"),
+            tmp_path,
+            f"r{i}",
+        )
         for i in range(3)
     ]
     mirror = Mirror(pg_url)
@@ -175,11 +166,11 @@ def test_three_replicas_kill_pause_converge_without_overlap_and_slots_run_once(
 
 
 def test_rolling_restart_hands_threads_over_within_a_ttl_plus_an_interval(
-    emulator: Emulator, served: str, pg_url: str, tmp_path: Path
+    emulator: Emulator, emulator_url: str, pg_url: str, tmp_path: Path
 ) -> None:
     ids = emulator.seed(seed=2, threads=40, messages=8)
     track(pg_url, ids)
-    env = replica_env(served, emulator, pg_url)
+    env = replica_env(emulator_url, emulator, pg_url)
     daemons = [start(env, tmp_path, f"old{i}") for i in range(3)]
     mirror = Mirror(pg_url)
     try:

@@ -17,22 +17,23 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from tests.harness import DaemonProcess, env_for, exported, truth, wait_for
+from tests.harness import DaemonProcess, emulator_url, env_for, exported, track, truth, wait_for
 from worker.backup import verify
 from worker.backup.snapshot import snapshot_name
 from worker.daemon.due import aware
-from worker.emulator import Emulator, FaultRule, serve_in_thread
+from worker.emulator import Emulator, FaultRule
 from worker.emulator.walks import REPLICA
 from worker.outbox import set_metadata, show_metadata
 from worker.store.db import Mirror
-from worker.store.repo import add_threads
+
+__all__ = ["emulator_url"]  # the fixture, imported to be used here
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +46,9 @@ def emulator() -> Emulator:
     return Emulator(seed=22)
 
 
-@pytest.fixture
-def served(emulator: Emulator) -> Iterator[str]:
-    with serve_in_thread(emulator) as base_url:
-        yield base_url
-
-
-def slot_env(served: str, emulator: Emulator, db_url: str, backups: Path) -> dict[str, str]:
+def slot_env(emulator_url: str, emulator: Emulator, db_url: str, backups: Path) -> dict[str, str]:
     return env_for(
-        served,
+        emulator_url,
         emulator,
         db_url,
         THREADSYNC_DAEMON__MODE="replicas",
@@ -132,19 +127,18 @@ def done(entries: list[Entry]) -> list[tuple[str, datetime]]:
 
 
 def test_each_periodic_slot_runs_once_across_replicas_and_a_killed_holders_slot_is_finished(
-    emulator: Emulator, served: str, pg_url: str, tmp_path: Path
+    emulator: Emulator, emulator_url: str, pg_url: str, tmp_path: Path
 ) -> None:
     ids = emulator.seed(seed=3, threads=30, messages=8)
+    track(pg_url, ids)
     mirror = Mirror(pg_url)
-    with mirror.write() as session:
-        add_threads(session, ids)
     table = keep_ledger(mirror)
 
     def ledger(mirror: Mirror) -> list[Entry]:
         return read_ledger(mirror, table)
 
     backups = tmp_path / "backups"
-    env = slot_env(served, emulator, pg_url, backups)
+    env = slot_env(emulator_url, emulator, pg_url, backups)
     daemons = [DaemonProcess(env, tmp_path / f"r{i}.log") for i in range(3)]
     try:
         names = [str(d.wait_event("daemon.replica_registered")["replica"]) for d in daemons]
