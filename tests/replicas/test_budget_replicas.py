@@ -4,7 +4,7 @@ mode, and the adaptive reschedule only for threads the replica still holds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,13 +28,6 @@ from worker.store.repo import add_threads
 from worker.testing import FakeClock, emulated_client
 
 ADAPTIVE: dict[str, Any] = {"min_interval": 60.0, "max_interval": 960.0, "active_hold": 0.0}
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[Mirror]:
-    mirror = Mirror(pg_url)
-    yield mirror
-    mirror.dispose()
 
 
 def rows(mirror: Mirror) -> dict[str, TrackedThread]:

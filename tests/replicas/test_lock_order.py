@@ -13,7 +13,7 @@ the one wait PostgreSQL alone can tell (the store blocked behind the page) is re
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import text
@@ -32,13 +32,6 @@ pytestmark = pytest.mark.anyio
 OWNER = "r1"
 TTL = 60.0
 WAIT = 30.0  # a bound on each step's wait for the others (they take milliseconds)
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[Mirror]:
-    mirror = Mirror(pg_url)
-    yield mirror
-    mirror.dispose()
 
 
 def _until(condition: Callable[[], bool], what: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -125,13 +125,6 @@ def paused_push(
     """A push under ``guard``, paused at its ``route`` request for ``thread`` (see ``paused``)."""
     rule = FaultRule("gate", route=route, thread_id=thread)
     return paused(world.emulator, rule, partial(push_under, world, guard))
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[Mirror]:
-    mirror = Mirror(pg_url)
-    yield mirror
-    mirror.dispose()
 
 
 @pytest.mark.anyio

@@ -12,7 +12,6 @@ and ``migrate verify`` names it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any, cast
@@ -77,13 +76,6 @@ def ledger_of(mirror: Mirror, thread_id: str) -> tuple[Any, ...]:
     batches = [(b.seq, b.state, b.message_ids, b.item_ids) for b in plan.batches]
     row = [(r.conversation_id, r.items, r.last_item_id, r.state, r.migration_id) for r in rows]
     return tuple(row), tuple(batches)
-
-
-@pytest.fixture
-def pg(pg_url: str) -> Iterator[Mirror]:
-    mirror = Mirror(pg_url)
-    yield mirror
-    mirror.dispose()
 
 
 @pytest.mark.anyio
