@@ -53,6 +53,26 @@ class _Held:
         add_threads(session, ["first"])
 
 
+def _nearly_full(tmp_path: Path) -> Mirror:
+    """A SQLite mirror that may grow by three pages only: a stand-in for a disk that fills up."""
+    mirror = Mirror(f"sqlite:///{tmp_path / 'm.db'}")
+    with mirror.read() as session:
+        pages = int(session.execute(text("PRAGMA page_count")).scalar_one())
+    event.listen(
+        mirror.engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count={pages + 3}")
+    )
+    mirror.engine.dispose()
+    return mirror
+
+
+def _fill_disk(session: Session) -> None:
+    """A statement the nearly full mirror has no room for."""
+    session.connection().exec_driver_sql(
+        "INSERT INTO mirror_meta (key, value, updated_at) VALUES ('x', ?, '2026-01-01')",
+        ("y" * 200_000,),
+    )
+
+
 async def _while_held(mirror: Mirror, queue: Callable[[anyio.abc.TaskGroup], None]) -> None:
     """Run ``queue`` while a first grouped write is in its transaction, then let it finish."""
     held = _Held()
@@ -174,21 +194,7 @@ async def test_when_sqlite_drops_the_transaction_no_piece_is_reported_committed(
 ) -> None:
     """A full disk makes SQLite roll back the whole transaction, not only the failing piece:
     the pieces before it must fail too, and none after it may commit on its own."""
-    mirror = Mirror(f"sqlite:///{tmp_path / 'm.db'}")
-    with mirror.read() as session:
-        pages = int(session.execute(text("PRAGMA page_count")).scalar_one())
-    # The database may grow by three pages only: a stand-in for a disk that fills up.
-    event.listen(
-        mirror.engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count={pages + 3}")
-    )
-    mirror.engine.dispose()
-
-    def huge(session: Session) -> None:
-        session.connection().exec_driver_sql(
-            "INSERT INTO mirror_meta (key, value, updated_at) VALUES ('x', ?, '2026-01-01')",
-            ("y" * 200_000,),
-        )
-
+    mirror = _nearly_full(tmp_path)
     errors: dict[str, BaseException] = {}
 
     async def attempt(name: str, fn: Callable[[Session], None]) -> None:
@@ -199,7 +205,7 @@ async def test_when_sqlite_drops_the_transaction_no_piece_is_reported_committed(
 
     def queue(tg: anyio.abc.TaskGroup) -> None:
         tg.start_soon(attempt, "before", partial(_track, "before"))
-        tg.start_soon(attempt, "huge", huge)
+        tg.start_soon(attempt, "huge", _fill_disk)
         tg.start_soon(attempt, "after", partial(_track, "after"))
 
     await _while_held(mirror, queue)
@@ -277,21 +283,12 @@ async def test_when_sqlite_drops_the_transaction_under_pieces_run_together_none_
     """Pieces run together (``together``) whose statement fills the disk: SQLite rolls the whole
     transaction back, so they and the piece before them all fail, and none is retried alone
     into a transaction of its own."""
-    mirror = Mirror(f"sqlite:///{tmp_path / 'm.db'}")
-    with mirror.read() as session:
-        pages = int(session.execute(text("PRAGMA page_count")).scalar_one())
-    event.listen(
-        mirror.engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count={pages + 3}")
-    )
-    mirror.engine.dispose()
+    mirror = _nearly_full(tmp_path)
     ran: list[str] = []
 
     def huge(session: Session, fns: list[Callable[[Session], None]]) -> None:
         ran.append("together")
-        session.connection().exec_driver_sql(
-            "INSERT INTO mirror_meta (key, value, updated_at) VALUES ('x', ?, '2026-01-01')",
-            ("y" * 200_000,),
-        )
+        _fill_disk(session)
 
     try:
         mirror.queue_grouped(partial(_track, "before"))
