@@ -254,6 +254,10 @@ async def test_httpx_response_stream_is_replaceable_after_read() -> None:
         ("GET", "/threads/t/messages/m", None, None),
         ("POST", "/threads/t/messages", None, b'{"role":"user","content":"hi"}'),
         ("DELETE", "/threads/t/messages/m", {"order": "desc"}, None),
+        # Values a query must quote (or leaves empty): the encoder's slow path (a space aside:
+        # httpx writes it "+", the builder "%20", as it always did).
+        ("GET", "/threads/t/messages", {"after": "msg/\u00e9&x=1", "before": ""}, None),
+        ("GET", "/threads/t/messages", {"run:id": "~ok.-_"}, None),
     ],
 )
 async def test_httpx_build_request_is_what_request_builder_makes(

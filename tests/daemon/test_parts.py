@@ -117,6 +117,34 @@ def test_metrics_count_client_events_and_thread_outcomes() -> None:
     assert all("thread_a" not in str(key) for key in got)
 
 
+def test_metrics_count_each_label_set_on_its_own_series() -> None:
+    """The children kept per label values: the same values add up on one series, other values
+    (a status, a result) start their own, and no answer is counted as status none."""
+    m = DaemonMetrics()
+    events = m.client_events()
+    route = "/threads/{thread_id}/messages"
+    for status in (200, 200, 404, None, 200):
+        events.on_response("GET", route, status, 0.01)
+    events.on_response("POST", route, 200, 0.01)
+    for result in ("synced", "synced", "failed"):
+        m.record_outcome(ThreadOutcome("thread_a", result))
+    got = samples(m.render().decode())
+    get = (("method", "GET"), ("route", route))
+    assert got[("threadsync_requests_total", (*get, ("status", "200")))] == 3
+    assert got[("threadsync_requests_total", (*get, ("status", "404")))] == 1
+    assert got[("threadsync_requests_total", (*get, ("status", "none")))] == 1
+    post = (("method", "POST"), ("route", route), ("status", "200"))
+    assert got[("threadsync_requests_total", post)] == 1
+    assert got[("threadsync_thread_passes_total", (("result", "synced"),))] == 2
+    assert got[("threadsync_thread_passes_total", (("result", "failed"),))] == 1
+    # Passes that changed nothing count no message change.
+    assert all(
+        value == 0
+        for (name, _), value in got.items()
+        if name == "threadsync_messages_mirrored_total"
+    )
+
+
 class FakeProbes:
     def __init__(self) -> None:
         self.alive: str | None = None

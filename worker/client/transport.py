@@ -212,7 +212,7 @@ class RequestBuilder:
         headers: dict[str, str],
     ) -> httpx.Request:
         client = self._client
-        query = urlencode({**self._params, **params} if params else self._params, quote_via=quote)
+        query = _encode({**self._params, **params} if params else self._params)
         merged = client.headers.copy()
         merged.update(headers)
         return httpx.Request(
@@ -231,6 +231,20 @@ class RequestBuilder:
         setattr(url, URI_REFERENCE, parts)
         return url
 
+
+def _encode(params: Mapping[str, str]) -> str:
+    """``urlencode(params, quote_via=quote)``, without quoting what needs none (ids, numbers and
+    words: every query the client sends; a tenth of building a request went to quoting)."""
+    if all(
+        type(k) is str and type(v) is str and _UNRESERVED.fullmatch(k) and _UNRESERVED.fullmatch(v)
+        for k, v in params.items()
+    ):
+        return "&".join(f"{k}={v}" for k, v in params.items())
+    return urlencode(params, quote_via=quote)
+
+
+# What ``quote`` leaves as it is (RFC 3986 unreserved characters), at least one of them.
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 
 # A path a parse leaves as it is: slashes, unreserved characters and percent-escapes only.
 _SAFE_PATH = re.compile(r"(?:/(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})*)+")

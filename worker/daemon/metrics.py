@@ -34,6 +34,11 @@ class DaemonMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Labelled children looked up once per label values: ``labels()`` validates, converts
+        # and locks on every call, and the per-request and per-pass counters are hit ~50 times
+        # a second (a child, once made, stays in its family: nothing here removes one).
+        self._passes: dict[str, Counter] = {}
+        self._requests: dict[tuple[str, str, int | None], Counter] = {}
         self.requests = Counter(
             "threadsync_requests",
             "API requests by method, route template and HTTP status (status 'none': no answer).",
@@ -155,19 +160,33 @@ class DaemonMetrics:
 
     def record_outcome(self, outcome: ThreadOutcome) -> None:
         """One thread pass finished (the sync runner's ``on_thread_done``)."""
-        self.passes.labels(result=outcome.result).inc()
+        passes = self._passes.get(outcome.result)
+        if passes is None:
+            passes = self._passes[outcome.result] = self.passes.labels(result=outcome.result)
+        passes.inc()
         self.pass_seconds.observe(outcome.seconds)
         c = outcome.counts
-        for change, n in (
-            ("added", c.added),
-            ("changed", c.changed),
-            ("deleted", c.deleted),
-            ("restored", c.restored),
-        ):
-            if n:
-                self.messages.labels(change=change).inc(n)
+        if c.writes:
+            for change, n in (
+                ("added", c.added),
+                ("changed", c.changed),
+                ("deleted", c.deleted),
+                ("restored", c.restored),
+            ):
+                if n:
+                    self.messages.labels(change=change).inc(n)
         if outcome.ok:
             self.last_success.set(time.time())
+
+    def count_request(self, method: str, route: str, status: int | None) -> None:
+        """One API request answered (``status``) or not (None)."""
+        key = (method, route, status)
+        child = self._requests.get(key)
+        if child is None:
+            status_label = "none" if status is None else str(status)
+            child = self.requests.labels(method=method, route=route, status=status_label)
+            self._requests[key] = child
+        child.inc()
 
     def set_threads(self, counts: dict[str, int]) -> None:
         for state, n in counts.items():
@@ -212,8 +231,7 @@ class MetricsEvents(ClientEvents):
         self._m = metrics
 
     def on_response(self, method: str, route: str, status: int | None, seconds: float) -> None:
-        status_label = "none" if status is None else str(status)
-        self._m.requests.labels(method=method, route=route, status=status_label).inc()
+        self._m.count_request(method, route, status)
 
     def on_retry(self, route: str, status: int | None, wait: float) -> None:
         self._m.retries.labels(route=route).inc()

@@ -285,6 +285,8 @@ async def run_until(
     leaves its thread exactly as a killed sync would: the pages committed so far, the cursor
     with them; the next pass resumes from there.
     """
+    if stop_at == math.inf:  # no deadline (the daemon's runs): no cancel scope to enter per pass
+        return await one_pass.run(full=full)
     with anyio.CancelScope(deadline=stop_at):
         return await one_pass.run(full=full)
     outcome = one_pass.outcome
