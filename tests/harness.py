@@ -48,6 +48,21 @@ def env_for(base_url: str, emulator: Emulator, db_url: str, **extra: str) -> dic
     return env
 
 
+def replicas_env(
+    base_url: str, emulator: Emulator, db_url: str, *, ttl: float, **extra: str
+) -> dict[str, str]:
+    """:func:`env_for` a daemon in replicas mode with a lease TTL of ``ttl`` seconds; ``extra``:
+    the test's own settings."""
+    return env_for(
+        base_url,
+        emulator,
+        db_url,
+        THREADSYNC_DAEMON__MODE="replicas",
+        THREADSYNC_DAEMON__LEASE_TTL=str(ttl),
+        **extra,
+    )
+
+
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*THREADSYNC, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False

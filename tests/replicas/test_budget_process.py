@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import DaemonProcess, emulator_url, env_for, track, wait_for
+from tests.harness import DaemonProcess, emulator_url, replicas_env, track, wait_for
 from worker.emulator import Emulator
 
 __all__ = ["emulator_url"]  # the fixture, imported to be used here
@@ -50,12 +50,11 @@ def emulator() -> Emulator:
 
 
 def budget_env(emulator_url: str, emulator: Emulator, db_url: str) -> dict[str, str]:
-    return env_for(
+    return replicas_env(
         emulator_url,
         emulator,
         db_url,
-        THREADSYNC_DAEMON__MODE="replicas",
-        THREADSYNC_DAEMON__LEASE_TTL="12",
+        ttl=12,
         THREADSYNC_DAEMON__MAX_REQUESTS_PER_SECOND=str(BUDGET),
         THREADSYNC_DAEMON__SYNC_INTERVAL="2",
         THREADSYNC_DAEMON__DISPATCH_INTERVAL="0.5",

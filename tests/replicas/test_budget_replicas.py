@@ -109,23 +109,20 @@ async def test_replica_claims_follow_the_budget_capped_by_capacity_and_run_back_
 
     replica.claim = counted  # type: ignore[method-assign]
     async with emulated_client(emulator) as client:
-        small = Dispatcher(
-            client,
-            pg,
-            settings(pg, max_requests_per_second=1.0, dispatch_interval=5.0, **ADAPTIVE),
-            owner=replica.id,
-            replica=replica,
-            now=Clock(),
-        )
+
+        def under(budget: float) -> Dispatcher:
+            return Dispatcher(
+                client,
+                pg,
+                settings(pg, max_requests_per_second=budget, dispatch_interval=5.0, **ADAPTIVE),
+                owner=replica.id,
+                replica=replica,
+                now=Clock(),
+            )
+
+        small = under(1.0)
         assert small.claim_limit() == 5  # 1 request/s x 5 s, one request per pass
-        d = Dispatcher(
-            client,
-            pg,
-            settings(pg, max_requests_per_second=1000.0, dispatch_interval=5.0, **ADAPTIVE),
-            owner=replica.id,
-            replica=replica,
-            now=Clock(),
-        )
+        d = under(1000.0)
         assert d.claim_limit() == 8  # 2 x sync.concurrency, not the 5,000 the budget serves
         total = await d.dispatch()
     assert total.claimed == 30

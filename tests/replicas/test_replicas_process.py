@@ -24,7 +24,15 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.harness import DaemonProcess, emulator_url, env_for, exported, track, truth, wait_for
+from tests.harness import (
+    DaemonProcess,
+    emulator_url,
+    exported,
+    replicas_env,
+    track,
+    truth,
+    wait_for,
+)
 from worker.emulator import Emulator, FaultRule
 from worker.emulator.faults import HeldRequest
 from worker.store.db import Mirror
@@ -46,12 +54,11 @@ def emulator() -> Emulator:
 
 
 def replica_env(emulator_url: str, emulator: Emulator, db_url: str) -> dict[str, str]:
-    return env_for(
+    return replicas_env(
         emulator_url,
         emulator,
         db_url,
-        THREADSYNC_DAEMON__MODE="replicas",
-        THREADSYNC_DAEMON__LEASE_TTL=str(TTL),
+        ttl=TTL,
         THREADSYNC_DAEMON__SYNC_INTERVAL=str(SYNC_INTERVAL),
         THREADSYNC_DAEMON__SYNC_JITTER=str(JITTER),
         THREADSYNC_DAEMON__DISPATCH_INTERVAL=str(DISPATCH),

@@ -94,6 +94,14 @@ def edit_one(world: World) -> tuple[str, str, dict[str, str]]:
     return thread, msg["id"], {**dict(msg["metadata"] or {}), "label": "refund"}
 
 
+def assert_applied_once(world: World, thread: str, message: str, intended: dict[str, str]) -> None:
+    """One modify of ``message`` reached the server, which holds ``intended``, and the mirror
+    records the edit applied."""
+    assert Counter(c["message_id"] for c in world.applied_modifies()) == {message: 1}
+    assert world.remote_metadata(thread, message) == intended
+    assert show_metadata(world.mirror, thread, message).state == "applied"
+
+
 async def push_under(world: World, guard: Any) -> PushReport:
     async with emulated_client(world.emulator) as client:
         return await push_pending(client, world.mirror, sleep=SleepRecorder(), guard=guard)
@@ -145,9 +153,7 @@ async def test_a_push_paused_past_its_lease_sends_no_modify_and_its_successor_se
 
     report = await push_under(world, successor.guard)
     assert report.ok
-    assert Counter(c["message_id"] for c in world.applied_modifies()) == {message: 1}
-    assert world.remote_metadata(thread, message) == intended
-    assert show_metadata(pg, thread, message).state == "applied"
+    assert_applied_once(world, thread, message, intended)
 
 
 @pytest.mark.anyio
@@ -196,9 +202,7 @@ async def test_a_push_whose_lease_is_lost_during_its_modify_records_nothing(
     report = await push_under(world, Switch().guard)
     assert report.ok
     assert report.requests == 1  # the read only: the server already holds the wish
-    assert Counter(c["message_id"] for c in world.applied_modifies()) == {message: 1}
-    assert world.remote_metadata(thread, message) == intended
-    assert show_metadata(mirror, thread, message).state == "applied"
+    assert_applied_once(world, thread, message, intended)
 
 
 @pytest.mark.anyio

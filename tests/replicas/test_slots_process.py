@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.harness import DaemonProcess, emulator_url, env_for, exported, track, truth, wait_for
+from tests.harness import (
+    DaemonProcess,
+    emulator_url,
+    exported,
+    replicas_env,
+    track,
+    truth,
+    wait_for,
+)
 from worker.backup import verify
 from worker.backup.snapshot import snapshot_name
 from worker.daemon.due import aware
@@ -47,12 +55,11 @@ def emulator() -> Emulator:
 
 
 def slot_env(emulator_url: str, emulator: Emulator, db_url: str, backups: Path) -> dict[str, str]:
-    return env_for(
+    return replicas_env(
         emulator_url,
         emulator,
         db_url,
-        THREADSYNC_DAEMON__MODE="replicas",
-        THREADSYNC_DAEMON__LEASE_TTL=str(TTL),
+        ttl=TTL,
         THREADSYNC_DAEMON__SYNC_INTERVAL="2",
         THREADSYNC_DAEMON__SYNC_JITTER="0.1",
         THREADSYNC_DAEMON__DISPATCH_INTERVAL="0.2",
