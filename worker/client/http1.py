@@ -45,7 +45,7 @@ from typing import Any
 import httptools
 import httpx
 
-from worker.client.transport import readable
+from worker.client.transport import SOCKET, readable
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
@@ -98,7 +98,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._socket = transport.get_extra_info("socket")
+        self._socket = transport.get_extra_info(SOCKET)
 
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:
@@ -156,12 +156,13 @@ class Connection(asyncio.Protocol):
         if self._waiter is None:
             self._stopped = _UNASKED
             raise _Stop
+        self._reason = b""
         self._headers = []
         self._body = []
         self._headers_done = False
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        self._reason += reason  # in pieces, when the status line came in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
