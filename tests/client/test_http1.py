@@ -105,7 +105,7 @@ async def _get(
 
 
 def _start(transport: Http1Transport, url: str, **timeouts: float) -> asyncio.Task[httpx.Response]:
-    return asyncio.get_running_loop().create_task(_get(transport, url, **timeouts))
+    return asyncio.get_running_loop().create_task(_get(transport, url, "GET", **timeouts))
 
 
 async def _answer_whole(
@@ -214,9 +214,8 @@ async def test_head_answer_with_a_length_does_not_wait_for_a_body(
 ) -> None:
     request = asyncio.get_running_loop().create_task(_get(transport, server.url, "HEAD"))
     peer = await server.accept()
-    assert (await server.answer(peer, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")).startswith(
-        b"HEAD / "
-    )
+    sent = await server.answer(peer, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert sent.startswith(b"HEAD / ")
     response = await request
     assert (response.status_code, response.content) == (200, b"")
     assert response.headers["content-length"] == "1000"
@@ -265,7 +264,7 @@ async def test_server_closing_before_answering(server: Server, transport: Http1T
     peer = await server.accept()
     await peer.request()
     peer.close()
-    with pytest.raises(httpx.RemoteProtocolError, match="^Server disconnected without sending"):
+    with pytest.raises(httpx.RemoteProtocolError, match=r"^Server disconnected without sending"):
         await request
     assert transport._open == set()
 
@@ -405,7 +404,8 @@ async def test_the_read_timer_moves_with_data_and_fires_on_silence(
     armed.cancel()  # fired by hand below
     connection._last_read = loop.time() - 400.0  # a byte came 400 s ago
     connection._on_timer()
-    assert connection._timer is not None and connection._timer is not armed
+    assert connection._timer is not None
+    assert connection._timer is not armed
     assert connection._timer.when() == pytest.approx(connection._last_read + 1000.0)
     assert not request.done()
     connection._last_read = loop.time() - 1000.0  # silent for the whole timeout

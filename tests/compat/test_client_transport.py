@@ -77,13 +77,20 @@ def _bodies(events: list[object]) -> bytes:
 def test_httptools_calls_on_header_once_per_header_however_the_bytes_were_split() -> None:
     """Headers whole, once each; but the reason phrase (``on_status``) and the body come in as
     many pieces as the bytes did: the transport joins them."""
-    data = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Id: r1\r\nContent-Length: 2\r\n\r\nok"
+    data = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Id: r1\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
     recorder = Recorder()
     split = recorder.feed(data, split=True)
     assert recorder.reason == b"OK"
     assert split.count(("status", 200, b"O")) == 1  # the first piece only
     headers = [e for e in split if isinstance(e, tuple) and isinstance(e[0], bytes)]
-    assert headers == [(b"Content-Type", b"application/json"), (b"X-Id", b"r1"), (b"Content-Length", b"2")]
+    assert headers == [
+        (b"Content-Type", b"application/json"),
+        (b"X-Id", b"r1"),
+        (b"Content-Length", b"2"),
+    ]
     assert split[0] == "begin"
     assert _bodies(split) == b"ok"
     assert split.count(b"o") == 1

@@ -47,13 +47,14 @@ import httpx
 
 from worker.client.transport import SOCKET, readable
 
+_DEFAULT_LIMITS = httpx.Limits()  # httpx's default
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 # RFC 9110 token: a header name or a method.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-class _Stop(Exception):  # noqa: N818 (a signal, not an error)
+class _Stop(Exception):
     """Raised from a parser callback to stop the parse (httptools: ``feed_data`` raises
     ``HttpParserCallbackError``); the reason is left in ``Connection._stopped``."""
 
@@ -189,11 +190,14 @@ class Connection(asyncio.Protocol):
 
     # -- the request in flight -----------------------------------------------------------------
 
-    async def request(self, request: httpx.Request, head: bytes, timeouts: dict[str, Any]) -> httpx.Response:
+    async def request(
+        self, request: httpx.Request, head: bytes, timeouts: dict[str, Any]
+    ) -> httpx.Response:
         """Send ``request`` (``head``: its request line and headers) and await the whole answer."""
         transport = self._transport
         assert transport is not None
-        self._waiter = waiter = self._loop.create_future()
+        waiter: asyncio.Future[httpx.Response] = self._loop.create_future()
+        self._waiter = waiter
         self._head = request.method == "HEAD"
         self._answered = self._headers_done = self._informational = False
         try:
@@ -225,7 +229,7 @@ class Connection(asyncio.Protocol):
                 self._timer.cancel()
                 self._timer = None
 
-    async def _write_stream(self, request: httpx.Request, timeout: float | None) -> None:
+    async def _write_stream(self, request: httpx.Request, write_timeout: float | None) -> None:
         """A body not read beforehand: written as it comes, chunked unless its length is known."""
         transport = self._transport
         assert transport is not None
@@ -238,15 +242,15 @@ class Connection(asyncio.Protocol):
             if chunk:
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             if self._paused:
-                await self._drain(timeout)
+                await self._drain(write_timeout)
         if chunked and not self.closed:
             transport.write(b"0\r\n\r\n")
 
-    async def _drain(self, timeout: float | None) -> None:
+    async def _drain(self, write_timeout: float | None) -> None:
         """Wait until asyncio's write buffer is below its high mark (``timeout``: WriteTimeout)."""
         self._drained = self._loop.create_future()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(write_timeout):
                 await self._drained
         except TimeoutError:
             raise httpx.WriteTimeout("timed out") from None
@@ -324,7 +328,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
     """httpx's transport interface over :class:`Connection` and a pool of them (module doc)."""
 
     def __init__(
-        self, limits: httpx.Limits = httpx.Limits(), *, ssl_context: ssl.SSLContext | None = None
+        self, limits: httpx.Limits = _DEFAULT_LIMITS, *, ssl_context: ssl.SSLContext | None = None
     ) -> None:
         self._max_connections = limits.max_connections
         self._max_idle = (
@@ -386,7 +390,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     # -- the pool ------------------------------------------------------------------------------
 
-    async def _acquire(self, origin: tuple[bytes, str, int], timeouts: dict[str, Any]) -> Connection:
+    async def _acquire(
+        self, origin: tuple[bytes, str, int], timeouts: dict[str, Any]
+    ) -> Connection:
         """An idle connection to ``origin`` fit for use, else a new one once there is room."""
         if self._waiters or not self._has_room():
             await self._wait(timeouts.get("pool"))
@@ -416,7 +422,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             or self._idle_count > 0
         )
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _wait(self, pool_timeout: float | None) -> None:
         """Queue (first come, first served) until a released or closed connection makes room.
 
         A waiter woken, then beaten to the room by a connection closing elsewhere, waits again
@@ -427,7 +433,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(pool_timeout):
                 while True:
                     await waiter
                     if self._has_room():
@@ -496,7 +502,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         connection.abort()
         self._open.discard(connection)
 
-    async def _connect(self, origin: tuple[bytes, str, int], timeout: float | None) -> Connection:
+    async def _connect(
+        self, origin: tuple[bytes, str, int], connect_timeout: float | None
+    ) -> Connection:
         """A new connection (TLS for https). Every failure here is before any byte was sent."""
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
@@ -506,7 +514,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 self._ssl_context = httpx.create_ssl_context()
             context = self._ssl_context
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(connect_timeout):
                 _, connection = await loop.create_connection(
                     lambda: Connection(loop, origin),
                     host,
