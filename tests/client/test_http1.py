@@ -9,6 +9,7 @@ import select
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -371,9 +372,41 @@ async def test_a_header_breaking_the_framing_is_refused_unsent(
     server: Server, transport: Http1Transport, name: str, value: str
 ) -> None:
     request = httpx.Request("GET", server.url, headers={name: value})
-    with pytest.raises(httpx.LocalProtocolError):
+    with pytest.raises(httpx.LocalProtocolError) as caught:
         await transport.handle_async_request(request)
+    assert caught.value.request is request
     assert server.accepted == 0
+
+
+@pytest.mark.parametrize("first_words", [b"", b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"])
+async def test_a_new_connection_closed_before_its_request_fails_at_once(
+    server: Server, transport: Http1Transport, monkeypatch: pytest.MonkeyPatch, first_words: bytes
+) -> None:
+    """The server closes (or speaks, unasked) as the connection is made, and the loop hears it
+    before the request is written: the request fails, instead of waiting for an answer."""
+    loop = asyncio.get_running_loop()
+    create_connection = loop.create_connection
+
+    async def heard_first(*args: Any, **kwargs: Any) -> Any:
+        made = await create_connection(*args, **kwargs)
+        protocol, lost = made[1], asyncio.Event()
+        connection_lost = protocol.connection_lost
+
+        def heard(exc: Exception | None) -> None:
+            connection_lost(exc)
+            lost.set()
+
+        monkeypatch.setattr(protocol, "connection_lost", heard)
+        peer = await server.accept()
+        peer.send(first_words)
+        peer.close()
+        await lost.wait()  # the protocol heard it before the request is written
+        return made
+
+    monkeypatch.setattr(loop, "create_connection", heard_first)
+    with pytest.raises(httpx.RemoteProtocolError, match=r"^Server disconnected without sending"):
+        await _get(transport, server.url)
+    assert transport._count() == 0
 
 
 # -- timeouts ------------------------------------------------------------------------------------

@@ -196,6 +196,8 @@ class Connection(asyncio.Protocol):
         """Send ``request`` (``head``: its request line and headers) and await the whole answer."""
         transport = self._transport
         assert transport is not None
+        if self.closed:  # a new connection the server closed (or spoke on) before this request
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
         waiter: asyncio.Future[httpx.Response] = self._loop.create_future()
         self._waiter = waiter
         self._head = request.method == "HEAD"
@@ -544,5 +546,7 @@ def _head(request: httpx.Request) -> bytes:
         or not _TOKEN.fullmatch(method)
         or not all(_TOKEN.fullmatch(name) for name, _ in raw)
     ):
-        raise httpx.LocalProtocolError("Illegal character in the request line or a header.")
+        raise httpx.LocalProtocolError(
+            "Illegal character in the request line or a header.", request=request
+        )
     return head
