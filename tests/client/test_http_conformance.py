@@ -1,0 +1,1200 @@
+"""The API client's HTTP/1.1 transport against a scripted loopback server, run over two transports:
+``httpx`` (httpx 0.28's own ``AsyncHTTPTransport``, the reference) and ``threadsync``
+(:class:`worker.client.http1.Http1Transport`). Whatever the client could notice must be the same:
+the bytes on the wire, connection reuse, the answer's status, headers and body, and the exact
+class of every failure, since :class:`~worker.client.ApiClient` decides from the class alone
+whether a create may be sent again (``_NOT_SENT`` in worker/client/api.py).
+
+The server (tests/client/rawserver.py) writes raw bytes, well formed or not, and the tests wait on
+its events. The few timeouts are small and asserted only through their error class; where time
+itself is the point (a byte trickled inside each read timeout) the ratio is at least 10x.
+``HANG`` only turns a would-be hang into a failure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import gzip
+import hashlib
+import importlib
+import ipaddress
+import random
+import socket
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
+
+from tests.client.rawserver import (
+    Conn,
+    RawRequest,
+    RawServer,
+    answer,
+    answer_each,
+    chunked,
+    reserved_port,
+    serve,
+)
+from tests.hostile import HOSTILE
+from worker.client import ApiClient
+from worker.config import ApiSettings, RetrySettings
+from worker.errors import TransientError, UnreachableError
+from worker.jsontext import dumps, loads
+from worker.testing import RecordingEvents
+
+pytestmark = [pytest.mark.anyio, pytest.mark.process]
+
+HANG = 10.0  # a guard against hanging forever, never a bound on how fast anything must be
+SHORT = 0.2  # a timeout that must fire: the server holds for good, so only its value is waited
+
+
+# -- the two transports -----------------------------------------------------------------------
+
+
+class Transports:
+    """Builds the transport under test (and closes every one it built at the end)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.built: list[httpx.AsyncBaseTransport] = []
+
+    def __call__(
+        self,
+        limits: httpx.Limits = httpx.Limits(),  # noqa: B008 - immutable
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> httpx.AsyncBaseTransport:
+        transport: httpx.AsyncBaseTransport
+        if self.kind == "httpx":
+            transport = httpx.AsyncHTTPTransport(
+                limits=limits,
+                http1=True,
+                http2=False,
+                trust_env=False,
+                verify=ssl_context if ssl_context is not None else True,
+            )
+        else:
+            try:
+                module = importlib.import_module("worker.client.http1")
+            except ModuleNotFoundError:
+                pytest.skip("worker.client.http1 is not written yet")
+            transport = module.Http1Transport(limits, ssl_context=ssl_context)
+        self.built.append(transport)
+        return transport
+
+    def client(
+        self, transport: httpx.AsyncBaseTransport | None = None, **kw: Any
+    ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=transport or self(), trust_env=False, **kw)
+
+
+@pytest.fixture(params=["httpx", "threadsync"])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Transports]:
+    transports = Transports(request.param)
+    yield transports
+    for transport in transports.built:
+        await transport.aclose()
+
+
+async def settle(event: Any) -> None:
+    """Wait for an asyncio event the server sets; fail instead of hanging."""
+    with anyio.fail_after(HANG):
+        await event.wait()
+
+
+def ok(body: bytes = b"ok", *headers: tuple[str, str]) -> bytes:
+    return answer(200, body, headers)
+
+
+def echo_path(request: RawRequest) -> bytes:
+    return ok(request.target)
+
+
+# -- keep-alive ------------------------------------------------------------------------------------
+
+
+async def test_sequential_requests_share_one_connection(make: Transports) -> None:
+    """Keep-alive: N requests one after another use one connection, each gets its own answer."""
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, echo_path)
+
+    async with serve(handler) as server, make.client() as client:
+        for i in range(5):
+            response = await client.get(f"{server.url}/r{i}")
+            assert response.status_code == 200
+            assert response.content == f"/r{i}".encode()
+        assert len(server.connections) == 1
+        assert len(server.requests) == 5
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(answer(200, b"one", [("Connection", "close")]), id="connection-close"),
+        pytest.param(answer(200, b"one", version=b"HTTP/1.0"), id="http-1.0"),
+        pytest.param(
+            answer(200, b"one", [("Connection", "keep-alive")], version=b"HTTP/1.0"),
+            id="1.0-keep-alive",
+        ),
+        pytest.param(answer(200, b"one", [("connection", "Close")]), id="close-lower-case"),
+    ],
+)
+async def test_an_answer_that_ends_the_connection_is_not_reused(
+    make: Transports, first: bytes
+) -> None:
+    """After ``Connection: close`` or any HTTP/1.0 answer (httpx never keeps an HTTP/1.0
+    connection alive, even when the answer says keep-alive), the client closes that connection
+    itself (the server would go on answering on it, and sees the EOF) and the next request goes
+    on a new one."""
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            await conn.send(first)
+            await answer_each(conn, lambda _: ok(b"reused"))
+        else:
+            await answer_each(conn, lambda _: ok(b"two"))
+
+    async with serve(handler) as server, make.client() as client:
+        assert (await client.get(server.url)).content == b"one"
+        assert (await client.get(server.url)).content == b"two"
+        await settle(server.connections[0].eof)
+        assert len(server.connections) == 2
+        assert [len(c.requests) for c in server.connections] == [1, 1]
+
+
+# -- answer bodies ---------------------------------------------------------------------------------
+
+TINY = [bytes([65 + i % 26]) * (1 + i % 3) for i in range(400)]
+
+
+@pytest.mark.parametrize(
+    ("head", "pieces", "content", "reusable"),
+    [
+        pytest.param(
+            answer(200, headers=[("Content-Length", "5")], length=False),
+            [b"hello"],
+            b"hello",
+            True,
+            id="content-length",
+        ),
+        pytest.param(
+            answer(200, headers=[("Transfer-Encoding", "chunked")], length=False),
+            [
+                b"5;name=value\r\nhello\r\n",
+                b"1\r\n \r\n6\r\nworld!\r\n",
+                b"0\r\nX-Trailer: t1\r\nX-Other: t2\r\n\r\n",
+            ],
+            b"hello world!",
+            True,
+            id="chunked-extensions-trailers",
+        ),
+        pytest.param(
+            answer(200, headers=[("Transfer-Encoding", "chunked")], length=False),
+            # each chunk written (and drained) apart, split inside its size line too
+            [part for piece in TINY for part in (b"%x\r" % len(piece), b"\n" + piece + b"\r\n")]
+            + [b"0\r\n\r\n"],
+            b"".join(TINY),
+            True,
+            id="many-tiny-chunks",
+        ),
+        pytest.param(
+            answer(200, headers=[("Transfer-Encoding", "chunked")], length=False),
+            [chunked(TINY)],
+            b"".join(TINY),
+            True,
+            id="many-chunks-one-write",
+        ),
+        pytest.param(
+            answer(200, length=False),
+            [b"until ", b"the ", b"end"],
+            b"until the end",
+            False,
+            id="close-delimited",
+        ),
+        pytest.param(
+            answer(200, length=False, version=b"HTTP/1.0"),
+            [b"one point ", b"oh"],
+            b"one point oh",
+            False,
+            id="close-delimited-1.0",
+        ),
+    ],
+)
+async def test_body_framings(
+    make: Transports, head: bytes, pieces: list[bytes], content: bytes, reusable: bool
+) -> None:
+    """Each way an answer's body is delimited gives exactly its bytes; a body delimited by its
+    length or chunks leaves the connection reusable, one that ends at EOF does not."""
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            await conn.send(head)
+            for piece in pieces:
+                await conn.send(piece)
+            if not reusable:
+                conn.close()
+                return
+        await answer_each(conn, lambda _: ok(b"next"))
+
+    async with serve(handler) as server, make.client() as client:
+        response = await client.get(server.url)
+        assert response.status_code == 200
+        assert response.content == content
+        assert (await client.get(server.url)).content == b"next"
+        assert len(server.connections) == (1 if reusable else 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "wire"),
+    [
+        pytest.param(
+            "HEAD",
+            answer(200, headers=[("Content-Length", "1234")], length=False),
+            id="head-with-length",
+        ),
+        pytest.param(
+            "HEAD",
+            answer(200, headers=[("Transfer-Encoding", "chunked")], length=False),
+            id="head-chunked",
+        ),
+        pytest.param("GET", answer(204, length=False, reason=b"No Content"), id="204"),
+        pytest.param(
+            "GET",
+            answer(304, headers=[("Content-Length", "50")], length=False, reason=b"Not Modified"),
+            id="304-with-length",
+        ),
+        pytest.param(
+            "GET", answer(200, headers=[("Content-Length", "0")], length=False), id="length-0"
+        ),
+    ],
+)
+async def test_answers_without_a_body(make: Transports, method: str, wire: bytes) -> None:
+    """HEAD, 204 and 304 answers have no body whatever their headers say: the request completes
+    (no wait for bytes that never come) and the next answer on the same connection is read as
+    an answer, not as this one's body."""
+    status = int(wire.split(b" ")[1])
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(wire)
+        await answer_each(conn, lambda _: ok(b"after"))
+
+    async with serve(handler) as server, make.client() as client:
+        with anyio.fail_after(HANG):
+            response = await client.request(method, server.url)
+        assert response.status_code == status
+        assert response.content == b""
+        assert (await client.get(server.url)).content == b"after"
+        assert len(server.connections) == 1
+
+
+def megabytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n * 1024 * 1024)
+
+
+async def test_multi_megabyte_bodies_both_ways(make: Transports) -> None:
+    """Several MB up (Content-Length) and down (length, then chunked), byte for byte."""
+    up, down = megabytes(5, 1), megabytes(6, 2)
+
+    async def handler(conn: Conn) -> None:
+        request = await conn.read_request()
+        assert request is not None
+        await conn.send(ok(hashlib.sha256(request.content).hexdigest().encode()))
+        assert await conn.read_request() is not None
+        await conn.send(ok(down))
+        assert await conn.read_request() is not None
+        await conn.send(answer(200, headers=[("Transfer-Encoding", "chunked")], length=False))
+        for at in range(0, len(down), 70_001):
+            await conn.send(chunked([down[at : at + 70_001]])[:-5])
+        await conn.send(b"0\r\n\r\n")
+        await answer_each(conn, lambda _: ok())
+
+    async with serve(handler) as server, make.client() as client:
+        response = await client.post(server.url, content=up)
+        assert response.content == hashlib.sha256(up).hexdigest().encode()
+        assert server.requests[0].header(b"content-length") == str(len(up)).encode()
+        assert (await client.get(server.url)).content == down
+        assert (await client.get(server.url)).content == down
+        assert len(server.connections) == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_compressed_answer_is_decoded(make: Transports, encoding: str) -> None:
+    """A Content-Encoding answer reaches the caller decoded (once: the transport hands the raw
+    bytes on, httpx decodes), the header kept; also when chunked."""
+    value = {"text": "compressible " * 500, "n": 1}
+    raw = orjson.dumps(value)
+    packed = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+    headers = [("Content-Type", "application/json"), ("Content-Encoding", encoding)]
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(answer(200, packed, headers))
+        assert await conn.read_request() is not None
+        te = [*headers, ("Transfer-Encoding", "chunked")]
+        await conn.send(answer(200, headers=te, length=False) + chunked([packed[:7], packed[7:]]))
+        await answer_each(conn, lambda _: ok())
+
+    async with serve(handler) as server, make.client() as client:
+        for _ in range(2):
+            response = await client.get(server.url)
+            assert response.json() == value
+            assert response.headers["content-encoding"] == encoding
+        accepted = server.requests[0].header(b"accept-encoding")
+        assert accepted is not None
+        assert encoding.encode() in accepted
+
+
+async def test_informational_answers_before_the_final_one(make: Transports) -> None:
+    """1xx answers (100 Continue, 103 Early Hints) are skipped: the caller gets the final answer,
+    its headers only, and the connection stays in step for the next request."""
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        await conn.send(answer(201, b"final", [("X-Final", "yes")], reason=b"Created"))
+        await answer_each(conn, lambda _: ok(b"next"))
+
+    async with serve(handler) as server, make.client() as client:
+        response = await client.get(server.url)
+        assert response.status_code == 201
+        assert response.content == b"final"
+        assert response.headers["x-final"] == "yes"
+        assert "link" not in response.headers
+        assert (await client.get(server.url)).content == b"next"
+        assert len(server.connections) == 1
+
+
+# -- the request on the wire -------------------------------------------------------------------
+
+
+def expected_head(request: httpx.Request) -> bytes:
+    """The head httpx's request holds, as h11 writes it: the target as the URL keeps it (path
+    and query byte for byte, no fragment), then each header with its case, in order."""
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
+    lines += [name + b": " + value for name, value in request.headers.raw]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+TARGET = "/a%2Fb/%7Euser/caf%C3%A9;p=1/x%20y?q=%2F%20&empty=&plus=a+b&ok=%E2%9C%93&amp=%26"
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "content"),
+    [
+        pytest.param("GET", {}, None, id="get"),
+        pytest.param(
+            "GET",
+            {"X-Mixed-Case": "Value", "x-lower": "v", "X-Latin": b"caf\xe9 \xff"},
+            None,
+            id="headers",
+        ),
+        pytest.param("POST", {"Content-Type": "application/json"}, b'{"a":1}', id="post"),
+        pytest.param("POST", {}, None, id="post-empty"),
+        pytest.param("DELETE", {}, None, id="delete"),
+        pytest.param("PATCH", {}, b"", id="patch-empty-body"),
+    ],
+)
+async def test_the_request_on_the_wire(
+    make: Transports, method: str, extra: dict[str, Any], content: bytes | None
+) -> None:
+    """Method, target (percent-escapes and query untouched), Host with its non-default port,
+    httpx's headers in its order and case, and the body: exactly what httpx's request holds."""
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, lambda _: ok())
+
+    async with serve(handler) as server, make.client(headers={"User-Agent": "conf/1"}) as client:
+        request = client.build_request(
+            method, f"{server.url}{TARGET}#fragment", headers=extra, content=content
+        )
+        assert (await client.send(request)).status_code == 200
+        seen = server.requests[0]
+        assert seen.head == expected_head(request)
+        assert seen.target == TARGET.encode()
+        assert seen.headers[0] == (b"Host", f"127.0.0.1:{server.port}".encode())
+        assert seen.body == (content or b"")
+        if content:
+            assert seen.header(b"content-length") == str(len(content)).encode()
+
+
+async def test_a_streamed_body_without_length_is_chunked(make: Transports) -> None:
+    """A body of unknown length goes chunked: every piece, an empty one not taken for the end
+    (the framing is checked strictly by the server), and the connection stays in step."""
+    pieces = [b"abc", b"", b"\x00\xff\r\n0\r\n\r\n", b"x" * 70_000, b"end"]
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, lambda r: ok(hashlib.sha256(r.content).hexdigest().encode()))
+
+    async with serve(handler) as server, make.client() as client:
+        response = await client.post(server.url, content=body())
+        assert response.content == hashlib.sha256(b"".join(pieces)).hexdigest().encode()
+        seen = server.requests[0]
+        assert seen.header(b"transfer-encoding") == b"chunked"
+        assert seen.header(b"content-length") is None
+        assert seen.content == b"".join(pieces)
+        assert (await client.get(server.url)).status_code == 200
+        assert len(server.connections) == 1
+
+
+# -- the server going away -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_an_idle_connection_the_server_dropped_is_replaced(
+    make: Transports, how: str
+) -> None:
+    """The server closes a keep-alive connection while it is idle (FIN, or a reset): the next
+    request succeeds on a fresh connection, as with httpx (nothing is written to the dead one)."""
+    dropped = anyio.Event()
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            await conn.send(ok(b"first"))
+            if how == "close":
+                conn.close()
+            else:
+                conn.reset()
+            dropped.set()
+            return
+        await answer_each(conn, lambda _: ok(b"second"))
+
+    async with serve(handler) as server, make.client() as client:
+        assert (await client.get(server.url)).content == b"first"
+        await dropped.wait()
+        assert (await client.get(server.url)).content == b"second"
+        assert [len(c.requests) for c in server.connections] == [1, 1]
+
+
+async def drop_silently(conn: Conn) -> None:
+    conn.close()
+
+
+async def reset(conn: Conn) -> None:
+    conn.reset()
+
+
+async def head_then_close(conn: Conn) -> None:
+    await conn.send(b"HTTP/1.1 200 OK\r\nContent-Le")
+    conn.close()
+
+
+async def half_body_then_close(conn: Conn) -> None:
+    await conn.send(answer(200, headers=[("Content-Length", "10")], length=False) + b"12345")
+    conn.close()
+
+
+async def half_chunked_then_close(conn: Conn) -> None:
+    await conn.send(answer(200, headers=[("Transfer-Encoding", "chunked")], length=False))
+    await conn.send(b"a\r\n12345")
+    conn.close()
+
+
+async def chunks_without_end_then_close(conn: Conn) -> None:
+    await conn.send(answer(200, headers=[("Transfer-Encoding", "chunked")], length=False))
+    await conn.send(b"5\r\n12345\r\n")
+    conn.close()
+
+
+async def half_body_then_reset(conn: Conn) -> None:
+    await conn.send(answer(200, headers=[("Content-Length", "10")], length=False) + b"12345")
+    conn.reset()
+
+
+# What httpx 0.28 (httpcore 1.0, h11) raises in each case: the reference.
+DROPS = [
+    pytest.param(drop_silently, httpx.RemoteProtocolError, id="no-answer-close"),
+    pytest.param(reset, httpx.ReadError, id="no-answer-reset"),
+    pytest.param(head_then_close, httpx.RemoteProtocolError, id="mid-head-close"),
+    pytest.param(half_body_then_close, httpx.RemoteProtocolError, id="mid-body-close"),
+    pytest.param(half_chunked_then_close, httpx.RemoteProtocolError, id="mid-chunk-close"),
+    pytest.param(chunks_without_end_then_close, httpx.RemoteProtocolError, id="no-last-chunk"),
+    pytest.param(half_body_then_reset, httpx.ReadError, id="mid-body-reset"),
+]
+
+
+@pytest.mark.parametrize(("script", "error"), DROPS)
+async def test_a_connection_lost_before_the_answer_ends(
+    make: Transports, script: Callable[[Conn], Awaitable[None]], error: type[Exception]
+) -> None:
+    """The server reads the request, then closes or resets part way through its answer: the
+    same error class as httpx's (ApiClient decides from it whether a create is resent), and the
+    next request succeeds on a new connection."""
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            await script(conn)
+            return
+        await answer_each(conn, lambda _: ok(b"fresh"))
+
+    async with serve(handler) as server, make.client() as client:
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.get(server.url)
+        assert type(caught.value) is error
+        assert (await client.get(server.url)).content == b"fresh"
+        assert len(server.connections) == 2
+
+
+# Answers no server should send; httpx refuses each with RemoteProtocolError.
+MALFORMED = [
+    pytest.param(b"garbage\r\n\r\n", id="garbage-status-line"),
+    pytest.param(b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n", id="bad-status-code"),
+    pytest.param(b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n", id="no-status-code"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", id="bad-length"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", id="negative-length"),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", id="two-lengths"
+    ),
+    pytest.param(b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", id="header-without-colon"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n", id="space-name"),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx\r\n0\r\n\r\n",
+        id="bad-chunk-size",
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxxYY0\r\n\r\n",
+        id="chunk-without-crlf",
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx", id="unknown-transfer-coding"
+    ),
+]
+
+
+@pytest.mark.parametrize("wire", MALFORMED)
+async def test_a_malformed_answer_is_a_protocol_error(make: Transports, wire: bytes) -> None:
+    """A malformed answer is a RemoteProtocolError, never a garbled response nor a hang."""
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(wire)
+        await conn.hold()
+
+    async with serve(handler) as server, make.client() as client:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
+            await client.get(server.url)
+        assert type(caught.value) is httpx.RemoteProtocolError
+
+
+# -- timeouts ------------------------------------------------------------------------------------
+
+
+async def test_no_answer_is_a_read_timeout(make: Transports) -> None:
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await conn.hold()
+
+    async with serve(handler) as server, make.client(timeout=httpx.Timeout(HANG, read=SHORT)) as c:
+        with pytest.raises(httpx.TransportError) as caught:
+            await c.get(server.url)
+        assert type(caught.value) is httpx.ReadTimeout
+
+
+async def test_a_body_that_stops_is_a_read_timeout(make: Transports) -> None:
+    """The head and part of the body arrive, then nothing: ReadTimeout while reading the body,
+    and the connection is not reused (the next request gets its own answer)."""
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            await conn.send(answer(200, headers=[("Content-Length", "10")], length=False) + b"123")
+            await conn.wait_eof()
+            return
+        await answer_each(conn, lambda _: ok(b"own"))
+
+    timeout = httpx.Timeout(HANG, read=SHORT)
+    async with serve(handler) as server, make.client(timeout=timeout) as client:
+        async with client.stream("GET", server.url) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx.TransportError) as caught:
+                await response.aread()
+            assert type(caught.value) is httpx.ReadTimeout
+        await settle(server.connections[0].eof)
+        assert (await client.get(server.url)).content == b"own"
+
+
+async def test_the_read_timeout_is_per_read_not_total(make: Transports) -> None:
+    """A body trickled a byte at a time, each byte well inside the read timeout (20x), arrives
+    whole though the whole takes longer than the timeout."""
+    pause, timeout, body = 0.01, 0.2, b"d" * 30  # 30 * 0.01 > 0.2 by construction
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(answer(200, headers=[("Content-Length", str(len(body)))], length=False))
+        await conn.drip(body, pause)
+        await answer_each(conn, lambda _: ok())
+
+    async with serve(handler) as server, make.client(timeout=httpx.Timeout(timeout)) as client:
+        assert (await client.get(server.url)).content == body
+
+
+async def test_connect_refused_is_a_connect_error(make: Transports) -> None:
+    with reserved_port() as sock:
+        port = sock.getsockname()[1]
+        async with make.client() as client:
+            with pytest.raises(httpx.TransportError) as caught:
+                await client.get(f"http://127.0.0.1:{port}/")
+    assert type(caught.value) is httpx.ConnectError
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A port whose listen queue is full (backlog 0, one connection queued, none accepted): on
+    Linux a further SYN is dropped, so a connect neither succeeds nor is refused."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))
+    with listener, queued:
+        yield port
+
+
+async def test_connect_unanswered_is_a_connect_timeout(make: Transports, full_backlog: int) -> None:
+    timeout = httpx.Timeout(HANG, connect=SHORT)
+    async with make.client(timeout=timeout) as client:
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.get(f"http://127.0.0.1:{full_backlog}/")
+    assert type(caught.value) is httpx.ConnectTimeout
+
+
+async def test_a_body_the_server_does_not_read_is_a_write_timeout(make: Transports) -> None:
+    """The server reads the head only; a body far larger than the socket buffers cannot be
+    written: WriteTimeout."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.hold()
+
+    timeout = httpx.Timeout(HANG, write=SHORT)
+    async with serve(handler) as server, make.client(timeout=timeout) as client:
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.post(server.url, content=b"w" * (64 * 1024 * 1024))
+        assert type(caught.value) is httpx.WriteTimeout
+
+
+async def test_an_exhausted_pool_is_a_pool_timeout(make: Transports) -> None:
+    """max_connections=1, the one connection held by an unanswered request: another request
+    waits for the pool and fails with PoolTimeout; once the first is answered the connection
+    serves again."""
+    release = anyio.Event()
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await release.wait()
+        await conn.send(ok(b"first"))
+        await answer_each(conn, lambda _: ok(b"later"))
+
+    transport = make(httpx.Limits(max_connections=1))
+    async with serve(handler) as server, make.client(transport) as client:
+        async with anyio.create_task_group() as tg:
+            first: list[httpx.Response] = []
+
+            async def hold_the_connection() -> None:
+                first.append(await client.get(server.url))
+
+            tg.start_soon(hold_the_connection)
+            await server.until_requests(1)
+            with pytest.raises(httpx.TransportError) as caught:
+                await client.get(server.url, timeout=httpx.Timeout(HANG, pool=SHORT))
+            assert type(caught.value) is httpx.PoolTimeout
+            release.set()
+        assert first[0].content == b"first"
+        assert (await client.get(server.url)).content == b"later"
+        assert len(server.connections) == 1
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+async def test_max_connections_bounds_open_connections(make: Transports) -> None:
+    """max_connections=2, six concurrent requests: the server holds its answers until two are
+    waiting at once, so both connections are used; never more than two are open; all six get
+    their own answer."""
+
+    async def handler(conn: Conn) -> None:
+        while (request := await conn.read_request()) is not None:
+            await server.until_requests(2)
+            await conn.send(echo_path(request))
+
+    transport = make(httpx.Limits(max_connections=2))
+    async with serve(handler) as server, make.client(transport) as client:
+        answers: dict[int, bytes] = {}
+
+        async def fetch(i: int) -> None:
+            answers[i] = (await client.get(f"{server.url}/{i}")).content
+
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as tg:
+                for i in range(6):
+                    tg.start_soon(fetch, i)
+        assert answers == {i: f"/{i}".encode() for i in range(6)}
+        assert server.most_open == 2
+        assert len(server.connections) == 2
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["before-head", "mid-body"])
+async def test_a_cancelled_request_closes_its_connection(make: Transports, where: str) -> None:
+    """A request cancelled while its answer is awaited or half read (an anyio cancel scope, as
+    ApiClient's request deadline is) closes its connection: the server sees the EOF, and the
+    next request goes on a new connection and gets its own answer, not the rest of that one."""
+    sent = anyio.Event()
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            if where == "mid-body":
+                head = answer(200, headers=[("Content-Length", "100")], length=False)
+                await conn.send(head + b"stale" * 4)
+            sent.set()
+            await conn.wait_eof()
+            await conn.send(b"stale" * 16)  # were the connection reused, this would be read
+            return
+        await answer_each(conn, lambda _: ok(b"own answer"))
+
+    async with serve(handler) as server, make.client() as client:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def fetch() -> None:
+                    await client.get(server.url)
+                    pytest.fail("the request ended before it was cancelled")
+
+                tg.start_soon(fetch)
+                await sent.wait()
+                scope.cancel()
+        assert scope.cancelled_caught
+        await settle(server.connections[0].eof)
+        assert (await client.get(server.url)).content == b"own answer"
+        assert len(server.connections) == 2
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+@functools.cache
+def certificate() -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1 and its key, both PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "threadsync test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def server_context(tmp: Any) -> ssl.SSLContext:
+    cert, key = certificate()
+    (tmp / "cert.pem").write_bytes(cert)
+    (tmp / "key.pem").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    return context
+
+
+async def test_tls_with_a_context_that_trusts_the_server(make: Transports, tmp_path: Any) -> None:
+    """HTTPS through the given context; keep-alive as over plain TCP."""
+    trusting = ssl.create_default_context(cadata=certificate()[0].decode())
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, echo_path)
+
+    async with (
+        serve(handler, ssl_context=server_context(tmp_path)) as server,
+        make.client(make(ssl_context=trusting)) as client,
+    ):
+        url = f"https://127.0.0.1:{server.port}"
+        assert (await client.get(f"{url}/one")).content == b"/one"
+        assert (await client.get(f"{url}/two")).content == b"/two"
+        assert len(server.connections) == 1
+        assert server.requests[0].header(b"host") == f"127.0.0.1:{server.port}".encode()
+
+
+async def test_tls_with_the_default_context_refuses_the_server(
+    make: Transports, tmp_path: Any
+) -> None:
+    """Without a context trusting it, a self-signed certificate fails the handshake:
+    ConnectError (the request never left, so ApiClient may resend even a create)."""
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, echo_path)
+
+    async with (
+        serve(handler, ssl_context=server_context(tmp_path)) as server,
+        make.client() as client,
+    ):
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.get(f"https://127.0.0.1:{server.port}/")
+        assert type(caught.value) is httpx.ConnectError
+        assert server.requests == []
+
+
+# -- closing -------------------------------------------------------------------------------------
+
+
+async def test_aclose_closes_idle_connections(make: Transports) -> None:
+    """Two idle keep-alive connections: the transport's aclose() closes both (the server sees
+    EOF on each)."""
+
+    async def handler(conn: Conn) -> None:
+        while (request := await conn.read_request()) is not None:
+            await server.until_requests(2)
+            await conn.send(echo_path(request))
+
+    transport = make()
+    async with serve(handler) as server:
+        client = make.client(transport)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.get, f"{server.url}/a")
+            tg.start_soon(client.get, f"{server.url}/b")
+        assert len(server.connections) == 2
+        await transport.aclose()
+        for conn in server.connections:
+            await settle(conn.eof)
+
+
+# -- hostile content -----------------------------------------------------------------------------
+
+
+async def test_hostile_json_round_trips_byte_for_byte(make: Transports) -> None:
+    """NUL and lone surrogates (JSON-escaped), astral characters as raw UTF-8, and look-alike
+    escapes go up and come back exactly as bytes; nothing on the way re-encodes them."""
+    value = {"texts": list(HOSTILE), "key\x00\U0001f9f5": "\x00" * 3}
+    payload = dumps(value)
+    assert b"\\u0000" in payload
+    assert b"\\ud800" in payload
+    assert "\U0001f9f5".encode() in payload
+
+    async def handler(conn: Conn) -> None:
+        json_type = ("Content-Type", "application/json; charset=utf-8")
+        await answer_each(conn, lambda r: answer(200, r.content, [json_type]))
+
+    async with serve(handler) as server, make.client() as client:
+        response = await client.post(
+            server.url, content=payload, headers={"Content-Type": "application/json"}
+        )
+        assert server.requests[0].content == payload
+        assert response.content == payload
+        assert loads(response.content) == value
+
+
+async def test_answer_headers_keep_bytes_order_case_and_repeats(make: Transports) -> None:
+    """Answer headers reach the caller as sent: latin-1 bytes, names' case, order, repeated
+    names; the value's surrounding blanks trimmed as httpx does."""
+    wire = [
+        (b"Set-Cookie", b"a=1"),
+        (b"X-Latin", b"caf\xe9 \xff end"),
+        (b"x-MIXED-case", b"  padded\tvalue \t"),
+        (b"set-cookie", b"b=2"),
+        (b"X-Empty", b""),
+    ]
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, lambda _: answer(299, b"body", wire, reason=b"Odd Reason"))
+
+    async with serve(handler) as server, make.client() as client:
+        response = await client.get(server.url)
+        assert response.status_code == 299
+        assert response.headers.raw[:5] == [
+            (b"Set-Cookie", b"a=1"),
+            (b"X-Latin", b"caf\xe9 \xff end"),
+            (b"x-MIXED-case", b"padded\tvalue"),
+            (b"set-cookie", b"b=2"),
+            (b"X-Empty", b""),
+        ]
+        assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+        assert response.headers["x-latin"] == "caf\xe9 \xff end"
+        assert response.content == b"body"
+
+
+# -- through ApiClient ---------------------------------------------------------------------------
+
+
+def api_client(
+    server_port: int,
+    transport: httpx.AsyncBaseTransport,
+    *,
+    attempts: int = 3,
+    events: RecordingEvents | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    read_timeout: float = HANG,
+    request_timeout: float = 60.0,
+) -> ApiClient:
+    api = ApiSettings(
+        profile="openai",
+        endpoint=f"http://127.0.0.1:{server_port}/v1",
+        api_key=SecretStr("sk-test"),
+        read_timeout=read_timeout,
+        request_timeout=request_timeout,
+    )
+
+    async def no_wait(seconds: float) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    retry = RetrySettings(max_attempts=attempts, initial_delay=0.01, max_delay=0.01)
+    return ApiClient(
+        api,
+        retry,
+        transport=transport,
+        events=events,
+        rng=random.Random(1),
+        sleep=sleep or no_wait,
+    )
+
+
+def message_json(message_id: str, text: str = "hi") -> bytes:
+    return dumps(
+        {
+            "id": message_id,
+            "object": "thread.message",
+            "created_at": 1699016383,
+            "thread_id": "thread_1",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "text", "text": {"value": text, "annotations": []}}],
+            "assistant_id": None,
+            "run_id": None,
+            "attachments": [],
+            "metadata": {},
+        }
+    )
+
+
+def message_answer(request: RawRequest) -> bytes:
+    """A message object: a create's text echoed, a read's id from its path."""
+    if request.method == b"POST":
+        text = loads(request.content)["content"]
+        return answer(200, message_json("msg_new", text), [("Content-Type", "application/json")])
+    message_id = request.target.split(b"?")[0].rsplit(b"/", 1)[1].decode()
+    return answer(200, message_json(message_id), [("Content-Type", "application/json")])
+
+
+async def test_api_hostile_text_round_trips(make: Transports) -> None:
+    """A create whose text holds every hostile string goes up as the client's JSON, byte for
+    byte, and the message answered with it parses back to the same text."""
+    text = "".join(HOSTILE)
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, message_answer)
+
+    async with serve(handler) as server, api_client(server.port, make()) as api:
+        created = await api.create_message("thread_1", role="user", content=text)
+        assert created["content"][0]["text"]["value"] == text
+        assert loads(server.requests[0].content) == {"role": "user", "content": text}
+
+
+async def test_api_requests_share_one_connection(make: Transports) -> None:
+    """The API client's reads go out on one kept-alive connection, each to its own route."""
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, message_answer)
+
+    async with serve(handler) as server, api_client(server.port, make()) as api:
+        for i in range(4):
+            assert (await api.get_message("thread_1", f"msg_{i}"))["id"] == f"msg_{i}"
+        assert len(server.connections) == 1
+        assert [r.target for r in server.requests] == [
+            f"/v1/threads/thread_1/messages/msg_{i}".encode() for i in range(4)
+        ]
+
+
+LOST = [
+    pytest.param(drop_silently, id="no-answer-close"),
+    pytest.param(reset, id="no-answer-reset"),
+    pytest.param(half_body_then_close, id="mid-body-close"),
+    pytest.param(half_body_then_reset, id="mid-body-reset"),
+]
+
+
+@pytest.mark.parametrize("script", LOST)
+async def test_api_create_is_not_resent_once_it_may_have_arrived(
+    make: Transports, script: Callable[[Conn], Awaitable[None]]
+) -> None:
+    """The server reads a create then drops the connection: the create is not sent again (the
+    error class says it may have been applied)."""
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await script(conn)
+
+    async with serve(handler) as server, api_client(server.port, make()) as api:
+        with pytest.raises(TransientError) as caught:
+            await api.create_message("thread_1", role="user", content="once")
+        assert "not repeated" in caught.value.message
+        assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("script", LOST)
+async def test_api_read_is_retried_after_a_lost_connection(
+    make: Transports, script: Callable[[Conn], Awaitable[None]]
+) -> None:
+    """A read that lost its connection is sent again, on a new connection, and answered."""
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            await script(conn)
+            return
+        await answer_each(conn, message_answer)
+
+    events = RecordingEvents()
+    async with serve(handler) as server, api_client(server.port, make(), events=events) as api:
+        assert (await api.get_message("thread_1", "msg_1"))["id"] == "msg_1"
+        assert len(server.connections) == 2
+        assert len(events.retries) == 1
+
+
+async def test_api_create_is_resent_when_the_connection_was_refused(make: Transports) -> None:
+    """Refused (nothing listening yet): ConnectError, the create provably never left, so it is
+    sent again once the server listens, and applied exactly once."""
+    async with AsyncExitStack() as stack:
+        sock = stack.enter_context(reserved_port())
+        servers: list[RawServer] = []
+
+        async def handler(conn: Conn) -> None:
+            await answer_each(conn, message_answer)
+
+        async def start_listening(seconds: float) -> None:
+            if not servers:
+                servers.append(await stack.enter_async_context(serve(handler, sock=sock)))
+
+        port = sock.getsockname()[1]
+        async with api_client(port, make(), sleep=start_listening) as api:
+            created = await api.create_message("thread_1", role="user", content="exactly once")
+        assert created["content"] == [
+            {"type": "text", "text": {"value": "exactly once", "annotations": []}}
+        ]
+        assert [r.method for r in servers[0].requests] == [b"POST"]
+
+
+async def test_api_gives_up_on_a_refusing_server_as_unreachable(make: Transports) -> None:
+    with reserved_port() as sock:
+        async with api_client(sock.getsockname()[1], make(), attempts=2) as api:
+            with pytest.raises(UnreachableError):
+                await api.create_message("thread_1", role="user", content="x")
+
+
+async def test_api_create_is_resent_after_a_pool_timeout(make: Transports) -> None:
+    """The pool's one connection is busy: the create times out waiting for it (PoolTimeout, so it
+    never left) and is sent again once the connection is free, then applied once."""
+    release = anyio.Event()
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await release.wait()
+        await conn.send(ok(b"busy"))
+        await answer_each(conn, message_answer)
+
+    transport = make(httpx.Limits(max_connections=1))
+    held_done = anyio.Event()
+
+    async def hold_the_connection(url: str) -> None:
+        # Not closed here: closing a client closes its transport, which the API client shares.
+        held = httpx.AsyncClient(transport=transport, timeout=HANG)
+        assert (await held.get(url)).content == b"busy"
+        held_done.set()
+
+    async def free_the_connection(seconds: float) -> None:
+        release.set()
+        await held_done.wait()
+
+    async with serve(handler) as server:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold_the_connection, server.url)
+            await server.until_requests(1)
+            api = api_client(server.port, transport, read_timeout=SHORT, sleep=free_the_connection)
+            async with api:
+                created = await api.create_message("thread_1", role="user", content="once")
+        assert created["id"] == "msg_new"
+        assert [r.method for r in server.requests] == [b"GET", b"POST"]
+        assert len(server.connections) == 1
+
+
+async def test_api_create_after_the_server_dropped_an_idle_connection(make: Transports) -> None:
+    """Between two creates the server closes the idle connection (its keep-alive ran out): the
+    second create is sent on a new connection and succeeds; it is not failed as 'may have been
+    applied', as it would be if it were written to the dead connection."""
+    dropped = anyio.Event()
+
+    async def handler(conn: Conn) -> None:
+        request = await conn.read_request()
+        assert request is not None
+        await conn.send(message_answer(request))
+        if conn.index == 0:
+            conn.close()
+            dropped.set()
+            return
+        await answer_each(conn, message_answer)
+
+    async with serve(handler) as server, api_client(server.port, make(), attempts=1) as api:
+        await api.create_message("thread_1", role="user", content="one")
+        await dropped.wait()
+        await api.create_message("thread_1", role="user", content="two")
+        assert [orjson.loads(r.content)["content"] for r in server.requests] == ["one", "two"]
+
+
+async def test_api_request_deadline_mid_body_leaves_no_stale_connection(
+    make: Transports,
+) -> None:
+    """api.request_timeout cancels a read mid-body (the server trickles nothing more): the call
+    fails, that connection is closed, and the next call gets its own answer on a new one."""
+
+    async def handler(conn: Conn) -> None:
+        if conn.index == 0:
+            assert await conn.read_request() is not None
+            head = answer(200, headers=[("Content-Length", "1000")], length=False)
+            await conn.send(head + message_json("msg_stale")[:20])
+            await conn.wait_eof()
+            return
+        await answer_each(conn, message_answer)
+
+    async with serve(handler) as server:
+        client = api_client(server.port, make(), attempts=1, request_timeout=SHORT)
+        async with client as api:
+            with pytest.raises(TransientError) as caught:
+                await api.get_message("thread_1", "msg_stale")
+            assert "request exceeded api.request_timeout" in caught.value.message
+            await settle(server.connections[0].eof)
+            assert (await api.get_message("thread_1", "msg_own"))["id"] == "msg_own"
+            assert len(server.connections) == 2
