@@ -220,6 +220,20 @@ async def test_head_answer_with_a_length_does_not_wait_for_a_body(
     response = await request
     assert (response.status_code, response.content) == (200, b"")
     assert response.headers["content-length"] == "1000"
+    again = _start(transport, server.url)  # the same connection, its next answer read as such
+    await server.answer(peer)
+    assert (await again).content == b"ok"
+    assert server.accepted == 1
+
+
+async def test_bytes_after_a_head_answer_make_its_connection_unfit(
+    server: Server, transport: Http1Transport
+) -> None:
+    request = asyncio.get_running_loop().create_task(_get(transport, server.url, "HEAD"))
+    peer = await server.accept()
+    await server.answer(peer, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody")
+    assert (await request).content == b""
+    assert await peer.at_end()  # closed, not reused
 
 
 async def test_gzip_is_decoded_by_httpx_on_read(server: Server, transport: Http1Transport) -> None:

@@ -59,7 +59,7 @@ class _Stop(Exception):
     ``HttpParserCallbackError``); the reason is left in ``Connection._stopped``."""
 
 
-_HEADERS_ONLY = "the answer to HEAD has no body, whatever its Content-Length"
+_UNKNOWN_CODING = "a Transfer-Encoding other than chunked"
 _UNASKED = "an answer no request is waiting for"
 
 
@@ -109,10 +109,7 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
             # One of the callbacks below stopped the parse, saying why in ``_stopped``.
-            if self._stopped is _HEADERS_ONLY:
-                self._answer(reusable=False)  # what follows the headers would be misread
-            else:  # an answer nobody asked for: the connection is out of step
-                self._fail(httpx.RemoteProtocolError(f"Invalid answer: {self._stopped}."))
+            self._fail(httpx.RemoteProtocolError(f"Invalid answer: {self._stopped}."))
         except httptools.HttpParserUpgrade:
             self.reusable = False
             self._answer(reusable=False)
@@ -166,20 +163,30 @@ class Connection(asyncio.Protocol):
         self._reason += reason  # in pieces, when the status line came in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        # llhttp leaves the whitespace that ends a value (h11, RFC 9110: not part of it).
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        parser = self._parser
+        status = parser.get_status_code()
         if status < 200 and status != 101:
             self._informational = True  # 100 Continue, 103 Early Hints: skipped
             return
         self._status = status
         self._headers_done = True
-        if self._head:
-            self._stopped = _HEADERS_ONLY
+        if not parser.should_keep_alive() and self._unknown_coding():
+            self._stopped = _UNKNOWN_CODING
             raise _Stop
+        if self._head:
+            # The answer to HEAD has no body, whatever its headers say, but the parser is not
+            # told the method: the answer is complete here, and the next one gets a new parser
+            # (this one reads on as body whatever else came with these bytes: nothing should).
+            self._answer(reusable=parser.should_keep_alive())
+            self._parser = httptools.HttpResponseParser(self)
 
     def on_body(self, body: bytes) -> None:
+        if self._waiter is None:
+            self.reusable = False  # bytes after an answer to HEAD: out of step
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -276,8 +283,9 @@ class Connection(asyncio.Protocol):
         if waiter is None:
             return
         self._waiter = None
-        self.reusable = reusable and not self.closed
         version = b"HTTP/1.0" if self._parser.get_http_version() == "1.0" else b"HTTP/1.1"
+        # Never reuse an HTTP/1.0 connection, even one the answer says to keep alive: as h11.
+        self.reusable = reusable and not self.closed and version == b"HTTP/1.1"
         response = httpx.Response(
             self._status,
             headers=self._headers,
@@ -294,6 +302,15 @@ class Connection(asyncio.Protocol):
         self.abort()
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+
+    def _unknown_coding(self) -> bool:
+        """Whether the body's framing is a transfer coding other than chunked (h11 refuses
+        it; llhttp would read the body to the close, still coded)."""
+        return any(
+            name.lower() == b"transfer-encoding"
+            and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked"
+            for name, value in self._headers
+        )
 
     def _delimited_by_close(self) -> bool:
         """Whether the answer's body ends where the connection does (neither a length nor
