@@ -28,6 +28,10 @@ What it keeps of httpx's transport, because the client relies on it:
 - **The answer**: an ``httpx.Response`` whose stream holds the raw body, so that httpx decodes
   ``Content-Encoding`` when it is read. The body is whole when the response is returned (the
   client reads every body whole anyway), so the connection is back in the pool before then.
+  The one difference a caller can see: an error in the body (a stall past the read timeout, a
+  close mid-way) fails ``handle_async_request`` itself, where httpx's transport returns the
+  response and fails the read of its body. ``transport.send`` does both, so the client sees the
+  same error either way; a caller streaming a huge body should use httpx's transport.
 
 asyncio only: threadsync runs anyio on its asyncio backend everywhere. No proxy, no HTTP/2 (the
 client asks for neither). What it assumes of httptools is tested in
