@@ -4,6 +4,7 @@ error mapping, against a loopback server each test scripts byte by byte."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import select
 import socket
@@ -472,6 +473,51 @@ async def test_no_timer_outlives_its_request(server: Server, transport: Http1Tra
     await request
     assert timer.cancelled()
     assert connection._timer is None
+
+
+async def test_write_timeout_when_the_server_reads_nothing(
+    server: Server, transport: Http1Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body the server does not read fills the socket's buffers, then asyncio's: past the
+    write timeout, WriteTimeout; the connection is closed, and the answer it will never get is
+    not failed later (nobody would retrieve that failure: asyncio would log it)."""
+    body = b"x" * (64 * 1024 * 1024)  # more than loopback's buffers hold
+    request = httpx.Request("POST", server.url, content=body, extensions={"timeout": {"write": 0}})
+    sent = asyncio.get_running_loop().create_task(transport.handle_async_request(request))
+    await server.accept()  # reads nothing
+    (connection,) = transport._open
+    answer = connection._waiter
+    assert answer is not None
+    lost = asyncio.Event()
+    connection_lost = connection.connection_lost
+
+    def heard(exc: Exception | None) -> None:
+        connection_lost(exc)
+        lost.set()
+
+    monkeypatch.setattr(connection, "connection_lost", heard)
+    with pytest.raises(httpx.WriteTimeout):
+        await sent
+    assert transport._count() == 0
+    await lost.wait()  # what the protocol does last happened
+    assert not answer.done()
+
+
+async def test_an_endless_answer_head_is_a_protocol_error(
+    server: Server, transport: Http1Transport
+) -> None:
+    """Headers that never end (one value growing without bound) fail once past 100 KB, as
+    h11's limit in httpcore, instead of growing until the read timeout."""
+    request = _start(transport, server.url)
+    peer = await server.accept()
+    await peer.request()
+    peer.send(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+    with contextlib.suppress(ConnectionError):  # the client gave up, closing the connection
+        while not request.done():
+            peer.send(b"a" * 65536)
+            await peer.writer.drain()
+    with pytest.raises(httpx.RemoteProtocolError, match="head"):
+        await request
 
 
 async def test_pool_timeout_when_every_connection_is_busy(server: Server) -> None:

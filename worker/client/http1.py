@@ -63,6 +63,9 @@ class _Stop(Exception):
     ``HttpParserCallbackError``); the reason is left in ``Connection._stopped``."""
 
 
+# The longest answer head read (httpcore gives h11 the same limit); then RemoteProtocolError.
+_MAX_HEAD = 100 * 1024
+
 _UNKNOWN_CODING = "a Transfer-Encoding other than chunked"
 _UNASKED = "an answer no request is waiting for"
 
@@ -89,6 +92,7 @@ class Connection(asyncio.Protocol):
         self._headers_done = False
         self._informational = False
         self._unsent = False  # part of the request still in asyncio's buffer when written
+        self._head_bytes = 0  # bytes read while the answer's head was incomplete
         self._status = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -109,6 +113,13 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._last_read = self._loop.time()
         self._answered = True
+        if not self._headers_done:
+            # httptools grows a header without bound: a head past the limit (counted in whole
+            # reads before this one, so never a body that came with the head) is refused.
+            if self._head_bytes > _MAX_HEAD:
+                self._fail(httpx.RemoteProtocolError("Answer head larger than 100 KB."))
+                return
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -213,6 +224,7 @@ class Connection(asyncio.Protocol):
         self._waiter = waiter
         self._head = request.method == "HEAD"
         self._answered = self._headers_done = self._informational = False
+        self._head_bytes = 0
         try:
             content: bytes | None = request.content
         except httpx.RequestNotRead:
@@ -337,7 +349,10 @@ class Connection(asyncio.Protocol):
         self._fail(RuntimeError("The transport was closed during the request."))
 
     def abort(self) -> None:
-        """Close at once, dropping what is unsent (a cancelled or failed request)."""
+        """Close at once, dropping what is unsent (a cancelled or failed request), and the
+        request in flight's future: nobody awaits it any more (its failure, set later, would
+        go unretrieved and be logged by asyncio)."""
+        self._waiter = None
         self.closed = True
         self.reusable = False
         if self._timer is not None:
