@@ -304,6 +304,23 @@ async def test_server_closing_mid_answer(
         await request
 
 
+async def test_a_body_failing_after_the_head_fails_its_read(
+    server: Server, transport: Http1Transport
+) -> None:
+    """As httpx's transport: the head was whole, so the response is returned (status,
+    headers), and reading its body raises the failure; the connection is not kept."""
+    loop = asyncio.get_running_loop()
+    sent = loop.create_task(transport.handle_async_request(httpx.Request("GET", server.url)))
+    peer = await server.accept()
+    await server.answer(peer, b"HTTP/1.1 503 Busy\r\nContent-Length: 10\r\nX-Id: r1\r\n\r\nabc")
+    peer.close()
+    response = await sent
+    assert (response.status_code, response.headers["x-id"]) == (503, "r1")
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending complete message body"):
+        await response.aread()
+    assert transport._open == set()
+
+
 @pytest.mark.parametrize(
     "garbage",
     [

@@ -28,10 +28,10 @@ What it keeps of httpx's transport, because the client relies on it:
 - **The answer**: an ``httpx.Response`` whose stream holds the raw body, so that httpx decodes
   ``Content-Encoding`` when it is read. The body is whole when the response is returned (the
   client reads every body whole anyway), so the connection is back in the pool before then.
-  The one difference a caller can see: an error in the body (a stall past the read timeout, a
-  close mid-way) fails ``handle_async_request`` itself, where httpx's transport returns the
-  response and fails the read of its body. ``transport.send`` does both, so the client sees the
-  same error either way; a caller streaming a huge body should use httpx's transport.
+  An error in the body (a stall past the read timeout, a close mid-way) fails the read of the
+  body, as with httpx's transport; the difference a caller can see is when the response comes:
+  with its whole body (or its body's failure), not as soon as its head is read. A caller that
+  streams a huge body should use httpx's transport.
 
 asyncio only: threadsync runs anyio on its asyncio backend everywhere. No proxy, no HTTP/2 (the
 client asks for neither). What it assumes of httptools is tested in
@@ -44,6 +44,7 @@ import asyncio
 import re
 import ssl
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httptools
@@ -68,6 +69,17 @@ _MAX_HEAD = 100 * 1024
 
 _UNKNOWN_CODING = "a Transfer-Encoding other than chunked"
 _UNASKED = "an answer no request is waiting for"
+
+
+class _Failing(httpx.AsyncByteStream):
+    """The body of an answer that failed after its head: reading it raises the failure."""
+
+    def __init__(self, exc: httpx.TransportError) -> None:
+        self._exc = exc
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise self._exc
+        yield b""  # an async generator, as httpx iterates it
 
 
 class Connection(asyncio.Protocol):
@@ -302,21 +314,31 @@ class Connection(asyncio.Protocol):
         version = b"HTTP/1.0" if self._parser.get_http_version() == "1.0" else b"HTTP/1.1"
         # Never reuse an HTTP/1.0 connection, even one the answer says to keep alive: as h11.
         self.reusable = reusable and not self.closed and version == b"HTTP/1.1"
-        response = httpx.Response(
-            self._status,
-            headers=self._headers,
-            stream=httpx.ByteStream(b"".join(self._body)),
-            extensions={"http_version": version, "reason_phrase": self._reason},
-        )
+        response = self._response(version, httpx.ByteStream(b"".join(self._body)))
         self._body = []
         if not waiter.done():
             waiter.set_result(response)
 
+    def _response(self, version: bytes, stream: httpx.AsyncByteStream) -> httpx.Response:
+        return httpx.Response(
+            self._status,
+            headers=self._headers,
+            stream=stream,
+            extensions={"http_version": version, "reason_phrase": self._reason},
+        )
+
     def _fail(self, exc: Exception) -> None:
+        """The request in flight fails; once the answer's head was whole, as httpx's transport
+        fails it: the response is returned, and reading its body raises ``exc``."""
         waiter = self._waiter
         self._waiter = None
         self.abort()
-        if waiter is not None and not waiter.done():
+        if waiter is None or waiter.done():
+            return
+        if self._headers_done and isinstance(exc, httpx.TransportError):
+            version = b"HTTP/1.0" if self._parser.get_http_version() == "1.0" else b"HTTP/1.1"
+            waiter.set_result(self._response(version, _Failing(exc)))
+        else:
             waiter.set_exception(exc)
 
     def _unknown_coding(self) -> bool:
