@@ -149,50 +149,75 @@ async def sync_threads(
         client, mirror, report, early=min(len(ids), max(concurrency, EARLY_404S)), total=len(ids)
     )
 
-    async def one(thread_id: str) -> None:
-        async with limiter:
-            if watch.stop is not None:
-                censuses.passed(thread_id)
-                return  # passes already under way finish; no new one starts
-            try:
-                known = planned.known.pop(thread_id, None)
-                if anyio.current_time() >= stop_at:
-                    outcome = not_reached(thread_id, deadline)
-                else:
-                    one_pass = ThreadPass(
-                        client,
-                        mirror,
-                        thread_id,
-                        ties=ties,
-                        page_limit=page_limit,
-                        now=now,
-                        known=known,
-                        censuses=censuses,
-                        lease=fence,
-                    )
-                    outcome = await run_until(one_pass, full, stop_at, deadline)
-            except Exception as exc:  # the pass records its own failures: this is the last net
-                outcome = ThreadOutcome(thread_id, "failed", error=unexpected(exc))
-            finally:
-                censuses.passed(thread_id)
-            outcome.was_gone = thread_id in planned.rechecks
-            # Judged before the slot is given back, so a stop holds the very next pass.
-            if not await watch.saw(outcome):
-                return
+    async def one(thread_id: str) -> ThreadOutcome | None:
+        """One thread's pass, run under a slot of ``limiter`` its worker holds; None when the
+        run stopped before it (or it stopped the run)."""
+        if watch.stop is not None:
+            censuses.passed(thread_id)
+            return None  # passes already under way finish; no new one starts
+        try:
+            known = planned.known.pop(thread_id, None)
+            if anyio.current_time() >= stop_at:
+                outcome = not_reached(thread_id, deadline)
+            else:
+                one_pass = ThreadPass(
+                    client,
+                    mirror,
+                    thread_id,
+                    ties=ties,
+                    page_limit=page_limit,
+                    now=now,
+                    known=known,
+                    censuses=censuses,
+                    lease=fence,
+                )
+                outcome = await run_until(one_pass, full, stop_at, deadline)
+        except Exception as exc:  # the pass records its own failures: this is the last net
+            outcome = ThreadOutcome(thread_id, "failed", error=unexpected(exc))
+        finally:
+            censuses.passed(thread_id)
+        outcome.was_gone = thread_id in planned.rechecks
+        # Judged before the next pass begins, so a stop holds the very next pass.
+        if not await watch.saw(outcome):
+            return None
+        return outcome
+
+    def done(outcome: ThreadOutcome) -> None:
         report.outcomes.append(outcome)
         _log_outcome(outcome)
         if on_thread_done is not None and outcome.result != "missing":
             on_thread_done(outcome)  # a 404's outcome is reported once the run has decided it
-        if mirror.grouped_waiting >= QUEUED_CLOSINGS:
-            # Idle passes write nothing else to carry their closing states: a kill loses at
-            # most this many threads' counters and backoff, never mirrored messages.
-            await mirror.write_grouped(_nothing)
+
+    queue = iter(ids)
+
+    async def worker() -> None:
+        """Passes over the run's threads, in order, one at a time, under one slot of
+        ``limiter`` held until no thread of the run is left to begin.
+
+        A task per thread, each queueing for a slot, cost each pass a task, the slot's
+        checkpoint and its wake-up (~20 us of the event loop a pass). The slot is kept from one
+        pass to the next as the slot a finished pass gave back went to the next queued pass of
+        the same run: another run sharing ``limiter`` (the daemon's other lane) still gets slots
+        only as this one runs out of threads to begin.
+        """
+        async with limiter:
+            for thread_id in queue:
+                outcome = await one(thread_id)
+                if outcome is None:
+                    continue
+                done(outcome)
+                if mirror.grouped_waiting >= QUEUED_CLOSINGS:
+                    # Idle passes write nothing else to carry their closing states: a kill
+                    # loses at most this many threads' counters and backoff, never mirrored
+                    # messages.
+                    await mirror.write_grouped(_nothing)
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(censuses.run)
-            for thread_id in ids:
-                tg.start_soon(one, thread_id)
+            slots = limiter.total_tokens  # as many passes at once as tasks per thread had
+            for _ in range(len(ids) if slots == math.inf else min(len(ids), max(1, int(slots)))):
+                tg.start_soon(worker)
     except BaseException:
         # The passes' closing states are queued, not yet written: commit what can be (shielded,
         # so the threads that finished before a cancellation keep their record), without
