@@ -82,3 +82,20 @@ async def test_early_gets_not_asked_for_are_cancelled_the_others_not() -> None:
         assert await early.get("msg_1") == {"id": "msg_1"}
         assert not early.pending
     assert wire.cancelled == []
+
+
+async def test_nothing_to_refetch_sends_nothing_early_and_asks_when_needed() -> None:
+    """No ids: no task group (see ``refetching``), yet the same answers and errors."""
+    wire = HeldWire()
+    async with refetching(wire, []) as early:
+        assert not early.pending
+        wire.release.set()
+        assert await early.get("msg_9") == {"id": "msg_9"}  # asked now, of the wire itself
+    assert wire.cancelled == []
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):  # raised as itself, as with a task group (not in a group)
+        async with refetching(HeldWire(), []):
+            raise Boom

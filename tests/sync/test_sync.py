@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import orjson
 import pytest
@@ -104,6 +105,50 @@ async def test_a_run_counts_every_request_it_makes(emulator: Emulator, mirror: M
     report = await sync(emulator, mirror, concurrency=4)
     assert report.ok
     assert report.requests == list_requests(emulator)
+
+
+async def test_runs_sharing_a_limiter_take_turns_in_order_within_its_slots(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs sharing a limiter (the daemon's lanes): never more passes at once than its
+    slots, each run's passes begin in its order, and the run started second begins a pass only
+    once the first has none left to begin (a slot given back goes to the same run's next pass)."""
+    ids = seeded(emulator, mirror, seed=2, threads=12, messages=3)
+    first, second = ids[:6], ids[6:]
+    began: list[str] = []
+    first_began = anyio.Event()
+    running, peak = 0, 0
+    original = runner.ThreadPass.run
+
+    async def counted(self: runner.ThreadPass, *, full: bool = False) -> Any:
+        nonlocal running, peak
+        began.append(self.thread_id)
+        first_began.set()
+        running += 1
+        peak = max(peak, running)
+        try:
+            await anyio.lowlevel.checkpoint()  # let every waiting pass queue up meanwhile
+            return await original(self, full=full)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(runner.ThreadPass, "run", counted)
+    limiter = anyio.CapacityLimiter(2)
+    reports: list[Any] = []
+    async with emulated_client(emulator) as client:
+
+        async def run(thread_ids: list[str]) -> None:
+            reports.append(
+                await sync_threads(client, mirror, thread_ids=thread_ids, limiter=limiter)
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, first)
+            await first_began.wait()  # the first run holds the slots before the second queues
+            tg.start_soon(run, second)
+    assert all(r.ok for r in reports)
+    assert peak == 2
+    assert began == first + second
 
 
 async def test_a_run_reads_sync_state_once_not_once_per_thread(

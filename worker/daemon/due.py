@@ -48,6 +48,7 @@ from worker.daemon.freshness import (
     overdue_ratio,
 )
 from worker.store import sync_state
+from worker.store.messages import among
 from worker.store.models import SyncState, TrackedThread
 
 
@@ -368,7 +369,7 @@ def _reschedule_adaptive(
             col(SyncState.parked_until),
         )
         .outerjoin(SyncState, col(SyncState.thread_id) == col(TrackedThread.thread_id))
-        .where(col(TrackedThread.thread_id).in_(ids))
+        .where(among(session, col(TrackedThread.thread_id), ids))
     )
     rows = session.connection().execute(query).all()
     plan: dict[str, datetime] = {}

@@ -24,7 +24,8 @@ from hashlib import sha256
 from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
-from sqlalchemy import Integer, Select, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Integer, Select, String, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
 
 from worker.store.models import Message
@@ -76,7 +77,11 @@ STORED_SELECT = select(
     col(Message.digest),
     col(Message.deleted_at),
 )
-PLACE_SELECT = select(col(Message.created_at), col(Message.tie_rank))
+# Built once, the id bound at each run: a walk asks where a message sits once or twice per
+# changed thread, and building the statement (its cache key) cost more than running it.
+PLACE_SELECT = select(col(Message.created_at), col(Message.tie_rank)).where(
+    col(Message.id) == bindparam("message_id"), col(Message.deleted_at).is_(None)
+)
 IN_PROGRESS_SELECT = select(col(Message.thread_id), col(Message.id)).where(
     col(Message.status) == "in_progress", col(Message.deleted_at).is_(None)
 )
@@ -124,6 +129,21 @@ Ranked = Sequence[tuple[Incoming, int]]  # messages with the tie rank they are s
 
 def is_sqlite(session: Session) -> bool:
     return session.get_bind().dialect.name == "sqlite"
+
+
+def among(session: Session, column: Any, ids: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN (ids)``; on PostgreSQL ``column = ANY(:ids)``, the ids in one array.
+
+    For the daemon's per-batch reads of a hundred or more threads: an IN list binds one
+    parameter per id, so its text changes with the batch's size and is too long for psycopg's
+    statement cache (over 50 parameters), and SQLAlchemy renders every parameter again at each
+    run. One array parameter keeps one statement text (cached, and prepared by psycopg after a
+    few runs): 1.24 -> 0.67 ms of CPU per read of 118 ids (microbenchmark, PostgreSQL 15). The
+    server plans both alike (it turns an IN list into ``= ANY``): an index scan.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(ColumnElement[bool], column == any_(bindparam(None, list(ids), ARRAY(String))))
+    return cast(ColumnElement[bool], column.in_(list(ids)))
 
 
 def driver_of(session: Session) -> Any:
@@ -178,7 +198,8 @@ def load_stored(session: Session, ids: Sequence[str]) -> dict[str, Stored]:
         marks = ", ".join("?" * len(ids))
         rows = _sqlite_rows(session, _STORED_COLUMNS, f"id IN ({marks})", ids)
         return {r[0]: Stored(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows}
-    result = session.execute(STORED_SELECT.where(col(Message.id).in_(ids)))
+    # A page's hundred ids in one array (see among): the read runs once per page written.
+    result = session.execute(STORED_SELECT.where(among(session, col(Message.id), ids)))
     return {r[0]: Stored(r[0], r[1], r[2], r[3], r[4] is not None) for r in result}
 
 
@@ -268,9 +289,8 @@ def get(session: Session, message_id: str) -> Message | None:
 
 def place(session: Session, message_id: str) -> Placed | None:
     """Where a stored, live message sits; None if unknown or tombstoned."""
-    row = session.execute(
-        PLACE_SELECT.where(col(Message.id) == message_id, col(Message.deleted_at).is_(None))
-    ).first()
+    # Through the connection: the ORM's execute path adds nothing to a Core select of columns.
+    row = session.connection().execute(PLACE_SELECT, {"message_id": message_id}).first()
     return None if row is None else Placed(row[0], row[1])
 
 
@@ -287,7 +307,7 @@ def has_live(session: Session, thread_id: str) -> bool:
 def in_progress(session: Session, thread_ids: Sequence[str]) -> dict[str, set[str]]:
     """The live messages stored as still being written, per thread of ``thread_ids``."""
     busy: dict[str, set[str]] = {}
-    query = IN_PROGRESS_SELECT.where(col(Message.thread_id).in_(list(thread_ids)))
+    query = IN_PROGRESS_SELECT.where(among(session, col(Message.thread_id), thread_ids))
     for thread_id, message_id in session.execute(query):
         busy.setdefault(thread_id, set()).add(message_id)
     return busy

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -214,6 +215,26 @@ def tracked(session: Session, thread_ids: Sequence[str]) -> dict[str, TrackedThr
         select(TrackedThread).where(col(TrackedThread.thread_id).in_(thread_ids))  # type: ignore[call-overload]
     )
     return {row[0].thread_id: row[0] for row in rows}
+
+
+class Standing(NamedTuple):
+    """What a run's plan reads of a tracked thread."""
+
+    state: str
+    gone_at: datetime | None
+
+
+def standings(session: Session, thread_ids: Sequence[str]) -> dict[str, Standing]:
+    """Each of ``thread_ids`` that is tracked, with its state and when it was marked gone.
+
+    Two columns instead of :func:`tracked`'s ORM objects: the daemon plans a batch of a hundred
+    or more threads every few seconds, and building (and identity-mapping) an object per thread
+    cost more than the read itself.
+    """
+    query = select(
+        col(TrackedThread.thread_id), col(TrackedThread.state), col(TrackedThread.gone_at)
+    ).where(messages.among(session, col(TrackedThread.thread_id), thread_ids))
+    return {row[0]: Standing(row[1], row[2]) for row in session.execute(query)}
 
 
 def tracked_in_order(session: Session) -> list[str]:

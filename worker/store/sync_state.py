@@ -16,7 +16,7 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col
 
-from worker.store.messages import driver_of, is_sqlite, sqlite_time
+from worker.store.messages import among, driver_of, is_sqlite, sqlite_time
 from worker.store.models import SyncState, TrackedThread
 
 _TABLE = SyncState.__table__  # type: ignore[attr-defined]
@@ -131,7 +131,7 @@ def probe_thread(session: Session) -> str | None:
 
 
 def of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str, SyncState]:
-    query = select(SyncState).where(col(SyncState.thread_id).in_(list(thread_ids)))
+    query = select(SyncState).where(among(session, col(SyncState.thread_id), thread_ids))
     return {row.thread_id: row for row in session.scalars(query)}
 
 

@@ -10,7 +10,7 @@ for its answer, so a walk sees errors where it would have seen them without the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, cast
 
 import anyio
@@ -286,5 +286,12 @@ class Refetches:
 
 
 def refetching(wire: Wire, ids: list[str]) -> AbstractAsyncContextManager[Refetches]:
-    """:class:`Refetches` for ``ids``, its unused requests cancelled when the block ends."""
+    """:class:`Refetches` for ``ids``, its unused requests cancelled when the block ends.
+
+    With no ids (almost every ordinary pass) there is nothing to send early, so no task group:
+    entering and leaving one cost each pass two cancel scopes and a checkpoint, an extra turn of
+    the event loop through the whole pass's stack (bench_freshness: ~2% of the loop's profile).
+    """
+    if not ids:
+        return nullcontext(Refetches(None, wire, []))
     return _background(lambda tg: Refetches(tg, wire, ids))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import anyio
-from sqlalchemy import insert
+from sqlalchemy import Table, insert, update
 from sqlmodel import Session
 
 from worker.client import ApiClient, profiles
@@ -39,7 +39,7 @@ from worker.logs import get_logger
 from worker.store import messages, sync_state
 from worker.store.db import Mirror
 from worker.store.models import SyncRun, SyncRunThread, SyncState, TrackedThread, utcnow
-from worker.store.repo import active_thread_ids, mark_gone, tracked
+from worker.store.repo import Standing, active_thread_ids, mark_gone, standings
 from worker.sync.memo import CensusAhead, WalkMemo
 from worker.sync.outcome import ThreadOutcome, cause_of, describe, unexpected
 from worker.sync.plan import Counts
@@ -149,50 +149,75 @@ async def sync_threads(
         client, mirror, report, early=min(len(ids), max(concurrency, EARLY_404S)), total=len(ids)
     )
 
-    async def one(thread_id: str) -> None:
-        async with limiter:
-            if watch.stop is not None:
-                censuses.passed(thread_id)
-                return  # passes already under way finish; no new one starts
-            try:
-                known = planned.known.pop(thread_id, None)
-                if anyio.current_time() >= stop_at:
-                    outcome = not_reached(thread_id, deadline)
-                else:
-                    one_pass = ThreadPass(
-                        client,
-                        mirror,
-                        thread_id,
-                        ties=ties,
-                        page_limit=page_limit,
-                        now=now,
-                        known=known,
-                        censuses=censuses,
-                        lease=fence,
-                    )
-                    outcome = await run_until(one_pass, full, stop_at, deadline)
-            except Exception as exc:  # the pass records its own failures: this is the last net
-                outcome = ThreadOutcome(thread_id, "failed", error=unexpected(exc))
-            finally:
-                censuses.passed(thread_id)
-            outcome.was_gone = thread_id in planned.rechecks
-            # Judged before the slot is given back, so a stop holds the very next pass.
-            if not await watch.saw(outcome):
-                return
+    async def one(thread_id: str) -> ThreadOutcome | None:
+        """One thread's pass, run under a slot of ``limiter`` its worker holds; None when the
+        run stopped before it (or it stopped the run)."""
+        if watch.stop is not None:
+            censuses.passed(thread_id)
+            return None  # passes already under way finish; no new one starts
+        try:
+            known = planned.known.pop(thread_id, None)
+            if anyio.current_time() >= stop_at:
+                outcome = not_reached(thread_id, deadline)
+            else:
+                one_pass = ThreadPass(
+                    client,
+                    mirror,
+                    thread_id,
+                    ties=ties,
+                    page_limit=page_limit,
+                    now=now,
+                    known=known,
+                    censuses=censuses,
+                    lease=fence,
+                )
+                outcome = await run_until(one_pass, full, stop_at, deadline)
+        except Exception as exc:  # the pass records its own failures: this is the last net
+            outcome = ThreadOutcome(thread_id, "failed", error=unexpected(exc))
+        finally:
+            censuses.passed(thread_id)
+        outcome.was_gone = thread_id in planned.rechecks
+        # Judged before the next pass begins, so a stop holds the very next pass.
+        if not await watch.saw(outcome):
+            return None
+        return outcome
+
+    def done(outcome: ThreadOutcome) -> None:
         report.outcomes.append(outcome)
         _log_outcome(outcome)
         if on_thread_done is not None and outcome.result != "missing":
             on_thread_done(outcome)  # a 404's outcome is reported once the run has decided it
-        if mirror.grouped_waiting >= QUEUED_CLOSINGS:
-            # Idle passes write nothing else to carry their closing states: a kill loses at
-            # most this many threads' counters and backoff, never mirrored messages.
-            await mirror.write_grouped(_nothing)
+
+    queue = iter(ids)
+
+    async def worker() -> None:
+        """Passes over the run's threads, in order, one at a time, under one slot of
+        ``limiter`` held until no thread of the run is left to begin.
+
+        A task per thread, each queueing for a slot, cost each pass a task, the slot's
+        checkpoint and its wake-up (~20 us of the event loop a pass). The slot is kept from one
+        pass to the next as the slot a finished pass gave back went to the next queued pass of
+        the same run: another run sharing ``limiter`` (the daemon's other lane) still gets slots
+        only as this one runs out of threads to begin.
+        """
+        async with limiter:
+            for thread_id in queue:
+                outcome = await one(thread_id)
+                if outcome is None:
+                    continue
+                done(outcome)
+                if mirror.grouped_waiting >= QUEUED_CLOSINGS:
+                    # Idle passes write nothing else to carry their closing states: a kill
+                    # loses at most this many threads' counters and backoff, never mirrored
+                    # messages.
+                    await mirror.write_grouped(_nothing)
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(censuses.run)
-            for thread_id in ids:
-                tg.start_soon(one, thread_id)
+            slots = limiter.total_tokens  # as many passes at once as tasks per thread had
+            for _ in range(len(ids) if slots == math.inf else min(len(ids), max(1, int(slots)))):
+                tg.start_soon(worker)
     except BaseException:
         # The passes' closing states are queued, not yet written: commit what can be (shielded,
         # so the threads that finished before a cancellation keep their record), without
@@ -312,6 +337,7 @@ class _Planned:
     rechecks: set[str] = field(default_factory=set)  # threads marked gone, due for a re-check
 
 
+_RUNS: Table = SyncRun.__table__  # type: ignore[attr-defined]
 _CHUNK = 500  # ids per IN (...) list, far below every backend's limit on bound parameters
 
 
@@ -323,12 +349,12 @@ def _plan(
     planned = _Planned()
     with mirror.read() as session:
         ids = list(thread_ids) if thread_ids is not None else active_thread_ids(session, gone=True)
-        threads: dict[str, TrackedThread] = {}
+        threads: dict[str, Standing] = {}
         states: dict[str, SyncState] = {}
         busy: dict[str, set[str]] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            threads.update(tracked(session, chunk))
+            threads.update(standings(session, chunk))
             states.update(sync_state.of_threads(session, chunk))
             for thread_id, found in messages.in_progress(session, chunk).items():
                 busy.setdefault(thread_id, set()).update(found)
@@ -371,7 +397,7 @@ def _plan(
     return planned
 
 
-def _gone_since(thread: TrackedThread, state: SyncState | None, interval: float) -> str:
+def _gone_since(thread: Standing, state: SyncState | None, interval: float) -> str:
     last = (state.last_sync_at if state is not None else None) or thread.gone_at
     if last is None:
         return "gone from the server"
@@ -380,9 +406,7 @@ def _gone_since(thread: TrackedThread, state: SyncState | None, interval: float)
     return f"gone from the server{since}; asked again after {again:%Y-%m-%d %H:%MZ}"
 
 
-def _recheck_due(
-    thread: TrackedThread, state: SyncState | None, now: datetime, interval: float
-) -> bool:
+def _recheck_due(thread: Standing, state: SyncState | None, now: datetime, interval: float) -> bool:
     """A gone thread is asked again once ``interval`` has passed since it was last asked."""
     last = (state.last_sync_at if state is not None else None) or thread.gone_at
     return last is None or (now - _aware(last)).total_seconds() >= interval
@@ -612,22 +636,28 @@ def _open_run(mirror: Mirror, kind: str) -> int:
 
 
 def _close_run(mirror: Mirror, report: RunReport, now: datetime) -> None:
+    c = report.counts
+    ok = sum(o.ok for o in report.outcomes)
     with mirror.write() as session:
-        run = session.get(SyncRun, report.run_id)
-        assert run is not None
-        c = report.counts
-        run.finished_at = now
-        run.outcome = "interrupted" if report.interrupted else "ok" if report.ok else "failed"
-        ok = sum(o.ok for o in report.outcomes)
-        run.threads_ok = ok
-        run.threads_failed = len(report.outcomes) - ok
-        run.added, run.changed, run.deleted, run.restored = (
-            c.added,
-            c.changed,
-            c.deleted,
-            c.restored,
+        # One UPDATE through the connection: loading the run as an ORM object to set its
+        # columns cost a SELECT and the unit of work's flush (the daemon closes a run every
+        # batch, every few seconds).
+        closed = session.connection().execute(
+            update(_RUNS)
+            .where(_RUNS.c.id == report.run_id)
+            .values(
+                finished_at=now,
+                outcome="interrupted" if report.interrupted else "ok" if report.ok else "failed",
+                threads_ok=ok,
+                threads_failed=len(report.outcomes) - ok,
+                added=c.added,
+                changed=c.changed,
+                deleted=c.deleted,
+                restored=c.restored,
+                requests=report.requests,
+            )
         )
-        run.requests = report.requests
+        assert closed.rowcount == 1, f"run {report.run_id} has no record"
         rows = [
             {
                 "run_id": report.run_id,
