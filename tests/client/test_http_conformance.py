@@ -125,7 +125,7 @@ async def expect(call: Awaitable[httpx.Response], outcome: Outcome) -> None:
     if isinstance(outcome, bytes):
         assert (await call).content == outcome
         return
-    with pytest.raises(httpx.TransportError) as caught:
+    with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
         await call
     assert type(caught.value) is outcome
 
@@ -186,8 +186,8 @@ async def test_an_answer_that_ends_the_connection_is_not_reused(
 
     async with serve(handler) as server, make.client() as client:
         assert (await client.get(server.url)).content == b"one"
+        await settle(server.connections[0].eof)  # closed once read, not when next needed
         assert (await client.get(server.url)).content == b"two"
-        await settle(server.connections[0].eof)
         assert len(server.connections) == 2
         assert [len(c.requests) for c in server.connections] == [1, 1]
 
@@ -547,7 +547,7 @@ async def test_a_header_that_would_break_the_framing_is_refused(
         await answer_each(conn, lambda _: ok())
 
     async with serve(handler) as server, make.client() as client:
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await client.get(server.url, headers={name: value})
         assert type(caught.value) is httpx.LocalProtocolError
         assert (await client.get(server.url)).status_code == 200
@@ -574,6 +574,7 @@ async def send_garbage_and_keep_open(conn: Conn) -> None:
     await conn.send(b"\x00\xffnot http at all\r\n")
 
 
+@pytest.mark.parametrize("when", ["at-once", "settled"])
 @pytest.mark.parametrize(
     ("drop", "httpx_next"),
     [
@@ -586,16 +587,22 @@ async def send_garbage_and_keep_open(conn: Conn) -> None:
     ],
 )
 async def test_an_idle_connection_the_server_dropped_is_replaced(
-    make: Transports, drop: Callable[[Conn], Awaitable[None]], httpx_next: Outcome | None
+    make: Transports,
+    drop: Callable[[Conn], Awaitable[None]],
+    httpx_next: Outcome | None,
+    when: str,
 ) -> None:
     """The server ends a keep-alive connection while it is idle (a FIN; a reset; a 408 answer
     nobody asked for, as nginx and Node send, then a close or not; bytes that are not HTTP):
     the next request succeeds on a fresh connection (nothing is written to the dead one,
-    nothing unasked is taken for its answer).
+    nothing unasked is taken for its answer). The next request is made ``at-once``, while what
+    the server sent is on the client's socket but unread by the event loop, or once the loop
+    has ``settled`` (read it).
 
     httpx does so only where the socket itself stays readable (a FIN or a reset): anyio's
-    asyncio stream reads ahead, so bytes the server sent are off the socket when httpcore's
-    pool polls it, and the connection is reused, out of step (pinned as ``httpx_next``)."""
+    asyncio stream reads ahead (and httpcore's locks yield to the loop before its pool polls
+    the socket), so bytes the server sent are off the socket by then, and the connection is
+    reused, out of step (pinned as ``httpx_next``)."""
     after = httpx_next if make.kind == "httpx" and httpx_next is not None else b"second"
     dropped = anyio.Event()
 
@@ -611,8 +618,11 @@ async def test_an_idle_connection_the_server_dropped_is_replaced(
 
     async with serve(handler) as server, make.client() as client:
         assert (await client.get(server.url)).content == b"first"
+        # The server's close or bytes are on the client's socket when ``dropped`` wakes this
+        # task (asyncio runs the socket's close, scheduled first, in the same loop pass).
         await dropped.wait()
-        await anyio.wait_all_tasks_blocked()  # what the server sent is on the client's socket
+        if when == "settled":
+            await anyio.wait_all_tasks_blocked()
         await expect(client.get(server.url), after)
         if after == b"second":
             assert [len(c.requests) for c in server.connections] == [1, 1]
@@ -685,7 +695,7 @@ async def test_a_connection_lost_before_the_answer_ends(
         await answer_each(conn, lambda _: ok(b"fresh"))
 
     async with serve(handler) as server, make.client() as client:
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await client.get(server.url)
         assert type(caught.value) is error
         assert (await client.get(server.url)).content == b"fresh"
@@ -821,7 +831,7 @@ async def test_no_answer_is_a_read_timeout(make: Transports) -> None:
         await conn.hold()
 
     async with serve(handler) as server, make.client(timeout=httpx.Timeout(HANG, read=SHORT)) as c:
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await c.get(server.url)
         assert type(caught.value) is httpx.ReadTimeout
 
@@ -842,7 +852,7 @@ async def test_a_body_that_stops_is_a_read_timeout(make: Transports) -> None:
 
     timeout = httpx.Timeout(HANG, read=SHORT)
     async with serve(handler) as server, make.client(timeout=timeout) as client:
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await client.get(server.url)
         assert type(caught.value) is httpx.ReadTimeout
         await settle(server.connections[0].eof)
@@ -868,7 +878,7 @@ async def test_connect_refused_is_a_connect_error(make: Transports) -> None:
     with reserved_port() as sock:
         port = sock.getsockname()[1]
         async with make.client() as client:
-            with pytest.raises(httpx.TransportError) as caught:
+            with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
                 await client.get(f"http://127.0.0.1:{port}/")
     assert type(caught.value) is httpx.ConnectError
 
@@ -888,7 +898,7 @@ async def test_connect_unanswered_is_a_connect_timeout(make: Transports) -> None
     timeout = httpx.Timeout(HANG, connect=SHORT)
     with full_backlog_port() as port:
         async with make.client(timeout=timeout) as client:
-            with pytest.raises(httpx.TransportError) as caught:
+            with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
                 await client.get(f"http://127.0.0.1:{port}/")
     assert type(caught.value) is httpx.ConnectTimeout
 
@@ -902,7 +912,7 @@ async def test_a_body_the_server_does_not_read_is_a_write_timeout(make: Transpor
 
     timeout = httpx.Timeout(HANG, write=SHORT)
     async with serve(handler) as server, make.client(timeout=timeout) as client:
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await client.post(server.url, content=b"w" * (64 * 1024 * 1024))
         assert type(caught.value) is httpx.WriteTimeout
 
@@ -929,7 +939,7 @@ async def test_an_exhausted_pool_is_a_pool_timeout(make: Transports) -> None:
 
             tg.start_soon(hold_the_connection)
             await server.until_requests(1)
-            with pytest.raises(httpx.TransportError) as caught:
+            with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
                 await client.get(server.url, timeout=httpx.Timeout(HANG, pool=SHORT))
             assert type(caught.value) is httpx.PoolTimeout
             release.set()
@@ -948,7 +958,7 @@ async def test_a_reset_during_the_upload(make: Transports) -> None:
         conn.reset()
 
     async with serve(handler) as server, make.client() as client:
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await client.post(server.url, content=b"u" * (32 * 1024 * 1024))
         assert type(caught.value) is httpx.ReadError
 
@@ -1035,7 +1045,7 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
     resetting, a read timeout, cancellation while answered or while queued for the pool, a pool
     timeout, a refused or unanswered connect elsewhere) the one slot is free again: the next
     request gets a connection at once (its pool timeout is short) and its own answer."""
-    half_sent = anyio.Event()
+    half_sent, told = anyio.Event(), anyio.Event()
 
     async def handler(conn: Conn) -> None:
         while (request := await conn.read_request()) is not None:
@@ -1045,6 +1055,9 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
                 conn.reset()
             elif request.target == b"/hold":
                 await conn.hold()
+            elif request.target == b"/drop-when-told":
+                await told.wait()
+                conn.close()
             elif request.target == b"/half":
                 await conn.send(answer(200, headers=[("Content-Length", "9")], length=False) + b"h")
                 half_sent.set()
@@ -1057,7 +1070,7 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
     async with serve(handler) as server, make.client(transport, timeout=timeout) as client:
 
         async def fails(path: str, error: type[Exception], url: str = server.url) -> None:
-            with pytest.raises(httpx.TransportError) as caught:
+            with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
                 await client.get(f"{url}{path}")
             assert type(caught.value) is error
             if error is not httpx.PoolTimeout:  # else the slot is still held: checked after
@@ -1081,6 +1094,21 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
                     await anyio.wait_all_tasks_blocked()  # the second is queued for the pool
                     scope.cancel()
 
+        async def queued_behind_a_failure() -> None:
+            slow = httpx.Timeout(HANG)
+            answers: list[bytes] = []
+
+            async def queued() -> None:
+                answers.append((await client.get(f"{server.url}/ok", timeout=slow)).content)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fails, "/drop-when-told", httpx.RemoteProtocolError)
+                await server.until(lambda: server.requests[-1].target == b"/drop-when-told")
+                tg.start_soon(queued)
+                await anyio.wait_all_tasks_blocked()  # queued for the pool
+                told.set()
+            assert answers == [b"/ok"]
+
         async def pool_timeout() -> None:
             async with anyio.create_task_group() as tg:
                 slow = httpx.Timeout(HANG)
@@ -1094,6 +1122,8 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
         await fails("/hold", httpx.ReadTimeout)
         await cancelled("/half", half_sent.wait)
         await queued_then_cancelled()
+        assert (await client.get(f"{server.url}/ok")).content == b"/ok"
+        await queued_behind_a_failure()
         assert (await client.get(f"{server.url}/ok")).content == b"/ok"
         await pool_timeout()
         assert (await client.get(f"{server.url}/ok")).content == b"/ok"
@@ -1214,7 +1244,7 @@ async def test_tls_with_the_default_context_refuses_the_server(
         serve(handler, ssl_context=server_context(tmp_path)) as server,
         make.client() as client,
     ):
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await client.get(f"https://127.0.0.1:{server.port}/")
         assert type(caught.value) is httpx.ConnectError
         assert server.requests == []
@@ -1231,7 +1261,7 @@ async def test_tls_handshake_unanswered_is_a_connect_timeout(make: Transports) -
         serve(handler) as server,
         make.client(timeout=httpx.Timeout(HANG, connect=SHORT)) as c,
     ):
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await c.get(server.tls_url)
         assert type(caught.value) is httpx.ConnectTimeout
         assert server.requests == []
@@ -1247,7 +1277,7 @@ async def test_tls_to_a_plain_http_server_is_a_connect_error(make: Transports) -
         conn.close()
 
     async with serve(handler) as server, make.client() as client:
-        with pytest.raises(httpx.TransportError) as caught:
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
             await client.get(server.tls_url)
         assert type(caught.value) is httpx.ConnectError
 
