@@ -1,5 +1,5 @@
-"""The pool's network backend: httpcore's anyio one, asked cheaply whether an idle connection was
-closed by the server (see worker/client/transport.py)."""
+"""The pool's test of an idle connection: one the server closed is not reused, even when the event
+loop has not read the close yet (see worker/client/transport.py, worker/client/http1.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import anyio
 import httpx
 import pytest
 
-from worker.client.transport import Backend, network_backend, pooled_transport, readable
+from worker.client.http1 import Http1Transport
+from worker.client.transport import pooled_transport, readable
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +78,7 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(
     server: OneAnswerServer,
 ) -> None:
     transport = pooled_transport(httpx.Limits(max_connections=4, max_keepalive_connections=4))
-    assert isinstance(network_backend(transport), Backend)
+    assert isinstance(transport, Http1Transport)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
         for _ in range(3):
             response = await client.get("/ping")

@@ -1,32 +1,26 @@
-"""What ``worker/client/transport.py`` assumes of httpx's and httpcore's internals, one test per
-assumption, named after it: an upgrade that breaks one fails here first, and says which."""
+"""What the client's request path assumes of httpx's and httptools' internals (named in
+``worker/client/transport.py``), one test per assumption, named after it: an upgrade that breaks
+one fails here first, and says which."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
-import inspect
-import select
+import gzip
 import socket
 import weakref
-from collections.abc import Callable, Iterable
-from typing import Any
 
-import anyio
-import httpcore
+import httptools
 import httpx
 import pytest
 
 from worker.client import transport
+from worker.client.http1 import Http1Transport
 from worker.client.transport import (
-    IS_READABLE,
-    NETWORK_BACKEND,
-    POOL,
     SOCKET,
     URI_REFERENCE,
-    Backend,
     RequestBuilder,
-    Stream,
-    network_backend,
     pooled_transport,
     readable,
     release,
@@ -35,186 +29,181 @@ from worker.client.transport import (
 
 pytestmark = pytest.mark.anyio
 
-ANSWER = (
-    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
-)
+
+class Recorder:
+    """A protocol for httptools' response parser that records each callback, in order, with
+    ``should_keep_alive()`` as the parser answers it within ``on_message_complete``."""
+
+    def __init__(self, stop_at: str = "") -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.events: list[object] = []
+        self.stop_at = stop_at
+        self.reason = b""
+
+    def on_message_begin(self) -> None:
+        self.events.append("begin")
+
+    def on_status(self, reason: bytes) -> None:
+        self.events.append(("status", self.parser.get_status_code(), reason))
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.events.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.events.append("headers")
+        if self.stop_at == "headers":
+            raise RuntimeError("stop")
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        self.events.append(("complete", self.parser.should_keep_alive()))
+
+    def feed(self, data: bytes, *, split: bool = False) -> list[object]:
+        for part in [data[i : i + 1] for i in range(len(data))] if split else [data]:
+            self.parser.feed_data(part)
+        return self.events
 
 
-class ScriptedStream(httpcore.AsyncNetworkStream):
-    """A connection that answers each request written to it with :data:`ANSWER`, and records
-    the extra info it is asked for; with ``stall`` set, a read calls it, then never returns."""
-
-    def __init__(self, stall: Callable[[], None] | None = None) -> None:
-        self.pending = b""
-        self.asked: list[str] = []
-        self.stall = stall
-        self.closed = False
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        if self.stall is not None:
-            self.stall()
-            await anyio.sleep_forever()
-        chunk, self.pending = self.pending[:max_bytes], self.pending[max_bytes:]
-        return chunk
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        if buffer.endswith(b"\r\n\r\n"):
-            self.pending += ANSWER
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, info: str) -> Any:
-        self.asked.append(info)
-        return False if info == IS_READABLE else None
+def _bodies(events: list[object]) -> bytes:
+    return b"".join(e for e in events if isinstance(e, bytes))
 
 
-class ScriptedBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self.streams: list[ScriptedStream] = []
-        self.stall: Callable[[], None] | None = None  # given to the next connection
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.streams.append(ScriptedStream(self.stall))
-        return self.streams[-1]
+# -- httptools' response parser (http1.Connection) ----------------------------------------------
 
 
-# -- the pool's network backend (pooled_transport) ----------------------------------------------
+def test_httptools_calls_on_header_once_per_header_however_the_bytes_were_split() -> None:
+    """Headers whole, once each; but the reason phrase (``on_status``) and the body come in as
+    many pieces as the bytes did: the transport joins them."""
+    data = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Id: r1\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    recorder = Recorder()
+    split = recorder.feed(data, split=True)
+    assert recorder.reason == b"OK"
+    assert split.count(("status", 200, b"O")) == 1  # the first piece only
+    headers = [e for e in split if isinstance(e, tuple) and isinstance(e[0], bytes)]
+    assert headers == [
+        (b"Content-Type", b"application/json"),
+        (b"X-Id", b"r1"),
+        (b"Content-Length", b"2"),
+    ]
+    assert split[0] == "begin"
+    assert _bodies(split) == b"ok"
+    assert split.count(b"o") == 1
+    assert split[-1] == ("complete", True)
 
 
-def test_httpx_transport_keeps_its_httpcore_pool_as__pool() -> None:
-    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
-    assert isinstance(getattr(plain, POOL), httpcore.AsyncConnectionPool)
+def test_httptools_parses_an_informational_answer_as_a_message_of_its_own() -> None:
+    events = Recorder().feed(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx"
+    )
+    assert events == [
+        "begin", ("status", 100, b"Continue"), "headers", ("complete", True),
+        "begin", ("status", 201, b"Created"), (b"Content-Length", b"1"), "headers", b"x",
+        ("complete", True),
+    ]  # fmt: skip
 
 
-def test_httpcore_pool_keeps_its_backend_as__network_backend() -> None:
-    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
-    pool = getattr(plain, POOL)
-    assert isinstance(getattr(pool, NETWORK_BACKEND), httpcore.AsyncNetworkBackend)
-    ours = pooled_transport(httpx.Limits(max_connections=2, max_keepalive_connections=2))
-    assert isinstance(network_backend(ours), Backend)
+@pytest.mark.parametrize("status", [204, 304])
+def test_httptools_knows_204_and_304_have_no_body(status: int) -> None:
+    """Even with a Content-Length: what follows is the next message, not this one's body."""
+    events = Recorder().feed(
+        b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
+        % status
+    )
+    assert events.count("begin") == 2
+    assert events[4] == ("complete", True)  # begin, status, Content-Length, headers
+    assert _bodies(events) == b"x"
 
 
-async def test_httpcore_pool_opens_connections_with__network_backend() -> None:
-    """Setting the attribute after httpx built the pool is enough: the pool reads it for each
-    connection it opens (a backend given too late would silently not be used)."""
-    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
-    backend = ScriptedBackend()
-    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
-    async with httpx.AsyncClient(transport=plain, base_url="http://api.invalid") as client:
-        assert (await client.get("/a")).json() == {"ok": True}
-        assert (await client.get("/b")).json() == {"ok": True}
-    assert len(backend.streams) == 1  # kept alive and reused
+def test_httptools_reads_a_head_answers_content_length_as_a_body() -> None:
+    """The parser is not told the request's method: a HEAD's answer would wait for a body
+    that never comes, so the transport stops the parse at the headers itself."""
+    events = Recorder().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    assert events[-1] == "headers"  # not complete: 100 bytes of body awaited
 
 
-async def test_httpcore_pool_closes_a_connection_whose_request_was_cancelled() -> None:
-    """``ApiClient._send`` cancels an attempt that outlasts ``api.request_timeout``; it relies on
-    httpcore closing that connection, so that nothing half-read goes back to the pool."""
-    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
-    backend = ScriptedBackend()
-    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
-    async with httpx.AsyncClient(transport=plain, base_url="http://api.invalid") as client:
-        with anyio.CancelScope() as scope:
-            backend.stall = scope.cancel  # the answer never comes; the caller gives up
-            await client.get("/slow")
-        assert scope.cancelled_caught
-        assert backend.streams[0].closed  # by the pool, at once
-        backend.stall = None
-        assert (await client.get("/next")).json() == {"ok": True}
-    assert len(backend.streams) == 2  # the next request did not get the stalled connection
-
-
-# -- "is this idle connection closed?" (Stream) -------------------------------------------------
-
-
-async def test_httpcore_pool_asks_idle_connections_is_readable() -> None:
-    """The question :class:`Stream` answers cheaply is the one the pool asks before reusing an
-    idle connection; were it asked otherwise, the override would be dead code."""
-    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
-    backend = ScriptedBackend()
-    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
-    async with httpx.AsyncClient(transport=plain, base_url="http://api.invalid") as client:
-        await client.get("/a")
-        await client.get("/b")
-    assert IS_READABLE in backend.streams[0].asked
-
-
-async def test_httpcore_anyio_stream_answers_socket_with_its_raw_socket() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        stream = await httpcore.AnyIOBackend().connect_tcp("127.0.0.1", port)
-        try:
-            raw = stream.get_extra_info(SOCKET)  # on asyncio, a TransportSocket around it
-            assert raw.fileno() >= 0  # what readable() polls
-            assert raw.getpeername() == ("127.0.0.1", port)
-        finally:
-            await stream.aclose()
-
-
-async def test_httpcore_anyio_stream_is_readable_means_data_or_close_waiting() -> None:
-    """:func:`readable` gives the answer httpcore's own anyio stream gives, in each state."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        theirs = await httpcore.AnyIOBackend().connect_tcp("127.0.0.1", port)
-        ours = Stream(theirs)
-        peer, _ = listener.accept()
-        try:
-            assert theirs.get_extra_info(IS_READABLE) is False
-            assert ours.get_extra_info(IS_READABLE) is False
-            peer.sendall(b"x")
-            _until_readable(theirs)
-            assert ours.get_extra_info(IS_READABLE) is True
-            assert await theirs.read(1) == b"x"
-            assert theirs.get_extra_info(IS_READABLE) is False
-            assert ours.get_extra_info(IS_READABLE) is False
-            peer.close()
-            _until_readable(theirs)
-            assert ours.get_extra_info(IS_READABLE) is True
-        finally:
-            peer.close()
-            await ours.aclose()
-
-
-def _until_readable(stream: httpcore.AsyncNetworkStream) -> None:
-    """Block (no sleep, no timeout) until loopback delivered what the peer did; nothing else
-    runs on the loop meanwhile."""
-    sock = stream.get_extra_info(SOCKET)
-    select.select([sock.fileno()], [], [])
-    assert stream.get_extra_info(IS_READABLE) is True
-    assert readable(sock)
+def test_httptools_never_completes_a_body_delimited_by_the_close() -> None:
+    """No length and not chunked: the body runs to the connection's end, which httptools
+    cannot be told; the transport completes it when the connection is lost."""
+    recorder = Recorder()
+    events = recorder.feed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+    assert _bodies(events) == b"until the end"
+    assert not any(isinstance(e, tuple) and e[0] == "complete" for e in events)
 
 
 @pytest.mark.parametrize(
-    ("interface", "ours", "methods"),
+    ("answer", "keep_alive"),
     [
-        (httpcore.AsyncNetworkBackend, Backend, ("connect_tcp", "connect_unix_socket", "sleep")),
-        (
-            httpcore.AsyncNetworkStream,
-            Stream,
-            ("read", "write", "aclose", "start_tls", "get_extra_info"),
-        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", False),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n", True),
     ],
 )
-def test_httpcore_network_interfaces_have_the_signatures_transport_wraps(
-    interface: type, ours: type, methods: tuple[str, ...]
+def test_httptools_should_keep_alive_within_on_message_complete_is_http11s_rule(
+    answer: bytes, keep_alive: bool
 ) -> None:
-    """Every method the wrappers forward exists on httpcore's interface with the same
-    parameters, and httpcore's anyio backend (the one wrapped) implements the backend's."""
-    assert issubclass(httpcore.AnyIOBackend, httpcore.AsyncNetworkBackend)
-    for name in methods:
-        wanted = list(inspect.signature(getattr(interface, name)).parameters)
-        assert list(inspect.signature(getattr(ours, name)).parameters) == wanted, name
-    if interface is httpcore.AsyncNetworkBackend:
-        for name in methods:
-            theirs = inspect.signature(getattr(httpcore.AnyIOBackend, name)).parameters
-            assert list(theirs) == list(inspect.signature(getattr(ours, name)).parameters)
+    recorder = Recorder()
+    assert recorder.feed(answer)[-1] == ("complete", keep_alive)
+    # Asked after feed_data returned, it says False whatever the answer: ask it in the callback.
+    assert recorder.parser.should_keep_alive() is False
+
+
+def test_httptools_stops_the_parse_when_a_callback_raises() -> None:
+    recorder = Recorder(stop_at="headers")
+    with pytest.raises(httptools.HttpParserCallbackError):
+        recorder.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert recorder.events[-1] == "headers"  # no body, no completion after the raise
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"HTTX/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    ],
+)
+def test_httptools_raises_a_parser_error_on_a_malformed_answer(garbage: bytes) -> None:
+    with pytest.raises(httptools.HttpParserError):
+        Recorder().feed(garbage)
+
+
+# -- an asyncio transport's raw socket (readable) -----------------------------------------------
+
+
+async def test_asyncio_transport_answers_socket_with_its_raw_socket() -> None:
+    """What :func:`readable` polls, and the answer it gives in each state."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        connected, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        peer, _ = listener.accept()
+        try:
+            raw = connected.get_extra_info(SOCKET)
+            assert raw.getpeername() == ("127.0.0.1", port)
+            assert raw.fileno() >= 0
+            assert not readable(raw)
+            connected.pause_reading()  # the loop must not read the close first
+            peer.close()
+            await loop.run_in_executor(None, _until_readable, raw.fileno())
+            assert readable(raw)
+        finally:
+            peer.close()
+            connected.abort()
+
+
+def _until_readable(fd: int) -> None:
+    import select  # noqa: PLC0415
+
+    select.select([fd], [], [])
 
 
 # -- a read response's stream is replaceable (release) ------------------------------------------
@@ -356,47 +345,61 @@ async def test_send_answers_what_async_client_send_answers() -> None:
 
 
 async def test_send_through_the_pool_reuses_the_connection_and_maps_errors() -> None:
-    """Through httpx's pooled transport: the body read returns the connection to the pool (the
-    next request reuses it), and httpcore's errors arrive as httpx's (the retry policy's)."""
-    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
-    backend = ScriptedBackend()
-    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
-    async with plain:
+    """Through the client's pooled transport, over loopback: the whole answer returns the
+    connection to the pool (the next request reuses it), a gzip body is decoded when ``send``
+    reads it (httpx decodes the raw body the transport's stream holds), and errors arrive as
+    httpx's (the retry policy's)."""
+    async with _Answering() as server, pooled_transport(httpx.Limits(max_connections=2)) as pool:
         for path in ("/a", "/b"):
-            response = await send(plain, httpx.Request("GET", f"http://api.invalid{path}"))
+            response = await send(pool, httpx.Request("GET", f"{server.url}{path}"))
             assert response.json() == {"ok": True}
-        assert len(backend.streams) == 1
+            assert response.headers["content-encoding"] == "gzip"
+            assert response.http_version == "HTTP/1.1"
+            assert response.reason_phrase == "OK"
+        assert server.connections == 1
         with pytest.raises(httpx.UnsupportedProtocol):
-            await send(plain, httpx.Request("GET", "ftp://api.invalid/x"))
+            await send(pool, httpx.Request("GET", "ftp://api.invalid/x"))
 
 
-async def test_send_cancelled_mid_answer_closes_the_connection() -> None:
-    """A request cancelled while its answer is read (``api.request_timeout``) leaves nothing
-    half-read in the pool: the connection is closed, the next request gets a new one."""
-    plain = httpx.AsyncHTTPTransport(http1=True, http2=False, trust_env=False)
-    backend = ScriptedBackend()
-    setattr(getattr(plain, POOL), NETWORK_BACKEND, backend)
-    async with plain:
-        with anyio.CancelScope() as scope:
-            backend.stall = scope.cancel
-            await send(plain, httpx.Request("GET", "http://api.invalid/slow"))
-        assert scope.cancelled_caught
-        assert backend.streams[0].closed
-        backend.stall = None
-        response = await send(plain, httpx.Request("GET", "http://api.invalid/next"))
-        assert response.json() == {"ok": True}
-    assert len(backend.streams) == 2
+class _Answering:
+    """HTTP/1.1 on loopback answering every request with a gzip ``{"ok": true}``."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.url = ""
+
+    async def __aenter__(self) -> _Answering:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        body = gzip.compress(b'{"ok": true}')
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+        writer.close()
 
 
-def test_transport_is_the_only_module_touching_httpx_and_httpcore_internals() -> None:
-    """The seam holds: no other module of the package names these internals."""
+def test_transport_and_http1_are_the_only_modules_touching_these_internals() -> None:
+    """The seam holds: no other module of the package names httpx's URL internals or uses
+    httptools or httpcore."""
     from pathlib import Path  # noqa: PLC0415
 
     package = Path(transport.__file__).parent.parent
-    names = (f'"{POOL}"', f'"{NETWORK_BACKEND}"', f".{POOL}", f".{NETWORK_BACKEND}", IS_READABLE)
+    seam = {Path(transport.__file__), Path(transport.__file__).with_name("http1.py")}
+    names = (URI_REFERENCE, "import httptools", "import httpcore", "from httpcore")
     offenders = [
         str(path.relative_to(package))
         for path in package.rglob("*.py")
-        if path != Path(transport.__file__) and any(n in path.read_text() for n in names)
+        if path not in seam and any(n in path.read_text() for n in names)
     ]
     assert offenders == []
+    assert isinstance(pooled_transport(httpx.Limits()), Http1Transport)

@@ -474,7 +474,7 @@ class ApiClient:
 
         httpx's read timeout bounds each read only: a server sending a byte every few seconds
         never trips it, and held a sync forever. This deadline covers the attempt whole
-        (connection, request, every byte of the answer); httpcore closes a connection whose
+        (connection, request, every byte of the answer); the transport closes a connection whose
         request was cancelled, so nothing half-read goes back to the pool.
         """
         with anyio.move_on_after(self._request_timeout):

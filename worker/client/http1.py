@@ -28,6 +28,10 @@ What it keeps of httpx's transport, because the client relies on it:
 - **The answer**: an ``httpx.Response`` whose stream holds the raw body, so that httpx decodes
   ``Content-Encoding`` when it is read. The body is whole when the response is returned (the
   client reads every body whole anyway), so the connection is back in the pool before then.
+  An error in the body (a stall past the read timeout, a close mid-way) fails the read of the
+  body, as with httpx's transport; the difference a caller can see is when the response comes:
+  with its whole body (or its body's failure), not as soon as its head is read. A caller that
+  streams a huge body should use httpx's transport.
 
 asyncio only: threadsync runs anyio on its asyncio backend everywhere. No proxy, no HTTP/2 (the
 client asks for neither). What it assumes of httptools is tested in
@@ -40,26 +44,42 @@ import asyncio
 import re
 import ssl
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httptools
 import httpx
 
-from worker.client.transport import readable
+from worker.client.transport import SOCKET, readable
 
+_DEFAULT_LIMITS = httpx.Limits()  # httpx's default
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 # RFC 9110 token: a header name or a method.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-class _Stop(Exception):  # noqa: N818 (a signal, not an error)
+class _Stop(Exception):
     """Raised from a parser callback to stop the parse (httptools: ``feed_data`` raises
     ``HttpParserCallbackError``); the reason is left in ``Connection._stopped``."""
 
 
-_HEADERS_ONLY = "the answer to HEAD has no body, whatever its Content-Length"
+# The longest answer head read (httpcore gives h11 the same limit); then RemoteProtocolError.
+_MAX_HEAD = 100 * 1024
+
+_UNKNOWN_CODING = "a Transfer-Encoding other than chunked"
 _UNASKED = "an answer no request is waiting for"
+
+
+class _Failing(httpx.AsyncByteStream):
+    """The body of an answer that failed after its head: reading it raises the failure."""
+
+    def __init__(self, exc: httpx.TransportError) -> None:
+        self._exc = exc
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise self._exc
+        yield b""  # an async generator, as httpx iterates it
 
 
 class Connection(asyncio.Protocol):
@@ -84,6 +104,7 @@ class Connection(asyncio.Protocol):
         self._headers_done = False
         self._informational = False
         self._unsent = False  # part of the request still in asyncio's buffer when written
+        self._head_bytes = 0  # bytes read while the answer's head was incomplete
         self._status = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -98,20 +119,24 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._socket = transport.get_extra_info("socket")
+        self._socket = transport.get_extra_info(SOCKET)
 
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:
             self._last_read = self._loop.time()
         self._answered = True
+        if not self._headers_done:
+            # httptools grows a header without bound: a head past the limit (counted in whole
+            # reads before this one, so never a body that came with the head) is refused.
+            if self._head_bytes > _MAX_HEAD:
+                self._fail(httpx.RemoteProtocolError("Answer head larger than 100 KB."))
+                return
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
             # One of the callbacks below stopped the parse, saying why in ``_stopped``.
-            if self._stopped is _HEADERS_ONLY:
-                self._answer(reusable=False)  # what follows the headers would be misread
-            else:  # an answer nobody asked for: the connection is out of step
-                self._fail(httpx.RemoteProtocolError(f"Invalid answer: {self._stopped}."))
+            self._fail(httpx.RemoteProtocolError(f"Invalid answer: {self._stopped}."))
         except httptools.HttpParserUpgrade:
             self.reusable = False
             self._answer(reusable=False)
@@ -156,28 +181,39 @@ class Connection(asyncio.Protocol):
         if self._waiter is None:
             self._stopped = _UNASKED
             raise _Stop
+        self._reason = b""
         self._headers = []
         self._body = []
         self._headers_done = False
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        self._reason += reason  # in pieces, when the status line came in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        # llhttp leaves the whitespace that ends a value (h11, RFC 9110: not part of it).
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        parser = self._parser
+        status = parser.get_status_code()
         if status < 200 and status != 101:
             self._informational = True  # 100 Continue, 103 Early Hints: skipped
             return
         self._status = status
         self._headers_done = True
-        if self._head:
-            self._stopped = _HEADERS_ONLY
+        if not parser.should_keep_alive() and self._unknown_coding():
+            self._stopped = _UNKNOWN_CODING
             raise _Stop
+        if self._head:
+            # The answer to HEAD has no body, whatever its headers say, but the parser is not
+            # told the method: the answer is complete here, and the next one gets a new parser
+            # (this one reads on as body whatever else came with these bytes: nothing should).
+            self._answer(reusable=parser.should_keep_alive())
+            self._parser = httptools.HttpResponseParser(self)
 
     def on_body(self, body: bytes) -> None:
+        if self._waiter is None:
+            self.reusable = False  # bytes after an answer to HEAD: out of step
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -188,13 +224,19 @@ class Connection(asyncio.Protocol):
 
     # -- the request in flight -----------------------------------------------------------------
 
-    async def request(self, request: httpx.Request, head: bytes, timeouts: dict[str, Any]) -> httpx.Response:
+    async def request(
+        self, request: httpx.Request, head: bytes, timeouts: dict[str, Any]
+    ) -> httpx.Response:
         """Send ``request`` (``head``: its request line and headers) and await the whole answer."""
         transport = self._transport
         assert transport is not None
-        self._waiter = waiter = self._loop.create_future()
+        if self.closed:  # a new connection the server closed (or spoke on) before this request
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        waiter: asyncio.Future[httpx.Response] = self._loop.create_future()
+        self._waiter = waiter
         self._head = request.method == "HEAD"
         self._answered = self._headers_done = self._informational = False
+        self._head_bytes = 0
         try:
             content: bytes | None = request.content
         except httpx.RequestNotRead:
@@ -224,7 +266,7 @@ class Connection(asyncio.Protocol):
                 self._timer.cancel()
                 self._timer = None
 
-    async def _write_stream(self, request: httpx.Request, timeout: float | None) -> None:
+    async def _write_stream(self, request: httpx.Request, write_timeout: float | None) -> None:
         """A body not read beforehand: written as it comes, chunked unless its length is known."""
         transport = self._transport
         assert transport is not None
@@ -237,15 +279,15 @@ class Connection(asyncio.Protocol):
             if chunk:
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             if self._paused:
-                await self._drain(timeout)
+                await self._drain(write_timeout)
         if chunked and not self.closed:
             transport.write(b"0\r\n\r\n")
 
-    async def _drain(self, timeout: float | None) -> None:
+    async def _drain(self, write_timeout: float | None) -> None:
         """Wait until asyncio's write buffer is below its high mark (``timeout``: WriteTimeout)."""
         self._drained = self._loop.create_future()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(write_timeout):
                 await self._drained
         except TimeoutError:
             raise httpx.WriteTimeout("timed out") from None
@@ -269,24 +311,44 @@ class Connection(asyncio.Protocol):
         if waiter is None:
             return
         self._waiter = None
-        self.reusable = reusable and not self.closed
         version = b"HTTP/1.0" if self._parser.get_http_version() == "1.0" else b"HTTP/1.1"
-        response = httpx.Response(
-            self._status,
-            headers=self._headers,
-            stream=httpx.ByteStream(b"".join(self._body)),
-            extensions={"http_version": version, "reason_phrase": self._reason},
-        )
+        # Never reuse an HTTP/1.0 connection, even one the answer says to keep alive: as h11.
+        self.reusable = reusable and not self.closed and version == b"HTTP/1.1"
+        response = self._response(version, httpx.ByteStream(b"".join(self._body)))
         self._body = []
         if not waiter.done():
             waiter.set_result(response)
 
+    def _response(self, version: bytes, stream: httpx.AsyncByteStream) -> httpx.Response:
+        return httpx.Response(
+            self._status,
+            headers=self._headers,
+            stream=stream,
+            extensions={"http_version": version, "reason_phrase": self._reason},
+        )
+
     def _fail(self, exc: Exception) -> None:
+        """The request in flight fails; once the answer's head was whole, as httpx's transport
+        fails it: the response is returned, and reading its body raises ``exc``."""
         waiter = self._waiter
         self._waiter = None
         self.abort()
-        if waiter is not None and not waiter.done():
+        if waiter is None or waiter.done():
+            return
+        if self._headers_done and isinstance(exc, httpx.TransportError):
+            version = b"HTTP/1.0" if self._parser.get_http_version() == "1.0" else b"HTTP/1.1"
+            waiter.set_result(self._response(version, _Failing(exc)))
+        else:
             waiter.set_exception(exc)
+
+    def _unknown_coding(self) -> bool:
+        """Whether the body's framing is a transfer coding other than chunked (h11 refuses
+        it; llhttp would read the body to the close, still coded)."""
+        return any(
+            name.lower() == b"transfer-encoding"
+            and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked"
+            for name, value in self._headers
+        )
 
     def _delimited_by_close(self) -> bool:
         """Whether the answer's body ends where the connection does (neither a length nor
@@ -309,7 +371,10 @@ class Connection(asyncio.Protocol):
         self._fail(RuntimeError("The transport was closed during the request."))
 
     def abort(self) -> None:
-        """Close at once, dropping what is unsent (a cancelled or failed request)."""
+        """Close at once, dropping what is unsent (a cancelled or failed request), and the
+        request in flight's future: nobody awaits it any more (its failure, set later, would
+        go unretrieved and be logged by asyncio)."""
+        self._waiter = None
         self.closed = True
         self.reusable = False
         if self._timer is not None:
@@ -323,7 +388,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
     """httpx's transport interface over :class:`Connection` and a pool of them (module doc)."""
 
     def __init__(
-        self, limits: httpx.Limits = httpx.Limits(), *, ssl_context: ssl.SSLContext | None = None
+        self, limits: httpx.Limits = _DEFAULT_LIMITS, *, ssl_context: ssl.SSLContext | None = None
     ) -> None:
         self._max_connections = limits.max_connections
         self._max_idle = (
@@ -385,7 +450,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     # -- the pool ------------------------------------------------------------------------------
 
-    async def _acquire(self, origin: tuple[bytes, str, int], timeouts: dict[str, Any]) -> Connection:
+    async def _acquire(
+        self, origin: tuple[bytes, str, int], timeouts: dict[str, Any]
+    ) -> Connection:
         """An idle connection to ``origin`` fit for use, else a new one once there is room."""
         if self._waiters or not self._has_room():
             await self._wait(timeouts.get("pool"))
@@ -415,7 +482,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             or self._idle_count > 0
         )
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _wait(self, pool_timeout: float | None) -> None:
         """Queue (first come, first served) until a released or closed connection makes room.
 
         A waiter woken, then beaten to the room by a connection closing elsewhere, waits again
@@ -426,7 +493,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(pool_timeout):
                 while True:
                     await waiter
                     if self._has_room():
@@ -495,7 +562,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         connection.abort()
         self._open.discard(connection)
 
-    async def _connect(self, origin: tuple[bytes, str, int], timeout: float | None) -> Connection:
+    async def _connect(
+        self, origin: tuple[bytes, str, int], connect_timeout: float | None
+    ) -> Connection:
         """A new connection (TLS for https). Every failure here is before any byte was sent."""
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
@@ -505,7 +574,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 self._ssl_context = httpx.create_ssl_context()
             context = self._ssl_context
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(connect_timeout):
                 _, connection = await loop.create_connection(
                     lambda: Connection(loop, origin),
                     host,
@@ -535,5 +604,7 @@ def _head(request: httpx.Request) -> bytes:
         or not _TOKEN.fullmatch(method)
         or not all(_TOKEN.fullmatch(name) for name, _ in raw)
     ):
-        raise httpx.LocalProtocolError("Illegal character in the request line or a header.")
+        raise httpx.LocalProtocolError(
+            "Illegal character in the request line or a header.", request=request
+        )
     return head

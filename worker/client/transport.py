@@ -1,15 +1,23 @@
-"""The client's one seam to httpx's and httpcore's internals: nothing else in threadsync touches
-them (README "Third-party internals"; ``tests/compat/test_client_transport.py`` asserts each
-assumption by name, so an upgrade that breaks one fails there first).
+"""The client's one seam to third-party internals on its request path (httpx's, httptools'):
+nothing else in threadsync relies on them (README "Third-party internals";
+``tests/compat/test_client_transport.py`` asserts each assumption by name, so an upgrade that
+breaks one fails there first).
 
-What this module assumes of httpx 0.28 / httpcore 1.0, and why:
+What the client assumes of httpx 0.28 and httptools 0.9, and why:
 
-- **The pool's network backend** (:func:`pooled_transport`). ``httpx.AsyncHTTPTransport`` keeps
-  its httpcore pool as ``_pool``, which keeps its backend as ``_network_backend`` and uses it for
-  each connection it opens. httpx takes no backend argument, so ours is set there.
-- **"Is this idle connection closed?"** (:class:`Stream`). httpcore's pool asks each idle
-  connection's stream ``get_extra_info("is_readable")``, and its anyio stream answers
-  ``get_extra_info("socket")`` with the raw socket.
+- **httptools' response parser** (:mod:`worker.client.http1`, the transport
+  :func:`pooled_transport` makes). ``HttpResponseParser(protocol)`` calls the protocol's
+  ``on_message_begin``, ``on_status(reason)``, ``on_header(name, value)`` once per header with
+  the whole name and value however the bytes were split between ``feed_data`` calls,
+  ``on_headers_complete``, ``on_body(chunk)`` and ``on_message_complete``, once per message,
+  an informational (1xx) answer being a message of its own; it knows that 204 and 304 answers
+  have no body, but not a HEAD's (it is not told the method); a body delimited by the close
+  never completes (httptools has no "end of input"); ``should_keep_alive()`` after the message
+  is HTTP/1.1's rule (``Connection: close``, HTTP/1.0); an exception raised by a callback stops
+  the parse, ``feed_data`` raising ``HttpParserCallbackError``; malformed input raises an
+  ``HttpParserError``.
+- **An asyncio transport's raw socket** (:func:`readable`). ``get_extra_info("socket")`` of a
+  TCP transport, TLS over it included, answers an object whose ``fileno()`` is the socket's.
 - **A read response's stream is replaceable** (:func:`release`). After ``AsyncClient.send`` has
   read the body, ``Response.stream`` may be swapped for an empty one and the response still gives
   its content.
@@ -24,49 +32,35 @@ What this module assumes of httpx 0.28 / httpcore 1.0, and why:
   response, and the body read (``Response.aread``), the stream closed on any failure; nothing
   else this client reads.
 
-Why a backend of our own: httpcore's anyio one, with a cheap answer to "has the server closed this
-idle connection?". httpcore's pool asks that of every idle connection each time it hands out or
-takes back one: about sixteen times per request with eight connections (a 100,000-message first
-sync, bench_sync, asked it 15,900 times for 1,000 requests). Its anyio stream answers by building
-anyio's whole table of socket attributes to find the raw socket, a ``getpeername`` system call
-included, before it polls the socket: about a tenth of the event loop's time per request went there.
-Here the raw socket is looked up once per connection; the question itself (a zero-timeout poll) is
-asked as before.
+Why a transport of our own rather than httpx's (httpcore's pool over h11): see
+:mod:`worker.client.http1`; in short, a third of the daemon's event loop went to httpcore's
+locks, shields and per-read cancel scopes and to h11's parsing.
 """
-
-# The method signatures are httpcore's interface, ``timeout`` parameters included.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
 import re
 import select
-import socket
-import ssl
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import httpcore
 import httpx
 
-# httpcore's socket option type (as its backends declare it).
-SocketOption = (
-    tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
-)
+if TYPE_CHECKING:
+    from worker.client.http1 import Http1Transport
 
 # The internals named above, spelled once (tests/compat reads them from here).
-POOL = "_pool"  # httpx.AsyncHTTPTransport's httpcore.AsyncConnectionPool
-NETWORK_BACKEND = "_network_backend"  # httpcore.AsyncConnectionPool's backend
-IS_READABLE = "is_readable"  # the extra info httpcore's pool asks of an idle connection
-SOCKET = "socket"  # the extra info httpcore's anyio stream answers with its raw socket
+SOCKET = "socket"  # the extra info an asyncio transport answers with its raw socket
 URI_REFERENCE = "_uri_reference"  # httpx.URL's parsed parts (a named tuple)
 
 
-def readable(sock: socket.socket | None) -> bool:
+def readable(sock: Any) -> bool:
     """Whether reading ``sock`` would not block: data, or the peer's close, is waiting.
 
-    A socket that is gone counts as readable, as in httpcore: its next read returns the end.
+    httpcore's test of an idle connection before reusing it, kept: the event loop may not have
+    read the server's close yet when the pool hands the connection out. A socket that is gone
+    counts as readable, as in httpcore: its next read returns the end.
     """
     fd = None if sock is None else sock.fileno()
     if fd is None or fd < 0:
@@ -79,82 +73,12 @@ def readable(sock: socket.socket | None) -> bool:
     return bool(poller.poll(0))
 
 
-class Stream(httpcore.AsyncNetworkStream):
-    """An httpcore stream whose raw socket is looked up once, when it connects."""
+def pooled_transport(limits: httpx.Limits) -> Http1Transport:
+    """The client's transport: :class:`worker.client.http1.Http1Transport` (HTTP/1.1, no proxy
+    from the environment, httpx's default TLS context), pooled within ``limits``."""
+    from worker.client.http1 import Http1Transport  # noqa: PLC0415 (it imports readable)
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info(SOCKET)
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == IS_READABLE:
-            return readable(self._socket)
-        return self._inner.get_extra_info(info)
-
-
-class Backend(httpcore.AsyncNetworkBackend):
-    """httpcore's anyio backend, its streams wrapped in :class:`Stream`."""
-
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[SocketOption] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return Stream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[SocketOption] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def pooled_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's own transport (HTTP/1.1, no proxy from the environment) over :class:`Backend`.
-
-    httpx takes no network backend, so it is set on the pool httpx just built, before any
-    connection exists. Should a later httpx build its pool otherwise, the transport keeps
-    httpcore's default backend, which only costs the time described above.
-    """
-    transport = httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False, trust_env=False)
-    pool = getattr(transport, POOL, None)
-    if isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, NETWORK_BACKEND):
-        setattr(pool, NETWORK_BACKEND, Backend())
-    return transport
-
-
-def network_backend(transport: httpx.AsyncHTTPTransport) -> Any:
-    """The backend ``transport``'s pool opens connections with (None if it has no such pool)."""
-    return getattr(getattr(transport, POOL, None), NETWORK_BACKEND, None)
+    return Http1Transport(limits)
 
 
 def release(response: httpx.Response) -> None:
@@ -258,7 +182,7 @@ async def send(transport: httpx.AsyncBaseTransport, request: httpx.Request) -> h
     jar: an API client keeps no cookies). Those layers cost about a tenth of the event loop's
     time per request (bench_freshness), the cookie jar alone 4%: it parsed every answer's
     headers through ``http.cookiejar``, building urllib request and response objects to do so.
-    The transport maps httpcore's errors to httpx's as before.
+    The transport raises httpx's errors, as httpx's own transport does.
     """
     response = await transport.handle_async_request(request)
     response.request = request
