@@ -850,10 +850,9 @@ async def test_a_body_that_stops_is_a_read_timeout(make: Transports) -> None:
             return
         await answer_each(conn, lambda _: ok(b"own"))
 
-    timeout = httpx.Timeout(HANG, read=SHORT)
-    async with serve(handler) as server, make.client(timeout=timeout) as client:
+    async with serve(handler) as server, make.client() as client:
         with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
-            await client.get(server.url)
+            await client.get(server.url, timeout=httpx.Timeout(HANG, read=SHORT))
         assert type(caught.value) is httpx.ReadTimeout
         await settle(server.connections[0].eof)
         assert (await client.get(server.url)).content == b"own"
@@ -1072,12 +1071,18 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
                 await conn.send(echo_path(request))
 
     transport = make(httpx.Limits(max_connections=1))
-    timeout = httpx.Timeout(HANG, read=SHORT, pool=SHORT, connect=SHORT)
-    async with serve(handler) as server, make.client(transport, timeout=timeout) as client:
+    # SHORT only for the timeout each step expects (a leaked slot shows as a PoolTimeout)
+    timeouts: dict[type[Exception], httpx.Timeout] = {
+        httpx.ReadTimeout: httpx.Timeout(HANG, read=SHORT),
+        httpx.PoolTimeout: httpx.Timeout(HANG, pool=SHORT),
+        httpx.ConnectTimeout: httpx.Timeout(HANG, connect=SHORT),
+    }
+    async with serve(handler) as server, make.client(transport, timeout=HANG) as client:
 
         async def fails(path: str, error: type[Exception], url: str = server.url) -> None:
-            with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
-                await client.get(f"{url}{path}")
+            timeout = timeouts.get(error, httpx.Timeout(HANG))
+            with anyio.fail_after(2 * HANG), pytest.raises(httpx.TransportError) as caught:
+                await client.get(f"{url}{path}", timeout=timeout)
             assert type(caught.value) is error
             if error is not httpx.PoolTimeout:  # else the slot is still held: checked after
                 assert (await client.get(f"{server.url}/ok")).content == b"/ok"
@@ -1093,19 +1098,17 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
         async def queued_then_cancelled() -> None:
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
-                    slow = httpx.Timeout(HANG)
-                    tg.start_soon(functools.partial(client.get, f"{server.url}/hold", timeout=slow))
+                    tg.start_soon(client.get, f"{server.url}/hold")
                     await server.until(lambda: server.requests[-1].target == b"/hold")
-                    tg.start_soon(functools.partial(client.get, f"{server.url}/ok", timeout=slow))
+                    tg.start_soon(client.get, f"{server.url}/ok")
                     await anyio.wait_all_tasks_blocked()  # the second is queued for the pool
                     scope.cancel()
 
         async def queued_behind_a_failure() -> None:
-            slow = httpx.Timeout(HANG)
             answers: list[bytes] = []
 
             async def queued() -> None:
-                answers.append((await client.get(f"{server.url}/ok", timeout=slow)).content)
+                answers.append((await client.get(f"{server.url}/ok")).content)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(fails, "/drop-when-told", httpx.RemoteProtocolError)
@@ -1117,8 +1120,7 @@ async def test_every_failure_gives_its_pool_slot_back(make: Transports) -> None:
 
         async def pool_timeout() -> None:
             async with anyio.create_task_group() as tg:
-                slow = httpx.Timeout(HANG)
-                tg.start_soon(functools.partial(client.get, f"{server.url}/hold", timeout=slow))
+                tg.start_soon(client.get, f"{server.url}/hold")
                 await server.until(lambda: server.requests[-1].target == b"/hold")
                 await fails("/ok", httpx.PoolTimeout)
                 tg.cancel_scope.cancel()
