@@ -1258,6 +1258,25 @@ async def test_tls_with_the_default_context_refuses_the_server(
         assert server.requests == []
 
 
+async def test_tls_certificate_for_another_name_is_refused(make: Transports, tmp_path: Any) -> None:
+    """A trusted certificate whose name is not the URL's host (it names 127.0.0.1; the URL says
+    localhost): the host name is checked, ConnectError."""
+    trusting = ssl.create_default_context(cadata=certificate()[0].decode())
+
+    async def handler(conn: Conn) -> None:
+        await answer_each(conn, echo_path)
+
+    async with (
+        serve(handler, ssl_context=server_context(tmp_path)) as server,
+        make.client(make(ssl_context=trusting)) as client,
+    ):
+        with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
+            await client.get(f"https://localhost:{server.port}/")
+        assert type(caught.value) is httpx.ConnectError
+        assert "localhost" in str(caught.value)  # the name check failed, not the connection
+        assert server.requests == []
+
+
 async def test_tls_handshake_unanswered_is_a_connect_timeout(make: Transports) -> None:
     """A server that accepts the TCP connection but never answers the TLS handshake: the
     connect timeout covers the handshake (ConnectTimeout: nothing was sent)."""
