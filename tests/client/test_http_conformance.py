@@ -1515,10 +1515,11 @@ def api_client(
     sleep: Callable[[float], Awaitable[None]] | None = None,
     read_timeout: float = HANG,
     request_timeout: float = 60.0,
+    scheme: str = "http",
 ) -> ApiClient:
     api = ApiSettings(
         profile="openai",
-        endpoint=f"http://127.0.0.1:{server_port}/v1",
+        endpoint=f"{scheme}://127.0.0.1:{server_port}/v1",
         api_key=SecretStr("sk-test"),
         read_timeout=read_timeout,
         request_timeout=request_timeout,
@@ -1706,10 +1707,23 @@ async def test_api_create_is_resent_after_a_pool_timeout(make: Transports) -> No
         assert len(server.connections) == 1
 
 
-async def test_api_create_after_the_server_dropped_an_idle_connection(make: Transports) -> None:
-    """Between two creates the server closes the idle connection (its keep-alive ran out): the
-    second create is sent on a new connection and succeeds; it is not failed as 'may have been
-    applied', as it would be if it were written to the dead connection."""
+@pytest.mark.parametrize(
+    ("how", "tls", "httpx_fails"),
+    [
+        pytest.param("close", False, False, id="close"),
+        pytest.param("408", False, True, id="stray-408"),
+        pytest.param("close", True, True, id="tls-close-notify"),
+        pytest.param("ragged", True, False, id="tls-ragged"),
+    ],
+)
+async def test_api_create_after_the_server_dropped_an_idle_connection(
+    make: Transports, tmp_path: Any, how: str, tls: bool, httpx_fails: bool
+) -> None:
+    """Between two creates the server ends the idle connection (its keep-alive ran out: a close,
+    a stray 408 first, over TLS a close_notify or a bare FIN): the second create is sent on a
+    new connection and succeeds. Were it written to the dead connection it would fail as 'may
+    have been applied' and not be sent again: what httpx does where it misses the end (module
+    docstring), pinned."""
     dropped = anyio.Event()
 
     async def handler(conn: Conn) -> None:
@@ -1717,16 +1731,31 @@ async def test_api_create_after_the_server_dropped_an_idle_connection(make: Tran
         assert request is not None
         await conn.send(message_answer(request))
         if conn.index == 0:
-            conn.close()
+            if how == "408":
+                await conn.send(TIMED_OUT)
+            else:
+                {"close": conn.close, "ragged": conn.ragged_close}[how]()
             dropped.set()
+            await conn.hold()
             return
         await answer_each(conn, message_answer)
 
-    async with serve(handler) as server, api_client(server.port, make(), attempts=1) as api:
+    context = server_context(tmp_path) if tls else None
+    trusting = ssl.create_default_context(cadata=certificate()[0].decode()) if tls else None
+    transport = make(ssl_context=trusting)
+    async with (
+        serve(handler, ssl_context=context) as server,
+        api_client(server.port, transport, attempts=1, scheme="https" if tls else "http") as api,
+    ):
         await api.create_message("thread_1", role="user", content="one")
         await dropped.wait()
+        await anyio.wait_all_tasks_blocked()  # the end is on the client's socket, or read
+        if make.kind == "httpx" and httpx_fails:
+            with pytest.raises(TransientError, match="not repeated"):
+                await api.create_message("thread_1", role="user", content="two")
+            return
         await api.create_message("thread_1", role="user", content="two")
-        assert [orjson.loads(r.content)["content"] for r in server.requests] == ["one", "two"]
+        assert [loads(r.content)["content"] for r in server.requests] == ["one", "two"]
 
 
 async def test_api_request_deadline_mid_body_leaves_no_stale_connection(
