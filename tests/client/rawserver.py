@@ -155,7 +155,13 @@ class Conn:
             await self._read(65536)
 
     async def hold(self) -> None:
-        """Never answer: wait until the test ends (the server cancels its handlers)."""
+        """Never answer, until the test ends (the server cancels its handlers); what the client
+        sends meanwhile is recorded, and its close noticed."""
+        await self.wait_eof()
+        await asyncio.Event().wait()
+
+    async def stall(self) -> None:
+        """Neither read nor answer, until the test ends: the client's writes back up."""
         await asyncio.Event().wait()
 
     def close(self) -> None:
@@ -163,6 +169,19 @@ class Conn:
         if self._open:
             self._open = False
             self.writer.close()
+            self.closed.set()
+            self.server._closed_one(self)
+
+    def ragged_close(self) -> None:
+        """End the connection with a FIN but no TLS close_notify (a ragged TLS EOF, as many
+        servers and load balancers do); over plain TCP, the same as :meth:`close`."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None and self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+        if self._open:
+            self._open = False
+            self.writer.transport.abort()
             self.closed.set()
             self.server._closed_one(self)
 
@@ -188,6 +207,7 @@ class RawServer:
     """The listening side; ``connections`` in the order they were accepted."""
 
     handler: Handler
+    host: str = "127.0.0.1"
     port: int = 0
     connections: list[Conn] = field(default_factory=list)
     requests: list[RawRequest] = field(default_factory=list)
@@ -197,12 +217,16 @@ class RawServer:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
+    def authority(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.authority}"
 
     @property
     def tls_url(self) -> str:
-        return f"https://localhost:{self.port}"
+        return f"https://{self.authority}"
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -261,14 +285,15 @@ async def serve(
     *,
     ssl_context: ssl.SSLContext | None = None,
     sock: socket.socket | None = None,
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[RawServer]:
-    """Serve ``handler`` on a fresh loopback port (or on ``sock``, already bound) until the block
-    ends; then every handler still running is cancelled and every connection closed."""
-    server = RawServer(handler)
+    """Serve ``handler`` on a fresh port of ``host`` (or on ``sock``, already bound) until the
+    block ends; then every handler still running is cancelled and every connection closed."""
+    server = RawServer(handler, host)
     if sock is not None:
         listener = await asyncio.start_server(server._accepted, sock=sock, ssl=ssl_context)
     else:
-        listener = await asyncio.start_server(server._accepted, "127.0.0.1", 0, ssl=ssl_context)
+        listener = await asyncio.start_server(server._accepted, host, 0, ssl=ssl_context)
     server.port = listener.sockets[0].getsockname()[1]
     try:
         yield server

@@ -176,6 +176,31 @@ def test_httptools_raises_a_parser_error_on_a_malformed_answer(garbage: bytes) -
         Recorder().feed(garbage)
 
 
+@pytest.mark.parametrize(
+    "lax",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",
+    ],
+)
+def test_httptools_leniencies_read_what_h11_reads(lax: bytes) -> None:
+    """The three leniencies ``http1.Connection`` asks for: bare LF line ends, blanks after a
+    chunk size, chunked winning over a Content-Length beside it. Refused without them."""
+    with pytest.raises(httptools.HttpParserError):
+        Recorder().feed(lax)
+    recorder = Recorder()
+    recorder.parser.set_dangerous_leniencies(
+        lenient_chunked_length=True,
+        lenient_optional_cr_before_lf=True,
+        lenient_spaces_after_chunk_size=True,
+    )
+    events = recorder.feed(lax)
+    assert _bodies(events) == b"ok"
+    assert events[-1] == ("complete", True)
+
+
 # -- an asyncio transport's raw socket (readable) -----------------------------------------------
 
 

@@ -91,7 +91,7 @@ class Connection(asyncio.Protocol):
         self.closed = False  # by the peer, an error, or us: never to be used again
         self.reusable = False  # the last answer left it fit for the next request
         self._loop = loop
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = self._new_parser()
         self._transport: asyncio.Transport | None = None
         self._socket: Any = None
         self._paused = False
@@ -113,6 +113,20 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._read_timeout = 0.0
         self._last_read = 0.0
+
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        """A parser as lax as h11 where that is safe: bare LF line ends, blanks after a chunk
+        size, a Content-Length beside chunked (chunked wins, RFC 9112 6.3). Still refused, where
+        h11 reads them: control characters and obsolete folding in header values (llhttp's
+        leniency for them lets NUL through too), a repeated (equal) Content-Length, an empty
+        chunk extension."""
+        parser = httptools.HttpResponseParser(self)
+        parser.set_dangerous_leniencies(
+            lenient_chunked_length=True,
+            lenient_optional_cr_before_lf=True,
+            lenient_spaces_after_chunk_size=True,
+        )
+        return parser
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -196,9 +210,12 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        if status < 200 and status != 101:
+        if 100 <= status < 200 and status != 101:
             self._informational = True  # 100 Continue, 103 Early Hints: skipped
             return
+        if status < 100 or status == 101:  # no status line h11 reads; an upgrade not asked for
+            self._stopped = f"status {status}"
+            raise _Stop
         self._status = status
         self._headers_done = True
         if not parser.should_keep_alive() and self._unknown_coding():
@@ -209,7 +226,7 @@ class Connection(asyncio.Protocol):
             # told the method: the answer is complete here, and the next one gets a new parser
             # (this one reads on as body whatever else came with these bytes: nothing should).
             self._answer(reusable=parser.should_keep_alive())
-            self._parser = httptools.HttpResponseParser(self)
+            self._parser = self._new_parser()
 
     def on_body(self, body: bytes) -> None:
         if self._waiter is None:
@@ -368,7 +385,7 @@ class Connection(asyncio.Protocol):
 
     def shut(self) -> None:
         """Close at once, the request in flight (if any) failing: the transport is closing."""
-        self._fail(RuntimeError("The transport was closed during the request."))
+        self._fail(httpx.ReadError("The transport was closed during the request."))
 
     def abort(self) -> None:
         """Close at once, dropping what is unsent (a cancelled or failed request), and the
