@@ -64,6 +64,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.process]
 
 HANG = 10.0  # a guard against hanging forever, never a bound on how fast anything must be
 SHORT = 0.2  # a timeout that must fire: the server holds for good, so only its value is waited
+# A timeout that must fire once on a path where later requests under it must succeed: long enough
+# for a loaded machine to answer on loopback.
+ROOMY = 2.0
 
 
 # -- the two transports -----------------------------------------------------------------------
@@ -765,11 +768,6 @@ TOLERATED = [
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 02\r\n\r\nok", id="length-zero-padded"),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\n\r\nok", id="length-blank-after"),
     pytest.param(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
-        id="length-twice-equal",
-    ),
-    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", id="length-list-equal"),
-    pytest.param(
         b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"2\r\nok\r\n0\r\n\r\n",
         id="length-and-chunked",  # chunked wins (RFC 9112 6.3)
@@ -782,16 +780,7 @@ TOLERATED = [
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nok\r\n0\r\n\r\n",
         id="chunk-size-blank-after",
     ),
-    pytest.param(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nok\r\n0\r\n\r\n",
-        id="chunk-extension-empty",
-    ),
-    pytest.param(
-        b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\nContent-Length: 2\r\n\r\nok",
-        id="obs-fold",
-    ),
     pytest.param(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", id="bare-lf"),
-    pytest.param(b"HTTP/1.1 200 OK\r\nX-Ctl: a\x01\x7fb\r\nContent-Length: 2\r\n\r\nok", id="ctl"),
     pytest.param(
         b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\n"
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -820,6 +809,56 @@ async def test_a_lax_answer_is_read_as_httpx_reads_it(make: Transports, wire: by
         assert (response.status_code, response.content) == (final_status, b"ok")
         assert (await client.get(server.url)).content == b"next"
         assert len(server.connections) == 1
+
+
+# Lax answers httpx (h11) reads but llhttp refuses, so Http1Transport fails them as a malformed
+# answer (RemoteProtocolError: retried like any transient failure, never misread). llhttp has no
+# option for the first three; the one for the last two (lenient headers) would also let a NUL
+# through a header value. Live services send none of them.
+REFUSED_BY_LLHTTP = [
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+        id="length-twice-equal",
+    ),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", id="length-list-equal"),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nok\r\n0\r\n\r\n",
+        id="chunk-extension-empty",
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\nContent-Length: 2\r\n\r\nok",
+        id="obs-fold",
+    ),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-Ctl: a\x01\x7fb\r\nContent-Length: 2\r\n\r\nok", id="ctl"),
+]
+
+
+@pytest.mark.parametrize("wire", REFUSED_BY_LLHTTP)
+async def test_a_lax_answer_llhttp_refuses_is_a_protocol_error_there_only(
+    make: Transports, wire: bytes
+) -> None:
+    """httpx reads these; Http1Transport refuses them whole, and its next request goes out on a
+    new connection and gets its own answer."""
+    first = [True]
+
+    async def handler(conn: Conn) -> None:
+        if first.pop() if first else False:
+            assert await conn.read_request() is not None
+            await conn.send(wire)
+        await answer_each(conn, lambda _: ok(b"next"))
+
+    async with serve(handler) as server, make.client() as client:
+        if make.kind == "httpx":
+            response = await client.get(server.url)
+            assert (response.status_code, response.content) == (200, b"ok")
+            assert (await client.get(server.url)).content == b"next"
+            assert len(server.connections) == 1
+        else:
+            with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
+                await client.get(server.url)
+            assert type(caught.value) is httpx.RemoteProtocolError
+            assert (await client.get(server.url)).content == b"next"
+            assert len(server.connections) == 2
 
 
 # -- timeouts ------------------------------------------------------------------------------------
@@ -859,9 +898,9 @@ async def test_a_body_that_stops_is_a_read_timeout(make: Transports) -> None:
 
 
 async def test_the_read_timeout_is_per_read_not_total(make: Transports) -> None:
-    """A body trickled a byte at a time, each byte well inside the read timeout (20x), arrives
+    """A body trickled a byte at a time, each byte well inside the read timeout (50x), arrives
     whole though the whole takes longer than the timeout."""
-    pause, timeout, body = 0.01, 0.2, b"d" * 30  # 30 * 0.01 > 0.2 by construction
+    pause, timeout, body = 0.02, 1.0, b"d" * 60  # 60 * 0.02 > 1.0 by construction
 
     async def handler(conn: Conn) -> None:
         assert await conn.read_request() is not None
@@ -1699,7 +1738,7 @@ async def test_api_create_is_resent_after_a_pool_timeout(make: Transports) -> No
         async with anyio.create_task_group() as tg:
             tg.start_soon(hold_the_connection, server.url)
             await server.until_requests(1)
-            api = api_client(server.port, transport, read_timeout=SHORT, sleep=free_the_connection)
+            api = api_client(server.port, transport, read_timeout=ROOMY, sleep=free_the_connection)
             async with api:
                 created = await api.create_message("thread_1", role="user", content="once")
         assert created["id"] == "msg_new"
@@ -1774,7 +1813,7 @@ async def test_api_request_deadline_mid_body_leaves_no_stale_connection(
         await answer_each(conn, message_answer)
 
     async with serve(handler) as server:
-        client = api_client(server.port, make(), attempts=1, request_timeout=SHORT)
+        client = api_client(server.port, make(), attempts=1, request_timeout=ROOMY)
         async with client as api:
             with pytest.raises(TransientError) as caught:
                 await api.get_message("thread_1", "msg_stale")

@@ -218,7 +218,7 @@ class Connection(asyncio.Protocol):
             raise _Stop
         self._status = status
         self._headers_done = True
-        if not parser.should_keep_alive() and self._unknown_coding():
+        if self._unknown_coding():
             self._stopped = _UNKNOWN_CODING
             raise _Stop
         if self._head:
@@ -359,13 +359,16 @@ class Connection(asyncio.Protocol):
             waiter.set_exception(exc)
 
     def _unknown_coding(self) -> bool:
-        """Whether the body's framing is a transfer coding other than chunked (h11 refuses
-        it; llhttp would read the body to the close, still coded)."""
-        return any(
-            name.lower() == b"transfer-encoding"
-            and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked"
+        """Whether the body is framed by any transfer coding but chunked alone, in one header
+        or several (h11 refuses them all; llhttp reads ``gzip, chunked`` as chunked and would
+        hand back the body still gzip-coded, or reads another coding to the close)."""
+        codings = [
+            coding.strip().lower()
             for name, value in self._headers
-        )
+            if name.lower() == b"transfer-encoding"
+            for coding in value.split(b",")
+        ]
+        return bool(codings) and codings != [b"chunked"]
 
     def _delimited_by_close(self) -> bool:
         """Whether the answer's body ends where the connection does (neither a length nor
