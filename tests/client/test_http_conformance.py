@@ -18,6 +18,7 @@ httpx that mends it shows here, and asks ``Http1Transport`` to do better.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import functools
@@ -54,7 +55,7 @@ from tests.client.rawserver import (
 )
 from tests.hostile import HOSTILE
 from worker.client import ApiClient
-from worker.client.http1 import Http1Transport
+from worker.client.http1 import Connection, Http1Transport
 from worker.config import ApiSettings, RetrySettings
 from worker.errors import TransientError, UnreachableError
 from worker.jsontext import dumps, loads
@@ -908,7 +909,8 @@ async def test_the_read_timeout_is_per_read_not_total(make: Transports) -> None:
         await conn.drip(body, pause)
         await answer_each(conn, lambda _: ok())
 
-    async with serve(handler) as server, make.client(timeout=httpx.Timeout(timeout)) as client:
+    roomy = httpx.Timeout(HANG, read=timeout)
+    async with serve(handler) as server, make.client(timeout=roomy) as client:
         assert (await client.get(server.url)).content == body
 
 
@@ -942,6 +944,33 @@ async def test_connect_unanswered_is_a_connect_timeout(make: Transports) -> None
             with anyio.fail_after(HANG), pytest.raises(httpx.TransportError) as caught:
                 await client.get(f"http://127.0.0.1:{port}/")
     assert type(caught.value) is httpx.ConnectTimeout
+
+
+async def test_a_dead_first_address_does_not_take_the_connect_timeout(
+    make: Transports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name resolving to an address that never answers (an unrouted IPv6 route, say) before a
+    live one: the next address is tried after 250 ms (happy eyeballs, as anyio's connect), so
+    the request is answered well inside a connect timeout a sequential connect would spend
+    whole on the first address (ConnectTimeout)."""
+    async with serve(lambda conn: answer_each(conn, lambda _: ok(b"live"))) as server:
+        dead = socket.create_server(("127.0.0.2", server.port), backlog=0)
+        queued = socket.create_connection(("127.0.0.2", server.port))  # fills the queue
+        resolve = socket.getaddrinfo
+
+        def two_addresses(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            if host in ("api.example.test", b"api.example.test"):
+                tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+                return [(*tcp, ("127.0.0.2", port)), (*tcp, ("127.0.0.1", port))]
+            return resolve(host, port, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+        with dead, queued:
+            timeout = httpx.Timeout(HANG, connect=ROOMY)
+            async with make.client(timeout=timeout) as client:
+                with anyio.fail_after(HANG):
+                    url = f"http://api.example.test:{server.port}/"
+                    assert (await client.get(url)).content == b"live"
 
 
 async def test_a_body_the_server_does_not_read_is_a_write_timeout(make: Transports) -> None:
@@ -1276,6 +1305,89 @@ async def test_tls_with_a_context_that_trusts_the_server(make: Transports, tmp_p
         assert (await client.get(f"{url}/two")).content == b"/two"
         assert len(server.connections) == 1
         assert server.requests[0].header(b"host") == f"127.0.0.1:{server.port}".encode()
+
+
+async def test_tls_close_notify_on_an_idle_connection_is_heard_before_reuse(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Http1Transport only: the server ends an idle TLS connection with close_notify and waits
+    for ours before its FIN (asyncio's and uvicorn's TLS close). From the moment the client has
+    read the close_notify the connection is not reused: a create sent in the few loop turns
+    before the socket itself closes goes out on a new connection and is applied, instead of
+    being dropped unsent on the closing one and reported 'may have been applied'."""
+    heard = asyncio.Event()
+    eof_received = Connection.eof_received
+
+    def eof(self: Connection) -> bool:
+        heard.set()
+        return eof_received(self)
+
+    monkeypatch.setattr(Connection, "eof_received", eof)
+    methods: list[bytes] = []
+
+    async def handler(conn: Conn) -> None:
+        while (request := await conn.read_request()) is not None:
+            methods.append(request.method)
+            await conn.send(ok())
+            if conn.index == 0:
+                conn.close()  # close_notify; the FIN only after the client's
+                return
+
+    trusting = ssl.create_default_context(cadata=certificate()[0].decode())
+    async with serve(handler, ssl_context=server_context(tmp_path)) as server:
+        transport = Http1Transport(ssl_context=trusting)
+        async with httpx.AsyncClient(transport=transport, timeout=HANG) as client:
+            assert (await client.get(server.tls_url)).status_code == 200
+            with anyio.fail_after(HANG):
+                await heard.wait()  # close_notify read; the socket not closed yet
+                response = await client.post(server.tls_url, content=b'{"create": 1}')
+        assert response.status_code == 200
+        assert methods == [b"GET", b"POST"]
+        assert len(server.connections) == 2
+
+
+async def test_a_chunked_answers_trailer_is_not_among_its_headers(make: Transports) -> None:
+    """Trailer fields are dropped, as h11 drops them: a trailer named Content-Encoding must not
+    make the body be decoded, nor any trailer pass for a header of the answer."""
+    wire = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+        b"2\r\nok\r\n0\r\nX-Checksum: abc\r\nContent-Encoding: gzip\r\n\r\n"
+    )
+
+    async def handler(conn: Conn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(wire)
+        await answer_each(conn, lambda _: ok(b"next"))
+
+    async with serve(handler) as server, make.client() as client:
+        response = await client.get(server.url)
+        assert response.content == b"ok"
+        assert "x-checksum" not in response.headers
+        assert "content-encoding" not in response.headers
+        assert (await client.get(server.url)).content == b"next"
+        assert len(server.connections) == 1
+
+
+async def test_the_default_tls_context_trusts_ssl_cert_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Http1Transport only: with no context given, httpx's default one, which trusts the
+    certificates in ``SSL_CERT_FILE`` (what ``threadsync doctor`` advises behind a TLS-inspecting
+    proxy), and offers HTTP/1.1 by ALPN."""
+    context = server_context(tmp_path)
+    context.set_alpn_protocols(["http/1.1"])
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    transport = Http1Transport()
+    async with (
+        serve(lambda conn: answer_each(conn, lambda _: ok(b"trusted")), ssl_context=context) as s,
+        httpx.AsyncClient(transport=transport, timeout=HANG) as client,
+    ):
+        assert (await client.get(s.tls_url)).content == b"trusted"
+        (connection,) = transport._open
+        assert connection._transport is not None
+        tls = connection._transport.get_extra_info("ssl_object")
+        assert tls.selected_alpn_protocol() == "http/1.1"
 
 
 async def test_tls_with_the_default_context_refuses_the_server(

@@ -45,7 +45,7 @@ import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import httpx
@@ -131,8 +131,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports do not subclass asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         self._socket = transport.get_extra_info(SOCKET)
 
     def data_received(self, data: bytes) -> None:
@@ -158,6 +158,10 @@ class Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError(f"Invalid answer: {exc}"))
 
     def eof_received(self) -> bool:
+        # Unfit from now on: over TLS a close_notify arrives here a few loop turns before the
+        # socket itself closes, and a request written meanwhile would be dropped unsent.
+        self.closed = True
+        self.reusable = False
         return False  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -204,6 +208,8 @@ class Connection(asyncio.Protocol):
         self._reason += reason  # in pieces, when the status line came in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a chunked body's trailer: dropped, as h11 does (never the answer's headers)
         # llhttp leaves the whitespace that ends a value (h11, RFC 9110: not part of it).
         self._headers.append((name, value.rstrip(b" \t")))
 
@@ -247,8 +253,9 @@ class Connection(asyncio.Protocol):
         """Send ``request`` (``head``: its request line and headers) and await the whole answer."""
         transport = self._transport
         assert transport is not None
-        if self.closed:  # a new connection the server closed (or spoke on) before this request
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        if self.closed:  # a new connection the server closed (or spoke on) before this request:
+            # nothing of it was written, so it is a failure to connect (a create may be re-sent).
+            raise httpx.ConnectError("Server closed the new connection before the request.")
         waiter: asyncio.Future[httpx.Response] = self._loop.create_future()
         self._waiter = waiter
         self._head = request.method == "HEAD"
@@ -591,7 +598,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
         context = None
         if scheme == b"https":
             if self._ssl_context is None:
+                # httpx's default (certifi; SSL_CERT_FILE / SSL_CERT_DIR when set), offering
+                # HTTP/1.1 by ALPN as httpcore did.
                 self._ssl_context = httpx.create_ssl_context()
+                self._ssl_context.set_alpn_protocols(["http/1.1"])
             context = self._ssl_context
         try:
             async with asyncio.timeout(connect_timeout):
@@ -601,6 +611,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     port,
                     ssl=context,
                     server_hostname=host if context is not None else None,
+                    # As anyio's connect_tcp (httpcore's): the next address after 250 ms, so a
+                    # dead first address (an unrouted IPv6 one) does not take the whole timeout.
+                    happy_eyeballs_delay=0.25,
+                    interleave=1,
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout("timed out") from None
