@@ -26,6 +26,7 @@ from worker.store.repo import add_threads
 from worker.sync import runner
 from worker.sync.census import Census
 from worker.sync.runner import sync_threads
+from worker.sync.thread_pass import ThreadPass
 from worker.sync.ties import STABLE_PROBE_LIMIT
 from worker.testing import EmulatorTransport, SleepRecorder, emulated_client
 
@@ -118,9 +119,9 @@ async def test_runs_sharing_a_limiter_take_turns_in_order_within_its_slots(
     began: list[str] = []
     first_began = anyio.Event()
     running, peak = 0, 0
-    original = runner.ThreadPass.run
+    original = ThreadPass.run
 
-    async def counted(self: runner.ThreadPass, *, full: bool = False) -> Any:
+    async def counted(self: ThreadPass, *, full: bool = False) -> Any:
         nonlocal running, peak
         began.append(self.thread_id)
         first_began.set()
@@ -132,7 +133,7 @@ async def test_runs_sharing_a_limiter_take_turns_in_order_within_its_slots(
         finally:
             running -= 1
 
-    monkeypatch.setattr(runner.ThreadPass, "run", counted)
+    monkeypatch.setattr(ThreadPass, "run", counted)
     limiter = anyio.CapacityLimiter(2)
     reports: list[Any] = []
     async with emulated_client(emulator) as client:
