@@ -206,6 +206,41 @@ async def test_an_idle_run_commits_closing_states_as_it_goes(
         assert all(session.get(SyncState, t).pages == 1 for t in ids)  # type: ignore[union-attr]
 
 
+async def test_committing_closing_states_holds_no_pass_slot(
+    emulator: Emulator, mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of queued closing states runs beside the passes: with one slot, the next pass
+    begins while it is under way (held here until that pass has begun), instead of the slot
+    waiting on the commit."""
+    monkeypatch.setattr(runner, "QUEUED_CLOSINGS", 1)
+    ids = seeded(emulator, mirror, seed=2, threads=3, messages=2)
+    await sync(emulator, mirror)
+    began = anyio.Event()
+    grouped = mirror.write_grouped
+    overlapped: list[bool] = []
+
+    async def commit_after_the_next_pass_began(fn: Any) -> Any:
+        if fn is runner._nothing and not overlapped:
+            with anyio.move_on_after(5):  # only ends a hang: the assertion below fails then
+                await began.wait()
+            overlapped.append(began.is_set())
+        return await grouped(fn)
+
+    monkeypatch.setattr(mirror, "write_grouped", commit_after_the_next_pass_began)
+    done: list[str] = []
+
+    def on_done(outcome: Any) -> None:
+        done.append(outcome.thread_id)
+        if len(done) == 2:
+            began.set()  # the second pass ran while the first's commit was held
+
+    report = await sync(emulator, mirror, concurrency=1, on_thread_done=on_done)
+    assert report.ok
+    assert overlapped == [True]
+    assert sorted(done) == sorted(ids)
+    assert mirror.grouped_waiting == 0
+
+
 class _GetBeforeListing(httpx.AsyncBaseTransport):
     """Holds every listing until a GET of one message has been sent, once armed: a pass that
     sent its GETs only after its probe would never see its probe answered."""

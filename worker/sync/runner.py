@@ -189,6 +189,17 @@ async def sync_threads(
             on_thread_done(outcome)  # a 404's outcome is reported once the run has decided it
 
     queue = iter(ids)
+    closing = False  # a commit of the queued closing states is under way
+
+    async def close_queued() -> None:
+        """Idle passes write nothing else to carry their closing states: a kill loses at most
+        ``QUEUED_CLOSINGS`` threads' counters and backoff, never mirrored messages. Run beside
+        the passes, one at a time: no slot waits on the commit."""
+        nonlocal closing
+        try:
+            await mirror.write_grouped(_nothing)
+        finally:
+            closing = False
 
     async def worker() -> None:
         """Passes over the run's threads, in order, one at a time, under one slot of
@@ -200,17 +211,16 @@ async def sync_threads(
         the same run: another run sharing ``limiter`` (the daemon's other lane) still gets slots
         only as this one runs out of threads to begin.
         """
+        nonlocal closing
         async with limiter:
             for thread_id in queue:
                 outcome = await one(thread_id)
                 if outcome is None:
                     continue
                 done(outcome)
-                if mirror.grouped_waiting >= QUEUED_CLOSINGS:
-                    # Idle passes write nothing else to carry their closing states: a kill
-                    # loses at most this many threads' counters and backoff, never mirrored
-                    # messages.
-                    await mirror.write_grouped(_nothing)
+                if mirror.grouped_waiting >= QUEUED_CLOSINGS and not closing:
+                    closing = True
+                    tg.start_soon(close_queued)
 
     try:
         async with anyio.create_task_group() as tg:
