@@ -110,6 +110,17 @@ def _start(transport: Http1Transport, url: str, **timeouts: float) -> asyncio.Ta
     return asyncio.get_running_loop().create_task(_get(transport, url, "GET", **timeouts))
 
 
+async def _answered(
+    server: Server, transport: Http1Transport, data: bytes = OK
+) -> tuple[asyncio.Task[httpx.Response], Peer]:
+    """A GET of ``server.url`` started, its connection accepted, its request read and ``data``
+    sent as the answer: the task and the server's end of the connection."""
+    request = _start(transport, server.url)
+    peer = await server.accept()
+    await server.answer(peer, data)
+    return request, peer
+
+
 async def _answer_whole(
     server: Server, peer: Peer, tasks: dict[bytes, asyncio.Task[httpx.Response]]
 ) -> None:
@@ -157,9 +168,7 @@ async def test_the_most_recently_used_idle_connection_is_reused_first(
 async def test_an_answer_that_ends_the_connection_is_not_reused(
     server: Server, transport: Http1Transport, answer: bytes
 ) -> None:
-    first = _start(transport, server.url)
-    peer = await server.accept()
-    await server.answer(peer, answer)
+    first, peer = await _answered(server, transport, answer)
     assert (await first).content == b"ok"
     assert await peer.at_end()  # closed by the client, the server's close not awaited
     second = _start(transport, server.url)
@@ -171,9 +180,9 @@ async def test_an_answer_that_ends_the_connection_is_not_reused(
 async def test_a_body_delimited_by_the_close_ends_with_it(
     server: Server, transport: Http1Transport
 ) -> None:
-    request = _start(transport, server.url)
-    peer = await server.accept()
-    await server.answer(peer, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil ")
+    request, peer = await _answered(
+        server, transport, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil "
+    )
     peer.send(b"the end")
     peer.close()
     assert (await request).content == b"until the end"
@@ -202,9 +211,9 @@ async def test_chunked_body_after_informational_answers(
 async def test_no_body_answers_keep_the_connection(
     server: Server, transport: Http1Transport, status: int
 ) -> None:
-    request = _start(transport, server.url)
-    peer = await server.accept()
-    await server.answer(peer, b"HTTP/1.1 %d X\r\nContent-Length: 7\r\n\r\n" % status)
+    request, peer = await _answered(
+        server, transport, b"HTTP/1.1 %d X\r\nContent-Length: 7\r\n\r\n" % status
+    )
     assert (await request).content == b""
     again = _start(transport, server.url)
     await server.answer(peer)
@@ -296,9 +305,7 @@ async def test_server_closing_before_answering(server: Server, transport: Http1T
 async def test_server_closing_mid_answer(
     server: Server, transport: Http1Transport, partial: bytes
 ) -> None:
-    request = _start(transport, server.url)
-    peer = await server.accept()
-    await server.answer(peer, partial)
+    request, peer = await _answered(server, transport, partial)
     peer.close()
     with pytest.raises(httpx.RemoteProtocolError, match="without sending complete message body"):
         await request
@@ -333,9 +340,7 @@ async def test_a_body_failing_after_the_head_fails_its_read(
 async def test_a_malformed_answer_is_a_protocol_error(
     server: Server, transport: Http1Transport, garbage: bytes
 ) -> None:
-    request = _start(transport, server.url)
-    peer = await server.accept()
-    await server.answer(peer, garbage)
+    request, peer = await _answered(server, transport, garbage)
     try:
         response = await request
     except httpx.RemoteProtocolError:
@@ -657,9 +662,7 @@ async def test_an_idle_connection_closed_unnoticed_by_the_loop_is_not_reused(
     server: Server, transport: Http1Transport
 ) -> None:
     """The peer's close waits on the socket, unread by the event loop: the poll sees it."""
-    first = _start(transport, server.url)
-    peer = await server.accept()
-    await server.answer(peer)
+    first, peer = await _answered(server, transport)
     await first
     (connection,) = transport._open
     assert connection._transport is not None
@@ -677,9 +680,7 @@ async def test_an_idle_connection_closed_unnoticed_by_the_loop_is_not_reused(
 async def test_bytes_on_an_idle_connection_make_it_unfit(
     server: Server, transport: Http1Transport
 ) -> None:
-    first = _start(transport, server.url)
-    peer = await server.accept()
-    await server.answer(peer)
+    first, peer = await _answered(server, transport)
     await first
     peer.send(OK)  # an answer to nothing
     assert await peer.at_end()  # the client closed it
